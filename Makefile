@@ -1,0 +1,50 @@
+# The single entry point for set-up, runs, tests and the regression gate.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+CI_RUNS := results/ci-runs
+BASELINE := results/baselines/ci-cpu.csv
+# One torch thread for the CI-budget runs, as in the tests, so baseline and check add up alike.
+CI_RUN := OMP_NUM_THREADS=1 $(BIN)/bnnbench run --task digits-mlp --method map --seed 0..2 --budget ci --quiet
+
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install run test test-all lint fmt baseline check clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+run: install  ## the embedded default benchmark, then its leaderboard
+	$(BIN)/bnnbench run --task digits-mlp --method map --seed 0..2
+	$(BIN)/bnnbench compare --task digits-mlp
+
+test: install  ## fast tests (slow and gpu ones are deselected in pyproject.toml)
+	$(BIN)/pytest -n 2 -q
+
+test-all: install
+	$(BIN)/pytest -n 2 -q -m "not gpu"
+
+lint: install
+	$(BIN)/ruff check .
+
+fmt: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+baseline: install  ## regenerate the committed regression baseline (say why in the commit message)
+	rm -rf $(CI_RUNS)
+	$(CI_RUN) --results-dir $(CI_RUNS)
+	$(BIN)/bnnbench baseline --results-dir $(CI_RUNS) --out $(BASELINE)
+
+check: install  ## CI-budget runs, then the regression check against the committed baseline
+	rm -rf $(CI_RUNS)
+	$(CI_RUN) --results-dir $(CI_RUNS)
+	$(BIN)/bnnbench check --baseline $(BASELINE) --results-dir $(CI_RUNS)
+
+clean:
+	rm -rf $(CI_RUNS) results/runs .pytest_cache

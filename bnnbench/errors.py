@@ -1,0 +1,36 @@
+"""Exceptions that the CLI turns into one-line messages and exit codes.
+
+User mistakes (bad task, method, option, file) are `UsageError` and exit 2 before anything is written;
+a run that breaks while training (NaN loss) is `DivergenceError`, recorded as a failed run, exit 1.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["BnnbenchError", "DivergenceError", "UsageError", "unknown_choice"]
+
+
+class BnnbenchError(Exception):
+    """Base class of every error bnnbench reports to a user."""
+
+
+class UsageError(BnnbenchError):
+    """Bad input: an unknown name, a malformed file, an impossible option."""
+
+
+class DivergenceError(BnnbenchError):
+    """Training produced a non-finite loss."""
+
+
+def unknown_choice(kind: str, value: object, choices: Iterable[str], where: str = "") -> UsageError:
+    """An error naming the bad value, the closest valid name and all valid choices.
+
+    `where` (a file, say) prefixes the message so a user knows what to edit.
+    """
+    choices = sorted(choices)
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    prefix = f"{where}: " if where else ""
+    return UsageError(f"{prefix}unknown {kind} '{value}'{hint}; valid choices: {', '.join(choices)}")

@@ -1,0 +1,181 @@
+"""Find, parse and validate task files (TOML data in `tasks/`, shipped inside the package).
+
+`load_task` checks structure with the standard library only, so listing tasks stays fast;
+`validate_task` also checks that the data source, model, training keys, metrics and per-method
+overrides a task names exist, which imports the heavier modules.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import fields
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from bnnbench.errors import UsageError, unknown_choice
+from bnnbench.types import Budget, TaskSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["builtin_tasks_dir", "list_tasks", "load_task", "task_paths", "validate_task"]
+
+TASK_PATH_ENV = "BNNBENCH_TASK_PATH"  # extra directories of task files, separated by os.pathsep
+_TOP_LEVEL = {"name", "version", "description", "likelihood", "include", "data", "model", "train", "budget",
+              "eval", "methods"}
+_REQUIRED = ("name", "version", "description", "likelihood", "data", "model", "budget")
+# An including file's [model] and [data] replace the included ones: options only make sense with their name.
+_REPLACED_WHOLE = frozenset({"model", "data"})
+_BUDGET_KEYS = {f.name for f in fields(Budget)}
+_EVAL_KEYS = {"metrics", "corruptions", "severities", "batch_size", "corruption_seed"}
+_LIKELIHOODS = ("categorical",)
+
+
+def builtin_tasks_dir() -> Path:
+    """The task files shipped with bnnbench (package data in a wheel, `tasks/` in a checkout)."""
+    packaged = Path(__file__).parent / "task_files"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "tasks"
+
+
+@cache
+def task_paths() -> dict[str, Path]:
+    """Task name -> file. Later directories (from $BNNBENCH_TASK_PATH) override built-in tasks."""
+    dirs = [builtin_tasks_dir()] + [Path(p) for p in os.environ.get(TASK_PATH_ENV, "").split(os.pathsep) if p]
+    found: dict[str, Path] = {}
+    for directory in dirs:
+        for path in sorted(directory.glob("*.toml")):
+            if not path.name.startswith("_"):
+                found[path.stem] = path
+    return found
+
+
+def list_tasks() -> list[str]:
+    """Names of every task that can be run."""
+    return sorted(task_paths())
+
+
+def load_task(name_or_path: str | Path) -> TaskSpec:
+    """Parse a task by name (or by path to a .toml file) and check its structure."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        paths = task_paths()
+        if str(name_or_path) not in paths:
+            raise unknown_choice("task", name_or_path, paths)
+        path = paths[str(name_or_path)]
+    raw = _read_with_includes(path, seen=())
+    return _parse(raw, path)
+
+
+def _read_with_includes(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if not path.is_file():
+        raise UsageError(f"task file {path} does not exist")
+    if path in seen:
+        raise UsageError(f"{path}: 'include' loops back to itself")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"{path}: malformed TOML: {error}") from None
+    include = raw.pop("include", None)
+    if include is None:
+        return raw
+    if not isinstance(include, str):
+        raise UsageError(f"{path}: key 'include' must be a file name, got {include!r}")
+    base = _read_with_includes(path.parent / include, seen + (path,))
+    return _merge(base, raw, replace=_REPLACED_WHOLE)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any], replace: frozenset[str] = frozenset()) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in replace:
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _parse(raw: dict[str, Any], path: Path) -> TaskSpec:
+    where = str(path)
+    for key in raw:
+        if key not in _TOP_LEVEL:
+            raise unknown_choice("key", key, _TOP_LEVEL, where)
+    for key in _REQUIRED:
+        if key not in raw:
+            raise UsageError(f"{where}: missing required key '{key}'")
+    if raw["name"] != path.stem:
+        raise UsageError(f"{where}: key 'name' is '{raw['name']}' but must equal the file stem '{path.stem}'")
+    if not isinstance(raw["version"], int) or isinstance(raw["version"], bool) or raw["version"] < 1:
+        raise UsageError(f"{where}: key 'version' must be a positive integer, got {raw['version']!r}")
+    if raw["likelihood"] not in _LIKELIHOODS:
+        raise unknown_choice("likelihood", raw["likelihood"], _LIKELIHOODS, where)
+    for section in ("data", "model", "train", "budget", "eval", "methods"):
+        if not isinstance(raw.get(section, {}), dict):
+            raise UsageError(f"{where}: key '{section}' must be a table")
+    for section, key in (("data", "source"), ("model", "name")):
+        if not isinstance(raw[section].get(key), str):
+            raise UsageError(f"{where}: missing required key '{section}.{key}'")
+    budget_raw = dict(raw["budget"])
+    named = {name: value for name, value in budget_raw.items() if isinstance(value, dict)}
+    budget = _budget(budget_raw, Budget(), where, "budget")
+    eval_section = raw.get("eval", {})
+    for key in eval_section:
+        if key not in _EVAL_KEYS:
+            raise unknown_choice("key", f"eval.{key}", [f"eval.{k}" for k in _EVAL_KEYS], where)
+    return TaskSpec(
+        name=raw["name"],
+        version=raw["version"],
+        description=raw["description"],
+        likelihood=raw["likelihood"],
+        data=dict(raw["data"]),
+        model=dict(raw["model"]),
+        train=dict(raw.get("train", {})),
+        budget=budget,
+        budgets={name: _budget(value, budget, where, f"budget.{name}") for name, value in named.items()},
+        eval=dict(eval_section),
+        methods={name: dict(value) for name, value in raw.get("methods", {}).items()},
+        path=path,
+    )
+
+
+def _budget(table: dict[str, Any], base: Budget, where: str, prefix: str) -> Budget:
+    values = {key: value for key, value in table.items() if not isinstance(value, dict)}
+    for key, value in values.items():
+        if key not in _BUDGET_KEYS:
+            raise unknown_choice("key", f"{prefix}.{key}", [f"{prefix}.{k}" for k in _BUDGET_KEYS], where)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise UsageError(f"{where}: key '{prefix}.{key}' must be a positive number, got {value!r}")
+    merged = {f.name: getattr(base, f.name) for f in fields(Budget)} | values
+    if merged["max_epochs"] is None and merged["max_steps"] is None:
+        raise UsageError(f"{where}: '{prefix}' needs max_epochs or max_steps")
+    return Budget(**merged)
+
+
+def validate_task(task: TaskSpec) -> None:
+    """Check every name and key the task refers to (imports the data, model and method modules)."""
+    from bnnbench.data import check_data_config
+    from bnnbench.methods import METHODS, check_method_overrides
+    from bnnbench.metrics import METRICS, metrics_for
+    from bnnbench.models import check_model_config
+    from bnnbench.train import TrainConfig
+
+    where = str(task.path)
+    check_data_config(task.data, where)
+    check_model_config(task.model, where)
+    train_keys = {f.name for f in fields(TrainConfig)}
+    for key in task.train:
+        if key not in train_keys:
+            raise unknown_choice("key", f"train.{key}", [f"train.{k}" for k in train_keys], where)
+    for name in task.eval.get("metrics", []):
+        if name not in metrics_for(task.likelihood):
+            raise unknown_choice("metric in eval.metrics", name, metrics_for(task.likelihood), where)
+        METRICS.get(name)
+    for method, overrides in task.methods.items():
+        METHODS.check(method)
+        check_method_overrides(method, overrides, where)
+    from bnnbench.data.splits import check_eval_config
+
+    check_eval_config(task.eval, where)

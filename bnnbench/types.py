@@ -1,0 +1,123 @@
+"""The contracts between tasks, methods, the evaluator and results; nothing else lives here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+if TYPE_CHECKING:  # torch is heavy: `bnnbench list` must not import it
+    import torch
+    from torch import Tensor, nn
+
+__all__ = [
+    "Budget",
+    "DataBundle",
+    "EvalSplit",
+    "FitContext",
+    "FitInfo",
+    "Method",
+    "Predictive",
+    "Split",
+    "TaskSpec",
+]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much compute a fit may use; the first limit reached stops training."""
+
+    max_epochs: int | None = None
+    max_steps: int | None = None
+    max_seconds: float | None = None
+    n_eval_samples: int = 32  # posterior samples the evaluator asks each Predictive for
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A parsed, structurally valid task file. Sections are plain dicts, checked by their consumers."""
+
+    name: str
+    version: int
+    description: str
+    likelihood: str
+    data: dict[str, Any]
+    model: dict[str, Any]
+    train: dict[str, Any]  # task defaults for the shared training loop (lr, batch_size, ...)
+    budget: Budget
+    budgets: dict[str, Budget]  # named alternatives, e.g. "ci"
+    eval: dict[str, Any]
+    methods: dict[str, dict[str, Any]]  # per-method hyper-parameter overrides
+    path: Path
+
+
+@dataclass(frozen=True)
+class Split:
+    """Inputs and targets held in memory as tensors (small tasks; large ones index lazily later)."""
+
+    x: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """What a method may see: train and validation data, never test."""
+
+    train: Split
+    val: Split
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """One evaluation set, owned by the evaluator. Clean data has corruption 'none' and severity 0."""
+
+    split: str  # "val" or "test"
+    corruption: str
+    severity: int
+    data: Split
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """Where and how a fit runs; identical for every method."""
+
+    device: torch.device
+    seed: int
+    show_progress: bool = True
+
+
+@dataclass
+class FitInfo:
+    """What a fit actually used, plus method diagnostics (recorded in run.json)."""
+
+    steps: int
+    epochs: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Predictive(Protocol):
+    """A fitted posterior approximation's predictive.
+
+    `predict(x, n_samples)` returns per-sample outputs of shape (S, B, ...): log-probabilities for
+    classification. Deterministic predictives return S = 1. The evaluator mixes the S samples.
+    """
+
+    def predict(self, x: Tensor, n_samples: int) -> Tensor: ...
+
+
+FitFn = Callable[["TaskSpec", "nn.Module", DataBundle, Budget, FitContext], tuple[Predictive, FitInfo]]
+
+
+class Method(NamedTuple):
+    """A method with its hyper-parameters bound: `fit(task, model, data, budget, context)`."""
+
+    name: str
+    hparams: Any  # the method's frozen hyper-parameter dataclass
+    fit: FitFn

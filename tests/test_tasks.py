@@ -1,0 +1,105 @@
+"""Task files: every shipped task validates; malformed files fail with the file and key named."""
+
+from __future__ import annotations
+
+import pytest
+
+from bnnbench.errors import UsageError
+from bnnbench.tasks import list_tasks, load_task, validate_task
+
+GOOD = """
+name = "{name}"
+version = 1
+description = "test task"
+likelihood = "categorical"
+[data]
+source = "digits"
+[model]
+name = "mlp"
+[budget]
+max_epochs = 2
+[budget.ci]
+max_epochs = 1
+"""
+
+
+@pytest.mark.parametrize("name", list_tasks())
+def test_shipped_tasks_validate(name):
+    task = load_task(name)
+    validate_task(task)
+    assert task.name == name
+    assert "ci" in task.budgets
+    assert task.budgets["ci"].max_epochs < task.budget.max_epochs
+
+
+def test_embedded_digits_tasks_exist():
+    assert {"digits-mlp", "digits-cnn", "digits-vit"} <= set(list_tasks())
+
+
+def test_include_inherits_and_overrides():
+    mlp, vit = load_task("digits-mlp"), load_task("digits-vit")
+    assert vit.data == mlp.data and vit.eval == mlp.eval
+    assert vit.model["name"] == "vit"
+    assert vit.train["weight_decay"] != mlp.train["weight_decay"]
+    assert vit.train["batch_size"] == mlp.train["batch_size"]
+
+
+def write(tmp_path, text, name="bad"):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda t: "bogus = 1\n" + t, "unknown key 'bogus'"),
+        (lambda t: t.replace('name = "bad"', 'name = "other"'), "must equal the file stem"),
+        (lambda t: t.replace("version = 1", "version = 0"), "'version' must be a positive integer"),
+        (lambda t: t.replace('likelihood = "categorical"', 'likelihood = "poisson"'), "unknown likelihood 'poisson'"),
+        (lambda t: t.replace("max_epochs = 2", "max_epoch = 2"), "unknown key 'budget.max_epoch'"),
+        (lambda t: t.replace("max_epochs = 1", "max_epochs = -1"), "'budget.ci.max_epochs' must be a positive"),
+        (lambda t: t.replace('[model]\nname = "mlp"', "[model]"), "missing required key 'model.name'"),
+        (lambda t: t.replace('description = "test task"', ""), "missing required key 'description'"),
+        (lambda t: t.replace("[data]", "[data\n"), "malformed TOML"),
+    ],
+)
+def test_malformed_task_names_file_and_key(tmp_path, edit, expected):
+    path = write(tmp_path, edit(GOOD.format(name="bad")))
+    with pytest.raises(UsageError, match=expected) as error:
+        load_task(path)
+    assert str(path) in str(error.value)
+    assert "\n" not in str(error.value).strip()
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ('[model]\nname = "mlp"\nhiden = [3]', "unknown option of model 'mlp' 'model.hiden'"),
+        ('[model]\nname = "resnet9000"', "unknown model 'resnet9000'"),
+        ('[train]\nlearning_rate = 1.0', "unknown key 'train.learning_rate'"),
+        ('[eval]\nmetrics = ["nlll"]', "unknown metric in eval.metrics 'nlll' \\(did you mean 'nll'\\?\\)"),
+        ('[eval]\ncorruptions = ["fogg"]', "unknown corruption in eval.corruptions 'fogg'"),
+        ('[methods.map]\nlrr = 1.0', "unknown hyper-parameter of method 'map' 'lrr' \\(did you mean 'lr'\\?\\)"),
+        ('[methods.mapp]\nlr = 1.0', "unknown method 'mapp'"),
+        ('[methods.map]\nlr = "fast"', "hyper-parameter 'lr' of method 'map' must be float"),
+    ],
+)
+def test_validate_rejects_unknown_names(tmp_path, section, expected):
+    text = GOOD.format(name="bad").replace('[model]\nname = "mlp"', "")
+    text += "\n" + section + ("\n" if "[model]" in section else '\n[model]\nname = "mlp"\n')
+    task = load_task(write(tmp_path, text))
+    with pytest.raises(UsageError, match=expected):
+        validate_task(task)
+
+
+def test_unknown_task_suggests_close_name():
+    with pytest.raises(UsageError, match="unknown task 'digits-mpl' \\(did you mean 'digits-mlp'\\?\\); valid choices"):
+        load_task("digits-mpl")
+
+
+def test_include_loop_is_reported(tmp_path):
+    write(tmp_path, 'include = "b.toml"\n' + GOOD.format(name="a"), name="a")
+    write(tmp_path, 'include = "a.toml"\n' + GOOD.format(name="b"), name="b")
+    with pytest.raises(UsageError, match="loops back"):
+        load_task(tmp_path / "a.toml")
