@@ -1,0 +1,123 @@
+"""The evaluator's data: validation, clean test and corrupted copies of the test split.
+
+Corrupted copies are made once per (test images, corruption, severity, seed, corruption code) and cached
+on disk under $BNNBENCH_CACHE (default ~/.cache/bnnbench), so every method and seed is scored on
+identical images and later runs skip the work. They are yielded one at a time so CIFAR-sized sets
+(75 copies of the test split) never sit in memory together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bnnbench.data import LoadedData
+from bnnbench.errors import UsageError, unknown_choice
+from bnnbench.types import EvalSplit, Split
+
+__all__ = ["EvalPlan", "cache_dir", "check_eval_config", "corrupted_images", "eval_plan"]
+
+CACHE_ENV = "BNNBENCH_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where derived data (corrupted test sets) is cached."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "bnnbench")
+
+
+def _corruption_names(setting: Any, where: str) -> list[str]:
+    from bnnbench.data.corruptions import CORRUPTIONS
+
+    if setting == "all":
+        return list(CORRUPTIONS)
+    if setting == "none":
+        return []
+    if not isinstance(setting, list):
+        raise UsageError(f"{where}: key 'eval.corruptions' must be \"all\", \"none\" or a list, got {setting!r}")
+    for name in setting:
+        if name not in CORRUPTIONS:
+            raise unknown_choice("corruption in eval.corruptions", name, CORRUPTIONS, where)
+    return list(setting)
+
+
+def _severities(setting: Any, where: str) -> list[int]:
+    if not isinstance(setting, list) or not setting or any(s not in (1, 2, 3, 4, 5) for s in setting):
+        raise UsageError(f"{where}: key 'eval.severities' must be a list drawn from 1..5, got {setting!r}")
+    return list(setting)
+
+
+def check_eval_config(eval_config: dict[str, Any], where: str) -> None:
+    """Raise UsageError for an unknown corruption or a severity outside 1..5."""
+    _corruption_names(eval_config.get("corruptions", "none"), where)
+    _severities(eval_config.get("severities", [1, 2, 3, 4, 5]), where)
+
+
+@cache
+def _corruption_code_hash() -> str:
+    from bnnbench.data import corruptions
+
+    return hashlib.sha256(Path(corruptions.__file__).read_bytes()).hexdigest()
+
+
+def corrupted_images(images: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
+    """`corrupt(images, name, severity)` with a fixed seed, read from the disk cache when present."""
+    from bnnbench.data.corruptions import CORRUPTIONS, corrupt
+
+    key = hashlib.sha256()
+    for part in (images.tobytes(), str(images.shape), name, str(severity), str(seed), _corruption_code_hash()):
+        key.update(part.encode() if isinstance(part, str) else part)
+    path = cache_dir() / "corruptions" / f"{name}-s{severity}-{key.hexdigest()[:16]}.npy"
+    if path.is_file():
+        return np.load(path)
+    rng = np.random.default_rng([seed, CORRUPTIONS.index(name), severity])
+    result = corrupt(images, name, severity, rng)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npy.tmp", delete=False) as handle:
+        np.save(handle, result)
+    os.replace(handle.name, path)
+    return result
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """The ordered evaluation splits of a task; iterate to get each `EvalSplit`."""
+
+    loaded: LoadedData
+    corruptions: tuple[str, ...]
+    severities: tuple[int, ...]
+    seed: int
+
+    def __len__(self) -> int:
+        return 2 + len(self.corruptions) * len(self.severities)
+
+    def __iter__(self) -> Iterator[EvalSplit]:
+        yield EvalSplit("val", "none", 0, self.loaded.bundle.val)
+        test = self.loaded.test
+        yield EvalSplit("test", "none", 0, test)
+        if not self.corruptions:
+            return
+        images = np.round(test.x.permute(0, 2, 3, 1).numpy() * 255.0).astype(np.uint8)
+        for name in self.corruptions:
+            for severity in self.severities:
+                corrupted = corrupted_images(images, name, severity, self.seed)
+                x = torch.from_numpy(corrupted).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+                yield EvalSplit("test", name, severity, Split(x, test.y))
+
+
+def eval_plan(eval_config: dict[str, Any], loaded: LoadedData, where: str = "task") -> EvalPlan:
+    """The splits a task's [eval] table asks for."""
+    return EvalPlan(
+        loaded=loaded,
+        corruptions=tuple(_corruption_names(eval_config.get("corruptions", "none"), where)),
+        severities=tuple(_severities(eval_config.get("severities", [1, 2, 3, 4, 5]), where)),
+        seed=int(eval_config.get("corruption_seed", 0)),
+    )

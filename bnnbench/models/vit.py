@@ -1,0 +1,28 @@
+"""timm's VisionTransformer, sized by the task (small images, trained from scratch)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+__all__ = ["vit"]
+
+
+def vit(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    patch_size: int = 2,
+    embed_dim: int = 64,
+    depth: int = 4,
+    num_heads: int = 4,
+    mlp_ratio: float = 2.0,
+    drop_rate: float = 0.0,
+) -> nn.Module:
+    """A timm `VisionTransformer` for square images of `input_shape` (C, H, W), class-token pooling."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    in_chans, height, width = input_shape
+    if height != width or height % patch_size:
+        raise ValueError(f"image {height}x{width} is not square or not divisible by patch_size={patch_size}")
+    return VisionTransformer(img_size=height, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+                             embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                             drop_rate=drop_rate)

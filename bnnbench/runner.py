@@ -1,0 +1,202 @@
+"""Run one (task, method, seed): load data, build the model, fit, evaluate, write results.
+
+`prepare` validates everything a run depends on before anything is written, so bad input fails fast
+with a UsageError and leaves no result directory; `run` then does the work for one seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from bnnbench import __version__
+from bnnbench.errors import BnnbenchError, UsageError, unknown_choice
+from bnnbench.results import (
+    SCHEMA_VERSION,
+    check_writable,
+    config_hash,
+    git_state,
+    machine_name,
+    make_run_id,
+    run_directory,
+    write_run,
+)
+from bnnbench.tasks import load_task, validate_task
+from bnnbench.types import Budget, Method, TaskSpec
+
+__all__ = ["RunOutcome", "RunPlan", "prepare", "resolve_budget", "run", "select_device"]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A validated run configuration, shared by all seeds."""
+
+    task: TaskSpec
+    method: Method
+    budget: Budget
+    budget_name: str
+    device_name: str
+    results_dir: Path
+    config_hash: str
+    save_predictions: bool = False
+    show_progress: bool = True
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """Where a run was written and how it ended."""
+
+    run_id: str
+    directory: Path
+    status: str
+    error: str
+    record: dict[str, Any]
+
+
+def resolve_budget(task: TaskSpec, budget_name: str | None, epochs: int | None) -> tuple[Budget, str]:
+    """The task's default or named budget, with `--epochs` applied on top."""
+    if budget_name in (None, "default"):
+        budget, name = task.budget, "default"
+    elif budget_name in task.budgets:
+        budget, name = task.budgets[budget_name], budget_name
+    else:
+        raise unknown_choice(f"budget of task '{task.name}'", budget_name, ["default", *task.budgets])
+    if epochs is not None:
+        if epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {epochs}")
+        budget, name = dataclasses.replace(budget, max_epochs=epochs, max_steps=None), f"{name}+epochs={epochs}"
+    return budget, name
+
+
+def select_device(name: str):
+    """`auto` takes CUDA when present; asking for CUDA without it is a usage error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise unknown_choice("device", name, ["auto", "cpu", "cuda"])
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but torch sees no CUDA device; valid choices here: auto, cpu")
+    return torch.device(name)
+
+
+def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | None = None,
+            budget_name: str | None = None, epochs: int | None = None, device: str = "auto",
+            results_dir: Path = Path("results/runs"), save_predictions: bool = False,
+            show_progress: bool = True) -> RunPlan:
+    """Validate a run request; raises UsageError (and writes nothing) on any bad input."""
+    from bnnbench.methods import METHODS, build_method
+
+    task = load_task(task_name)
+    METHODS.check(method_name)
+    validate_task(task)
+    method = build_method(method_name, task, overrides)
+    budget, budget_label = resolve_budget(task, budget_name, epochs)
+    device_name = str(select_device(device))
+    check_writable(results_dir)
+    hashed = config_hash({"hparams": dataclasses.asdict(method.hparams), "budget": dataclasses.asdict(budget)})
+    return RunPlan(task, method, budget, budget_label, device_name, Path(results_dir), hashed,
+                   save_predictions, show_progress)
+
+
+def _load(task: TaskSpec):
+    return _load_cached(str(task.path), json.dumps(task.data, sort_keys=True))
+
+
+@cache
+def _load_cached(where: str, data_json: str):  # seeds of one task share the data, loaded once
+    from bnnbench.data import load_data
+
+    return load_data(json.loads(data_json), where)
+
+
+def run(plan: RunPlan, seed: int) -> RunOutcome:
+    """Fit and evaluate one seed and write its results. A failure during fitting or evaluation is
+    recorded as a failed run (status "failed", the error in run.json), not raised."""
+    import numpy as np
+    import torch
+
+    from bnnbench.data.splits import eval_plan
+    from bnnbench.evaluate import evaluate
+    from bnnbench.models import create_model
+    from bnnbench.types import FitContext
+
+    task, device = plan.task, torch.device(plan.device_name)
+    run_id = make_run_id(task.name, task.version, plan.method.name, plan.config_hash, seed)
+    record = _base_record(plan, run_id, seed)
+    rows: list[dict[str, Any]] = []
+    predictions = None
+    start = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        torch.manual_seed(seed)
+        loaded = _load(task)
+        model = create_model(task.model, loaded.bundle.input_shape, loaded.bundle.num_classes, str(task.path))
+        record["n_params"] = sum(p.numel() for p in model.parameters())
+        context = FitContext(device=device, seed=seed, show_progress=plan.show_progress)
+        predictive, info = plan.method.fit(task, model, loaded.bundle, plan.budget, context)
+        record.update(fit_seconds=info.seconds, fit_steps=info.steps, fit_epochs=info.epochs, fit_extra=info.extra)
+        torch.manual_seed(seed)  # sampling predictives draw from the global generator: same seed, same draws
+        evaluation = evaluate(predictive, eval_plan(task.eval, loaded, str(task.path)),
+                              task.eval.get("metrics", ["acc", "nll", "ece", "brier"]),
+                              plan.budget.n_eval_samples, int(task.eval.get("batch_size", 1024)), device,
+                              plan.show_progress)
+        record["eval_seconds"] = evaluation.seconds
+        keys = {"run_id": run_id, "task": task.name, "task_version": task.version,
+                "method": plan.method.name, "seed": seed}
+        rows = [keys | row for row in evaluation.rows]
+        if plan.save_predictions:
+            predictions = {"probs": evaluation.test_probs, "labels": evaluation.test_labels}
+        if not all(np.isfinite(row["value"]) for row in rows):
+            raise BnnbenchError("a metric is not finite (the predictive produced NaN or inf)")
+    except (BnnbenchError, RuntimeError, ValueError) as error:
+        record.update(status="failed", error=f"{type(error).__name__}: {error}")
+        rows, predictions = [], None
+    record["duration_s"] = time.perf_counter() - start
+    record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    if device.type == "cuda":
+        record["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    directory = run_directory(plan.results_dir, task.name, plan.method.name, run_id)
+    write_run(directory, record, rows, predictions)
+    return RunOutcome(run_id, directory, record["status"], record["error"], record)
+
+
+def _base_record(plan: RunPlan, run_id: str, seed: int) -> dict[str, Any]:
+    import numpy
+    import torch
+
+    sha, dirty = git_state()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "task": plan.task.name,
+        "task_version": plan.task.version,
+        "method": plan.method.name,
+        "seed": seed,
+        "hparams": dataclasses.asdict(plan.method.hparams),
+        "budget": dataclasses.asdict(plan.budget),
+        "budget_name": plan.budget_name,
+        "config_hash": plan.config_hash,
+        "status": "ok",
+        "error": "",
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": plan.device_name,
+        "threads": torch.get_num_threads(),
+        "machine": machine_name(),
+        "git_sha": sha,
+        "git_dirty": dirty,
+        "versions": {"bnnbench": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+                     "python": platform.python_version()},
+        "argv": sys.argv,
+    }

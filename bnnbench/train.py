@@ -1,0 +1,136 @@
+"""The one training loop every method uses: AdamW, cosine schedule, bf16 autocast on CUDA, NaN guard.
+
+Methods differ only in the loss they hand in (and the parameters it depends on). The loop owns
+batching, the optimiser, the budget and progress display, so costs are comparable across methods.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from bnnbench.errors import DivergenceError, UsageError
+from bnnbench.types import Budget, FitContext, Split
+
+__all__ = ["LoopResult", "TrainConfig", "autocast", "progress_bar", "train_loop"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser settings shared by all methods; a task's [train] table sets its defaults.
+
+    AdamW's decoupled weight decay stands in for a Gaussian prior on the weights (MAP).
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    grad_clip: float = 0.0  # maximum global gradient norm; 0 turns clipping off
+    schedule: str = "cosine"  # "cosine" decays to 0 over the planned steps; "constant" keeps lr
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise UsageError(f"unknown schedule '{self.schedule}'; valid choices: constant, cosine")
+        if self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise UsageError(f"invalid training settings: {self}")
+
+
+@dataclass
+class LoopResult:
+    """What the loop did: steps and epochs run, wall seconds, mean training loss per epoch."""
+
+    steps: int
+    epochs: int
+    seconds: float
+    epoch_losses: list[float] = field(default_factory=list)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (fast matmuls), a no-op context elsewhere (exact CPU runs)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def progress_bar(enabled: bool):
+    """A rich progress bar on stderr, removed when done; disabled with --quiet."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    TextColumn("{task.fields[status]}"), console=Console(stderr=True), transient=True,
+                    disable=not enabled)
+
+
+def train_loop(
+    parameters: Iterable[Tensor],
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    data: Split,
+    config: TrainConfig,
+    budget: Budget,
+    context: FitContext,
+    description: str = "train",
+) -> LoopResult:
+    """Minimise `loss_fn(x_batch, y_batch)` over `parameters` within `budget`.
+
+    Shuffling uses a generator seeded from `context.seed`, so CPU runs repeat exactly.
+
+    Raises:
+        DivergenceError: the mean loss of an epoch is not finite.
+    """
+    parameters = list(parameters)
+    device = context.device
+    x, y = data.x.to(device), data.y.to(device)
+    n = len(y)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    planned = [limit for limit in (budget.max_steps,
+                                   budget.max_epochs and budget.max_epochs * steps_per_epoch) if limit]
+    if not planned:
+        raise UsageError("the budget needs max_epochs or max_steps")
+    total_steps = min(planned)
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    if config.schedule == "cosine":
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    else:
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    generator = torch.Generator().manual_seed(context.seed)
+    result = LoopResult(steps=0, epochs=0, seconds=0.0)
+    start = time.perf_counter()
+    with progress_bar(context.show_progress) as progress:
+        bar = progress.add_task(description, total=total_steps, status="")
+        while result.steps < total_steps:
+            order = torch.randperm(n, generator=generator).to(device)
+            loss_sum = torch.zeros((), device=device)
+            batches = 0
+            for begin in range(0, n, config.batch_size):
+                if result.steps >= total_steps:
+                    break
+                rows = order[begin:begin + config.batch_size]
+                with autocast(device):
+                    loss = loss_fn(x[rows], y[rows])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+                optimizer.step()
+                schedule.step()
+                loss_sum += loss.detach().float()
+                batches += 1
+                result.steps += 1
+                progress.advance(bar)
+            epoch_loss = (loss_sum / batches).item()  # one host sync per epoch, not per step
+            result.epochs += 1
+            result.epoch_losses.append(epoch_loss)
+            if not math.isfinite(epoch_loss):
+                raise DivergenceError(
+                    f"{description}: training loss is {epoch_loss} in epoch {result.epochs} "
+                    f"(lr={config.lr}); lower the learning rate or set grad_clip")
+            progress.update(bar, status=f"epoch {result.epochs} loss {epoch_loss:.4f}")
+            if budget.max_seconds and time.perf_counter() - start > budget.max_seconds:
+                break
+    result.seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,50 @@
+"""Result files: deterministic ids, atomic writes, loading."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bnnbench.results import config_hash, load_results, make_run_id, write_run
+
+ROW = {"run_id": "r", "task": "t", "task_version": 1, "method": "m", "seed": 0, "split": "test",
+       "corruption": "none", "severity": 0, "metric": "nll", "value": 0.1}
+
+
+def test_run_id_is_deterministic_and_sensitive():
+    first = config_hash({"hparams": {"lr": 1e-3}, "budget": {"max_epochs": 5}})
+    assert first == config_hash({"budget": {"max_epochs": 5}, "hparams": {"lr": 1e-3}})
+    assert first != config_hash({"hparams": {"lr": 2e-3}, "budget": {"max_epochs": 5}})
+    assert make_run_id("t", 1, "m", first, 3) == f"t.v1.m.{first[:8]}.s3"
+
+
+def test_write_replaces_a_run_whole(tmp_path):
+    directory = tmp_path / "t" / "m" / "r"
+    write_run(directory, {"run_id": "r", "status": "ok"}, [ROW], {"probs": np.ones((2, 2))})
+    write_run(directory, {"run_id": "r", "status": "failed"}, [])
+    assert sorted(p.name for p in directory.iterdir()) == ["run.json"]
+    assert json.loads((directory / "run.json").read_text())["status"] == "failed"
+    assert [p.name for p in (tmp_path / "t" / "m").iterdir()] == ["r"]  # no staging left behind
+
+
+def test_crash_while_writing_leaves_nothing(tmp_path, monkeypatch):
+    def broken_savez(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    directory = tmp_path / "t" / "m" / "r"
+    with pytest.raises(OSError, match="disk full"):
+        write_run(directory, {"run_id": "r"}, [ROW], {"probs": np.ones(2)})
+    assert list((tmp_path / "t" / "m").iterdir()) == []
+
+
+def test_load_skips_directories_being_written(tmp_path):
+    write_run(tmp_path / "t" / "m" / "r", {"run_id": "r", "status": "ok", "config_hash": "h"}, [ROW])
+    staging = tmp_path / "t" / "m" / ".r.partial"
+    staging.mkdir()
+    (staging / "run.json").write_text(json.dumps({"run_id": "half"}))
+    runs, metrics = load_results(tmp_path)
+    assert list(runs["run_id"]) == ["r"]
+    assert metrics["value"].tolist() == [0.1]
