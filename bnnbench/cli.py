@@ -1,0 +1,230 @@
+"""Command-line interface: parse, call the library, render with rich. No benchmark logic lives here."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from bnnbench.errors import BnnbenchError, UsageError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
+                  help="bnnbench: which posterior-inference method gives the best uncertainty, at what cost?")
+out = Console() if sys.stdout.isatty() else Console(width=200)  # pipes and files get whole rows
+err = Console(stderr=True)
+
+
+class Listable(str, Enum):
+    """What `bnnbench list` can show."""
+
+    tasks = "tasks"
+    methods = "methods"
+    metrics = "metrics"
+
+
+class Format(str, Enum):
+    """Leaderboard output formats."""
+
+    table = "table"
+    markdown = "markdown"
+    csv = "csv"
+    json = "json"
+
+
+def parse_seeds(values: list[str]) -> list[int]:
+    """`["0..2", "5"]` or `["0-2,5"]` -> [0, 1, 2, 5]."""
+    seeds: list[int] = []
+    for value in values:
+        for part in value.split(","):
+            low, sep, high = part.replace("..", "-").partition("-")
+            try:
+                seeds += list(range(int(low), int(high) + 1)) if sep else [int(part)]
+            except ValueError:
+                raise UsageError(f"--seed expects an integer or a range like 0..2, got '{part}'") from None
+    if not seeds:
+        raise UsageError("--seed expects at least one seed")
+    return sorted(set(seeds), key=seeds.index)
+
+
+@app.command("list", epilog="Example: `bnnbench list methods`")
+def list_(what: Annotated[Listable, typer.Argument(help="tasks, methods or metrics")]) -> None:
+    """List the registered tasks, methods or metrics."""
+    from rich.table import Table
+
+    table = Table(show_header=True, header_style="bold")
+    table.add_column(what.value[:-1])
+    table.add_column("description")
+    if what is Listable.tasks:
+        from bnnbench.tasks import list_tasks, load_task
+
+        for name in list_tasks():
+            table.add_row(name, load_task(name).description)
+    elif what is Listable.methods:
+        from bnnbench.methods import METHODS
+
+        for name in METHODS.names():
+            table.add_row(name, METHODS.summary(name))
+    else:
+        from bnnbench.metrics import METRICS
+
+        for name in METRICS.names():
+            table.add_row(name, METRICS.summary(name))
+    out.print(table)
+
+
+@app.command(epilog="Example: `bnnbench validate digits-mlp` (no names: every task)")
+def validate(tasks: Annotated[list[str] | None, typer.Argument(help="task names or .toml paths")] = None) -> None:
+    """Check task files: keys, data source, model, training settings, metrics, method overrides."""
+    from bnnbench.tasks import list_tasks, load_task, validate_task
+
+    for name in tasks or list_tasks():
+        task = load_task(name)
+        validate_task(task)
+        out.print(f"[green]ok[/green] {task.name} v{task.version} ({task.path})")
+
+
+@app.command(epilog="Example: `bnnbench run --task digits-mlp --method map --seed 0..2`")
+def run(
+    task: Annotated[str, typer.Option(help="task name (see `bnnbench list tasks`) or path to a .toml")],
+    method: Annotated[str, typer.Option(help="method name (see `bnnbench list methods`)")],
+    seed: Annotated[list[str], typer.Option(help="seed, repeatable or a range such as 0..2")] = ["0"],  # noqa: B006
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    results_dir: Annotated[Path, typer.Option(help="where run directories are written")] = Path("results/runs"),
+    epochs: Annotated[int | None, typer.Option(help="override the budget's epochs")] = None,
+    budget: Annotated[str | None, typer.Option(help="a named budget of the task, e.g. ci")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="method hyper-parameter key=value")] = [],  # noqa: B006
+    save_predictions: Annotated[bool, typer.Option(help="write predictions.npz (clean test)")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Fit one method on one task for each seed, evaluate it, and write tidy results."""
+    from bnnbench.methods import parse_assignments
+    from bnnbench.runner import prepare
+    from bnnbench.runner import run as run_seed
+
+    seeds = parse_seeds(seed)
+    plan = prepare(task, method, overrides=parse_assignments(set_), budget_name=budget, epochs=epochs,
+                   device=device, results_dir=results_dir, save_predictions=save_predictions,
+                   show_progress=not quiet)
+    failures = 0
+    for value in seeds:
+        outcome = run_seed(plan, value)
+        record = outcome.record
+        if outcome.status == "ok":
+            out.print(f"[green]ok[/green] {outcome.run_id}: fit {record['fit_seconds']:.1f} s "
+                      f"({record['fit_epochs']} epochs), eval {record['eval_seconds']:.1f} s -> {outcome.directory}")
+        else:
+            failures += 1
+            err.print(f"[red]failed[/red] {outcome.run_id}: {outcome.error} -> {outcome.directory}")
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command(epilog="Example: `bnnbench compare --task digits-mlp --format markdown`")
+def compare(
+    results_dir: Annotated[Path, typer.Option(help="results to read")] = Path("results/runs"),
+    task: Annotated[list[str], typer.Option(help="only these tasks (repeatable)")] = [],  # noqa: B006
+    metric: Annotated[list[str], typer.Option(help="only these metrics (repeatable)")] = [],  # noqa: B006
+    format_: Annotated[Format, typer.Option("--format", help="table, markdown, csv or json")] = Format.table,
+) -> None:
+    """Leaderboards per task: mean ± stderr over seeds, best per column, mean rank, cost columns."""
+    from bnnbench.compare import aggregate, leaderboard
+    from bnnbench.metrics import METRICS
+    from bnnbench.results import load_results
+
+    for name in metric:
+        METRICS.check(name)
+    runs, metrics = load_results(results_dir)
+    if runs.empty:
+        raise UsageError(f"no runs found under '{results_dir}'; run `bnnbench run` first")
+    if task:
+        runs, metrics = runs[runs["task"].isin(task)], metrics[metrics["task"].isin(task)]
+        if runs.empty:
+            raise UsageError(f"no runs of task(s) {', '.join(task)} under '{results_dir}'")
+    board = leaderboard(runs, aggregate(runs, metrics), metric or None)
+    if format_ is Format.csv:
+        sys.stdout.write(board.to_csv(index=False))
+    elif format_ is Format.json:
+        sys.stdout.write(board.to_json(orient="records", indent=2) + "\n")
+    else:
+        from bnnbench.render import leaderboard_markdown, leaderboard_table
+
+        for (task_name, version), rows in board.groupby(["task", "task_version"], sort=True):
+            title = f"{task_name} v{version}"
+            if format_ is Format.markdown:
+                sys.stdout.write(leaderboard_markdown(rows, title) + "\n")
+            else:
+                out.print(leaderboard_table(rows, title))
+
+
+@app.command(epilog="Example: `bnnbench check --baseline results/baselines/ci-cpu.csv --results-dir results/ci-runs`")
+def check(
+    baseline: Annotated[Path, typer.Option(help="baseline CSV (see `bnnbench baseline`)")],
+    results_dir: Annotated[Path, typer.Option(help="new results to check")] = Path("results/runs"),
+    config: Annotated[Path | None, typer.Option(help="pyproject.toml with [tool.bnnbench.check]")] = None,
+    only_changed: Annotated[bool, typer.Option(help="hide unchanged rows")] = False,
+) -> None:
+    """Compare results with a baseline; exit 1 on a regression (+) or new failure (!) of a gated metric."""
+    from bnnbench.compare import aggregate, check_failed, load_baseline, load_check_config
+    from bnnbench.compare import check as check_results
+    from bnnbench.render import check_table
+    from bnnbench.results import load_results
+
+    settings = load_check_config(config)
+    base = load_baseline(baseline)
+    runs, metrics = load_results(results_dir)
+    result = check_results(base, aggregate(runs, metrics), settings)
+    shown = result[result["mark"] != " "] if only_changed else result
+    out.print(check_table(shown, settings))
+    counts = result["mark"].value_counts().to_dict()
+    out.print("marks: " + ", ".join(f"'{mark}' {count}" for mark, count in sorted(counts.items())))
+    if (result["mark"] == "?").all():
+        err.print(f"[red]no results under '{results_dir}' match the baseline[/red]")
+        raise typer.Exit(1)
+    if check_failed(result):
+        err.print(f"[red]regression in a gated metric ({', '.join(settings.gate)})[/red]")
+        raise typer.Exit(1)
+    out.print(f"[green]no regression in gated metrics ({', '.join(settings.gate)})[/green]")
+
+
+@app.command("baseline", epilog="Example: `bnnbench baseline --results-dir results/ci-runs "
+                                "--out results/baselines/ci-cpu.csv`")
+def baseline_(
+    out_path: Annotated[Path, typer.Option("--out", help="baseline CSV to write")],
+    results_dir: Annotated[Path, typer.Option(help="results to summarise")] = Path("results/runs"),
+) -> None:
+    """Write the seed-aggregated summary rows of a results directory as a baseline CSV."""
+    from bnnbench.compare import aggregate, summary_rows
+    from bnnbench.results import load_results, write_text_atomic
+
+    runs, metrics = load_results(results_dir)
+    if runs.empty:
+        raise UsageError(f"no runs found under '{results_dir}'")
+    table = summary_rows(aggregate(runs, metrics))
+    write_text_atomic(out_path, table.to_csv(index=False, float_format="%.6g"))
+    out.print(f"wrote {len(table)} rows from {len(runs)} runs to {out_path}")
+
+
+def main() -> None:
+    """Entry point: usage errors become one line on stderr and exit code 2."""
+    try:
+        code = app(standalone_mode=False)  # returns the exit code of typer.Exit instead of raising it
+        sys.exit(code if isinstance(code, int) else 0)
+    except BnnbenchError as error:
+        err.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as error:  # click's own usage errors in non-standalone mode
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise

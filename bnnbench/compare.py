@@ -1,0 +1,246 @@
+"""Leaderboards (mean ± stderr over seeds, ranks) and the regression check against a baseline.
+
+The check follows asv's `compare` with metric direction added: a change worse than
+`max(abs_tol, rel_tol · |baseline|)` is a regression `+` unless both sides have at least two seeds and
+their `mean ± sigmas · stderr` intervals overlap (`~`, changed but not significant); `-` is an
+improvement, `!` a newly failing run, `*` a fixed one, `x` not comparable (other task version or other
+configuration), `?` missing from the new results. Any `+` or `!` on a gated metric fails the check.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bnnbench.errors import UsageError
+from bnnbench.metrics import METRICS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["BASELINE_COLUMNS", "CheckConfig", "Tolerance", "aggregate", "check", "check_failed", "leaderboard",
+           "load_baseline", "load_check_config", "summary_rows"]
+
+GROUP = ["task", "task_version", "method", "config_hash"]
+CELL = ["split", "corruption", "severity", "metric"]
+BASELINE_COLUMNS = [*GROUP, *CELL, "mean", "stderr", "n", "n_failed"]
+MARKS = {"+": "worse", "-": "better", "~": "changed, not significant", "!": "newly failing", "*": "fixed",
+         "x": "not comparable", "?": "missing from new results", " ": "unchanged"}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A change smaller than max(abs, rel · |baseline|) is noise."""
+
+    abs: float = 0.0
+    rel: float = 0.0
+
+    def of(self, baseline: float) -> float:
+        return max(self.abs, self.rel * abs(baseline))
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """Gate and tolerances; read from `[tool.bnnbench.check]` in pyproject.toml."""
+
+    gate: tuple[str, ...] = ("nll", "ece")
+    sigmas: float = 2.0
+    tolerances: dict[str, Tolerance] = field(default_factory=dict)
+
+    def tolerance(self, metric: str) -> Tolerance:
+        return self.tolerances.get(metric, Tolerance())
+
+
+# Fallback for an installed bnnbench run outside a project; keep equal to pyproject.toml (a test checks).
+DEFAULT_CHECK = CheckConfig(tolerances={"nll": Tolerance(0.03, 0.05), "ece": Tolerance(0.012, 0.0),
+                                        "acc": Tolerance(0.01, 0.0), "brier": Tolerance(0.015, 0.05)})
+
+
+def load_check_config(pyproject: Path | None = None) -> CheckConfig:
+    """`[tool.bnnbench.check]` from `pyproject` (default: the nearest pyproject.toml above the cwd)."""
+    if pyproject is None:
+        candidates = [d / "pyproject.toml" for d in (Path.cwd(), *Path.cwd().parents)]
+        pyproject = next((p for p in candidates if p.is_file()), None)
+        if pyproject is None:
+            return DEFAULT_CHECK
+    try:
+        table = tomllib.loads(Path(pyproject).read_text()).get("tool", {}).get("bnnbench", {}).get("check")
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise UsageError(f"cannot read check settings from {pyproject}: {error}") from None
+    if table is None:
+        return DEFAULT_CHECK
+    try:
+        tolerances = {name: Tolerance(**values) for name, values in table.get("tolerance", {}).items()}
+        return CheckConfig(gate=tuple(table.get("gate", DEFAULT_CHECK.gate)),
+                           sigmas=float(table.get("sigmas", DEFAULT_CHECK.sigmas)), tolerances=tolerances)
+    except TypeError as error:
+        raise UsageError(f"{pyproject}: bad [tool.bnnbench.check] table: {error}") from None
+
+
+def aggregate(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard error and count over seeds per (task, version, method, config, split, corruption,
+    severity, metric); `n_failed` counts the group's failed runs. A group whose every run failed keeps
+    placeholder rows (clean test nll and ece, mean NaN, n 0) so its failure is visible to `check`."""
+    if runs.empty:
+        return pd.DataFrame(columns=BASELINE_COLUMNS)
+    failed = (runs.assign(failed=runs["status"] != "ok").groupby(GROUP)["failed"].sum()
+              .rename("n_failed").reset_index())
+    ok = metrics[metrics["status"] == "ok"] if "status" in metrics else metrics
+    if ok.empty:
+        table = pd.DataFrame(columns=BASELINE_COLUMNS)
+    else:
+        table = ok.groupby([*GROUP, *CELL], sort=True)["value"].agg(
+            mean="mean", n="count", std=lambda v: v.std(ddof=1)).reset_index()
+        table["stderr"] = (table["std"] / np.sqrt(table["n"])).fillna(0.0)
+        table = table.drop(columns="std").merge(failed, on=GROUP, how="left")
+    only_failed = failed.merge(table[GROUP].drop_duplicates(), on=GROUP, how="left", indicator=True)
+    only_failed = only_failed[only_failed["_merge"] == "left_only"].drop(columns="_merge")
+    placeholders = [dict(group, split="test", corruption="none", severity=0, metric=metric, mean=math.nan,
+                         stderr=math.nan, n=0) for group in only_failed.to_dict("records")
+                    for metric in ("nll", "ece")]
+    table = pd.concat([table, pd.DataFrame(placeholders)], ignore_index=True) if placeholders else table
+    return table[BASELINE_COLUMNS].sort_values([*GROUP, *CELL], ignore_index=True)
+
+
+def summary_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows a baseline keeps: validation, clean test and the corruption means (not each corruption,
+    whose seed noise is large)."""
+    keep = (table["corruption"].isin(["none", "mean"]))
+    return table[keep].reset_index(drop=True)
+
+
+def load_baseline(path: Path) -> pd.DataFrame:
+    """Read a baseline CSV; raises UsageError naming missing columns."""
+    try:
+        table = pd.read_csv(path, dtype={"corruption": str, "split": str, "config_hash": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise UsageError(f"cannot read baseline '{path}': {error}") from None
+    missing = [column for column in BASELINE_COLUMNS if column not in table.columns]
+    if missing:
+        raise UsageError(f"baseline '{path}' lacks columns {', '.join(missing)}; "
+                         f"expected columns: {', '.join(BASELINE_COLUMNS)}")
+    return table
+
+
+def _mark(base: dict[str, Any], new: dict[str, Any] | None, config: CheckConfig) -> str:
+    if new is None:
+        return "?"
+    base_failed, new_failed = base["n_failed"] > 0, new["n_failed"] > 0
+    if new_failed and not base_failed:
+        return "!"
+    if base_failed and not new_failed:
+        return "*"
+    if new.get("missing") and not new_failed:
+        return "?"
+    if base["task_version"] != new["task_version"] or base["config_hash"] != new["config_hash"]:
+        return "x"
+    if new["n"] == 0 or base["n"] == 0:
+        return " "
+    higher = METRICS.get(base["metric"]).higher_is_better if base["metric"] in METRICS else False
+    worse = (base["mean"] - new["mean"]) if higher else (new["mean"] - base["mean"])
+    if abs(worse) <= config.tolerance(base["metric"]).of(base["mean"]):
+        return " "
+    if base["n"] >= 2 and new["n"] >= 2:
+        half_widths = config.sigmas * (base["stderr"] + new["stderr"])
+        if abs(new["mean"] - base["mean"]) <= half_widths:
+            return "~"
+    return "+" if worse > 0 else "-"
+
+
+def check(baseline: pd.DataFrame, new: pd.DataFrame, config: CheckConfig) -> pd.DataFrame:
+    """One row per baseline row: base and new mean, ratio, mark and whether the metric is gated.
+
+    `new` is `aggregate(...)` of the new results. Rows match on task, method, split, corruption,
+    severity and metric; version and configuration decide comparability. A group whose runs failed is
+    looked up at the group level, since failed runs have no metric rows.
+    """
+    match = ["task", "method", *CELL]
+    new_rows = {tuple(row[k] for k in match): row for row in new.to_dict("records")}
+    new_groups = {(row["task"], row["method"]): row for row in new.to_dict("records")}
+    out = []
+    for base in baseline.to_dict("records"):
+        found = new_rows.get(tuple(base[k] for k in match))
+        group = new_groups.get((base["task"], base["method"]))
+        if found is None and group is not None:  # failed runs have no metric rows: judge the group
+            found = dict(group, mean=math.nan, stderr=math.nan, n=0, missing=True)
+        mark = _mark(base, found, config)
+        new_mean = found["mean"] if found else math.nan
+        out.append({**{k: base[k] for k in match}, "base": base["mean"], "new": new_mean,
+                    "ratio": new_mean / base["mean"] if base["mean"] else math.nan, "mark": mark,
+                    "gated": base["metric"] in config.gate})
+    result = pd.DataFrame(out, columns=[*match, "base", "new", "ratio", "mark", "gated"])
+    order = {"!": 0, "+": 1, "~": 2, "x": 3, "?": 4, "*": 5, "-": 6, " ": 7}
+    return result.sort_values("mark", key=lambda marks: marks.map(order), kind="stable", ignore_index=True)
+
+
+def check_failed(result: pd.DataFrame) -> bool:
+    """True when a gated metric regressed (`+`) or a run newly fails (`!`)."""
+    return bool((result["gated"] & result["mark"].isin(["+", "!"])).any())
+
+
+def leaderboard(runs: pd.DataFrame, table: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
+    """A long leaderboard: one row per (task, version, method label, column) with mean, stderr, n, rank
+    and best. Columns are each metric on the clean test split, its mean over corruptions
+    ("<metric> corrupted", when present), fit seconds and peak memory; `rank` is the method's mean rank
+    over the quality columns (1 is best)."""
+    if table.empty:
+        return pd.DataFrame(columns=["task", "task_version", "method", "column", "mean", "stderr", "n",
+                                     "higher_is_better", "best", "rank"])
+    table = table[table["n"] > 0]
+    labels = _method_labels(table)
+    clean = table[(table["split"] == "test") & (table["corruption"] == "none")].assign(column=table["metric"])
+    corrupted = table[(table["split"] == "test") & (table["corruption"] == "mean") & (table["severity"] == 0)]
+    corrupted = corrupted.assign(column=corrupted["metric"] + " corrupted")
+    quality = pd.concat([clean, corrupted], ignore_index=True)
+    if metrics:
+        quality = quality[quality["metric"].isin(metrics)]
+    quality = quality.assign(higher_is_better=quality["metric"].map(lambda m: METRICS.get(m).higher_is_better),
+                             kind="quality")
+    board = pd.concat([quality, _costs(runs)], ignore_index=True)
+    board["method"] = [labels.get((t, m, h), m) for t, m, h in zip(board["task"], board["method"],
+                                                                     board["config_hash"], strict=True)]
+    board["best"] = False
+    board["rank"] = math.nan
+    for _, rows in board.groupby(["task", "task_version", "column"]):
+        score = np.where(rows["higher_is_better"], -rows["mean"], rows["mean"])
+        board.loc[rows.index, "best"] = score == score.min()
+        board.loc[rows.index, "column_rank"] = pd.Series(score, index=rows.index).rank(method="min")
+    mean_rank = (board[board["kind"] == "quality"].groupby(["task", "task_version", "method"])["column_rank"]
+                 .mean().rename("rank").reset_index())
+    board = board.drop(columns=["rank"]).merge(mean_rank, on=["task", "task_version", "method"], how="left")
+    order = {name: i for i, name in enumerate(METRICS.names())}
+    board["column_order"] = [(kind != "quality", column.endswith(" corrupted"), order.get(column.split()[0], 0))
+                             for kind, column in zip(board["kind"], board["column"], strict=True)]
+    board = board.sort_values(["task", "task_version", "rank", "method", "column_order"], ignore_index=True)
+    columns = ["task", "task_version", "method", "column", "mean", "stderr", "n", "higher_is_better", "best", "rank"]
+    return board[columns]
+
+
+def _method_labels(table: pd.DataFrame) -> dict[tuple[str, str, str], str]:
+    labels = {}
+    for (task, method), rows in table.groupby(["task", "method"]):
+        hashes = sorted(rows["config_hash"].unique())
+        for hash_ in hashes:
+            labels[(task, method, hash_)] = method if len(hashes) == 1 else f"{method}[{hash_[:6]}]"
+    return labels
+
+
+def _costs(runs: pd.DataFrame) -> pd.DataFrame:
+    ok = runs[runs["status"] == "ok"]
+    frames = []
+    for source, column in (("fit_seconds", "fit s"), ("peak_rss_mb", "peak MB")):
+        if source not in ok:
+            continue
+        grouped = ok.groupby(GROUP)[source]
+        stats = grouped.agg(mean="mean", n="count", std=lambda v: v.std(ddof=1)).reset_index()
+        stats["stderr"] = (stats["std"] / np.sqrt(stats["n"])).fillna(0.0)
+        frames.append(stats.drop(columns="std").assign(column=column, higher_is_better=False, kind="cost"))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

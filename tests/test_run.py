@@ -1,0 +1,96 @@
+"""End-to-end runs of `map` on digits: repeatability, saved predictions, result files and the CI gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, log_loss
+from torchmetrics.classification import MulticlassCalibrationError
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = REPO / "results" / "baselines" / "ci-cpu.csv"
+
+
+def test_same_seed_gives_identical_metrics_csv(cli, tmp_path):
+    texts = []
+    for name in ("a", "b"):
+        result = cli("run", "--task", "digits-mlp", "--method", "map", "--budget", "ci", "--seed", "3", "--quiet",
+                     "--results-dir", str(tmp_path / name))
+        assert result.code == 0, result.stderr
+        [path] = (tmp_path / name).glob("digits-mlp/map/*/metrics.csv")
+        texts.append(path.read_text())
+    assert texts[0] == texts[1]
+    rows = pd.read_csv(tmp_path / "a" / path.relative_to(tmp_path / "b"))
+    assert len(rows) == 4 * (2 + 15 * 5 + 6)  # val, clean test, 15 x 5 corrupted, 5 + 1 means; 4 metrics each
+    assert rows[["run_id", "task", "split", "corruption", "severity", "metric"]].notna().all().all()
+
+
+def test_saved_predictions_reproduce_metrics(cli, results_dir):
+    result = cli("run", "--task", "digits-mlp", "--method", "map", "--seed", "0", "--save-predictions", "--quiet",
+                 "--results-dir", str(results_dir))
+    assert result.code == 0, result.stderr
+    [directory] = results_dir.glob("digits-mlp/map/*")
+    saved = np.load(directory / "predictions.npz")
+    probs, labels = saved["probs"], saved["labels"]
+    assert probs.dtype == np.float32 and labels.dtype == np.int64 and probs.shape == (360, 10)
+    rows = pd.read_csv(directory / "metrics.csv")
+    clean = rows[(rows["split"] == "test") & (rows["corruption"] == "none")].set_index("metric")["value"]
+    assert clean["acc"] == pytest.approx(accuracy_score(labels, probs.argmax(1)), abs=1e-5)
+    normalised = probs.astype(np.float64)
+    normalised /= normalised.sum(axis=1, keepdims=True)  # float32 rows sum to 1 +- 1e-7; sklearn warns
+    assert clean["nll"] == pytest.approx(log_loss(labels, normalised, labels=range(10)), abs=1e-5)
+    ece = MulticlassCalibrationError(num_classes=10, n_bins=15, norm="l1")(torch.from_numpy(probs),
+                                                                          torch.from_numpy(labels))
+    assert clean["ece"] == pytest.approx(ece.item(), abs=1e-5)
+    assert clean["acc"] > 0.9  # a trained MLP, not chance
+
+
+def test_run_json_records_costs_and_provenance(cli, results_dir):
+    assert cli("run", "--task", "digits-cnn", "--method", "map", "--budget", "ci", "--quiet",
+               "--results-dir", str(results_dir)).code == 0
+    [run_json] = results_dir.glob("digits-cnn/map/*/run.json")
+    record = json.loads(run_json.read_text())
+    for key in ("fit_seconds", "eval_seconds", "peak_rss_mb", "n_params", "device", "threads", "versions",
+                "git_sha", "hparams", "config_hash", "schema_version", "budget"):
+        assert key in record, key
+    assert record["status"] == "ok" and record["device"] == "cpu" and record["fit_epochs"] == 5
+    assert record["n_params"] == sum(p.numel() for p in _cnn().parameters())
+    assert record["hparams"]["lr"] == 1e-3 and record["budget"]["max_epochs"] == 5
+
+
+def _cnn():
+    from bnnbench.models import create_model
+    from bnnbench.tasks import load_task
+
+    return create_model(load_task("digits-cnn").model, (1, 8, 8), 10)
+
+
+def test_vit_task_runs(cli, results_dir):
+    result = cli("run", "--task", "digits-vit", "--method", "map", "--epochs", "1", "--quiet",
+                 "--results-dir", str(results_dir))
+    assert result.code == 0, result.stderr
+
+
+def test_set_overrides_change_the_run_id(cli, results_dir):
+    for lr in ("1e-3", "2e-3"):
+        assert cli("run", "--task", "digits-mlp", "--method", "map", "--budget", "ci", "--quiet", "--set",
+                   f"lr={lr}", "--results-dir", str(results_dir)).code == 0
+    records = [json.loads(p.read_text()) for p in results_dir.glob("digits-mlp/map/*/run.json")]
+    assert sorted(r["hparams"]["lr"] for r in records) == [1e-3, 2e-3]
+
+
+def test_ci_gate_passes_against_committed_baseline(cli, results_dir):
+    """What `make check` does: CI-budget map runs, then `bnnbench check` on the committed baseline."""
+    result = cli("run", "--task", "digits-mlp", "--method", "map", "--budget", "ci", "--seed", "0..2", "--quiet",
+                 "--results-dir", str(results_dir))
+    assert result.code == 0, result.stderr
+    checked = cli("check", "--baseline", str(BASELINE), "--results-dir", str(results_dir))
+    assert checked.code == 0, checked.stdout + checked.stderr
+    [marks] = [line for line in checked.stdout.splitlines() if line.startswith("marks:")]
+    assert marks == "marks: ' ' 32", marks  # all comparable: the baseline matches today's tasks and settings
+    assert "no regression" in checked.stdout
