@@ -14,12 +14,13 @@ from torchmetrics.classification import MulticlassCalibrationError
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = REPO / "results" / "baselines" / "ci-cpu.csv"
+CPU = ("--device", "cpu")  # exact repeatability and the baseline are CPU properties; a GPU machine would pick cuda
 
 
 def test_same_seed_gives_identical_metrics_csv(cli, tmp_path):
     texts = []
     for name in ("a", "b"):
-        result = cli("run", "--task", "digits-mlp", "--method", "map", "--budget", "ci", "--seed", "3", "--quiet",
+        result = cli("run", "--task", "digits-mlp", "--method", "map", "--budget", "ci", "--seed", "3", "--quiet", *CPU,
                      "--results-dir", str(tmp_path / name))
         assert result.code == 0, result.stderr
         [path] = (tmp_path / name).glob("digits-mlp/map/*/metrics.csv")
@@ -51,7 +52,7 @@ def test_saved_predictions_reproduce_metrics(cli, results_dir):
 
 
 def test_run_json_records_costs_and_provenance(cli, results_dir):
-    assert cli("run", "--task", "digits-cnn", "--method", "map", "--budget", "ci", "--quiet",
+    assert cli("run", "--task", "digits-cnn", "--method", "map", "--budget", "ci", "--quiet", *CPU,
                "--results-dir", str(results_dir)).code == 0
     [run_json] = results_dir.glob("digits-cnn/map/*/run.json")
     record = json.loads(run_json.read_text())
@@ -86,7 +87,7 @@ def test_set_overrides_change_the_run_id(cli, results_dir):
 
 def test_ci_gate_passes_against_committed_baseline(cli, results_dir):
     """What `make check` does: CI-budget map runs, then `bnnbench check` on the committed baseline."""
-    result = cli("run", "--task", "digits-mlp", "--method", "map", "--budget", "ci", "--seed", "0..2", "--quiet",
+    result = cli("run", "--task", "digits-mlp", "--method", "map", "--budget", "ci", "--seed", "0..2", "--quiet", *CPU,
                  "--results-dir", str(results_dir))
     assert result.code == 0, result.stderr
     checked = cli("check", "--baseline", str(BASELINE), "--results-dir", str(results_dir))
