@@ -56,13 +56,15 @@ def autocast(device: torch.device):
 
 
 def progress_bar(enabled: bool):
-    """A rich progress bar on stderr, removed when done; disabled with --quiet."""
+    """A rich progress bar on stderr, removed when done; off with --quiet and when stderr is no terminal
+    (logs of `make run` or CI get no blank lines from it)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    console = Console(stderr=True)
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.fields[status]}"), console=Console(stderr=True), transient=True,
-                    disable=not enabled)
+                    TextColumn("{task.fields[status]}"), console=console, transient=True,
+                    disable=not (enabled and console.is_terminal))
 
 
 def train_loop(
