@@ -116,7 +116,8 @@ def run(
         outcome = run_seed(plan, value)
         record = outcome.record
         if outcome.status == "ok":
-            out.print(f"[green]ok[/green] {outcome.run_id}: fit {record['fit_seconds']:.1f} s "
+            scores = " ".join(f"{name} {value:.4f}" for name, value in outcome.clean_test.items())
+            out.print(f"[green]ok[/green] {outcome.run_id}: test {scores}; fit {record['fit_seconds']:.1f} s "
                       f"({record['fit_epochs']} epochs), eval {record['eval_seconds']:.1f} s -> {outcome.directory}")
         else:
             failures += 1

@@ -9,11 +9,13 @@ metric over corruption types, per severity and over all severities) are added as
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from bnnbench.data.splits import EvalPlan
 from bnnbench.likelihoods import mixture_log_predictive
 from bnnbench.metrics import METRICS
 from bnnbench.train import progress_bar
@@ -43,9 +45,9 @@ def predict_mixture(predictive: Predictive, data: Split, n_samples: int, batch_s
     return torch.cat(parts).numpy()
 
 
-def evaluate(predictive: Predictive, splits: list[EvalSplit] | object, metric_names: list[str], n_samples: int,
-             batch_size: int, device: torch.device, show_progress: bool = True) -> Evaluation:
-    """Score `predictive` on each split of `splits` (an iterable of EvalSplit with a length)."""
+def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], metric_names: list[str],
+             n_samples: int, batch_size: int, device: torch.device, show_progress: bool = True) -> Evaluation:
+    """Score `predictive` on each split of `splits`."""
     metrics = [METRICS.get(name) for name in metric_names]
     rows: list[dict] = []
     test_probs = test_labels = None

@@ -60,6 +60,7 @@ class RunOutcome:
     status: str
     error: str
     record: dict[str, Any]
+    clean_test: dict[str, float]  # metric -> value on the clean test split (empty for a failed run)
 
 
 def resolve_budget(task: TaskSpec, budget_name: str | None, epochs: int | None) -> tuple[Budget, str]:
@@ -169,7 +170,9 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
         record["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     directory = run_directory(plan.results_dir, task.name, plan.method.name, run_id)
     write_run(directory, record, rows, predictions)
-    return RunOutcome(run_id, directory, record["status"], record["error"], record)
+    clean_test = {row["metric"]: row["value"] for row in rows
+                  if (row["split"], row["corruption"]) == ("test", "none")}
+    return RunOutcome(run_id, directory, record["status"], record["error"], record, clean_test)
 
 
 def _base_record(plan: RunPlan, run_id: str, seed: int) -> dict[str, Any]:

@@ -102,14 +102,15 @@ def train_loop(
     generator = torch.Generator().manual_seed(context.seed)
     result = LoopResult(steps=0, epochs=0, seconds=0.0)
     start = time.perf_counter()
+    deadline = start + budget.max_seconds if budget.max_seconds else math.inf
     with progress_bar(context.show_progress) as progress:
         bar = progress.add_task(description, total=total_steps, status="")
-        while result.steps < total_steps:
+        while result.steps < total_steps and time.perf_counter() < deadline:
             order = torch.randperm(n, generator=generator).to(device)
             loss_sum = torch.zeros((), device=device)
             batches = 0
             for begin in range(0, n, config.batch_size):
-                if result.steps >= total_steps:
+                if result.steps >= total_steps or time.perf_counter() >= deadline:
                     break
                 rows = order[begin:begin + config.batch_size]
                 with autocast(device):
@@ -132,7 +133,5 @@ def train_loop(
                     f"{description}: training loss is {epoch_loss} in epoch {result.epochs} "
                     f"(lr={config.lr}); lower the learning rate or set grad_clip")
             progress.update(bar, status=f"epoch {result.epochs} loss {epoch_loss:.4f}")
-            if budget.max_seconds and time.perf_counter() - start > budget.max_seconds:
-                break
     result.seconds = time.perf_counter() - start
     return result

@@ -1,0 +1,73 @@
+"""The shared training loop: it minimises what it is given, honours the budget, and stops on NaN."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bnnbench.errors import DivergenceError
+from bnnbench.train import TrainConfig, train_loop
+from bnnbench.types import Budget, FitContext, Split
+
+CONTEXT = FitContext(device=torch.device("cpu"), seed=0, show_progress=False)
+
+
+def regression_data(n: int = 200, d: int = 5):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=generator)
+    y = x @ torch.arange(1.0, d + 1) + 0.5 + 0.1 * torch.randn(n, generator=generator)
+    return Split(x, y)
+
+
+def least_squares(parameters):
+    weight, bias = parameters
+
+    def loss(x, y):
+        return ((x @ weight + bias - y) ** 2).mean()
+
+    return loss
+
+
+def test_loop_reaches_the_least_squares_solution():
+    data = regression_data()
+    weight, bias = torch.zeros(5, requires_grad=True), torch.zeros((), requires_grad=True)
+    config = TrainConfig(lr=0.05, weight_decay=0.0, batch_size=32)
+    result = train_loop([weight, bias], least_squares([weight, bias]), data, config, Budget(max_epochs=300), CONTEXT)
+    design = np.hstack([data.x.numpy(), np.ones((len(data), 1))])
+    exact, *_ = np.linalg.lstsq(design, data.y.numpy(), rcond=None)
+    np.testing.assert_allclose(np.append(weight.detach().numpy(), bias.item()), exact, atol=2e-3)
+    assert result.epochs == 300 and result.steps == 300 * 7
+    assert result.epoch_losses[-1] < result.epoch_losses[0] / 100
+
+
+def test_max_steps_and_seconds_stop_training():
+    data = regression_data()
+    weight, bias = torch.zeros(5, requires_grad=True), torch.zeros((), requires_grad=True)
+    config = TrainConfig(batch_size=32)
+    by_steps = train_loop([weight, bias], least_squares([weight, bias]), data, config,
+                          Budget(max_epochs=100, max_steps=10), CONTEXT)
+    assert (by_steps.steps, by_steps.epochs) == (10, 2)
+    by_time = train_loop([weight, bias], least_squares([weight, bias]), data, config,
+                         Budget(max_epochs=10**6, max_seconds=0.3), CONTEXT)
+    assert 0.3 <= by_time.seconds < 1.5 and by_time.steps < 10**6 * 7
+
+
+def test_same_seed_same_result_other_seed_other_order():
+    def fit(seed):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(5, 1)
+        train_loop(model.parameters(), lambda x, y: ((model(x).squeeze(-1) - y) ** 4).mean(), regression_data(),
+                   TrainConfig(batch_size=16), Budget(max_epochs=3), FitContext(torch.device("cpu"), seed, False))
+        return model.weight.detach().clone()
+
+    assert torch.equal(fit(1), fit(1))
+    assert not torch.equal(fit(1), fit(2))
+
+
+def test_non_finite_loss_raises_divergence():
+    data = regression_data()
+    weight = torch.zeros(5, requires_grad=True)
+    with pytest.raises(DivergenceError, match="training loss is nan in epoch 1"):
+        train_loop([weight], lambda x, y: (x @ weight).sum() * float("nan"), data, TrainConfig(),
+                   Budget(max_epochs=2), CONTEXT)
