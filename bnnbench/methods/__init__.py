@@ -21,7 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["METHODS", "build_method", "check_method_overrides", "hparam_names", "parse_assignments"]
+__all__ = ["METHODS", "build_method", "check_method_overrides", "parse_assignments"]
 
 METHODS: Registry[str] = Registry("method")  # name -> module path, imported on use
 METHODS.register("map", "bnnbench.methods.map", "maximum a posteriori point estimate (AdamW = Gaussian prior)")
@@ -30,11 +30,6 @@ METHODS.register("map", "bnnbench.methods.map", "maximum a posteriori point esti
 def _module(name: str):
     METHODS.check(name)
     return importlib.import_module(METHODS.get(name))
-
-
-def hparam_names(name: str) -> list[str]:
-    """The hyper-parameters a method accepts."""
-    return [f.name for f in fields(_module(name).Hparams)]
 
 
 def _coerce(method: str, key: str, value: Any, default: Any, where: str) -> Any:
