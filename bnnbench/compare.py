@@ -97,10 +97,7 @@ def aggregate(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     if ok.empty:
         table = pd.DataFrame(columns=BASELINE_COLUMNS)
     else:
-        table = ok.groupby([*GROUP, *CELL], sort=True)["value"].agg(
-            mean="mean", n="count", std=lambda v: v.std(ddof=1)).reset_index()
-        table["stderr"] = (table["std"] / np.sqrt(table["n"])).fillna(0.0)
-        table = table.drop(columns="std").merge(failed, on=GROUP, how="left")
+        table = _mean_stderr(ok.groupby([*GROUP, *CELL], sort=True)["value"]).merge(failed, on=GROUP, how="left")
     only_failed = failed.merge(table[GROUP].drop_duplicates(), on=GROUP, how="left", indicator=True)
     only_failed = only_failed[only_failed["_merge"] == "left_only"].drop(columns="_merge")
     placeholders = [dict(group, split="test", corruption="none", severity=0, metric=metric, mean=math.nan,
@@ -108,6 +105,13 @@ def aggregate(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
                     for metric in ("nll", "ece")]
     table = pd.concat([table, pd.DataFrame(placeholders)], ignore_index=True) if placeholders else table
     return table[BASELINE_COLUMNS].sort_values([*GROUP, *CELL], ignore_index=True)
+
+
+def _mean_stderr(grouped) -> pd.DataFrame:
+    """mean, n and standard error of the mean (0 for a single seed) of each group of a SeriesGroupBy."""
+    table = grouped.agg(mean="mean", n="count", std=lambda v: v.std(ddof=1)).reset_index()
+    table["stderr"] = (table["std"] / np.sqrt(table["n"])).fillna(0.0)
+    return table.drop(columns="std")
 
 
 def summary_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -239,8 +243,6 @@ def _costs(runs: pd.DataFrame) -> pd.DataFrame:
     for source, column in (("fit_seconds", "fit s"), ("peak_rss_mb", "peak MB")):
         if source not in ok:
             continue
-        grouped = ok.groupby(GROUP)[source]
-        stats = grouped.agg(mean="mean", n="count", std=lambda v: v.std(ddof=1)).reset_index()
-        stats["stderr"] = (stats["std"] / np.sqrt(stats["n"])).fillna(0.0)
-        frames.append(stats.drop(columns="std").assign(column=column, higher_is_better=False, kind="cost"))
+        stats = _mean_stderr(ok.groupby(GROUP)[source])
+        frames.append(stats.assign(column=column, higher_is_better=False, kind="cost"))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

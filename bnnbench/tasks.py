@@ -157,8 +157,9 @@ def _budget(table: dict[str, Any], base: Budget, where: str, prefix: str) -> Bud
 def validate_task(task: TaskSpec) -> None:
     """Check every name and key the task refers to (imports the data, model and method modules)."""
     from bnnbench.data import check_data_config
+    from bnnbench.data.splits import check_eval_config
     from bnnbench.methods import METHODS, check_method_overrides
-    from bnnbench.metrics import METRICS, metrics_for
+    from bnnbench.metrics import metrics_for
     from bnnbench.models import check_model_config
     from bnnbench.train import TrainConfig
 
@@ -172,10 +173,7 @@ def validate_task(task: TaskSpec) -> None:
     for name in task.eval.get("metrics", []):
         if name not in metrics_for(task.likelihood):
             raise unknown_choice("metric in eval.metrics", name, metrics_for(task.likelihood), where)
-        METRICS.get(name)
     for method, overrides in task.methods.items():
         METHODS.check(method)
         check_method_overrides(method, overrides, where)
-    from bnnbench.data.splits import check_eval_config
-
     check_eval_config(task.eval, where)

@@ -24,7 +24,8 @@ from bnnbench.data import LoadedData
 from bnnbench.errors import UsageError, unknown_choice
 from bnnbench.types import EvalSplit, Split
 
-__all__ = ["EvalPlan", "cache_dir", "check_eval_config", "corrupted_images", "eval_plan"]
+__all__ = ["EvalPlan", "cache_dir", "check_eval_config", "corrupted_images", "eval_plan",
+           "images_digest"]
 
 CACHE_ENV = "BNNBENCH_CACHE"
 
@@ -68,13 +69,22 @@ def _corruption_code_hash() -> str:
     return hashlib.sha256(Path(corruptions.__file__).read_bytes()).hexdigest()
 
 
-def corrupted_images(images: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
-    """`corrupt(images, name, severity)` with a fixed seed, read from the disk cache when present."""
+def images_digest(images: np.ndarray) -> str:
+    """sha256 of an image array's bytes and shape: the cache key part that names the test set."""
+    return hashlib.sha256(images.tobytes() + str(images.shape).encode()).hexdigest()
+
+
+def corrupted_images(images: np.ndarray, name: str, severity: int, seed: int, digest: str | None = None) -> np.ndarray:
+    """`corrupt(images, name, severity)` with a fixed seed, read from the disk cache when present.
+
+    `digest` is `images_digest(images)`, passed in by callers that corrupt one set many times (a CIFAR
+    test set is 30 MB: hashing it 75 times would cost seconds).
+    """
     from bnnbench.data.corruptions import CORRUPTIONS, corrupt
 
     key = hashlib.sha256()
-    for part in (images.tobytes(), str(images.shape), name, str(severity), str(seed), _corruption_code_hash()):
-        key.update(part.encode() if isinstance(part, str) else part)
+    for part in (digest or images_digest(images), name, str(severity), str(seed), _corruption_code_hash()):
+        key.update(part.encode())
     path = cache_dir() / "corruptions" / f"{name}-s{severity}-{key.hexdigest()[:16]}.npy"
     if path.is_file():
         return np.load(path)
@@ -106,9 +116,10 @@ class EvalPlan:
         if not self.corruptions:
             return
         images = np.round(test.x.permute(0, 2, 3, 1).numpy() * 255.0).astype(np.uint8)
+        digest = images_digest(images)
         for name in self.corruptions:
             for severity in self.severities:
-                corrupted = corrupted_images(images, name, severity, self.seed)
+                corrupted = corrupted_images(images, name, severity, self.seed, digest)
                 x = torch.from_numpy(corrupted).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
                 yield EvalSplit("test", name, severity, Split(x, test.y))
 
