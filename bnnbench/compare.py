@@ -148,9 +148,9 @@ def _mark(base: dict[str, Any], new: dict[str, Any] | None, config: CheckConfig)
         return "x"
     if new["n"] == 0 or base["n"] == 0:
         return " "
-    higher = METRICS.get(base["metric"]).higher_is_better if base["metric"] in METRICS else False
-    worse = (base["mean"] - new["mean"]) if higher else (new["mean"] - base["mean"])
-    if abs(worse) <= config.tolerance(base["metric"]).of(base["mean"]):
+    badness = METRICS.get(base["metric"]).badness if base["metric"] in METRICS else float
+    worse = badness(new["mean"]) - badness(base["mean"])
+    if abs(new["mean"] - base["mean"]) <= config.tolerance(base["metric"]).of(base["mean"]):
         return " "
     if base["n"] >= 2 and new["n"] >= 2:
         half_widths = config.sigmas * (base["stderr"] + new["stderr"])
@@ -207,6 +207,8 @@ def leaderboard(runs: pd.DataFrame, table: pd.DataFrame, metrics: list[str] | No
     if metrics:
         quality = quality[quality["metric"].isin(metrics)]
     quality = quality.assign(higher_is_better=quality["metric"].map(lambda m: METRICS.get(m).higher_is_better),
+                             score=[METRICS.get(m).badness(v) for m, v in zip(quality["metric"], quality["mean"],
+                                                                              strict=True)],
                              kind="quality")
     board = pd.concat([quality, _costs(runs)], ignore_index=True)
     board["method"] = [labels.get((t, m, h), m) for t, m, h in zip(board["task"], board["method"],
@@ -214,7 +216,7 @@ def leaderboard(runs: pd.DataFrame, table: pd.DataFrame, metrics: list[str] | No
     board["best"] = False
     board["rank"] = math.nan
     for _, rows in board.groupby(["task", "task_version", "column"]):
-        score = np.where(rows["higher_is_better"], -rows["mean"], rows["mean"])
+        score = rows["score"].to_numpy()
         board.loc[rows.index, "best"] = score == score.min()
         board.loc[rows.index, "column_rank"] = pd.Series(score, index=rows.index).rank(method="min")
     mean_rank = (board[board["kind"] == "quality"].groupby(["task", "task_version", "method"])["column_rank"]
@@ -244,5 +246,5 @@ def _costs(runs: pd.DataFrame) -> pd.DataFrame:
         if source not in ok:
             continue
         stats = _mean_stderr(ok.groupby(GROUP)[source])
-        frames.append(stats.assign(column=column, higher_is_better=False, kind="cost"))
+        frames.append(stats.assign(column=column, higher_is_better=False, score=stats["mean"], kind="cost"))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

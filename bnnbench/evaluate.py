@@ -1,23 +1,26 @@
 """The evaluator: one code path that scores every method's predictive on every evaluation split.
 
-For each split it asks the Predictive for S per-sample log-probabilities, forms the mixture
-predictive in log space, and calls the metrics registry. Aggregates over corruptions (mean of each
-metric over corruption types, per severity and over all severities) are added as rows with
-`corruption = "mean"`; severity 0 on such a row means "all severities".
+For each split it asks the Predictive for S per-sample predictives, lets the task's likelihood form the
+mixture over samples (log space for classes, all components for Gaussians), and calls the metrics
+registry. Aggregates over corruptions (mean of each metric over corruption types, per severity and over
+all severities) are added as rows with `corruption = "mean"`; severity 0 on such a row means "all
+severities". Tasks with an exact reference posterior also get posterior-fidelity rows on the clean test
+split.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from bnnbench.data.splits import EvalPlan
-from bnnbench.likelihoods import mixture_log_predictive
-from bnnbench.metrics import METRICS
+from bnnbench.likelihoods import Likelihood, mixture_moments
+from bnnbench.metrics import METRICS, POSTERIOR_METRICS
+from bnnbench.reference import ExactLinearGaussian, fidelity_metrics
 from bnnbench.train import progress_bar
 from bnnbench.types import EvalSplit, Predictive, Split
 
@@ -26,45 +29,53 @@ __all__ = ["Evaluation", "evaluate", "predict_mixture"]
 
 @dataclass
 class Evaluation:
-    """Metric rows (split, corruption, severity, metric, value), the clean test predictive, seconds."""
+    """Metric rows (split, corruption, severity, metric, value), the clean test predictions, seconds."""
 
     rows: list[dict]
-    test_probs: np.ndarray
-    test_labels: np.ndarray
-    seconds: float
+    test_predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
-def predict_mixture(predictive: Predictive, data: Split, n_samples: int, batch_size: int,
-                    device: torch.device) -> np.ndarray:
-    """Mixture predictive log-probabilities (N, C), float64, computed in batches on `device`."""
+def predict_mixture(predictive: Predictive, likelihood: Likelihood, data: Split, n_samples: int,
+                    batch_size: int, device: torch.device) -> np.ndarray:
+    """The mixture predictive over `n_samples` posterior samples, float64, computed in batches on `device`."""
     parts = []
     with torch.no_grad():
         for begin in range(0, len(data), batch_size):
             x = data.x[begin:begin + batch_size].to(device, non_blocking=True)
-            parts.append(mixture_log_predictive(predictive.predict(x, n_samples)).cpu())
+            parts.append(likelihood.mixture(predictive.predict(x, n_samples)).cpu())
     return torch.cat(parts).numpy()
 
 
 def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], metric_names: list[str],
-             n_samples: int, batch_size: int, device: torch.device, show_progress: bool = True) -> Evaluation:
-    """Score `predictive` on each split of `splits`."""
-    metrics = [METRICS.get(name) for name in metric_names]
-    rows: list[dict] = []
-    test_probs = test_labels = None
+             likelihood: Likelihood, n_samples: int, batch_size: int, device: torch.device,
+             reference: ExactLinearGaussian | None = None, show_progress: bool = True) -> Evaluation:
+    """Score `predictive` on each split of `splits`; empty splits (a task without validation data) are
+    skipped."""
+    metrics = [METRICS.get(name) for name in metric_names if name not in POSTERIOR_METRICS]
+    wanted_fidelity = [name for name in metric_names if name in POSTERIOR_METRICS]
+    evaluation = Evaluation(rows=[])
     start = time.perf_counter()
     with progress_bar(show_progress) as progress:
         bar = progress.add_task("evaluate", total=len(splits), status="")
         for split in splits:
-            log_probs = predict_mixture(predictive, split.data, n_samples, batch_size, device)
-            labels = split.data.y.numpy()
-            for metric in metrics:
-                rows.append({"split": split.split, "corruption": split.corruption, "severity": split.severity,
-                             "metric": metric.name, "value": metric.fn(log_probs, labels)})
-            if (split.split, split.corruption) == ("test", "none"):
-                test_probs, test_labels = np.exp(log_probs).astype(np.float32), labels.astype(np.int64)
             progress.update(bar, advance=1, status=f"{split.corruption} {split.severity}")
-    rows += _corruption_means(rows)
-    return Evaluation(rows, test_probs, test_labels, time.perf_counter() - start)
+            if len(split.data) == 0:
+                continue
+            mixture = predict_mixture(predictive, likelihood, split.data, n_samples, batch_size, device)
+            targets = split.data.y.numpy()
+            values = {metric.name: metric.fn_for(likelihood.name)(mixture, targets) for metric in metrics}
+            if (split.split, split.corruption) == ("test", "none"):
+                evaluation.test_predictions = likelihood.saved_predictions(mixture, targets)
+                if reference is not None and wanted_fidelity:
+                    fidelity = fidelity_metrics(reference, predictive, split.data.x.double().numpy(),
+                                                mixture_moments(mixture)[1])
+                    values |= {name: fidelity[name] for name in wanted_fidelity if name in fidelity}
+            evaluation.rows += [{"split": split.split, "corruption": split.corruption, "severity": split.severity,
+                                 "metric": name, "value": value} for name, value in values.items()]
+    evaluation.rows += _corruption_means(evaluation.rows)
+    evaluation.seconds = time.perf_counter() - start
+    return evaluation
 
 
 def _corruption_means(rows: list[dict]) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Observation models: the log-likelihood methods train on and the per-sample predictive they return.
+"""Observation models: the log-likelihood methods train on, the per-sample predictive they return, and how
+the evaluator mixes posterior samples into one predictive.
 
 Writing them once keeps the log posterior `log p(θ) + N · mean_batch log p(y | x, θ)` identical across
 methods, and keeps the evaluator's mixing rule in one place.
@@ -7,17 +8,27 @@ methods, and keeps the evaluator's mixing rule in one place.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from bnnbench.errors import UsageError, unknown_choice
 from bnnbench.registry import Registry
 
-__all__ = ["LIKELIHOODS", "Categorical", "Likelihood", "get_likelihood", "mixture_log_predictive"]
+__all__ = ["LIKELIHOODS", "Categorical", "Gaussian", "Likelihood", "check_likelihood_options", "get_likelihood",
+           "mixture_log_predictive"]
+
+
+def _float(outputs: Tensor) -> Tensor:
+    """bf16/fp16 network outputs (autocast) are scored in float32; float64 stays float64 (exact tests)."""
+    return outputs if outputs.dtype == torch.float64 else outputs.float()
 
 
 class Likelihood:
-    """Interface: per-example log-likelihood of network outputs, and the per-sample predictive."""
+    """Interface: per-example log-likelihood of network outputs, the per-sample predictive, its mixture."""
 
     name: str
 
@@ -26,20 +37,84 @@ class Likelihood:
         raise NotImplementedError
 
     def log_predictive(self, outputs: Tensor) -> Tensor:
-        """What `Predictive.predict` returns for one θ sample (classification: log-probabilities)."""
+        """What `Predictive.predict` returns for one θ sample."""
+        raise NotImplementedError
+
+    def mixture(self, sample_predictive: Tensor) -> Tensor:
+        """The equal-weight mixture over S samples, (S, B, ...) -> (B, ...) in float64, in the form the
+        likelihood's metrics read."""
+        raise NotImplementedError
+
+    def saved_predictions(self, mixture: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+        """What `--save-predictions` writes for the test split: enough to recompute any metric."""
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
 class Categorical(Likelihood):
     """Softmax over logits of shape (B, C); targets are class indices."""
 
     name = "categorical"
 
     def log_likelihood(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        return -torch.nn.functional.cross_entropy(outputs.float(), targets, reduction="none")
+        return -torch.nn.functional.cross_entropy(_float(outputs), targets, reduction="none")
 
     def log_predictive(self, outputs: Tensor) -> Tensor:
-        return torch.log_softmax(outputs.float(), dim=-1)
+        return torch.log_softmax(_float(outputs), dim=-1)
+
+    def mixture(self, sample_predictive: Tensor) -> Tensor:
+        return mixture_log_predictive(sample_predictive)
+
+    def saved_predictions(self, mixture: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+        return {"probs": np.exp(mixture).astype(np.float32), "labels": targets.astype(np.int64)}
+
+
+@dataclass(frozen=True)
+class Gaussian(Likelihood):
+    """Normal observations. With `noise_std` set, the network's outputs (B, ..., 1) are the mean and the
+    noise is fixed; without it, outputs (B, ..., 2) are the mean and the log standard deviation.
+
+    One sample's predictive is (B, ..., 2): mean and log standard deviation (noise included). The mixture
+    keeps every component, (B, S, ..., 2), because no closed form summarises a Gaussian mixture's density.
+    """
+
+    noise_std: float | None = None
+
+    name = "gaussian"
+
+    def __post_init__(self) -> None:
+        if self.noise_std is not None and not (isinstance(self.noise_std, int | float) and self.noise_std > 0):
+            raise UsageError(f"gaussian likelihood: noise_std must be a positive number, got {self.noise_std!r}")
+
+    def _mean_log_std(self, outputs: Tensor) -> tuple[Tensor, Tensor]:
+        outputs = _float(outputs)
+        if self.noise_std is not None:
+            mean = outputs[..., 0]
+            return mean, torch.full_like(mean, math.log(self.noise_std))
+        return outputs[..., 0], outputs[..., 1]
+
+    def log_likelihood(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        mean, log_std = self._mean_log_std(outputs)
+        log_density = -0.5 * ((targets - mean) * torch.exp(-log_std)) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+        return log_density.reshape(len(targets), -1).sum(dim=1)
+
+    def log_predictive(self, outputs: Tensor) -> Tensor:
+        return torch.stack(self._mean_log_std(outputs), dim=-1)
+
+    def mixture(self, sample_predictive: Tensor) -> Tensor:
+        return sample_predictive.double().transpose(0, 1)
+
+    def saved_predictions(self, mixture: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+        mean, var = mixture_moments(mixture)
+        return {"mean": mean, "var": var, "y": targets.astype(np.float64)}
+
+
+def mixture_moments(mixture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of a Gaussian mixture given as (N, S, ..., 2) components (mean, log std):
+    variance = mean of the component variances + variance of the component means."""
+    means, variances = mixture[..., 0], np.exp(2 * mixture[..., 1])
+    mean = means.mean(axis=1)
+    return mean, variances.mean(axis=1) + means.var(axis=1)
 
 
 def mixture_log_predictive(sample_log_probs: Tensor) -> Tensor:
@@ -52,10 +127,22 @@ def mixture_log_predictive(sample_log_probs: Tensor) -> Tensor:
     return torch.logsumexp(sample_log_probs.double(), dim=0) - math.log(n_samples)
 
 
-LIKELIHOODS: Registry[Likelihood] = Registry("likelihood")
-LIKELIHOODS.register("categorical", Categorical(), "class index targets, softmax over logits")
+LIKELIHOODS: Registry[type[Likelihood]] = Registry("likelihood")
+LIKELIHOODS.register("categorical", Categorical, "class index targets, softmax over logits")
+LIKELIHOODS.register("gaussian", Gaussian, "real targets; option noise_std fixes the noise, else learned")
 
 
-def get_likelihood(name: str) -> Likelihood:
-    """The likelihood registered as `name`."""
-    return LIKELIHOODS.get(name)
+def check_likelihood_options(name: str, options: dict[str, Any], where: str) -> None:
+    """Raise UsageError for an unknown likelihood, an unknown option or a bad option value."""
+    get_likelihood(name, options, where)
+
+
+def get_likelihood(name: str, options: dict[str, Any] | None = None, where: str = "task") -> Likelihood:
+    """The likelihood registered as `name`, built with the task's options."""
+    factory = LIKELIHOODS.get(name)
+    valid = [f.name for f in fields(factory)]
+    for key in options or {}:
+        if key not in valid:
+            raise unknown_choice(f"option of likelihood '{name}'", f"likelihood.{key}",
+                                 [f"likelihood.{k}" for k in valid], where)
+    return factory(**(options or {}))

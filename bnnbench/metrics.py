@@ -1,36 +1,57 @@
 """The one metrics registry. Every method's predictions are scored here, by the same code.
 
-Classification metrics take the mixture predictive as log-probabilities (N, C) in float64 and integer
-labels (N,). Conventions (uncertainty-baselines / Ovadia et al. 2019):
+A metric has one function per likelihood it is defined for, each taking the likelihood's mixture
+predictive (see `Likelihood.mixture`) and the targets. Classification: log-probabilities (N, C) in float64
+and integer labels (N,). Conventions (uncertainty-baselines / Ovadia et al. 2019):
 - `nll`: mean negative log of the mixture probability of the true class.
 - `ece`: 15 equal-width bins on the top-label confidence, bins closed on the right, weighted by count.
 - `brier`: squared error of the probability vector against the one-hot label, summed over classes and
   averaged over examples (range 0 to 2).
+Gaussian regression: mixture components (N, S, ..., 2) as (mean, log std) and real targets (N, ...).
+- `nll`: mean over examples of -log mean_s N(y; m_s, s_s^2), exact (logsumexp over components).
+- `mse`: squared error of the mixture mean, averaged over examples (and target dimensions).
+Posterior fidelity (`w2_mean_err`, `var_ratio`, `pred_var_ratio`) compares a method's parameter posterior
+with an exact one; the evaluator computes them (`bnnbench.reference`) for tasks that have one.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from bnnbench.registry import Registry
 
-__all__ = ["METRICS", "Metric", "accuracy", "brier_score", "expected_calibration_error", "metrics_for",
-           "negative_log_likelihood"]
+__all__ = ["METRICS", "Metric", "accuracy", "brier_score", "expected_calibration_error", "gaussian_mse",
+           "gaussian_nll", "metrics_for", "negative_log_likelihood"]
 
 ECE_BINS = 15
 
 
 @dataclass(frozen=True)
 class Metric:
-    """A named score with its direction; `fn(log_probs, labels) -> float`."""
+    """A named score with its direction and, per likelihood, `fn(mixture, targets) -> float`.
+
+    `optimum`, when set, is the value a perfect method attains from either side (a variance ratio's 1):
+    then closer is better and `higher_is_better` is unused.
+    """
 
     name: str
     higher_is_better: bool
-    likelihood: str
-    fn: Callable[[np.ndarray, np.ndarray], float]
+    fns: dict[str, Callable[[np.ndarray, np.ndarray], float]] = field(default_factory=dict)
+    optimum: float | None = None
+
+    def fn_for(self, likelihood: str) -> Callable[[np.ndarray, np.ndarray], float]:
+        """The metric's function for predictions of `likelihood` (a task's metrics are checked up front)."""
+        return self.fns[likelihood]
+
+    def badness(self, value: float) -> float:
+        """A number that orders values from best (lowest) to worst, whatever the direction."""
+        if self.optimum is not None:
+            return abs(value - self.optimum)
+        return -value if self.higher_is_better else value
 
 
 def accuracy(log_probs: np.ndarray, labels: np.ndarray) -> float:
@@ -62,16 +83,43 @@ def brier_score(log_probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.sum(probs**2, axis=1)))
 
 
+def gaussian_nll(mixture: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over examples of -log of the Gaussian mixture density at the target (summed over target
+    dimensions of one example)."""
+    mean, log_std = mixture[..., 0], mixture[..., 1]
+    y = targets[:, None]
+    log_density = -0.5 * ((y - mean) * np.exp(-log_std)) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+    per_example = log_density.reshape(*log_density.shape[:2], -1).sum(axis=2)
+    mixed = np.logaddexp.reduce(per_example, axis=1) - math.log(mixture.shape[1])
+    return float(-np.mean(mixed))
+
+
+def gaussian_mse(mixture: np.ndarray, targets: np.ndarray) -> float:
+    """Mean squared error of the mixture mean."""
+    return float(np.mean((mixture[..., 0].mean(axis=1) - targets) ** 2))
+
+
 METRICS: Registry[Metric] = Registry("metric")
-for _metric in (
-    Metric("acc", True, "categorical", accuracy),
-    Metric("nll", False, "categorical", negative_log_likelihood),
-    Metric("ece", False, "categorical", expected_calibration_error),
-    Metric("brier", False, "categorical", brier_score),
+for _metric, _summary in (
+    (Metric("acc", True, {"categorical": accuracy}), "accuracy of the top class"),
+    (Metric("nll", False, {"categorical": negative_log_likelihood, "gaussian": gaussian_nll}),
+     "negative log predictive density"),
+    (Metric("ece", False, {"categorical": expected_calibration_error}), "expected calibration error, 15 bins"),
+    (Metric("brier", False, {"categorical": brier_score}), "Brier score, summed over classes"),
+    (Metric("mse", False, {"gaussian": gaussian_mse}), "squared error of the predictive mean"),
+    (Metric("w2_mean_err", False), "||mu - m|| / ||m|| against the exact posterior mean"),
+    (Metric("var_ratio", False, optimum=1.0), "mean over parameters of var / exact diagonal variance"),
+    (Metric("pred_var_ratio", False, optimum=1.0), "mean over test points of predictive var / exact"),
 ):
-    METRICS.register(_metric.name, _metric, f"{'higher' if _metric.higher_is_better else 'lower'} is better")
+    _direction = "closer to 1 is better" if _metric.optimum is not None else (
+        f"{'higher' if _metric.higher_is_better else 'lower'} is better")
+    METRICS.register(_metric.name, _metric, f"{_summary}; {_direction}")
+
+POSTERIOR_METRICS = ("w2_mean_err", "var_ratio", "pred_var_ratio")  # need an exact reference posterior
 
 
-def metrics_for(likelihood: str) -> list[str]:
-    """Names of the metrics defined for a likelihood."""
-    return [name for name in METRICS.names() if METRICS.get(name).likelihood == likelihood]
+def metrics_for(likelihood: str, with_reference: bool = False) -> list[str]:
+    """Names of the metrics defined for a likelihood (and the posterior-fidelity ones when the task has an
+    exact reference posterior)."""
+    names = [name for name in METRICS.names() if likelihood in METRICS.get(name).fns]
+    return names + list(POSTERIOR_METRICS) if with_reference else names

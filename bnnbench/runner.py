@@ -129,7 +129,9 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
 
     from bnnbench.data.splits import eval_plan
     from bnnbench.evaluate import evaluate
+    from bnnbench.likelihoods import get_likelihood
     from bnnbench.models import create_model
+    from bnnbench.reference import reference_posterior
     from bnnbench.types import FitContext
 
     task, device = plan.task, torch.device(plan.device_name)
@@ -143,22 +145,24 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
     try:
         torch.manual_seed(seed)
         loaded = _load(task)
-        model = create_model(task.model, loaded.bundle.input_shape, loaded.bundle.num_classes, str(task.path))
+        model = create_model(task.model, loaded.bundle.input_shape, loaded.bundle.num_outputs, str(task.path))
         record["n_params"] = sum(p.numel() for p in model.parameters())
         context = FitContext(device=device, seed=seed, show_progress=plan.show_progress)
         predictive, info = plan.method.fit(task, model, loaded.bundle, plan.budget, context)
         record.update(fit_seconds=info.seconds, fit_steps=info.steps, fit_epochs=info.epochs, fit_extra=info.extra)
         torch.manual_seed(seed)  # sampling predictives draw from the global generator: same seed, same draws
-        evaluation = evaluate(predictive, eval_plan(task.eval, loaded, str(task.path)),
-                              task.eval.get("metrics", ["acc", "nll", "ece", "brier"]),
-                              plan.budget.n_eval_samples, int(task.eval.get("batch_size", 1024)), device,
-                              plan.show_progress)
+        likelihood = get_likelihood(task.likelihood, task.likelihood_options, str(task.path))
+        reference = (reference_posterior(task.eval["reference"], loaded.bundle.train, likelihood, str(task.path))
+                     if "reference" in task.eval else None)
+        evaluation = evaluate(predictive, eval_plan(task.eval, loaded, str(task.path)), metric_names(task),
+                              likelihood, plan.budget.n_eval_samples, int(task.eval.get("batch_size", 1024)),
+                              device, reference, plan.show_progress)
         record["eval_seconds"] = evaluation.seconds
         keys = {"run_id": run_id, "task": task.name, "task_version": task.version,
                 "method": plan.method.name, "seed": seed}
         rows = [keys | row for row in evaluation.rows]
         if plan.save_predictions:
-            predictions = {"probs": evaluation.test_probs, "labels": evaluation.test_labels}
+            predictions = evaluation.test_predictions
         if not all(np.isfinite(row["value"]) for row in rows):
             raise BnnbenchError("a metric is not finite (the predictive produced NaN or inf)")
     except (BnnbenchError, RuntimeError, ValueError) as error:
@@ -173,6 +177,13 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
     clean_test = {row["metric"]: row["value"] for row in rows
                   if (row["split"], row["corruption"]) == ("test", "none")}
     return RunOutcome(run_id, directory, record["status"], record["error"], record, clean_test)
+
+
+def metric_names(task: TaskSpec) -> list[str]:
+    """The metrics a task's [eval] table names, else every metric its likelihood (and reference) defines."""
+    from bnnbench.metrics import metrics_for
+
+    return task.eval.get("metrics") or metrics_for(task.likelihood, with_reference="reference" in task.eval)
 
 
 def _base_record(plan: RunPlan, run_id: str, seed: int) -> dict[str, Any]:

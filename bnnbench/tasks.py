@@ -31,8 +31,10 @@ _REQUIRED = ("name", "version", "description", "likelihood", "data", "model", "b
 # An including file's [model] and [data] replace the included ones: options only make sense with their name.
 _REPLACED_WHOLE = frozenset({"model", "data"})
 _BUDGET_KEYS = {f.name for f in fields(Budget)}
-_EVAL_KEYS = {"metrics", "corruptions", "severities", "batch_size", "corruption_seed"}
-_LIKELIHOODS = ("categorical",)
+_EVAL_KEYS = {"metrics", "corruptions", "severities", "batch_size", "corruption_seed", "reference"}
+# The names in bnnbench.likelihoods.LIKELIHOODS (a test keeps them equal), here so that parsing a task
+# file imports no torch.
+LIKELIHOOD_NAMES = ("categorical", "gaussian")
 
 
 def builtin_tasks_dir() -> Path:
@@ -110,8 +112,7 @@ def _parse(raw: dict[str, Any], path: Path) -> TaskSpec:
         raise UsageError(f"{where}: key 'name' is '{raw['name']}' but must equal the file stem '{path.stem}'")
     if not isinstance(raw["version"], int) or isinstance(raw["version"], bool) or raw["version"] < 1:
         raise UsageError(f"{where}: key 'version' must be a positive integer, got {raw['version']!r}")
-    if raw["likelihood"] not in _LIKELIHOODS:
-        raise unknown_choice("likelihood", raw["likelihood"], _LIKELIHOODS, where)
+    likelihood, likelihood_options = _likelihood(raw["likelihood"], where)
     for section in ("data", "model", "train", "budget", "eval", "methods"):
         if not isinstance(raw.get(section, {}), dict):
             raise UsageError(f"{where}: key '{section}' must be a table")
@@ -129,7 +130,8 @@ def _parse(raw: dict[str, Any], path: Path) -> TaskSpec:
         name=raw["name"],
         version=raw["version"],
         description=raw["description"],
-        likelihood=raw["likelihood"],
+        likelihood=likelihood,
+        likelihood_options=likelihood_options,
         data=dict(raw["data"]),
         model=dict(raw["model"]),
         train=dict(raw.get("train", {})),
@@ -139,6 +141,17 @@ def _parse(raw: dict[str, Any], path: Path) -> TaskSpec:
         methods={name: dict(value) for name, value in raw.get("methods", {}).items()},
         path=path,
     )
+
+
+def _likelihood(value: Any, where: str) -> tuple[str, dict[str, Any]]:
+    """`likelihood = "name"` or `likelihood = { name = "gaussian", noise_std = 0.7 }`."""
+    options = dict(value) if isinstance(value, dict) else {}
+    name = options.pop("name", None) if isinstance(value, dict) else value
+    if not isinstance(name, str):
+        raise UsageError(f"{where}: key 'likelihood' must be a name or a table with key 'name', got {value!r}")
+    if name not in LIKELIHOOD_NAMES:
+        raise unknown_choice("likelihood", name, LIKELIHOOD_NAMES, where)
+    return name, options
 
 
 def _budget(table: dict[str, Any], base: Budget, where: str, prefix: str) -> Budget:
@@ -158,21 +171,28 @@ def validate_task(task: TaskSpec) -> None:
     """Check every name and key the task refers to (imports the data, model and method modules)."""
     from bnnbench.data import check_data_config
     from bnnbench.data.splits import check_eval_config
+    from bnnbench.likelihoods import check_likelihood_options, get_likelihood
     from bnnbench.methods import METHODS, check_method_overrides
     from bnnbench.metrics import metrics_for
     from bnnbench.models import check_model_config
+    from bnnbench.reference import check_reference_config
     from bnnbench.train import TrainConfig
 
     where = str(task.path)
+    check_likelihood_options(task.likelihood, task.likelihood_options, where)
+    if "reference" in task.eval:
+        check_reference_config(task.eval["reference"],
+                               get_likelihood(task.likelihood, task.likelihood_options, where), where)
     check_data_config(task.data, where)
     check_model_config(task.model, where)
     train_keys = {f.name for f in fields(TrainConfig)}
     for key in task.train:
         if key not in train_keys:
             raise unknown_choice("key", f"train.{key}", [f"train.{k}" for k in train_keys], where)
+    valid_metrics = metrics_for(task.likelihood, with_reference="reference" in task.eval)
     for name in task.eval.get("metrics", []):
-        if name not in metrics_for(task.likelihood):
-            raise unknown_choice("metric in eval.metrics", name, metrics_for(task.likelihood), where)
+        if name not in valid_metrics:
+            raise unknown_choice("metric in eval.metrics", name, valid_metrics, where)
     for method, overrides in task.methods.items():
         METHODS.check(method)
         check_method_overrides(method, overrides, where)

@@ -42,6 +42,7 @@ class TaskSpec:
     version: int
     description: str
     likelihood: str
+    likelihood_options: dict[str, Any]  # e.g. {"noise_std": 0.7} for a gaussian with fixed noise
     data: dict[str, Any]
     model: dict[str, Any]
     train: dict[str, Any]  # task defaults for the shared training loop (lr, batch_size, ...)
@@ -69,7 +70,7 @@ class DataBundle:
 
     train: Split
     val: Split
-    num_classes: int
+    num_outputs: int  # the model's output width: classes, or the target's width for regression
     input_shape: tuple[int, ...]
 
 

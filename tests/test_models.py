@@ -5,21 +5,30 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bnnbench.data import load_data
 from bnnbench.errors import UsageError
 from bnnbench.models import create_model
 from bnnbench.tasks import list_tasks, load_task
 
 
 @pytest.mark.parametrize("name", list_tasks())
-def test_task_models_map_images_to_logits(name):
+def test_task_models_map_inputs_to_outputs(name):
     task = load_task(name)
-    model = create_model(task.model, (1, 8, 8), 10)
-    x = torch.rand(4, 1, 8, 8, requires_grad=True)
-    logits = model(x)
-    assert logits.shape == (4, 10) and torch.isfinite(logits).all()
-    logits[0, 3].backward()
+    bundle = load_data(task.data).bundle
+    model = create_model(task.model, bundle.input_shape, bundle.num_outputs)
+    x = bundle.train.x[:4].clone().requires_grad_(True)
+    outputs = model(x)
+    assert outputs.shape == (4, bundle.num_outputs) and torch.isfinite(outputs).all()
+    outputs[0, 0].backward()
     assert x.grad[1:].abs().sum() == 0  # examples do not mix (no batch statistics)
     assert x.grad[0].abs().sum() > 0
+
+
+def test_linear_model_is_one_nn_linear():
+    model = create_model({"name": "linear"}, (10,), 1)
+    assert isinstance(model, torch.nn.Linear) and [n for n, _ in model.named_parameters()] == ["weight", "bias"]
+    with pytest.raises(UsageError, match="flat inputs"):
+        create_model({"name": "linear"}, (1, 8, 8), 10)
 
 
 def test_mlp_parameter_count():

@@ -29,7 +29,7 @@ def test_shipped_tasks_validate(name):
     validate_task(task)
     assert task.name == name
     assert "ci" in task.budgets
-    assert task.budgets["ci"].max_epochs < task.budget.max_epochs
+    assert task.budgets["ci"].max_epochs <= task.budget.max_epochs  # sanity tasks run in seconds either way
 
 
 def test_embedded_digits_tasks_exist():

@@ -15,7 +15,7 @@ from bnnbench.types import DataBundle, Split
 
 __all__ = ["DATA_SOURCES", "LoadedData", "check_data_config", "load_data"]
 
-DATA_SOURCES = {"digits": "bnnbench.data.digits"}  # source name -> module
+DATA_SOURCES = {"digits": "bnnbench.data.digits", "diabetes": "bnnbench.data.diabetes"}  # source name -> module
 
 
 @dataclass(frozen=True)

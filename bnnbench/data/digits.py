@@ -57,5 +57,5 @@ def load(config: Config) -> LoadedData:
         x = torch.from_numpy(images[rows]).permute(0, 3, 1, 2).float() / 255.0
         return Split(x.contiguous(), torch.from_numpy(labels[rows]))
 
-    bundle = DataBundle(train=split(train), val=split(val), num_classes=10, input_shape=(1, 8, 8))
+    bundle = DataBundle(train=split(train), val=split(val), num_outputs=10, input_shape=(1, 8, 8))
     return LoadedData(bundle=bundle, test=split(test))

@@ -1,4 +1,5 @@
 """Model factories, timm-style: `factory(input_shape, num_classes, **options) -> nn.Module` (untrained).
+`num_classes` keeps timm's name but means the output width: classes, or the target width for regression.
 
 Factories are named "module:function" so that naming a model imports torch only when one is built.
 """
@@ -15,6 +16,7 @@ from bnnbench.errors import UsageError, unknown_choice
 __all__ = ["MODELS", "check_model_config", "create_model"]
 
 MODELS = {
+    "linear": "bnnbench.models.small:linear",
     "mlp": "bnnbench.models.small:mlp",
     "cnn": "bnnbench.models.small:cnn",
     "vit": "bnnbench.models.vit:vit",

@@ -1,4 +1,4 @@
-"""Small networks for the embedded tasks: an MLP and a two-block CNN."""
+"""Small networks for the embedded tasks: a linear model, an MLP and a two-block CNN."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import math
 
 from torch import nn
 
-__all__ = ["cnn", "mlp"]
+__all__ = ["cnn", "linear", "mlp"]
+
+
+def linear(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """One `nn.Linear` on flat inputs (parameters `weight` and `bias`): the sanity tasks' model, whose
+    exact posterior is known in closed form."""
+    if len(input_shape) != 1:
+        raise ValueError(f"the linear model takes flat inputs, got input shape {input_shape}")
+    return nn.Linear(input_shape[0], num_classes)
 
 
 def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: list[int] = (128, 128)) -> nn.Module:

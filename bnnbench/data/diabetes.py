@@ -1,0 +1,45 @@
+"""sklearn's diabetes regression data (442 patients, 10 features; shipped with scikit-learn, no download).
+
+The split is fixed and unshuffled, as in the sanity task's definition: the first `n_train` rows train,
+the rest test, and there is no validation split (a sanity task has nothing to tune). Features and target
+are standardised with the training rows' mean and standard deviation, so the test split leaks nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bnnbench.data import LoadedData
+from bnnbench.types import DataBundle, Split
+
+__all__ = ["Config", "load"]
+
+N_ROWS = 442
+
+
+@dataclass(frozen=True)
+class Config:
+    n_train: int = 342
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.n_train < N_ROWS:
+            raise ValueError(f"n_train must be in 2..{N_ROWS - 1}, got {self.n_train}")
+
+
+def load(config: Config) -> LoadedData:
+    """Standardised float32 features (N, 10) and targets (N,)."""
+    from sklearn.datasets import load_diabetes
+
+    x, y = load_diabetes(return_X_y=True)
+    train, test = slice(0, config.n_train), slice(config.n_train, None)
+    x = (x - x[train].mean(axis=0)) / x[train].std(axis=0)
+    y = (y - y[train].mean()) / y[train].std()
+
+    def split(rows: slice) -> Split:
+        return Split(torch.from_numpy(x[rows]).float(), torch.from_numpy(y[rows]).float())
+
+    empty = Split(torch.zeros(0, x.shape[1]), torch.zeros(0))
+    bundle = DataBundle(train=split(train), val=empty, num_outputs=1, input_shape=(x.shape[1],))
+    return LoadedData(bundle=bundle, test=split(test))
