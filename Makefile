@@ -6,11 +6,13 @@ INSTALLED := $(VENV)/.installed
 CI_RUNS := results/ci-runs
 BASELINE := results/baselines/ci-cpu.csv
 # One torch thread for the CI-budget runs, as in the tests, so baseline and check add up alike.
-CI_RUN := OMP_NUM_THREADS=1 $(BIN)/bnnbench run --task digits-mlp --method map --seed 0..2 --budget ci --quiet
+CI_METHODS := map elbo-vi score-vi
+CI_RUN = for method in $(CI_METHODS); do OMP_NUM_THREADS=1 $(BIN)/bnnbench run --task digits-mlp --method $$method \
+	--seed 0..2 --budget ci --quiet --results-dir $(CI_RUNS) || exit 1; done
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install run test test-all lint fmt baseline check clean
+.PHONY: install run test test-all lint fmt baseline check bench clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,13 +40,17 @@ fmt: install
 
 baseline: install  ## regenerate the committed regression baseline (say why in the commit message)
 	rm -rf $(CI_RUNS)
-	$(CI_RUN) --results-dir $(CI_RUNS)
+	$(CI_RUN)
 	$(BIN)/bnnbench baseline --results-dir $(CI_RUNS) --out $(BASELINE)
 
 check: install  ## CI-budget runs, then the regression check against the committed baseline
 	rm -rf $(CI_RUNS)
-	$(CI_RUN) --results-dir $(CI_RUNS)
+	$(CI_RUN)
 	$(BIN)/bnnbench check --baseline $(BASELINE) --results-dir $(CI_RUNS)
+
+bench: install  ## cost of score-vi and elbo-vi per epoch and peak memory, relative to map (one thread)
+	for task in digits-mlp digits-cnn digits-vit; do \
+		OMP_NUM_THREADS=1 $(BIN)/python benchmarks/vi_cost.py --task $$task --epochs 5 --repeats 3; done
 
 clean:
 	rm -rf $(CI_RUNS) results/runs .pytest_cache

@@ -211,6 +211,22 @@ def baseline_(
     out.print(f"wrote {len(table)} rows from {len(runs)} runs to {out_path}")
 
 
+@app.command(epilog="Example: `bnnbench convergence --task digits-mlp --out convergence.png`")
+def convergence(
+    task: Annotated[str, typer.Option(help="task whose score-vi / elbo-vi runs to draw")],
+    png: Annotated[Path, typer.Option("--out", help="PNG file to write")] = Path("convergence.png"),
+    results_dir: Annotated[Path, typer.Option(help="where the runs are")] = Path("results/runs"),
+) -> None:
+    """Plot negative ELBO against wall-clock seconds for each VI run (the paper's convergence comparison)."""
+    from bnnbench.convergence import plot_convergence
+
+    curves = plot_convergence(results_dir, task, png)
+    for curve in curves:
+        out.print(f"{curve['method']} seed {curve['seed']}: neg-ELBO {curve['neg_elbo'][0]:.1f} -> "
+                          f"{curve['neg_elbo'][-1]:.1f} in {curve['seconds'][-1]:.1f} s")
+    out.print(f"wrote {png}")
+
+
 def main() -> None:
     """Entry point: usage errors become one line on stderr and exit code 2."""
     try:

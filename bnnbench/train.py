@@ -42,12 +42,15 @@ class TrainConfig:
 
 @dataclass
 class LoopResult:
-    """What the loop did: steps and epochs run, wall seconds, mean training loss per epoch."""
+    """What the loop did: mini-batch steps and epochs run, wall seconds, and per epoch the mean training
+    loss, the wall seconds since the start, and the method's diagnostics (from `on_epoch`)."""
 
     steps: int
     epochs: int
     seconds: float
     epoch_losses: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    epoch_diagnostics: list[dict[str, float]] = field(default_factory=list)
 
 
 def autocast(device: torch.device):
@@ -75,9 +78,17 @@ def train_loop(
     budget: Budget,
     context: FitContext,
     description: str = "train",
+    *,
+    on_batch: Callable[[Tensor, Tensor], None] | None = None,
+    inner_steps: int = 1,
+    on_epoch: Callable[[], dict[str, float]] | None = None,
 ) -> LoopResult:
     """Minimise `loss_fn(x_batch, y_batch)` over `parameters` within `budget`.
 
+    For each mini-batch the loop calls `on_batch(x, y)` once (a method's per-batch work that is not an
+    optimiser step, e.g. score-vi drawing samples and their scores), then takes `inner_steps` optimiser
+    steps on `loss_fn(x, y)`. The budget counts mini-batches; the learning-rate schedule counts optimiser
+    steps. `on_epoch()` returns diagnostics recorded at the end of each epoch.
     Shuffling uses a generator seeded from `context.seed`, so CPU runs repeat exactly.
 
     Raises:
@@ -92,7 +103,8 @@ def train_loop(
                                    budget.max_epochs and budget.max_epochs * steps_per_epoch) if limit]
     if not planned:
         raise UsageError("the budget needs max_epochs or max_steps")
-    total_steps = min(planned)
+    total_batches = min(planned)
+    total_steps = total_batches * inner_steps
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     if config.schedule == "cosine":
         schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -104,30 +116,40 @@ def train_loop(
     start = time.perf_counter()
     deadline = start + budget.max_seconds if budget.max_seconds else math.inf
     with progress_bar(context.show_progress) as progress:
-        bar = progress.add_task(description, total=total_steps, status="")
-        while result.steps < total_steps and time.perf_counter() < deadline:
+        bar = progress.add_task(description, total=total_batches, status="")
+        while result.steps < total_batches and time.perf_counter() < deadline:
             order = torch.randperm(n, generator=generator).to(device)
             loss_sum = torch.zeros((), device=device)
-            batches = 0
+            losses = 0
             for begin in range(0, n, config.batch_size):
-                if result.steps >= total_steps or time.perf_counter() >= deadline:
+                if result.steps >= total_batches or time.perf_counter() >= deadline:
                     break
                 rows = order[begin:begin + config.batch_size]
-                with autocast(device):
-                    loss = loss_fn(x[rows], y[rows])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-                optimizer.step()
-                schedule.step()
-                loss_sum += loss.detach().float()
-                batches += 1
+                x_batch, y_batch = x[rows], y[rows]
+                if on_batch is not None:
+                    with autocast(device):
+                        on_batch(x_batch, y_batch)
+                for _ in range(inner_steps):
+                    with autocast(device):
+                        loss = loss_fn(x_batch, y_batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if config.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+                    optimizer.step()
+                    schedule.step()
+                    loss_sum += loss.detach().float()
+                    losses += 1
                 result.steps += 1
                 progress.advance(bar)
-            epoch_loss = (loss_sum / batches).item()  # one host sync per epoch, not per step
+            if losses == 0:  # the deadline passed between the epoch check and its first batch
+                break
+            epoch_loss = (loss_sum / losses).item()  # one host sync per epoch, not per step
             result.epochs += 1
             result.epoch_losses.append(epoch_loss)
+            result.epoch_seconds.append(time.perf_counter() - start)
+            if on_epoch is not None:
+                result.epoch_diagnostics.append(on_epoch())
             if not math.isfinite(epoch_loss):
                 raise DivergenceError(
                     f"{description}: training loss is {epoch_loss} in epoch {result.epochs} "

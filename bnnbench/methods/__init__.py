@@ -25,6 +25,8 @@ __all__ = ["METHODS", "build_method", "check_method_overrides", "parse_assignmen
 
 METHODS: Registry[str] = Registry("method")  # name -> module path, imported on use
 METHODS.register("map", "bnnbench.methods.map", "maximum a posteriori point estimate (AdamW = Gaussian prior)")
+METHODS.register("score-vi", "bnnbench.methods.vi.score", "proximal score-matching VI, diagonal Gaussian (Kim 2026)")
+METHODS.register("elbo-vi", "bnnbench.methods.vi.elbo", "mean-field Gaussian VI by the reparametrised ELBO (ADVI)")
 
 
 def _module(name: str):

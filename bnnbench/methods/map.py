@@ -7,16 +7,17 @@ a single "sample" (S = 1).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from bnnbench.likelihoods import Likelihood, get_likelihood
-from bnnbench.train import TrainConfig, autocast, train_loop
+from bnnbench.train import LoopResult, TrainConfig, autocast, train_loop
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Method, TaskSpec
 
-__all__ = ["Hparams", "PointPredictive", "build", "fit"]
+__all__ = ["Hparams", "PointPredictive", "build", "fit", "train_map"]
 
 
 @dataclass(frozen=True)
@@ -43,17 +44,37 @@ class PointPredictive:
             outputs = self.model(x)
         return self.likelihood.log_predictive(outputs).unsqueeze(0)
 
+    def parameter_moments(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """A point mass: the weights, with zero variance."""
+        means = {name: value.detach() for name, value in self.model.named_parameters()}
+        return means, {name: torch.zeros_like(value) for name, value in means.items()}
+
+
+def train_map(model: nn.Module, likelihood: Likelihood, data: DataBundle, config: TrainConfig, budget: Budget,
+              context: FitContext, description: str = "map",
+              log_prior: Callable[[dict[str, Tensor]], Tensor] | None = None,
+              temperature: float = 1.0) -> LoopResult:
+    """Train `model` in place to the MAP estimate on `data.train` (also the warm-up of other methods).
+
+    Without `log_prior` the prior is AdamW's weight decay; with it (a method's own prior), the loss is
+    −(1/T) mean log p(y | x, θ) − log p(θ) / N, the negative log posterior per data point."""
+    model.to(context.device).train()
+    n_data = len(data.train)
+
+    def loss_fn(x: Tensor, y: Tensor) -> Tensor:
+        loss = -likelihood.log_likelihood(model(x), y).mean() / temperature
+        if log_prior is not None:
+            loss = loss - log_prior(dict(model.named_parameters())) / n_data
+        return loss
+
+    return train_loop(model.parameters(), loss_fn, data.train, config, budget, context, description=description)
+
 
 def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
         hparams: Hparams = Hparams()) -> tuple[PointPredictive, FitInfo]:
     """Train `model` to the MAP estimate on `data.train`."""
-    likelihood = get_likelihood(task.likelihood)
-    model = model.to(context.device).train()
-
-    def loss_fn(x: Tensor, y: Tensor) -> Tensor:
-        return -likelihood.log_likelihood(model(x), y).mean()
-
-    loop = train_loop(model.parameters(), loss_fn, data.train, hparams, budget, context, description="map")
+    likelihood = get_likelihood(task.likelihood, task.likelihood_options)
+    loop = train_map(model, likelihood, data, hparams, budget, context)
     info = FitInfo(steps=loop.steps, epochs=loop.epochs, seconds=loop.seconds,
                    extra={"epoch_losses": loop.epoch_losses})
     return PointPredictive(model, likelihood), info

@@ -1,0 +1,190 @@
+"""What score-vi and elbo-vi share on a network: hyper-parameters, MAP warm-up, the mini-batch
+log-likelihood through `torch.func.functional_call`, the fitting loop and the sampling predictive.
+
+Defaults (see ../shared/methods/score_vi.md): prior N(0, 1) (`prior_std = 1`), temperature 1, Adam on
+(μ, ω) with a cosine-decayed learning rate (the spec's prototype needed the decay to converge), σ
+initialised small at 1e-3 around the warm-up weights. The warm-up takes `warmup_fraction` of the budget
+with the task's MAP settings, so a VI run costs the same number of epochs as a MAP run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from bnnbench.errors import UsageError
+from bnnbench.likelihoods import Likelihood, get_likelihood
+from bnnbench.methods.map import train_map
+from bnnbench.methods.vi.family import DiagonalGaussian, Params
+from bnnbench.methods.vi.objectives import LogLikelihood
+from bnnbench.train import TrainConfig, autocast, train_loop
+from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, TaskSpec
+
+__all__ = ["GaussianPosteriorPredictive", "VIHparams", "fit_variational", "split_budget"]
+
+PRIOR_CENTRES = ("zero", "warmup")
+
+
+@dataclass(frozen=True)
+class VIHparams(TrainConfig):
+    """The shared training settings (`TrainConfig`) drive the MAP warm-up; these drive the VI phase.
+
+    variational_params: comma-separated glob patterns over parameter names (`*`: all; `head.*`: the
+        ViT head); the rest stay at the warm-up weights.
+    """
+
+    warmup_fraction: float = 0.5
+    vi_lr: float = 1e-3
+    init_std: float = 1e-3
+    prior_std: float = 1.0
+    prior_centre: str = "zero"  # or "warmup": the prior's mean is the warm-up weights
+    temperature: float = 1.0  # likelihood tempering, log p̃ = log p(θ) + log p(D | θ) / T
+    variational_params: str = "*"
+    n_samples: int = 1  # S, posterior samples per mini-batch
+    antithetic: bool = False  # draw samples in pairs μ ± σε (variance reduction; needs an even n_samples)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prior_centre not in PRIOR_CENTRES:
+            raise UsageError(f"unknown prior_centre '{self.prior_centre}'; valid choices: {', '.join(PRIOR_CENTRES)}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise UsageError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if min(self.vi_lr, self.init_std, self.prior_std, self.temperature) <= 0 or self.n_samples < 1:
+            raise UsageError("vi_lr, init_std, prior_std and temperature must be positive and n_samples >= 1")
+        if self.antithetic and self.n_samples % 2:
+            raise UsageError(f"antithetic sampling needs an even n_samples, got {self.n_samples}")
+
+
+def split_budget(budget: Budget, fraction: float) -> tuple[Budget | None, Budget]:
+    """(warm-up, VI) budgets: `fraction` of each limit for the warm-up (None when it rounds to nothing)."""
+    def part(limit, share):
+        return None if limit is None else share(limit)
+
+    warm = Budget(max_epochs=part(budget.max_epochs, lambda e: math.floor(fraction * e)),
+                  max_steps=part(budget.max_steps, lambda s: math.floor(fraction * s)),
+                  max_seconds=part(budget.max_seconds, lambda t: fraction * t))
+    if not (warm.max_epochs or warm.max_steps):
+        return None, budget
+    rest = Budget(max_epochs=part(budget.max_epochs, lambda e: e - warm.max_epochs),
+                  max_steps=part(budget.max_steps, lambda s: s - warm.max_steps),
+                  max_seconds=part(budget.max_seconds, lambda t: t - warm.max_seconds),
+                  n_eval_samples=budget.n_eval_samples)
+    return warm, rest
+
+
+def select_parameters(model: nn.Module, patterns: str) -> tuple[Params, Params]:
+    """(variational, fixed) parameters of `model` by glob patterns over their names."""
+    globs = [pattern.strip() for pattern in patterns.split(",") if pattern.strip()]
+    variational, fixed = {}, {}
+    for name, value in model.named_parameters():
+        (variational if any(fnmatch.fnmatchcase(name, g) for g in globs) else fixed)[name] = value.detach()
+    if not variational:
+        names = [name for name, _ in model.named_parameters()]
+        raise UsageError(f"variational_params '{patterns}' matches no parameter; names are e.g. "
+                         f"{', '.join(names[:6])}{', ...' if len(names) > 6 else ''}")
+    return variational, fixed
+
+
+def network_log_likelihood(model: nn.Module, likelihood: Likelihood, fixed: Params, n_data: int,
+                           temperature: float) -> LogLikelihood:
+    """θ ↦ (N / (b T)) Σ_{i∈B} log p(y_i | x_i, θ): unbiased for the tempered full-data log-likelihood."""
+    def log_likelihood(theta: Params, x: Tensor, y: Tensor) -> Tensor:
+        outputs = functional_call(model, {**fixed, **theta}, (x,))
+        return likelihood.log_likelihood(outputs, y).sum() * (n_data / (len(y) * temperature))
+
+    return log_likelihood
+
+
+class GaussianPosteriorPredictive:
+    """Draws θ ~ q and runs the network with it (functional_call); `n_samples = 0` uses the mean."""
+
+    def __init__(self, model: nn.Module, posterior: DiagonalGaussian, fixed: Params, likelihood: Likelihood) -> None:
+        self.model, self.posterior, self.fixed, self.likelihood = model.eval(), posterior, fixed, likelihood
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, n_samples: int) -> Tensor:
+        draws = [self.posterior.sample() for _ in range(n_samples)] or [self.posterior.mean]
+        outputs = []
+        for theta in draws:
+            with autocast(x.device):
+                outputs.append(self.likelihood.log_predictive(
+                    functional_call(self.model, {**self.fixed, **theta}, (x,))))
+        return torch.stack(outputs)
+
+    def parameter_moments(self) -> tuple[Params, Params]:
+        """Mean and variance of every model parameter (variance 0 for those kept fixed), in model order."""
+        variances = self.posterior.variance()
+        means, variance = {}, {}
+        for name, _ in self.model.named_parameters():
+            if name in self.posterior.mean:
+                means[name], variance[name] = self.posterior.mean[name], variances[name]
+            else:
+                means[name], variance[name] = self.fixed[name], torch.zeros_like(self.fixed[name])
+        return means, variance
+
+
+def _warm_up(model: nn.Module, likelihood: Likelihood, data: DataBundle, hparams: VIHparams, budget: Budget,
+             context: FitContext, name: str):
+    """MAP before VI, in place. With the prior centred at zero: MAP under that prior over the variational
+    parameters (for a Gaussian posterior this is its mean, so VI starts there) and no weight decay; with
+    the prior centred at the warm-up weights there is no prior yet, so AdamW's decay stands in."""
+    if hparams.prior_centre == "warmup":
+        return train_map(model, likelihood, data, hparams, budget, context, f"{name} warm-up")
+    names = list(select_parameters(model, hparams.variational_params)[0])
+
+    def log_prior(params: Params) -> Tensor:  # up to a constant
+        return -0.5 * sum((params[name] ** 2).sum() for name in names) / hparams.prior_std**2
+
+    return train_map(model, likelihood, data, dataclasses.replace(hparams, weight_decay=0.0), budget, context,
+                     f"{name} warm-up", log_prior, hparams.temperature)
+
+
+MakeObjective = Callable[[DiagonalGaussian, DiagonalGaussian, LogLikelihood, int], Any]
+
+
+def fit_variational(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
+                    hparams: VIHparams, make_objective: MakeObjective, name: str,
+                    inner_steps: int = 1) -> tuple[GaussianPosteriorPredictive, FitInfo]:
+    """MAP warm-up, then fit q with `make_objective(q, prior, log_likelihood, vi_steps)` in the shared loop."""
+    likelihood = get_likelihood(task.likelihood, task.likelihood_options)
+    warm_budget, vi_budget = split_budget(budget, hparams.warmup_fraction)
+    model = model.to(context.device)
+    warm = _warm_up(model, likelihood, data, hparams, warm_budget, context, name) if warm_budget else None
+    variational, fixed = select_parameters(model, hparams.variational_params)
+    q = DiagonalGaussian.trainable(variational, hparams.init_std)
+    centre = (variational if hparams.prior_centre == "warmup"
+              else {name: torch.zeros_like(value) for name, value in variational.items()})
+    prior = DiagonalGaussian.isotropic(centre, hparams.prior_std)
+    model.train()
+    log_likelihood = network_log_likelihood(model, likelihood, fixed, len(data.train), hparams.temperature)
+    vi_config = TrainConfig(lr=hparams.vi_lr, weight_decay=0.0, batch_size=hparams.batch_size,
+                            grad_clip=hparams.grad_clip, schedule=hparams.schedule)
+    batches = math.ceil(len(data.train) / hparams.batch_size)
+    vi_steps = min(s for s in (vi_budget.max_steps, vi_budget.max_epochs and vi_budget.max_epochs * batches) if s)
+    objective = make_objective(q, prior, log_likelihood, vi_steps * inner_steps)
+    loop = train_loop(q.parameters(), objective.loss, data.train, vi_config, vi_budget, context, name,
+                      on_batch=getattr(objective, "on_batch", None), inner_steps=inner_steps,
+                      on_epoch=objective.epoch_diagnostics)
+    warm_seconds = warm.seconds if warm else 0.0
+    extra = {
+        "warmup_epochs": warm.epochs if warm else 0,
+        "warmup_seconds": warm_seconds,
+        "warmup_losses": warm.epoch_losses if warm else [],
+        "n_variational": q.numel(),
+        "epoch_losses": loop.epoch_losses,
+        "epoch_seconds": [warm_seconds + s for s in loop.epoch_seconds],  # since the fit started
+        "vi_seconds_per_epoch": loop.seconds / max(loop.epochs, 1),
+        **{key: [d[key] for d in loop.epoch_diagnostics] for key in loop.epoch_diagnostics[0]},
+        "mean_std": q.mean_std(),
+    }
+    info = FitInfo(steps=(warm.steps if warm else 0) + loop.steps, seconds=warm_seconds + loop.seconds,
+                   epochs=(warm.epochs if warm else 0) + loop.epochs, extra=extra)
+    return GaussianPosteriorPredictive(model, q.detached(), fixed, likelihood), info

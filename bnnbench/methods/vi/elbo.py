@@ -1,0 +1,46 @@
+"""`elbo-vi`: mean-field Gaussian VI by the reparametrised ELBO ("ADVI" / Bayes-by-backprop, Blundell et
+al. 2015), the baseline score-vi is compared with. Same family, prior, warm-up and predictive as score-vi.
+
+Defaults: one sample per mini-batch (`n_samples = 1`, as in Bayes-by-backprop), no KL annealing
+(`kl_anneal_fraction = 0`; a fraction of the VI steps over which the KL weight rises from 0 to 1).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+from bnnbench.errors import UsageError
+from bnnbench.methods.vi.common import GaussianPosteriorPredictive, VIHparams, fit_variational
+from bnnbench.methods.vi.objectives import NegativeELBO
+from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Method, TaskSpec
+
+__all__ = ["Hparams", "build", "fit"]
+
+
+@dataclass(frozen=True)
+class Hparams(VIHparams):
+    kl_anneal_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.kl_anneal_fraction <= 1:
+            raise UsageError(f"kl_anneal_fraction must be in [0, 1], got {self.kl_anneal_fraction}")
+
+
+def build(**hparams) -> Method:
+    bound = Hparams(**hparams)
+    return Method(name="elbo-vi", hparams=bound, fit=functools.partial(fit, hparams=bound))
+
+
+def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
+        hparams: Hparams = Hparams()) -> tuple[GaussianPosteriorPredictive, FitInfo]:
+    def make_objective(q, prior, log_likelihood, total_steps):
+        return NegativeELBO(q, prior, log_likelihood, n_data=len(data.train), n_samples=hparams.n_samples,
+                            kl_anneal_steps=math.ceil(hparams.kl_anneal_fraction * total_steps),
+                            antithetic=hparams.antithetic)
+
+    return fit_variational(task, model, data, budget, context, hparams, make_objective, "elbo-vi")

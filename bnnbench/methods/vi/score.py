@@ -1,0 +1,55 @@
+"""`score-vi`: proximal score-matching VI (Kim 2026; bnnbench's reference definition in
+../shared/methods/score_vi.md). No reparametrised sampling: samples come from the frozen anchor q_t, their
+mini-batch scores are targets, and the family is fitted to them with a proximal KL(q_t ‖ q) penalty.
+
+Defaults and where they come from: S = 1 (`n_samples`; the spec's range is 1–4 and S = 1 is what the
+cost target is stated for), K = 5 inner steps (`inner_steps`), λ = 1 (`prox_weight`), anchor refreshed
+every mini-batch (`refresh_every`; with K > 1 the proximal term then acts), residuals weighted by σ_t²
+(`weighting = "q_t"`; fixes the N² scale of the scores without biasing the gradient). The spec's
+prototype reached 0.3–0.7% mean error and σ² within 3–5% of the exact diagonal with these values.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from torch import nn
+
+from bnnbench.errors import UsageError
+from bnnbench.methods.vi.common import GaussianPosteriorPredictive, VIHparams, fit_variational
+from bnnbench.methods.vi.objectives import WEIGHTINGS, ScoreMatching
+from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Method, TaskSpec
+
+__all__ = ["Hparams", "build", "fit"]
+
+
+@dataclass(frozen=True)
+class Hparams(VIHparams):
+    inner_steps: int = 5  # K: optimiser steps on one set of samples and scores
+    prox_weight: float = 1.0  # λ
+    refresh_every: int = 1  # mini-batches between anchor refreshes q_t <- q
+    weighting: str = "q_t"  # residual weight: "q_t" (σ_t²) or "none"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.weighting not in WEIGHTINGS:
+            raise UsageError(f"unknown weighting '{self.weighting}'; valid choices: {', '.join(WEIGHTINGS)}")
+        if self.inner_steps < 1 or self.refresh_every < 1 or self.prox_weight < 0:
+            raise UsageError("inner_steps and refresh_every must be >= 1 and prox_weight >= 0")
+
+
+def build(**hparams) -> Method:
+    bound = Hparams(**hparams)
+    return Method(name="score-vi", hparams=bound, fit=functools.partial(fit, hparams=bound))
+
+
+def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
+        hparams: Hparams = Hparams()) -> tuple[GaussianPosteriorPredictive, FitInfo]:
+    def make_objective(q, prior, log_likelihood, total_steps):
+        return ScoreMatching(q, prior, log_likelihood, n_samples=hparams.n_samples, prox_weight=hparams.prox_weight,
+                             refresh_every=hparams.refresh_every, weighting=hparams.weighting,
+                             antithetic=hparams.antithetic)
+
+    return fit_variational(task, model, data, budget, context, hparams, make_objective, "score-vi",
+                           inner_steps=hparams.inner_steps)
