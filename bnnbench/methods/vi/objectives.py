@@ -42,6 +42,13 @@ class _Diagnostics:
         return means
 
 
+def _with_neg_elbo(values: dict[str, float], q: DiagonalGaussian, prior: DiagonalGaussian) -> dict[str, float]:
+    """An epoch's means plus KL(q ‖ prior) at its end and neg_elbo = mean(−log-likelihood) + KL."""
+    with torch.no_grad():
+        kl = kl_divergence(q, prior).item()
+    return values | {"kl": kl, "neg_elbo": values.pop("neg_log_likelihood") + kl}
+
+
 class ScoreMatching:
     """score-vi: L_t(φ) = (1/S) Σ_s Σ_d w_d (∇ log q_φ(θ_s) − ĝ_s)_d² + λ KL(q_t ‖ q_φ), θ_s ~ q_t detached.
 
@@ -133,12 +140,7 @@ class ScoreMatching:
         return _with_gradients(score_loss + lam * proximal, self._parameters, gradients)
 
     def epoch_diagnostics(self) -> dict[str, float]:
-        values = self.diagnostics.pop()
-        with torch.no_grad():
-            kl = kl_divergence(self.q, self.prior).item()
-        values["kl"] = kl
-        values["neg_elbo"] = values.pop("neg_log_likelihood") + kl
-        return values
+        return _with_neg_elbo(self.diagnostics.pop(), self.q, self.prior)
 
 
 class _WithGradients(torch.autograd.Function):
@@ -184,10 +186,4 @@ class NegativeELBO:
         return (-expected + self.kl_weight() * kl) / self.n_data
 
     def epoch_diagnostics(self) -> dict[str, float]:
-        values = self.diagnostics.pop()
-        with torch.no_grad():
-            kl = kl_divergence(self.q, self.prior).item()
-        values["kl"] = kl
-        values["neg_elbo"] = values.pop("neg_log_likelihood") + kl
-        values["kl_weight"] = self.kl_weight()
-        return values
+        return _with_neg_elbo(self.diagnostics.pop(), self.q, self.prior) | {"kl_weight": self.kl_weight()}
