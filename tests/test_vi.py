@@ -49,8 +49,7 @@ def test_score_loss_closed_form_gradient_equals_autograd(weighting):
     q = random_gaussian(5, 0, trainable=True)
     objective = ScoreMatching(q, random_gaussian(5, 9), log_likelihood=None, n_samples=3, prox_weight=0.7,
                               refresh_every=1, weighting=weighting)
-    objective.anchor = random_gaussian(5, 1)  # q_t ≠ q, so the proximal term has a gradient
-    objective._anchor_var = objective.anchor.variance()
+    objective.set_anchor(random_gaussian(5, 1))  # q_t ≠ q, so the proximal term has a gradient
     torch.manual_seed(0)
     objective.samples = objective.anchor.samples(3)
     objective.scores = [{name: torch.randn_like(value) for name, value in theta.items()}
@@ -88,8 +87,7 @@ def test_score_gradient_is_unbiased_under_minibatch_noise():
     prior = DiagonalGaussian.isotropic({n: torch.zeros_like(v) for n, v in init.items()}, 1.0)
     objective = ScoreMatching(q, prior, log_likelihood, n_samples=2, prox_weight=1.0, refresh_every=1,
                               weighting="q_t")
-    objective.anchor = DiagonalGaussian.isotropic(init, 0.05)
-    objective._anchor_var = objective.anchor.variance()
+    objective.set_anchor(DiagonalGaussian.isotropic(init, 0.05))
     torch.manual_seed(0)
     samples = objective.anchor.samples(2)
 

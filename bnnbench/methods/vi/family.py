@@ -71,17 +71,28 @@ class DiagonalGaussian:
         estimator that is odd in ε, e.g. all the noise of a linear score, at no extra cost per draw."""
         if antithetic and n % 2:
             raise ValueError(f"antithetic sampling needs an even number of samples, got {n}")
+        names, means = self.names(), list(self.mean.values())
+        stds = torch._foreach_exp(list(self.log_std.values()))
         draws = []
         for _ in range(n // 2 if antithetic else n):
-            noise = {name: torch.exp(self.log_std[name]) * torch.randn_like(mean) for name, mean in self.mean.items()}
-            draws.append({name: mean + noise[name] for name, mean in self.mean.items()})
+            # One normal draw for all tensors, viewed per tensor: a launch per draw, not per tensor.
+            flat = torch.randn(self.numel(), dtype=means[0].dtype, device=means[0].device)
+            epsilon = [part.view_as(mean) for part, mean in zip(flat.split(self._sizes()), means, strict=True)]
+            noise = torch._foreach_mul(stds, epsilon)
+            draws.append(dict(zip(names, torch._foreach_add(means, noise), strict=True)))
             if antithetic:
-                draws.append({name: mean - noise[name] for name, mean in self.mean.items()})
+                draws.append(dict(zip(names, torch._foreach_sub(means, noise), strict=True)))
         return draws
+
+    def _sizes(self) -> list[int]:
+        return [value.numel() for value in self.mean.values()]
 
     def score(self, theta: Params) -> Params:
         """∇_θ log q(θ) = −(θ − μ) ⊙ σ⁻²."""
-        return {name: -(theta[name] - mean) * torch.exp(-2 * self.log_std[name]) for name, mean in self.mean.items()}
+        names = self.names()
+        diff = torch._foreach_sub(list(self.mean.values()), [theta[name] for name in names])
+        inv_var = torch._foreach_exp(torch._foreach_mul(list(self.log_std.values()), -2.0))
+        return dict(zip(names, torch._foreach_mul(diff, inv_var), strict=True))
 
     def log_prob(self, theta: Params) -> Tensor:
         """log q(θ), summed over every coordinate."""
@@ -98,10 +109,13 @@ class DiagonalGaussian:
 
 def kl_divergence(a: DiagonalGaussian, b: DiagonalGaussian, names: Iterable[str] | None = None) -> Tensor:
     """KL(a ‖ b) = Σ_d [ω_b − ω_a + (σ_a² + (μ_a − μ_b)²) / (2σ_b²) − ½], summed over coordinates."""
-    total = 0.0
-    for name in names or a.names():
-        log_std_a, log_std_b = a.log_std[name], b.log_std[name]
-        total = total + (log_std_b - log_std_a
-                         + 0.5 * (torch.exp(2 * log_std_a) + (a.mean[name] - b.mean[name]) ** 2)
-                         * torch.exp(-2 * log_std_b) - 0.5).sum()
-    return total
+    names = list(names or a.names())
+    log_std_a, log_std_b = [a.log_std[name] for name in names], [b.log_std[name] for name in names]
+    shift = torch._foreach_sub([a.mean[name] for name in names], [b.mean[name] for name in names])
+    spread = torch._foreach_addcmul(torch._foreach_exp(torch._foreach_mul(log_std_a, 2.0)), shift, shift)
+    terms = torch._foreach_sub(log_std_b, log_std_a)
+    inv_var_b = torch._foreach_exp(torch._foreach_mul(log_std_b, -2.0))
+    terms = torch._foreach_add(terms, torch._foreach_mul(spread, inv_var_b), alpha=0.5)
+    terms = torch._foreach_add(terms, -0.5)
+    # Each coordinate's term is a KL divergence, so >= 0: its 1-norm is its sum, one launch for all tensors.
+    return torch.stack(torch._foreach_norm(terms, 1)).sum()

@@ -7,6 +7,13 @@ cost target is stated for), K = 5 inner steps (`inner_steps`), λ = 1 (`prox_wei
 every mini-batch (`refresh_every`; with K > 1 the proximal term then acts), residuals weighted by σ_t²
 (`weighting = "q_t"`; fixes the N² scale of the scores without biasing the gradient). The spec's
 prototype reached 0.3–0.7% mean error and σ² within 3–5% of the exact diagonal with these values.
+Task files override them with values tuned on validation NLL (tasks/digits-mlp.toml says how).
+
+Cost: each mini-batch takes S forward and backward passes, then K inner steps of element-wise work over
+(μ, ω) (the closed-form gradient and the optimiser step, ~40 passes over the parameters). Where the network
+is small relative to its parameter count (the digits MLP and CNN on a CPU) the K inner steps dominate;
+`inner_steps = 1, refresh_every = 5` (the spec's lagged-anchor variant) costs one inner step per batch.
+`make bench` measures both against map.
 """
 
 from __future__ import annotations
