@@ -27,6 +27,10 @@ METHODS: Registry[str] = Registry("method")  # name -> module path, imported on 
 METHODS.register("map", "bnnbench.methods.map", "maximum a posteriori point estimate (AdamW = Gaussian prior)")
 METHODS.register("score-vi", "bnnbench.methods.vi.score", "proximal score-matching VI, diagonal Gaussian (Kim 2026)")
 METHODS.register("elbo-vi", "bnnbench.methods.vi.elbo", "mean-field Gaussian VI by the reparametrised ELBO (ADVI)")
+METHODS.register("laplace-ll", "bnnbench.methods.laplace.last_layer", "last-layer Laplace (laplace-torch)")
+METHODS.register("laplace-all", "bnnbench.methods.laplace.all_weights", "all-weights Laplace, diag/kron/full")
+METHODS.register("laplace-subnet", "bnnbench.methods.laplace.subnetwork",
+                 "subnetwork Laplace, full covariance over selected weights (Daxberger et al. 2021)")
 
 
 def _module(name: str):

@@ -2,6 +2,8 @@
 `num_classes` keeps timm's name but means the output width: classes, or the target width for regression.
 
 Factories are named "module:function" so that naming a model imports torch only when one is built.
+Each factory records the name of its output layer (an `nn.Linear`) in `model.bnnbench_last_layer`, for the
+methods that treat the last layer apart (last-layer Laplace); `last_layer_name` reads and checks it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from bnnbench.errors import UsageError, unknown_choice
 
-__all__ = ["MODELS", "check_model_config", "create_model"]
+__all__ = ["MODELS", "check_model_config", "create_model", "last_layer_name"]
 
 MODELS = {
     "linear": "bnnbench.models.small:linear",
@@ -48,3 +50,22 @@ def create_model(model: dict[str, Any], input_shape: tuple[int, ...], num_classe
         return _factory(model["name"], where)(input_shape=input_shape, num_classes=num_classes, **options)
     except (TypeError, ValueError) as error:
         raise UsageError(f"{where}: cannot build model '{model['name']}': {error}") from None
+
+
+def last_layer_name(model) -> str:
+    """The module name of `model`'s output layer ("" when the model is one layer), checked to be an
+    `nn.Linear`; raises UsageError when the factory did not record one."""
+    from torch import nn
+
+    name = getattr(model, "bnnbench_last_layer", None)
+    if name is None:
+        raise UsageError(f"model {type(model).__name__} does not name its last layer (its factory must set "
+                         "`model.bnnbench_last_layer`), so last-layer methods cannot run on it")
+    try:
+        layer = model.get_submodule(name)
+    except AttributeError:
+        raise UsageError(f"model {type(model).__name__}: last layer '{name}' does not exist") from None
+    if not isinstance(layer, nn.Linear):
+        raise UsageError(f"model {type(model).__name__}: last layer '{name}' is a {type(layer).__name__}, "
+                         "not an nn.Linear")
+    return name

@@ -14,7 +14,9 @@ def linear(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     exact posterior is known in closed form."""
     if len(input_shape) != 1:
         raise ValueError(f"the linear model takes flat inputs, got input shape {input_shape}")
-    return nn.Linear(input_shape[0], num_classes)
+    model = nn.Linear(input_shape[0], num_classes)
+    model.bnnbench_last_layer = ""  # the model is its own output layer
+    return model
 
 
 def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: list[int] = (128, 128)) -> nn.Module:
@@ -24,7 +26,9 @@ def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: list[int] = (128
     for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
         layers += [nn.Linear(width_in, width_out), nn.ReLU()]
     layers.append(nn.Linear(widths[-1], num_classes))
-    return nn.Sequential(*layers)
+    model = nn.Sequential(*layers)
+    model.bnnbench_last_layer = str(len(layers) - 1)
+    return model
 
 
 def cnn(input_shape: tuple[int, ...], num_classes: int, channels: list[int] = (32, 64), hidden: int = 128) -> nn.Module:
@@ -36,4 +40,6 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, channels: list[int] = (3
     layers += [nn.MaxPool2d(2), nn.Flatten(),
                nn.Linear(channels[-1] * (height // 2) * (width // 2), hidden), nn.ReLU(),
                nn.Linear(hidden, num_classes)]
-    return nn.Sequential(*layers)
+    model = nn.Sequential(*layers)
+    model.bnnbench_last_layer = str(len(layers) - 1)
+    return model

@@ -23,6 +23,8 @@ def vit(
     in_chans, height, width = input_shape
     if height != width or height % patch_size:
         raise ValueError(f"image {height}x{width} is not square or not divisible by patch_size={patch_size}")
-    return VisionTransformer(img_size=height, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-                             embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                             drop_rate=drop_rate)
+    model = VisionTransformer(img_size=height, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+                              embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                              drop_rate=drop_rate)
+    model.bnnbench_last_layer = "head"
+    return model

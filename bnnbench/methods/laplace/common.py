@@ -1,0 +1,232 @@
+"""What the laplace-torch methods share: hyper-parameters, the MAP phase, the memory guard, fitting and
+prior-precision tuning through laplace-torch, and the predictive the evaluator calls.
+
+laplace-torch (Daxberger et al. 2021, the subnetwork paper's authors) computes the curvature (GGN/Fisher
+via its backends), the posterior and the GLM predictive; bnnbench only wraps it behind the Method and
+Predictive contract, so the evaluator scores a Laplace posterior like every other method.
+
+The MAP phase: with a fixed prior (`tune = "none"`) the network is trained to the mode of that prior,
+N(0, 1/prior_precision) (the task's weight decay is not used), so the Laplace approximation is centred where
+its own prior puts the mode: on a linear-Gaussian model it is then the exact posterior. With a tuned prior
+(`val`, `marglik`) MAP uses the task's AdamW weight decay and the prior precision is tuned afterwards, as in
+laplace-torch's post-hoc workflow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from bnnbench.errors import UsageError
+from bnnbench.likelihoods import Categorical, Gaussian, Likelihood, get_likelihood
+from bnnbench.methods.map import train_map
+from bnnbench.train import TrainConfig
+from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Split, TaskSpec
+
+__all__ = ["LaplaceHparams", "LaplacePredictive", "check_memory", "curvature_bytes", "fit_laplace", "parameter_indices"]
+
+PRED_TYPES = ("glm", "nn")
+LINK_APPROXIMATIONS = ("probit", "mc")
+TUNINGS = ("val", "marglik", "none")
+HESSIANS = ("full", "kron", "diag")
+
+
+@dataclass(frozen=True)
+class LaplaceHparams(TrainConfig):
+    """Shared settings of the Laplace methods (the MAP phase uses `TrainConfig`'s).
+
+    hessian: curvature structure, full | kron | diag (what each method accepts differs).
+    pred_type: "glm" (linearised network, laplace-torch's default) or "nn" (Monte Carlo over weights).
+    link_approx: for glm classification, "probit" (one closed-form predictive) or "mc" (samples of the
+        logits, mixed by the evaluator like every sampling method's).
+    tune: prior precision by validation NLL on a log grid ("val", the spec's default), by the Laplace
+        evidence on the training data ("marglik", Adam, 100 steps), or fixed at `prior_precision` ("none").
+    grid_size: points of the validation grid, log-spaced over [1e-4, 1e4].
+    max_curvature_gb: refuse to fit a curvature estimated to need more memory than this.
+    """
+
+    hessian: str = "kron"
+    pred_type: str = "glm"
+    link_approx: str = "probit"
+    tune: str = "val"
+    prior_precision: float = 1.0
+    grid_size: int = 41
+    max_curvature_gb: float = 4.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, value, choices in (("hessian", self.hessian, HESSIANS), ("pred_type", self.pred_type, PRED_TYPES),
+                                    ("link_approx", self.link_approx, LINK_APPROXIMATIONS),
+                                    ("tune", self.tune, TUNINGS)):
+            if value not in choices:
+                raise UsageError(f"unknown {key} '{value}'; valid choices: {', '.join(choices)}")
+        if self.prior_precision <= 0 or self.grid_size < 2 or self.max_curvature_gb <= 0:
+            raise UsageError("prior_precision and max_curvature_gb must be positive and grid_size >= 2")
+
+
+def _laplace_likelihood(likelihood: Likelihood) -> tuple[str, float]:
+    """laplace-torch's likelihood name and noise std for a bnnbench likelihood."""
+    if isinstance(likelihood, Categorical):
+        return "classification", 1.0
+    if isinstance(likelihood, Gaussian) and likelihood.noise_std is not None:
+        return "regression", float(likelihood.noise_std)
+    raise UsageError("the Laplace methods need a categorical likelihood or a gaussian one with fixed noise_std; "
+                     "a learned noise (two outputs) has no GGN in laplace-torch")
+
+
+def _loader(split: Split, batch_size: int, regression: bool) -> DataLoader:
+    targets = split.y.reshape(-1, 1).to(split.x.dtype) if regression else split.y
+    return DataLoader(TensorDataset(split.x, targets), batch_size=batch_size)
+
+
+def curvature_bytes(model: nn.Module, hessian: str, parameters: list[tuple[str, Tensor]] | int) -> int:
+    """Bytes the posterior precision needs: P² floats for full, Σ (in² + out²) per layer for kron (conv
+    kernels flattened to in = C_in·k·k), P for diag. `parameters` are the (name, tensor) pairs the posterior
+    covers, or their count for a full subnetwork."""
+    itemsize = next(model.parameters()).element_size()
+    count = parameters if isinstance(parameters, int) else sum(value.numel() for _, value in parameters)
+    if hessian == "full":
+        return itemsize * count * count
+    if hessian == "diag":
+        return itemsize * count
+    total = 0
+    for _, value in parameters:  # kron: one Kronecker pair per weight matrix, a diagonal for biases
+        if value.dim() >= 2:
+            total += value.shape[0] ** 2 + math.prod(value.shape[1:]) ** 2
+        else:
+            total += value.numel() ** 2
+    return itemsize * total
+
+
+def check_memory(model: nn.Module, hessian: str, parameters: list[tuple[str, Tensor]] | int, limit_gb: float,
+                 method: str, alternatives: str) -> int:
+    """Refuse, with the variant to use instead, a curvature that would not fit in `limit_gb`."""
+    needed = curvature_bytes(model, hessian, parameters)
+    if needed > limit_gb * 2**30:
+        raise UsageError(f"{method} with hessian={hessian} needs about {needed / 2**30:.1f} GiB for the curvature, "
+                         f"over max_curvature_gb={limit_gb:g}; use {alternatives} (or raise max_curvature_gb)")
+    return needed
+
+
+class LaplacePredictive:
+    """Per-sample predictives from a fitted laplace-torch posterior.
+
+    glm + probit (classification): one closed-form predictive, S = 1. glm + mc and nn: S samples of the
+    network outputs (of the linearised network for glm), which the evaluator mixes. glm regression: the exact
+    Gaussian N(f_μ, f_var + σ²), S = 1.
+    """
+
+    def __init__(self, laplace: Any, model: nn.Module, indices: Tensor | None, likelihood: Likelihood,
+                 pred_type: str, link_approx: str) -> None:
+        self.laplace, self.model, self.indices, self.likelihood = laplace, model, indices, likelihood
+        self.pred_type, self.link_approx = pred_type, link_approx
+        self.regression = isinstance(likelihood, Gaussian)
+
+    def parameter_moments(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Posterior mean and marginal variance per model parameter; weights outside the posterior (last
+        layer, subnetwork) are point masses at MAP."""
+        named = list(self.model.named_parameters())
+        mean = torch.cat([value.detach().reshape(-1) for _, value in named])
+        variance = torch.zeros_like(mean)
+        where = slice(None) if self.indices is None else self.indices
+        mean[where] = self.laplace.mean.detach().to(mean.dtype)
+        variance[where] = marginal_variance(self.laplace).detach().to(mean.dtype)
+        sizes = [value.numel() for _, value in named]
+
+        def unflatten(flat: Tensor) -> dict[str, Tensor]:
+            return {name: part.view(value.shape) for (name, value), part in zip(named, flat.split(sizes), strict=True)}
+
+        return unflatten(mean), unflatten(variance)
+
+    def predict(self, x: Tensor, n_samples: int) -> Tensor:
+        self.laplace.model.eval()
+        if self.pred_type == "glm" and self.regression:
+            with torch.no_grad():
+                mean, variance = self.laplace(x, pred_type="glm")
+            std = (variance.reshape(len(x), -1) + self.laplace.sigma_noise.item() ** 2).sqrt()
+            return torch.stack([mean.reshape(len(x), -1), std.log()], dim=-1).squeeze(-2).unsqueeze(0)
+        if self.pred_type == "glm" and self.link_approx == "probit":
+            with torch.no_grad():
+                probabilities = self.laplace(x, pred_type="glm", link_approx="probit")
+            return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log().unsqueeze(0)
+        outputs = self.laplace.functional_samples(x, pred_type=self.pred_type, n_samples=max(n_samples, 1))
+        return self.likelihood.log_predictive(outputs.detach())
+
+
+def marginal_variance(laplace: Any) -> Tensor:
+    """The diagonal of the posterior covariance, whatever laplace-torch's Hessian structure."""
+    if hasattr(laplace, "posterior_variance"):  # diag
+        return laplace.posterior_variance
+    if hasattr(laplace, "posterior_covariance"):  # full
+        return laplace.posterior_covariance.diagonal()
+    return laplace.posterior_precision.diag(exponent=-1)  # kron: from its Kronecker eigendecomposition
+
+
+def parameter_indices(model: nn.Module, prefix: str) -> Tensor:
+    """Positions in the flattened parameter vector of the parameters under module `prefix` ("" = all)."""
+    positions, offset = [], 0
+    for name, value in model.named_parameters():
+        if not prefix or name.startswith(prefix + "."):
+            positions.append(torch.arange(offset, offset + value.numel()))
+        offset += value.numel()
+    return torch.cat(positions)
+
+
+def _gaussian_log_prior(precision: float):
+    def log_prior(parameters: dict[str, Tensor]) -> Tensor:
+        return -0.5 * precision * sum((value ** 2).sum() for value in parameters.values())
+    return log_prior
+
+
+def fit_laplace(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
+                hparams: LaplaceHparams, *, method: str, make_laplace, extra: dict[str, Any] | None = None,
+                ) -> tuple[LaplacePredictive, FitInfo]:
+    """Train MAP, build the posterior with `make_laplace(model, likelihood_name, noise_std, prior_precision,
+    train) -> (laplace, indices)` (which checks memory and may select a subnetwork; `indices` are the covered
+    positions in the flattened parameter vector, None for all), fit it on the training data, tune the prior
+    precision, and return the predictive."""
+    import time
+
+    likelihood = get_likelihood(task.likelihood, task.likelihood_options)
+    laplace_likelihood, noise_std = _laplace_likelihood(likelihood)
+    regression = laplace_likelihood == "regression"
+    if hparams.tune == "val" and len(data.val) == 0:
+        raise UsageError(f"{method}: tune=val needs a validation split and task '{task.name}' has none; "
+                         "use tune=marglik or tune=none")
+    if hparams.tune == "none":
+        config = TrainConfig(lr=hparams.lr, weight_decay=0.0, batch_size=hparams.batch_size,
+                             grad_clip=hparams.grad_clip, schedule=hparams.schedule)
+        loop = train_map(model, likelihood, data, config, budget, context, description=f"{method} map",
+                         log_prior=_gaussian_log_prior(hparams.prior_precision))
+    else:
+        loop = train_map(model, likelihood, data, hparams, budget, context, description=f"{method} map")
+    model.eval()
+    start = time.perf_counter()
+    device = context.device
+    train = Split(data.train.x.to(device), data.train.y.to(device))
+    laplace, indices = make_laplace(model, laplace_likelihood, noise_std, hparams.prior_precision, train)
+    laplace.fit(_loader(train, hparams.batch_size, regression))
+    fit_seconds = time.perf_counter() - start
+    if hparams.tune == "val":
+        val = Split(data.val.x.to(device), data.val.y.to(device))
+        laplace.optimize_prior_precision(
+            method="gridsearch", pred_type=hparams.pred_type, link_approx=hparams.link_approx,
+            prior_structure="scalar", init_prior_prec=hparams.prior_precision,
+            val_loader=_loader(val, hparams.batch_size, regression), grid_size=hparams.grid_size,
+            log_prior_prec_min=-4, log_prior_prec_max=4, progress_bar=False)
+    elif hparams.tune == "marglik":
+        laplace.optimize_prior_precision(method="marglik", pred_type=hparams.pred_type,
+                                         link_approx=hparams.link_approx, n_steps=100, lr=0.1,
+                                         prior_structure="scalar", init_prior_prec=hparams.prior_precision)
+    prior_precision = laplace.prior_precision.detach().reshape(-1)
+    info = FitInfo(steps=loop.steps, epochs=loop.epochs, seconds=loop.seconds + time.perf_counter() - start,
+                   extra={"map_seconds": loop.seconds, "laplace_fit_seconds": fit_seconds,
+                          "laplace_seconds": time.perf_counter() - start,
+                          "prior_precision": prior_precision.mean().item(),
+                          "n_posterior_params": int(laplace.n_params), **(extra or {})})
+    return LaplacePredictive(laplace, model, indices, likelihood, hparams.pred_type, hparams.link_approx), info

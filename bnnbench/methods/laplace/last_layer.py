@@ -1,0 +1,40 @@
+"""`laplace-ll`: last-layer Laplace (laplace-torch `LLLaplace`), the output `nn.Linear` the model factory names
+(`bnnbench.models.last_layer_name`); every other weight stays at MAP. Default hessian kron, as laplace-torch's."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from bnnbench.methods.laplace.common import LaplaceHparams, check_memory, fit_laplace, parameter_indices
+from bnnbench.models import last_layer_name
+from bnnbench.types import Method
+
+__all__ = ["Hparams", "build", "fit"]
+
+
+@dataclass(frozen=True)
+class Hparams(LaplaceHparams):
+    hessian: str = "kron"
+
+
+def build(**hparams) -> Method:
+    bound = Hparams(**hparams)
+    return Method(name="laplace-ll", hparams=bound, fit=functools.partial(fit, hparams=bound))
+
+
+def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
+    from laplace import Laplace
+
+    name = last_layer_name(model)
+
+    check_memory(model, hparams.hessian, list(model.get_submodule(name).named_parameters()),
+                 hparams.max_curvature_gb, "laplace-ll", "hessian=kron or hessian=diag")
+
+    def make(network, likelihood, noise_std, prior_precision, train):
+        laplace = Laplace(network, likelihood, subset_of_weights="last_layer", hessian_structure=hparams.hessian,
+                          sigma_noise=noise_std, prior_precision=prior_precision, last_layer_name=name)
+        return laplace, parameter_indices(network, name)
+
+    return fit_laplace(task, model, data, budget, context, hparams, method="laplace-ll", make_laplace=make,
+                       extra={"last_layer": name})

@@ -1,0 +1,91 @@
+"""The laplace-torch methods against closed forms: on Bayesian linear regression (sanity-blr) the GGN is the
+Hessian, so full Laplace is the exact posterior; a subnetwork posterior is the exact conditional."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bnnbench.data import load_data
+from bnnbench.errors import UsageError
+from bnnbench.methods import build_method
+from bnnbench.methods.laplace.common import curvature_bytes
+from bnnbench.models import create_model, last_layer_name
+from bnnbench.reference import linear_gaussian_posterior
+from bnnbench.tasks import load_task
+from bnnbench.types import Budget, DataBundle, FitContext, Split
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def _double(split: Split) -> Split:
+    return Split(split.x.double(), split.y.double())
+
+
+def _fit_blr(method: str, **overrides):
+    """Fit `method` on sanity-blr in float64 (full batch, the task's 3000 epochs); returns the predictive,
+    and the exact posterior."""
+    task = load_task("sanity-blr")
+    bundle = load_data(task.data).bundle
+    data = DataBundle(_double(bundle.train), _double(bundle.val), bundle.num_outputs, bundle.input_shape)
+    model = create_model(task.model, data.input_shape, data.num_outputs).double()
+    predictive, _ = build_method(method, task, overrides).fit(task, model, data, task.budget,
+                                                              FitContext(torch.device("cpu"), 0, False))
+    exact = linear_gaussian_posterior(data.train.x.numpy(), data.train.y.numpy(), noise_std=0.7, prior_std=1.0)
+    return predictive, exact
+
+
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("method", ["laplace-all", "laplace-ll"])
+def test_full_laplace_is_the_exact_posterior_on_linear_regression(method):
+    predictive, exact = _fit_blr(method, hessian="full")
+    laplace = predictive.laplace
+    assert _relative(laplace.mean.numpy(), exact.mean) < 1e-4
+    assert _relative(laplace.posterior_covariance.numpy(), exact.covariance) < 1e-4
+    x = torch.randn(30, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    mean, log_std = predictive.predict(x, n_samples=1)[0].unbind(-1)
+    np.testing.assert_allclose((2 * log_std).exp().numpy(), exact.predictive_variance(x.numpy()), rtol=1e-5)
+    design = np.concatenate([x.numpy(), np.ones((30, 1))], axis=1)
+    np.testing.assert_allclose(mean.numpy(), design @ exact.mean, rtol=1e-4, atol=1e-6)
+
+
+def test_subnetwork_with_every_weight_equals_full_laplace():
+    subnet, exact = _fit_blr("laplace-subnet", n_params=11, selection="random")
+    np.testing.assert_allclose(subnet.laplace.posterior_covariance.numpy(), exact.covariance, rtol=1e-4, atol=1e-9)
+
+
+def test_subnetwork_posterior_is_the_conditional_not_the_marginal():
+    subnet, exact = _fit_blr("laplace-subnet", n_params=4, selection="largest-magnitude")
+    chosen = subnet.indices.numpy()
+    conditional = np.linalg.inv(exact.precision[np.ix_(chosen, chosen)])
+    marginal = exact.covariance[np.ix_(chosen, chosen)]
+    covariance = subnet.laplace.posterior_covariance.numpy()
+    assert _relative(covariance, conditional) < 1e-4
+    assert _relative(covariance, marginal) > 0.05  # the diabetes features are correlated
+    weights = np.abs(exact.mean)  # MAP = the exact mean here: the largest |θ| are chosen
+    assert set(chosen) == set(np.argsort(-weights)[:4])
+
+
+def test_last_layer_names_per_model():
+    shapes = {"mlp": (64,), "cnn": (1, 8, 8), "vit": (1, 8, 8), "linear": (10,)}
+    expected = {"mlp": "5", "cnn": "8", "vit": "head", "linear": ""}
+    for name, shape in shapes.items():
+        model = create_model({"name": name}, shape, 10)
+        assert last_layer_name(model) == expected[name]
+    with pytest.raises(UsageError, match="does not name its last layer"):
+        last_layer_name(torch.nn.Sequential(torch.nn.Linear(3, 2)))
+
+
+def test_memory_guard_refuses_a_full_curvature_that_does_not_fit_and_names_one_that_does():
+    task = load_task("digits-mlp")
+    model = create_model(task.model, (64,), 10)
+    count = sum(p.numel() for p in model.parameters())
+    assert curvature_bytes(model, "full", list(model.named_parameters())) == 4 * count**2
+    assert curvature_bytes(model, "diag", list(model.named_parameters())) == 4 * count
+    method = build_method("laplace-all", task, {"hessian": "full", "max_curvature_gb": 1.0})
+    with pytest.raises(UsageError, match=r"needs about 2\.5 GiB.*use hessian=diag or laplace-subnet"):
+        method.fit(task, model, None, Budget(max_epochs=1), FitContext(torch.device("cpu"), 0, False))
