@@ -15,6 +15,7 @@ laplace-torch's post-hoc workflow.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,8 +191,6 @@ def fit_laplace(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budg
     train) -> (laplace, indices)` (which checks memory and may select a subnetwork; `indices` are the covered
     positions in the flattened parameter vector, None for all), fit it on the training data, tune the prior
     precision, and return the predictive."""
-    import time
-
     likelihood = get_likelihood(task.likelihood, task.likelihood_options)
     laplace_likelihood, noise_std = _laplace_likelihood(likelihood)
     regression = laplace_likelihood == "regression"
