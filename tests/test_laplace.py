@@ -29,6 +29,7 @@ def _fit_blr(method: str, **overrides):
     task = load_task("sanity-blr")
     bundle = load_data(task.data).bundle
     data = DataBundle(_double(bundle.train), _double(bundle.val), bundle.num_outputs, bundle.input_shape)
+    torch.manual_seed(0)
     model = create_model(task.model, data.input_shape, data.num_outputs).double()
     predictive, _ = build_method(method, task, overrides).fit(task, model, data, task.budget,
                                                               FitContext(torch.device("cpu"), 0, False))
