@@ -29,7 +29,8 @@ from bnnbench.methods.map import train_map
 from bnnbench.train import TrainConfig
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Split, TaskSpec
 
-__all__ = ["LaplaceHparams", "LaplacePredictive", "check_memory", "curvature_bytes", "fit_laplace", "parameter_indices"]
+__all__ = ["LaplaceHparams", "LaplacePredictive", "check_memory", "curvature_bytes", "data_loader", "fit_laplace",
+           "parameter_indices"]
 
 PRED_TYPES = ("glm", "nn")
 LINK_APPROXIMATIONS = ("probit", "mc")
@@ -80,7 +81,8 @@ def _laplace_likelihood(likelihood: Likelihood) -> tuple[str, float]:
                      "a learned noise (two outputs) has no GGN in laplace-torch")
 
 
-def _loader(split: Split, batch_size: int, regression: bool) -> DataLoader:
+def data_loader(split: Split, batch_size: int, regression: bool) -> DataLoader:
+    """A split as laplace-torch takes it; regression targets as (N, 1) like the network's outputs."""
     targets = split.y.reshape(-1, 1).to(split.x.dtype) if regression else split.y
     return DataLoader(TensorDataset(split.x, targets), batch_size=batch_size)
 
@@ -209,14 +211,14 @@ def fit_laplace(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budg
     device = context.device
     train = Split(data.train.x.to(device), data.train.y.to(device))
     laplace, indices = make_laplace(model, laplace_likelihood, noise_std, hparams.prior_precision, train)
-    laplace.fit(_loader(train, hparams.batch_size, regression))
+    laplace.fit(data_loader(train, hparams.batch_size, regression))
     fit_seconds = time.perf_counter() - start
     if hparams.tune == "val":
         val = Split(data.val.x.to(device), data.val.y.to(device))
         laplace.optimize_prior_precision(
             method="gridsearch", pred_type=hparams.pred_type, link_approx=hparams.link_approx,
             prior_structure="scalar", init_prior_prec=hparams.prior_precision,
-            val_loader=_loader(val, hparams.batch_size, regression), grid_size=hparams.grid_size,
+            val_loader=data_loader(val, hparams.batch_size, regression), grid_size=hparams.grid_size,
             log_prior_prec_min=-4, log_prior_prec_max=4, progress_bar=False)
     elif hparams.tune == "marglik":
         laplace.optimize_prior_precision(method="marglik", pred_type=hparams.pred_type,

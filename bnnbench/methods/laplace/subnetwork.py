@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from bnnbench.errors import UsageError
-from bnnbench.methods.laplace.common import LaplaceHparams, _loader, check_memory, fit_laplace
+from bnnbench.methods.laplace.common import LaplaceHparams, check_memory, data_loader, fit_laplace
 from bnnbench.types import Method
 
 __all__ = ["Hparams", "SELECTIONS", "build", "fit"]
@@ -55,8 +55,6 @@ def select_subnetwork(model, likelihood: str, selection: str, n_params: int, tra
         RandomSubnetMask,
     )
 
-    total = sum(p.numel() for p in model.parameters())
-    n_params = min(n_params, total)
     if selection == "largest-variance":
         diagonal = DiagLaplace(model, likelihood)
         mask = LargestVarianceDiagLaplaceSubnetMask(model, n_params, diagonal)
@@ -65,7 +63,7 @@ def select_subnetwork(model, likelihood: str, selection: str, n_params: int, tra
     else:
         torch.manual_seed(seed)
         mask = RandomSubnetMask(model, n_params)
-    indices = mask.select(_loader(train, batch_size, likelihood == "regression"))
+    indices = mask.select(data_loader(train, batch_size, likelihood == "regression"))
     return indices.sort().values
 
 
