@@ -31,6 +31,8 @@ METHODS.register("laplace-ll", "bnnbench.methods.laplace.last_layer", "last-laye
 METHODS.register("laplace-all", "bnnbench.methods.laplace.all_weights", "all-weights Laplace, diag/kron/full")
 METHODS.register("laplace-subnet", "bnnbench.methods.laplace.subnetwork",
                  "subnetwork Laplace, full covariance over selected weights (Daxberger et al. 2021)")
+METHODS.register("sampled-laplace", "bnnbench.methods.laplace.sampled",
+                 "linearised Laplace samples by sample-then-optimise SGD, jvp/vjp only (Antoran et al. 2023)")
 
 
 def _module(name: str):

@@ -1,0 +1,384 @@
+"""`sampled-laplace`: linearised Laplace by sample-then-optimise (Antorán et al., ICLR 2023), written here because
+no PyTorch library does it.
+
+Around the MAP θ*, the linearised network f(x; θ*) + J(x)(θ − θ*) with the likelihood's curvature H_i in the
+outputs and the prior N(0, I/α) is a conjugate Gaussian linear model: its posterior covariance is
+Σ = (Σ_i J_iᵀ H_i J_i + αI)⁻¹. Each zero-mean sample z_k ~ N(0, Σ) is the minimiser of the low-variance objective
+
+    ½ Σ_i ‖J_i z‖²_{H_i} + ½ α ‖z − z0_k‖²,    z0_k = θ0_k + α⁻¹ Σ_i J_iᵀ L_i e_ik,
+
+with θ0_k ~ N(0, I/α), L_i L_iᵀ = H_i and e_ik ~ N(0, I): the target noise sits in z0, so minibatch gradients carry
+none. The K objectives are minimised together by minibatch SGD (Nesterov momentum, step lr_scale / λ_max of the
+objective's Hessian, found by power iteration, decayed linearly to 0). The network is only touched through
+Jacobian-vector products (forward mode, `torch.func.jvp`) and vector-Jacobian products (reverse mode): no Jacobian,
+GGN or covariance is formed, so memory is K·P floats and a step costs about K × (1 jvp + 1 vjp).
+
+Prior precision: fixed at `prior_precision` (`em_steps = 0`), or MacKay's update inside EM (`em_steps > 0`):
+α ← γ / ‖w_lin‖², with w_lin the MAP of the linear model J(x)w fitted to the labels and γ, the effective number of
+parameters, estimated from the samples in weight space (d − α Σ_j mean_k z_kj²) or function space
+(mean_k Σ_i ‖J_i z_k‖²_{H_i}). The same random draws are re-targeted to each new α (θ0 ∝ α^-½, the data part ∝ α⁻¹)
+and the samples are warm-started.
+
+Predictive: MAP outputs + J(x) z_k (`pred_type = "glm"`), mixed by the evaluator (`link_approx = "mc"`) or in
+closed form with the samples' output variance (`"probit"`: softmax(f / √(1 + π/8 · v)) for classification, the
+Gaussian N(f, v + σ²) for regression); or the network at θ* + z_k (`"nn"`). w_lin is used by the M-step only.
+
+BatchNorm affine parameters are left out of the linear model (zero tangents), as in the authors' code.
+Attention runs through PyTorch's math kernel here, the one that has forward-mode derivatives.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jvp, vjp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from bnnbench.errors import UsageError
+from bnnbench.likelihoods import Categorical, Gaussian, Likelihood, get_likelihood
+from bnnbench.methods.laplace.common import LINK_APPROXIMATIONS, PRED_TYPES, train_map_phase
+from bnnbench.train import TrainConfig
+from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Method, Split, TaskSpec
+
+__all__ = ["Hparams", "Linearisation", "OutputCurvature", "SampledLaplacePredictive", "build", "fit"]
+
+MACKAY_ESTIMATES = ("weight", "function")
+EVAL_ROWS = 512  # rows per jvp batch at prediction time: K copies of the activations are alive at once
+
+
+@dataclass(frozen=True)
+class Hparams(TrainConfig):
+    """Settings of `sampled-laplace`; the MAP phase uses `TrainConfig`'s (and `batch_size` is the SGD batch).
+
+    n_samples: K, posterior samples kept (the authors' MNIST setting is 8).
+    prior_precision: α, fixed when em_steps = 0, else EM's starting point.
+    em_steps: MacKay updates of α, each followed by re-solving the samples; 0 keeps α fixed.
+    mackay: how γ is estimated from the samples, "weight" or "function" (see the module docstring).
+    sample_epochs: SGD epochs per solve of the K samples; linear_epochs: SGD epochs per fit of w_lin.
+    lr_scale: SGD step = lr_scale / λ_max(objective Hessian per data point); momentum: Nesterov momentum.
+    pred_type, link_approx: the predictive (see the module docstring).
+    """
+
+    n_samples: int = 8
+    prior_precision: float = 1.0
+    em_steps: int = 2
+    mackay: str = "weight"
+    sample_epochs: int = 10
+    linear_epochs: int = 5
+    lr_scale: float = 0.5
+    momentum: float = 0.9
+    pred_type: str = "glm"
+    link_approx: str = "probit"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, value, choices in (("mackay", self.mackay, MACKAY_ESTIMATES),
+                                    ("pred_type", self.pred_type, PRED_TYPES),
+                                    ("link_approx", self.link_approx, LINK_APPROXIMATIONS)):
+            if value not in choices:
+                raise UsageError(f"unknown {key} '{value}'; valid choices: {', '.join(choices)}")
+        if self.n_samples < 1 or self.em_steps < 0 or self.sample_epochs < 1 or self.linear_epochs < 1:
+            raise UsageError("n_samples, sample_epochs and linear_epochs must be >= 1 and em_steps >= 0")
+        if self.prior_precision <= 0 or self.lr_scale <= 0 or not 0 <= self.momentum < 1:
+            raise UsageError("prior_precision and lr_scale must be positive and momentum in [0, 1)")
+
+
+def build(**hparams) -> Method:
+    bound = Hparams(**hparams)
+    return Method(name="sampled-laplace", hparams=bound, fit=functools.partial(fit, hparams=bound))
+
+
+class OutputCurvature:
+    """H_i, the Hessian of −log p(y_i | f_i) in the outputs f_i at the MAP (the GGN's inner factor), as products:
+    categorical diag(p) − ppᵀ, gaussian I/σ². `sqrt_product` applies L_i with L_i L_iᵀ = H_i; for the softmax,
+    L = diag(√p) − p√pᵀ (it squares to diag(p) − ppᵀ because Σ p = 1)."""
+
+    def __init__(self, likelihood: Likelihood, outputs: Tensor) -> None:
+        if isinstance(likelihood, Categorical):
+            self.probs = torch.softmax(outputs, dim=-1)
+            self.precision = None
+        elif isinstance(likelihood, Gaussian) and likelihood.noise_std is not None:
+            self.probs, self.precision = None, likelihood.noise_std ** -2
+        else:
+            raise UsageError("sampled-laplace needs a categorical likelihood or a gaussian one with fixed noise_std")
+
+    def product(self, vectors: Tensor) -> Tensor:
+        if self.probs is None:
+            return vectors * self.precision
+        return self.probs * vectors - self.probs * (self.probs * vectors).sum(-1, keepdim=True)
+
+    def sqrt_product(self, vectors: Tensor) -> Tensor:
+        if self.probs is None:
+            return vectors * math.sqrt(self.precision)
+        root = self.probs.sqrt()
+        return root * vectors - self.probs * (root * vectors).sum(-1, keepdim=True)
+
+
+class Linearisation:
+    """The network around θ* on flat parameter vectors: outputs f(x; θ*), J(x)v and J(x)ᵀu for K vectors at once
+    (vmapped), with BatchNorm parameters masked out of the tangent space."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model.eval()
+        named = list(model.named_parameters())
+        self.names = [name for name, _ in named]
+        self.shapes = [value.shape for _, value in named]
+        self.theta = torch.cat([value.detach().reshape(-1) for _, value in named])
+        frozen = {f"{prefix}.{name}" if prefix else name
+                  for prefix, module in model.named_modules()
+                  if isinstance(module, nn.modules.batchnorm._BatchNorm)
+                  for name, _ in module.named_parameters(recurse=False)}
+        self.mask = torch.cat([torch.full((value.numel(),), float(name not in frozen), dtype=self.theta.dtype,
+                                          device=self.theta.device) for name, value in named])
+
+    @property
+    def n_params(self) -> int:
+        return int(self.mask.sum().item())
+
+    def _call(self, flat: Tensor, x: Tensor) -> Tensor:
+        parts = flat.split([shape.numel() for shape in self.shapes])
+        parameters = {name: part.view(shape) for name, part, shape in zip(self.names, parts, self.shapes, strict=True)}
+        return functional_call(self.model, parameters, (x,))
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        parts = flat.split([shape.numel() for shape in self.shapes])
+        return {name: part.view(shape) for name, part, shape in zip(self.names, parts, self.shapes, strict=True)}
+
+    @torch.no_grad()
+    def outputs(self, x: Tensor) -> Tensor:
+        return self._call(self.theta, x)
+
+    def jvp(self, x: Tensor, tangents: Tensor) -> Tensor:
+        """J(x) v for each row v of `tangents` (K, P): (K, B, C)."""
+        def push(tangent: Tensor) -> Tensor:
+            return jvp(lambda flat: self._call(flat, x), (self.theta,), (tangent * self.mask,))[1]
+        with sdpa_kernel([SDPBackend.MATH]):
+            return vmap(push)(tangents).detach()
+
+    def pullback(self, x: Tensor) -> tuple[Tensor, Any]:
+        """f(x; θ*) and the map (K, B, C) -> (K, P), u -> J(x)ᵀu (masked)."""
+        with sdpa_kernel([SDPBackend.MATH]):
+            outputs, pull = vjp(lambda flat: self._call(flat, x), self.theta)
+
+        def apply(cotangents: Tensor) -> Tensor:
+            with sdpa_kernel([SDPBackend.MATH]):
+                return vmap(pull)(cotangents)[0].detach() * self.mask
+        return outputs.detach(), apply
+
+    @torch.no_grad()
+    def network_at(self, x: Tensor, offsets: Tensor) -> Tensor:
+        """f(x; θ* + z) for each row z of `offsets` (K, P): (K, B, C)."""
+        with sdpa_kernel([SDPBackend.MATH]):
+            return vmap(lambda offset: self._call(self.theta + offset * self.mask, x))(offsets)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    return list(torch.randperm(n, generator=generator).split(batch_size))
+
+
+@dataclass(frozen=True)
+class _Preconditioner:
+    """Diagonal preconditioning of the per-data-point objective: the step on z is lr · scale² ∘ gradient.
+
+    scale² = N / (diag(M) + α), with diag(M) = Σ_i diag(J_iᵀH_iJ_i) estimated from the anchors' data parts
+    (E[(Σ_i J_iᵀL_ie_i)²] = diag M, the probes of the authors' g-prior scaling). It changes the path, not the
+    minimiser, so the samples stay exact; it makes one step size fit weights of very different curvature.
+    """
+
+    scale: Tensor  # the square root of the diagonal preconditioner
+    lr: float
+
+    @classmethod
+    def build(cls, lin: Linearisation, likelihood: Likelihood, x: Tensor, diag_ggn: Tensor, alpha: float,
+              n_train: int, lr_scale: float, generator: torch.Generator, iterations: int = 30) -> _Preconditioner:
+        """lr = lr_scale / λ_max of the preconditioned objective Hessian on one batch (power iteration)."""
+        scale = (n_train / (diag_ggn + alpha)).sqrt() * lin.mask
+        outputs, pull = lin.pullback(x)
+        curvature = OutputCurvature(likelihood, outputs)
+        vector = torch.randn(1, len(lin.theta), generator=generator, device=lin.theta.device, dtype=lin.theta.dtype)
+        eigenvalue = 0.0
+        for _ in range(iterations):
+            vector = vector * lin.mask / (vector * lin.mask).norm()
+            scaled = vector * scale
+            product = scale * (pull(curvature.product(lin.jvp(x, scaled))) / len(x) + alpha / n_train * scaled)
+            eigenvalue = (vector * product).sum().item()
+            vector = product
+        return cls(scale, lr_scale / eigenvalue)
+
+    def direction(self, gradient: Tensor) -> Tensor:
+        return self.scale ** 2 * gradient
+
+
+class _Sgd:
+    """Nesterov SGD on K stacked vectors, preconditioned, with a linear decay of the step to 0 over `steps`."""
+
+    def __init__(self, start: Tensor, preconditioner: _Preconditioner, momentum: float, steps: int) -> None:
+        self.preconditioner = preconditioner
+        self.parameter = nn.Parameter(start.clone())
+        self.optimizer = torch.optim.SGD([self.parameter], lr=preconditioner.lr, momentum=momentum,
+                                         nesterov=momentum > 0)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: max(0.0, 1 - step / steps))
+        self.first_norm = self.last_norm = None
+
+    def step(self, gradient: Tensor) -> None:
+        if not torch.isfinite(gradient).all():
+            raise UsageError("sampled-laplace: SGD diverged (non-finite gradient); lower lr_scale")
+        self.last_norm = (gradient * self.preconditioner.scale).norm().item()
+        self.first_norm = self.first_norm or self.last_norm
+        self.parameter.grad = self.preconditioner.direction(gradient)
+        self.optimizer.step()
+        self.schedule.step()
+
+    @property
+    def result(self) -> Tensor:
+        return self.parameter.detach()
+
+    @property
+    def gradient_ratio(self) -> float:
+        """Last minibatch gradient norm over the first (in the preconditioned metric): how far SGD got."""
+        return self.last_norm / self.first_norm if self.first_norm else 0.0
+
+
+def _solve_samples(lin: Linearisation, likelihood: Likelihood, train: Split, start: Tensor, anchors: Tensor,
+                   alpha: float, hparams: Hparams, preconditioner: _Preconditioner,
+                   generator: torch.Generator) -> tuple[Tensor, float]:
+    """Minimise, for each row k, (1/N)[½ Σ_i ‖J_i z_k‖²_{H_i} + ½ α ‖z_k − anchors_k‖²] by minibatch SGD;
+    returns the samples and the final gradient ratio."""
+    n_train = len(train)
+    steps = hparams.sample_epochs * math.ceil(n_train / hparams.batch_size)
+    sgd = _Sgd(start, preconditioner, hparams.momentum, steps)
+    for _ in range(hparams.sample_epochs):
+        for rows in _batches(n_train, hparams.batch_size, generator):
+            x = train.x[rows.to(train.x.device)]
+            outputs, pull = lin.pullback(x)
+            curvature = OutputCurvature(likelihood, outputs)
+            samples = sgd.result
+            gradient = pull(curvature.product(lin.jvp(x, samples))) / len(x)
+            sgd.step(gradient + alpha / n_train * (samples - anchors) * lin.mask)
+    return sgd.result, sgd.gradient_ratio
+
+
+def _fit_linear_map(lin: Linearisation, likelihood: Likelihood, train: Split, start: Tensor, alpha: float,
+                    hparams: Hparams, preconditioner: _Preconditioner, generator: torch.Generator) -> Tensor:
+    """w_lin = argmin_w −Σ_i log p(y_i | J_i w) + ½ α ‖w‖², the linear model's MAP, by minibatch SGD."""
+    n_train = len(train)
+    steps = hparams.linear_epochs * math.ceil(n_train / hparams.batch_size)
+    sgd = _Sgd(start.unsqueeze(0), preconditioner, hparams.momentum, steps)
+    for _ in range(hparams.linear_epochs):
+        for rows in _batches(n_train, hparams.batch_size, generator):
+            rows = rows.to(train.x.device)
+            x, y = train.x[rows], train.y[rows]
+            _, pull = lin.pullback(x)
+            weights = sgd.result
+            linear_outputs = lin.jvp(x, weights)[0].requires_grad_(True)
+            with torch.enable_grad():
+                loss = -likelihood.log_likelihood(linear_outputs, y).sum()
+                (output_gradient,) = torch.autograd.grad(loss, linear_outputs)
+            gradient = pull(output_gradient.unsqueeze(0)) / len(x)
+            sgd.step(gradient + alpha / n_train * weights * lin.mask)
+    return sgd.result[0]
+
+
+def _effective_dimension(lin: Linearisation, likelihood: Likelihood, train: Split, samples: Tensor, alpha: float,
+                         estimate: str, batch_size: int) -> float:
+    """γ = tr(ΣM) estimated from the samples, clipped to [1, d − 1]."""
+    d = lin.n_params
+    if estimate == "weight":
+        gamma = d - alpha * (samples ** 2).mean(0).sum().item()
+    else:
+        gamma = 0.0
+        for x in train.x.split(batch_size):
+            projected = lin.jvp(x, samples)
+            gamma += (projected * OutputCurvature(likelihood, lin.outputs(x)).product(projected)).sum().item()
+        gamma /= len(samples)
+    return min(max(gamma, 1.0), d - 1.0)
+
+
+class SampledLaplacePredictive:
+    """Predictive from the K zero-mean samples `samples` (K, P) around the network's MAP."""
+
+    def __init__(self, lin: Linearisation, samples: Tensor, likelihood: Likelihood, pred_type: str,
+                 link_approx: str) -> None:
+        self.lin, self.samples, self.likelihood = lin, samples, likelihood
+        self.pred_type, self.link_approx = pred_type, link_approx
+
+    def parameter_moments(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Mean θ* and the samples' second moment per parameter (the samples have mean 0 by construction)."""
+        return self.lin.unflatten(self.lin.theta.clone()), self.lin.unflatten((self.samples ** 2).mean(0))
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, n_samples: int) -> Tensor:
+        return torch.cat([self._predict(part) for part in x.split(EVAL_ROWS)], dim=1)
+
+    def _predict(self, x: Tensor) -> Tensor:
+        if self.pred_type == "nn":
+            return self.likelihood.log_predictive(self.lin.network_at(x, self.samples))
+        outputs, offsets = self.lin.outputs(x), self.lin.jvp(x, self.samples)
+        if self.link_approx == "mc":
+            return self.likelihood.log_predictive(outputs + offsets)
+        variance = (offsets ** 2).mean(0)
+        if isinstance(self.likelihood, Gaussian):
+            std = (variance + self.likelihood.noise_std ** 2).sqrt()
+            return torch.stack([outputs, std.log()], dim=-1).squeeze(-2).unsqueeze(0)
+        return self.likelihood.log_predictive(outputs / (1 + math.pi / 8 * variance).sqrt()).unsqueeze(0)
+
+
+def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
+        hparams: Hparams = Hparams()) -> tuple[SampledLaplacePredictive, FitInfo]:
+    likelihood = get_likelihood(task.likelihood, task.likelihood_options)
+    OutputCurvature(likelihood, torch.zeros(1, 1))  # refuse an unsupported likelihood before training
+    fixed = hparams.prior_precision if hparams.em_steps == 0 else None
+    loop = train_map_phase(model, likelihood, data, hparams, budget, context, "sampled-laplace", fixed)
+    start = time.perf_counter()
+    device = context.device
+    train = Split(data.train.x.to(device), data.train.y.to(device))
+    lin = Linearisation(model)
+    generator = torch.Generator(device=device).manual_seed(context.seed)
+    cpu_generator = torch.Generator().manual_seed(context.seed)
+    n_train, shape = len(train), (hparams.n_samples, len(lin.theta))
+
+    # One pass draws the data part Σ_i J_iᵀ L_i e_ik of every anchor; α only rescales it (and the prior part).
+    prior_part = torch.randn(shape, generator=generator, device=device, dtype=lin.theta.dtype) * lin.mask
+    data_part = torch.zeros_like(prior_part)
+    for x in train.x.split(hparams.batch_size):
+        outputs, pull = lin.pullback(x)
+        noise = torch.randn((hparams.n_samples, *outputs.shape), generator=generator, device=device,
+                            dtype=outputs.dtype)
+        data_part += pull(OutputCurvature(likelihood, outputs).sqrt_product(noise))
+
+    def anchors(alpha: float) -> Tensor:
+        return prior_part / math.sqrt(alpha) + data_part / alpha
+
+    diag_ggn = (data_part ** 2).mean(0)
+
+    def preconditioner(alpha: float) -> _Preconditioner:
+        return _Preconditioner.build(lin, likelihood, train.x[:hparams.batch_size], diag_ggn, alpha, n_train,
+                                     hparams.lr_scale, generator)
+
+    def jacobi_start(alpha: float) -> Tensor:
+        return anchors(alpha) * alpha / (diag_ggn + alpha)
+
+    alpha = hparams.prior_precision
+    samples, gradient_ratio = _solve_samples(lin, likelihood, train, jacobi_start(alpha), anchors(alpha), alpha,
+                                             hparams, preconditioner(alpha), cpu_generator)
+    weights, history = lin.theta * lin.mask, [alpha]
+    for _ in range(hparams.em_steps):
+        step = preconditioner(alpha)
+        weights = _fit_linear_map(lin, likelihood, train, weights, alpha, hparams, step, cpu_generator)
+        gamma = _effective_dimension(lin, likelihood, train, samples, alpha, hparams.mackay, hparams.batch_size)
+        alpha = gamma / (weights ** 2).sum().item()
+        history.append(alpha)
+        samples, gradient_ratio = _solve_samples(lin, likelihood, train, jacobi_start(alpha), anchors(alpha), alpha,
+                                                 hparams, preconditioner(alpha), cpu_generator)
+    seconds = time.perf_counter() - start
+    info = FitInfo(steps=loop.steps, epochs=loop.epochs, seconds=loop.seconds + seconds,
+                   extra={"map_seconds": loop.seconds, "laplace_seconds": seconds, "prior_precision": alpha,
+                          "prior_precision_history": history, "n_posterior_params": lin.n_params,
+                          "sample_gradient_ratio": gradient_ratio})
+    return SampledLaplacePredictive(lin, samples, likelihood, hparams.pred_type, hparams.link_approx), info

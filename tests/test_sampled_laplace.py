@@ -1,0 +1,74 @@
+"""sampled-laplace against closed forms: on Bayesian linear regression the linearised model is the model, so the
+sample-then-optimise samples must have the exact posterior covariance; its jvp/vjp and output-curvature pieces
+against explicit Jacobians and matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_laplace import _fit_blr, _relative
+from torch import nn
+
+from bnnbench.likelihoods import Categorical, Gaussian
+from bnnbench.methods.laplace.sampled import Linearisation, OutputCurvature
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def test_samples_have_the_exact_posterior_covariance_on_linear_regression():
+    predictive, exact = _fit_blr("sampled-laplace")  # the task's settings: 2000 samples, fixed prior
+    samples = predictive.samples.numpy()
+    assert samples.shape == (2000, 11)
+    assert _relative(predictive.lin.theta.numpy(), exact.mean) < 1e-4  # centred on the MAP = exact mean
+    covariance = samples.T @ samples / len(samples)
+    assert _relative(covariance, exact.covariance) < 0.10
+    x = torch.randn(30, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    log_std = predictive.predict(x, n_samples=1)[0, :, 1]
+    np.testing.assert_allclose((2 * log_std).exp().numpy(), exact.predictive_variance(x.numpy()), rtol=0.10)
+    mixture = predictive.__class__(predictive.lin, predictive.samples, predictive.likelihood, "glm", "mc")
+    means = mixture.predict(x, n_samples=1)[..., 0]  # one component per sample: MAP + J z_k
+    assert means.shape == (2000, 30)
+    np.testing.assert_allclose(means.var(0).numpy() + 0.7**2, exact.predictive_variance(x.numpy()), rtol=0.10)
+
+
+def _network() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3)).double().eval()
+
+
+def test_jvp_and_vjp_match_the_explicit_jacobian_and_skip_batchnorm():
+    model = _network()
+    lin = Linearisation(model)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    jacobian = torch.func.jacrev(lambda flat: lin._call(flat, x))(lin.theta).reshape(15, -1)  # (B·C, P)
+    batchnorm = torch.zeros_like(lin.mask, dtype=torch.bool)
+    batchnorm[4 * 6 + 6: 4 * 6 + 6 + 12] = True  # BatchNorm1d(6) weight and bias follow Linear(4, 6)
+    assert torch.equal(lin.mask == 0, batchnorm)
+    jacobian = jacobian * lin.mask  # BN parameters are outside the tangent model
+    tangents = torch.randn(3, len(lin.theta), dtype=torch.float64)
+    torch.testing.assert_close(lin.jvp(x, tangents).reshape(3, 15), tangents @ jacobian.T)
+    cotangents = torch.randn(3, 5, 3, dtype=torch.float64)
+    outputs, pull = lin.pullback(x)
+    torch.testing.assert_close(outputs, model(x))
+    torch.testing.assert_close(pull(cotangents), cotangents.reshape(3, 15) @ jacobian)
+
+
+@pytest.mark.parametrize("likelihood", [Categorical(), Gaussian(noise_std=0.5)])
+def test_output_curvature_and_its_square_root(likelihood):
+    outputs = torch.randn(2, 4 if isinstance(likelihood, Categorical) else 1, dtype=torch.float64)
+    curvature = OutputCurvature(likelihood, outputs)
+    size = outputs.shape[-1]
+    identity = torch.eye(size, dtype=torch.float64).unsqueeze(1).expand(size, 2, size)  # (C, B, C) basis vectors
+    hessian = curvature.product(identity).permute(1, 0, 2)  # (B, C, C)
+    root = curvature.sqrt_product(identity).permute(1, 2, 0)  # (B, C, C): column j is L e_j
+    if isinstance(likelihood, Categorical):
+        probs = outputs.softmax(-1)
+        expected = torch.diag_embed(probs) - probs.unsqueeze(-1) * probs.unsqueeze(-2)
+        # the exact Hessian of the cross-entropy in the logits
+        logits_hessian = torch.func.hessian(lambda z: -torch.log_softmax(z, -1)[0, 0])(outputs[:1]).reshape(size, size)
+        torch.testing.assert_close(logits_hessian, expected[0])
+    else:
+        expected = torch.full((2, 1, 1), 1 / 0.25, dtype=torch.float64)
+    torch.testing.assert_close(hessian, expected)
+    torch.testing.assert_close(root @ root.transpose(-1, -2), expected)
