@@ -46,7 +46,8 @@ if device.type == "cuda":
 _, info = fit_method.fit(task, model, data, Budget(max_epochs=epochs), FitContext(device, 0, False))
 per_epoch = info.extra.get("vi_seconds_per_epoch", info.seconds / max(info.epochs, 1))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-out = {"seconds_per_epoch": per_epoch, "fit_peak_mb": peak - before}
+out = {"seconds_per_epoch": per_epoch, "fit_peak_mb": peak - before,
+       "posthoc_seconds": info.extra.get("laplace_seconds", 0.0)}
 if device.type == "cuda":
     out["fit_peak_mb"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
 print(json.dumps(out))

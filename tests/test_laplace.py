@@ -90,3 +90,10 @@ def test_memory_guard_refuses_a_full_curvature_that_does_not_fit_and_names_one_t
     method = build_method("laplace-all", task, {"hessian": "full", "max_curvature_gb": 1.0})
     with pytest.raises(UsageError, match=r"needs about 2\.5 GiB.*use hessian=diag or laplace-subnet"):
         method.fit(task, model, None, Budget(max_epochs=1), FitContext(torch.device("cpu"), 0, False))
+
+
+def test_monte_carlo_over_weights_takes_the_mc_link_only():
+    task = load_task("digits-mlp")
+    assert build_method("laplace-all", task).hparams.link_approx == "mc"
+    with pytest.raises(UsageError, match="pred_type nn takes link_approx mc"):
+        build_method("laplace-all", task, {"link_approx": "probit"})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from bnnbench.methods.laplace.common import LaplaceHparams, check_memory, fit_laplace
+from bnnbench.methods.laplace.common import LaplaceHparams, check_memory, fit_laplace, laplace_backend
 from bnnbench.types import Method
 
 __all__ = ["Hparams", "build", "fit"]
@@ -22,6 +22,7 @@ __all__ = ["Hparams", "build", "fit"]
 class Hparams(LaplaceHparams):
     hessian: str = "diag"
     pred_type: str = "nn"
+    link_approx: str = "mc"  # the only link laplace-torch has for pred_type nn
 
 
 def build(**hparams) -> Method:
@@ -37,7 +38,7 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
 
     def make(network, likelihood, noise_std, prior_precision, train):
         laplace = Laplace(network, likelihood, subset_of_weights="all", hessian_structure=hparams.hessian,
-                          sigma_noise=noise_std, prior_precision=prior_precision)
+                          sigma_noise=noise_std, prior_precision=prior_precision, backend=laplace_backend(network))
         return laplace, None
 
     return fit_laplace(task, model, data, budget, context, hparams, method="laplace-all", make_laplace=make)

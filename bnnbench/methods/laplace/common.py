@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, TensorDataset
 
 from bnnbench.errors import UsageError
@@ -30,7 +31,7 @@ from bnnbench.train import LoopResult, TrainConfig
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Split, TaskSpec
 
 __all__ = ["LaplaceHparams", "LaplacePredictive", "check_memory", "curvature_bytes", "data_loader", "fit_laplace",
-           "parameter_indices", "train_map_phase"]
+           "jacobian_rows", "laplace_backend", "parameter_indices", "train_map_phase"]
 
 PRED_TYPES = ("glm", "nn")
 LINK_APPROXIMATIONS = ("probit", "mc")
@@ -50,7 +51,8 @@ class LaplaceHparams(TrainConfig):
         logits, mixed by the evaluator like every sampling method's).
     tune: prior precision by validation NLL on a log grid ("val", the spec's default), by the Laplace
         evidence on the training data ("marglik", Adam, 100 steps), or fixed at `prior_precision` ("none").
-    grid_size: points of the validation grid, log-spaced over [1e-4, 1e4].
+    grid_size: points of the validation grid, log-spaced over [1e-4, 1e8] (the upper end is far past laplace-torch's
+        1e4: on the digits CNN the validation NLL was still falling at 1e4).
     max_curvature_gb: refuse to fit a curvature estimated to need more memory than this.
     """
 
@@ -59,7 +61,7 @@ class LaplaceHparams(TrainConfig):
     link_approx: str = "probit"
     tune: str = "val"
     prior_precision: float = 1.0
-    grid_size: int = 41
+    grid_size: int = 49
     max_curvature_gb: float = 4.0
 
     def __post_init__(self) -> None:
@@ -69,6 +71,8 @@ class LaplaceHparams(TrainConfig):
                                     ("tune", self.tune, TUNINGS)):
             if value not in choices:
                 raise UsageError(f"unknown {key} '{value}'; valid choices: {', '.join(choices)}")
+        if self.pred_type == "nn" and self.link_approx != "mc":
+            raise UsageError(f"pred_type nn takes link_approx mc (Monte Carlo over weights), got '{self.link_approx}'")
         if self.prior_precision <= 0 or self.grid_size < 2 or self.max_curvature_gb <= 0:
             raise UsageError("prior_precision and max_curvature_gb must be positive and grid_size >= 2")
 
@@ -87,6 +91,41 @@ def data_loader(split: Split, batch_size: int, regression: bool) -> DataLoader:
     """A split as laplace-torch takes it; regression targets as (N, 1) like the network's outputs."""
     targets = split.y.reshape(-1, 1).to(split.x.dtype) if regression else split.y
     return DataLoader(TensorDataset(split.x, targets), batch_size=batch_size)
+
+
+def math_attention():
+    """Attention through PyTorch's math kernel: the fused CPU kernels have no forward-mode derivative and no
+    vmap rule for their backward, which per-example Jacobians and jvps need (vmap otherwise loops over rows)."""
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+BACKPACK_MODULES = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten,
+                    nn.Dropout, nn.Identity)
+
+
+def laplace_backend(model: nn.Module):
+    """BackPack's GGN where it supports every layer of the model (its per-example Jacobians and exact diagonal
+    GGN cost C backward passes per batch: the digits CNN's diagonal GGN over 256 points took 1.35 s against
+    34 s through curvlinops, same values), else laplace-torch's default (curvlinops, any architecture)."""
+    from laplace.curvature import BackPackGGN
+
+    leaves = [module for module in model.modules() if not list(module.children())]
+    return BackPackGGN if all(isinstance(module, BACKPACK_MODULES) for module in leaves) else None
+
+
+def jacobian_rows(model: nn.Module, x: Tensor) -> int:
+    """Rows per laplace-torch call that builds per-example Jacobians over every weight.
+
+    Its GLM predictive and its diag/full GGN build a (rows, C, P) Jacobian (a subnetwork's too, before it
+    indexes) by reverse mode over the whole batch, whose time and memory grow with rows², so batches are cut
+    to GLM_ROWS rows and JACOBIAN_BYTES of Jacobian. Measured on one CPU thread: digits-mlp's GLM predictive took
+    0.56 s per 180 points in 16-row calls against 1.7 s in 258-row calls; the diag GGN of the digits ViT in
+    128-row batches was killed for memory (24 GB)."""
+    with torch.no_grad():
+        outputs = model(x[:1]).shape[-1]
+    itemsize = next(model.parameters()).element_size()
+    n_weights = sum(value.numel() for value in model.parameters())
+    return max(1, min(GLM_ROWS, JACOBIAN_BYTES // (outputs * n_weights * itemsize)))
 
 
 def curvature_bytes(model: nn.Module, hessian: str, parameters: list[tuple[str, Tensor]] | int) -> int:
@@ -149,18 +188,10 @@ class LaplacePredictive:
         return unflatten(mean), unflatten(variance)
 
     def predict(self, x: Tensor, n_samples: int) -> Tensor:
-        # laplace-torch's GLM predictive builds a (rows, C, P) Jacobian over every weight (the subnetwork's too,
-        # before it indexes) by reverse mode over the whole batch, so evaluation batches are cut to at most
-        # GLM_ROWS rows and JACOBIAN_BYTES of Jacobian (16 rows: 0.56 s per 180 digits-mlp points against 1.7 s
-        # in chunks of 258 rows, measured on one CPU thread).
-        if self.pred_type == "glm":
-            outputs = self.model(x[:1]).shape[-1]
-            itemsize = next(self.model.parameters()).element_size()
-            n_weights = sum(value.numel() for value in self.model.parameters())
-            rows = max(1, min(GLM_ROWS, JACOBIAN_BYTES // (outputs * n_weights * itemsize)))
-            if len(x) > rows:
+        with math_attention():
+            if self.pred_type == "glm" and len(x) > (rows := jacobian_rows(self.model, x)):
                 return torch.cat([self._predict(part, n_samples) for part in x.split(rows)], dim=1)
-        return self._predict(x, n_samples)
+            return self._predict(x, n_samples)
 
     def _predict(self, x: Tensor, n_samples: int) -> Tensor:
         self.laplace.model.eval()
@@ -235,24 +266,27 @@ def fit_laplace(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budg
     start = time.perf_counter()
     device = context.device
     train = Split(data.train.x.to(device), data.train.y.to(device))
-    laplace, indices = make_laplace(model, laplace_likelihood, noise_std, hparams.prior_precision, train)
-    laplace.fit(data_loader(train, hparams.batch_size, regression))
-    fit_seconds = time.perf_counter() - start
-    if hparams.tune == "val":
-        val = Split(data.val.x.to(device), data.val.y.to(device))
-        laplace.optimize_prior_precision(
-            method="gridsearch", pred_type=hparams.pred_type, link_approx=hparams.link_approx,
-            prior_structure="scalar", init_prior_prec=hparams.prior_precision,
-            val_loader=data_loader(val, hparams.batch_size, regression), grid_size=hparams.grid_size,
-            log_prior_prec_min=-4, log_prior_prec_max=4, progress_bar=False)
-    elif hparams.tune == "marglik":
-        laplace.optimize_prior_precision(method="marglik", pred_type=hparams.pred_type,
-                                         link_approx=hparams.link_approx, n_steps=100, lr=0.1,
-                                         prior_structure="scalar", init_prior_prec=hparams.prior_precision)
-    prior_precision = laplace.prior_precision.detach().reshape(-1)
+    with math_attention():
+        laplace, indices = make_laplace(model, laplace_likelihood, noise_std, hparams.prior_precision, train)
+        rows = jacobian_rows(model, train.x)
+        laplace.fit(data_loader(train, rows, regression))
+        fit_seconds = time.perf_counter() - start
+        if hparams.tune == "val":
+            val = Split(data.val.x.to(device), data.val.y.to(device))
+            laplace.optimize_prior_precision(
+                method="gridsearch", pred_type=hparams.pred_type, link_approx=hparams.link_approx,
+                prior_structure="scalar", init_prior_prec=hparams.prior_precision,
+                val_loader=data_loader(val, rows, regression), grid_size=hparams.grid_size,
+                log_prior_prec_min=-4, log_prior_prec_max=8, progress_bar=False)
+        elif hparams.tune == "marglik":
+            laplace.optimize_prior_precision(method="marglik", pred_type=hparams.pred_type,
+                                             link_approx=hparams.link_approx, n_steps=100, lr=0.1,
+                                             prior_structure="scalar", init_prior_prec=hparams.prior_precision)
+        prior_precision = laplace.prior_precision.detach().reshape(-1)
     info = FitInfo(steps=loop.steps, epochs=loop.epochs, seconds=loop.seconds + time.perf_counter() - start,
                    extra={"map_seconds": loop.seconds, "laplace_fit_seconds": fit_seconds,
                           "laplace_seconds": time.perf_counter() - start,
                           "prior_precision": prior_precision.mean().item(),
-                          "n_posterior_params": int(laplace.n_params), **(extra or {})})
+                          "n_posterior_params": int(laplace.n_params if indices is None else len(indices)),
+                          **(extra or {})})
     return LaplacePredictive(laplace, model, indices, likelihood, hparams.pred_type, hparams.link_approx), info

@@ -6,7 +6,13 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from bnnbench.methods.laplace.common import LaplaceHparams, check_memory, fit_laplace, parameter_indices
+from bnnbench.methods.laplace.common import (
+    LaplaceHparams,
+    check_memory,
+    fit_laplace,
+    laplace_backend,
+    parameter_indices,
+)
 from bnnbench.models import last_layer_name
 from bnnbench.types import Method
 
@@ -33,7 +39,8 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
 
     def make(network, likelihood, noise_std, prior_precision, train):
         laplace = Laplace(network, likelihood, subset_of_weights="last_layer", hessian_structure=hparams.hessian,
-                          sigma_noise=noise_std, prior_precision=prior_precision, last_layer_name=name)
+                          sigma_noise=noise_std, prior_precision=prior_precision, last_layer_name=name,
+                          backend=laplace_backend(network))
         return laplace, parameter_indices(network, name)
 
     return fit_laplace(task, model, data, budget, context, hparams, method="laplace-ll", make_laplace=make,

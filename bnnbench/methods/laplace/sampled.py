@@ -24,7 +24,7 @@ closed form with the samples' output variance (`"probit"`: softmax(f / √(1 + �
 Gaussian N(f, v + σ²) for regression); or the network at θ* + z_k (`"nn"`). w_lin is used by the M-step only.
 
 BatchNorm affine parameters are left out of the linear model (zero tangents), as in the authors' code.
-Attention runs through PyTorch's math kernel here, the one that has forward-mode derivatives.
+Attention runs through PyTorch's math kernel here (`math_attention`), the one that has forward-mode derivatives.
 """
 
 from __future__ import annotations
@@ -38,11 +38,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp, vmap
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Categorical, Gaussian, Likelihood, get_likelihood
-from bnnbench.methods.laplace.common import LINK_APPROXIMATIONS, PRED_TYPES, train_map_phase
+from bnnbench.methods.laplace.common import LINK_APPROXIMATIONS, PRED_TYPES, math_attention, train_map_phase
 from bnnbench.train import TrainConfig
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Method, Split, TaskSpec
 
@@ -158,23 +157,23 @@ class Linearisation:
         """J(x) v for each row v of `tangents` (K, P): (K, B, C)."""
         def push(tangent: Tensor) -> Tensor:
             return jvp(lambda flat: self._call(flat, x), (self.theta,), (tangent * self.mask,))[1]
-        with sdpa_kernel([SDPBackend.MATH]):
+        with math_attention():
             return vmap(push)(tangents).detach()
 
     def pullback(self, x: Tensor) -> tuple[Tensor, Any]:
         """f(x; θ*) and the map (K, B, C) -> (K, P), u -> J(x)ᵀu (masked)."""
-        with sdpa_kernel([SDPBackend.MATH]):
+        with math_attention():
             outputs, pull = vjp(lambda flat: self._call(flat, x), self.theta)
 
         def apply(cotangents: Tensor) -> Tensor:
-            with sdpa_kernel([SDPBackend.MATH]):
+            with math_attention():
                 return vmap(pull)(cotangents)[0].detach() * self.mask
         return outputs.detach(), apply
 
     @torch.no_grad()
     def network_at(self, x: Tensor, offsets: Tensor) -> Tensor:
         """f(x; θ* + z) for each row z of `offsets` (K, P): (K, B, C)."""
-        with sdpa_kernel([SDPBackend.MATH]):
+        with math_attention():
             return vmap(lambda offset: self._call(self.theta + offset * self.mask, x))(offsets)
 
 

@@ -2,8 +2,12 @@
 GGN Laplace over `n_params` selected weights, every other weight fixed at MAP (the conditional posterior).
 
 Selection (laplace-torch's masks), top `n_params` scores:
-- `largest-variance` (default, the paper's strategy): marginal variances of a diagonal Laplace over all
-  weights; keeping the largest minimises the 2-Wasserstein distance to the factorised full posterior;
+- `largest-variance-swag` (default): marginal variances of diagonal SWAG (40 epochs of SGD at lr 0.01 from the
+  MAP, laplace-torch's defaults); keeping the largest minimises the 2-Wasserstein distance to the factorised
+  posterior, the paper's strategy;
+- `largest-variance`: the same with a diagonal Laplace's variances. On digits it picks weights the data never
+  reach (the always-blank border pixels' input weights have zero curvature, so their variance is the prior's):
+  measured on digits-mlp, validation NLL was then 0.1799 at every prior precision from 1e-2 to 1e5, the MAP's;
 - `largest-magnitude`: |θ_MAP|;
 - `random`: uniform scores (seeded by the run seed).
 """
@@ -16,19 +20,26 @@ from dataclasses import dataclass
 import torch
 
 from bnnbench.errors import UsageError
-from bnnbench.methods.laplace.common import LaplaceHparams, check_memory, data_loader, fit_laplace
+from bnnbench.methods.laplace.common import (
+    LaplaceHparams,
+    check_memory,
+    data_loader,
+    fit_laplace,
+    jacobian_rows,
+    laplace_backend,
+)
 from bnnbench.types import Method
 
 __all__ = ["Hparams", "SELECTIONS", "build", "fit"]
 
-SELECTIONS = ("largest-variance", "largest-magnitude", "random")
+SELECTIONS = ("largest-variance-swag", "largest-variance", "largest-magnitude", "random")
 
 
 @dataclass(frozen=True)
 class Hparams(LaplaceHparams):
     hessian: str = "full"
     n_params: int = 1000  # s; clipped to the network's size
-    selection: str = "largest-variance"
+    selection: str = "largest-variance-swag"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,23 +58,29 @@ def build(**hparams) -> Method:
 
 def select_subnetwork(model, likelihood: str, selection: str, n_params: int, train, batch_size: int,
                       seed: int) -> torch.Tensor:
-    """Sorted indices (into the flattened parameter vector) of the `n_params` selected weights."""
+    """Sorted indices (into the flattened parameter vector) of the `n_params` selected weights; `batch_size` is
+    SWAG's SGD batch."""
     from laplace import DiagLaplace
     from laplace.utils.subnetmask import (
         LargestMagnitudeSubnetMask,
         LargestVarianceDiagLaplaceSubnetMask,
+        LargestVarianceSWAGSubnetMask,
         RandomSubnetMask,
     )
 
-    if selection == "largest-variance":
-        diagonal = DiagLaplace(model, likelihood)
+    rows = jacobian_rows(model, train.x)
+    if selection == "largest-variance-swag":
+        torch.manual_seed(seed)
+        mask, rows = LargestVarianceSWAGSubnetMask(model, n_params, likelihood), batch_size
+    elif selection == "largest-variance":
+        diagonal = DiagLaplace(model, likelihood, backend=laplace_backend(model))
         mask = LargestVarianceDiagLaplaceSubnetMask(model, n_params, diagonal)
     elif selection == "largest-magnitude":
         mask = LargestMagnitudeSubnetMask(model, n_params)
     else:
         torch.manual_seed(seed)
         mask = RandomSubnetMask(model, n_params)
-    indices = mask.select(data_loader(train, batch_size, likelihood == "regression"))
+    indices = mask.select(data_loader(train, rows, likelihood == "regression"))
     return indices.sort().values
 
 
@@ -79,7 +96,8 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
                                     context.seed)
         chosen["n_selected"] = len(indices)
         laplace = Laplace(network, likelihood, subset_of_weights="subnetwork", hessian_structure=hparams.hessian,
-                          subnetwork_indices=indices, sigma_noise=noise_std, prior_precision=prior_precision)
+                          subnetwork_indices=indices, sigma_noise=noise_std, prior_precision=prior_precision,
+                          backend=laplace_backend(network))
         return laplace, indices
 
     predictive, info = fit_laplace(task, model, data, budget, context, hparams, method="laplace-subnet",
