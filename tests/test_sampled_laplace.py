@@ -7,13 +7,30 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_laplace import _fit_blr, _relative
+from scipy.optimize import minimize_scalar
+from test_laplace import _double, _fit_blr, _relative
 from torch import nn
 
+from bnnbench.data import load_data
 from bnnbench.likelihoods import Categorical, Gaussian
+from bnnbench.methods import build_method
 from bnnbench.methods.laplace.sampled import Linearisation, OutputCurvature
+from bnnbench.models import create_model
+from bnnbench.tasks import load_task
+from bnnbench.types import DataBundle, FitContext
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def _fit_blr_with_info(**overrides):
+    task = load_task("sanity-blr")
+    bundle = load_data(task.data).bundle
+    data = DataBundle(_double(bundle.train), _double(bundle.val), bundle.num_outputs, bundle.input_shape)
+    torch.manual_seed(0)
+    model = create_model(task.model, data.input_shape, data.num_outputs).double()
+    predictive, info = build_method("sampled-laplace", task, overrides).fit(
+        task, model, data, task.budget, FitContext(torch.device("cpu"), 0, False))
+    return predictive, info, data
 
 
 def test_samples_have_the_exact_posterior_covariance_on_linear_regression():
@@ -72,3 +89,20 @@ def test_output_curvature_and_its_square_root(likelihood):
         expected = torch.full((2, 1, 1), 1 / 0.25, dtype=torch.float64)
     torch.testing.assert_close(hessian, expected)
     torch.testing.assert_close(root @ root.transpose(-1, -2), expected)
+
+
+def test_em_reaches_the_evidence_maximising_prior_precision_on_linear_regression():
+    """MacKay's update from samples (weight-space γ) has the exact evidence maximiser as its fixed point."""
+    predictive, info, data = _fit_blr_with_info(em_steps=3, n_samples=500, linear_epochs=1000)
+    design = np.concatenate([data.train.x.numpy(), np.ones((len(data.train), 1))], axis=1)
+    targets = data.train.y.numpy()
+
+    def negative_log_evidence(log_alpha: float) -> float:  # −log N(y; 0, ΦΦᵀ/α + σ²I), up to a constant
+        covariance = design @ design.T / np.exp(log_alpha) + 0.7**2 * np.eye(len(targets))
+        return 0.5 * (targets @ np.linalg.solve(covariance, targets) + np.linalg.slogdet(covariance)[1])
+
+    best = np.exp(minimize_scalar(negative_log_evidence, bounds=(-5, 5), method="bounded",
+                                  options={"xatol": 1e-6}).x)
+    history = info.extra["prior_precision_history"]
+    assert history[0] == 1.0 and abs(history[1] / best - 1) > 0.05  # EM moved, from afar
+    assert abs(history[-1] / best - 1) < 0.01, (history, best)
