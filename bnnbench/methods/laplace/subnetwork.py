@@ -81,7 +81,7 @@ def select_subnetwork(model, likelihood: str, selection: str, n_params: int, tra
         torch.manual_seed(seed)
         mask = RandomSubnetMask(model, n_params)
     indices = mask.select(data_loader(train, rows, likelihood == "regression"))
-    return indices.sort().values
+    return indices.sort().values.cpu()  # laplace-torch checks for a (CPU) torch.LongTensor; it indexes CUDA with it
 
 
 def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
