@@ -141,9 +141,7 @@ class Linearisation:
         return int(self.mask.sum().item())
 
     def _call(self, flat: Tensor, x: Tensor) -> Tensor:
-        parts = flat.split([shape.numel() for shape in self.shapes])
-        parameters = {name: part.view(shape) for name, part, shape in zip(self.names, parts, self.shapes, strict=True)}
-        return functional_call(self.model, parameters, (x,))
+        return functional_call(self.model, self.unflatten(flat), (x,))
 
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         parts = flat.split([shape.numel() for shape in self.shapes])
