@@ -99,12 +99,16 @@ class OutputCurvature:
     L = diag(√p) − p√pᵀ (it squares to diag(p) − ppᵀ because Σ p = 1)."""
 
     def __init__(self, likelihood: Likelihood, outputs: Tensor) -> None:
+        self.check(likelihood)
         if isinstance(likelihood, Categorical):
-            self.probs = torch.softmax(outputs, dim=-1)
-            self.precision = None
-        elif isinstance(likelihood, Gaussian) and likelihood.noise_std is not None:
-            self.probs, self.precision = None, likelihood.noise_std ** -2
+            self.probs, self.precision = torch.softmax(outputs, dim=-1), None
         else:
+            self.probs, self.precision = None, likelihood.noise_std ** -2
+
+    @staticmethod
+    def check(likelihood: Likelihood) -> None:
+        if not (isinstance(likelihood, Categorical)
+                or isinstance(likelihood, Gaussian) and likelihood.noise_std is not None):
             raise UsageError("sampled-laplace needs a categorical likelihood or a gaussian one with fixed noise_std")
 
     def product(self, vectors: Tensor) -> Tensor:
@@ -329,7 +333,7 @@ class SampledLaplacePredictive:
 def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
         hparams: Hparams = Hparams()) -> tuple[SampledLaplacePredictive, FitInfo]:
     likelihood = get_likelihood(task.likelihood, task.likelihood_options)
-    OutputCurvature(likelihood, torch.zeros(1, 1))  # refuse an unsupported likelihood before training
+    OutputCurvature.check(likelihood)  # before training, not after
     fixed = hparams.prior_precision if hparams.em_steps == 0 else None
     loop = train_map_phase(model, likelihood, data, hparams, budget, context, "sampled-laplace", fixed)
     start = time.perf_counter()
