@@ -17,7 +17,8 @@ from torch import Tensor
 from bnnbench.errors import DivergenceError, UsageError
 from bnnbench.types import Budget, FitContext, Split
 
-__all__ = ["LoopResult", "TrainConfig", "autocast", "progress_bar", "train_loop"]
+__all__ = ["LoopResult", "TrainConfig", "autocast", "planned_batches", "progress_bar", "split_budget",
+           "train_loop"]
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,41 @@ def progress_bar(enabled: bool):
                     disable=not (enabled and console.is_terminal))
 
 
+def planned_batches(n: int, batch_size: int, budget: Budget) -> int:
+    """The mini-batches a loop over `n` rows will run within `budget` (ignoring `max_seconds`)."""
+    steps_per_epoch = math.ceil(n / batch_size)
+    planned = [limit for limit in (budget.max_steps, budget.max_epochs and budget.max_epochs * steps_per_epoch)
+               if limit]
+    if not planned:
+        raise UsageError("the budget needs max_epochs or max_steps")
+    return min(planned)
+
+
+def split_budget(budget: Budget, fraction: float) -> tuple[Budget | None, Budget]:
+    """(warm-up, VI) budgets: `fraction` of each limit for the warm-up (None when it rounds to nothing)."""
+    def part(limit, share):
+        return None if limit is None else share(limit)
+
+    warm = Budget(max_epochs=part(budget.max_epochs, lambda e: math.floor(fraction * e)),
+                  max_steps=part(budget.max_steps, lambda s: math.floor(fraction * s)),
+                  max_seconds=part(budget.max_seconds, lambda t: fraction * t))
+    if not (warm.max_epochs or warm.max_steps):
+        return None, budget
+    rest = Budget(max_epochs=part(budget.max_epochs, lambda e: e - warm.max_epochs),
+                  max_steps=part(budget.max_steps, lambda s: s - warm.max_steps),
+                  max_seconds=part(budget.max_seconds, lambda t: t - warm.max_seconds),
+                  n_eval_samples=budget.n_eval_samples)
+    return warm, rest
+
+
+def adamw(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
+    """The shared optimiser. foreach: one kernel per operation for all tensors (CUDA's default, not the
+    CPU's), so a step costs the same few launches for an MLP or a ViT and for a method's extra tensors."""
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+
+
 def train_loop(
-    parameters: Iterable[Tensor],
+    parameters: Iterable[Tensor] | Iterable[dict],
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     data: Split,
     config: TrainConfig,
@@ -82,6 +116,7 @@ def train_loop(
     on_batch: Callable[[Tensor, Tensor], None] | None = None,
     inner_steps: int = 1,
     on_epoch: Callable[[], dict[str, float]] | None = None,
+    make_optimizer: Callable[[list[dict], TrainConfig], torch.optim.Optimizer] = adamw,
 ) -> LoopResult:
     """Minimise `loss_fn(x_batch, y_batch)` over `parameters` within `budget`.
 
@@ -90,24 +125,22 @@ def train_loop(
     steps on `loss_fn(x, y)`. The budget counts mini-batches; the learning-rate schedule counts optimiser
     steps. `on_epoch()` returns diagnostics recorded at the end of each epoch.
     Shuffling uses a generator seeded from `context.seed`, so CPU runs repeat exactly.
+    `parameters` are tensors or optimiser parameter groups (dicts, e.g. with their own weight decay);
+    `make_optimizer(groups, config)` builds the optimiser (AdamW unless a method's phase needs another).
 
     Raises:
         DivergenceError: the mean loss of an epoch is not finite.
     """
-    parameters = list(parameters)
+    items = list(parameters)
+    plain = [item for item in items if not isinstance(item, dict)]
+    groups = [item for item in items if isinstance(item, dict)] + ([{"params": plain}] if plain else [])
+    parameters = [tensor for group in groups for tensor in group["params"]]
     device = context.device
     x, y = data.x.to(device), data.y.to(device)
     n = len(y)
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    planned = [limit for limit in (budget.max_steps,
-                                   budget.max_epochs and budget.max_epochs * steps_per_epoch) if limit]
-    if not planned:
-        raise UsageError("the budget needs max_epochs or max_steps")
-    total_batches = min(planned)
+    total_batches = planned_batches(n, config.batch_size, budget)
     total_steps = total_batches * inner_steps
-    # foreach: one kernel per operation for all tensors (CUDA's default, not the CPU's), so a step costs
-    # the same few launches for an MLP or a ViT and for the two tensors per weight of the VI methods.
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    optimizer = make_optimizer(groups, config)
     if config.schedule == "cosine":
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from bnnbench.likelihoods import Gaussian
-from bnnbench.methods.vi.common import network_log_likelihood, split_budget
+from bnnbench.methods.vi.common import network_log_likelihood
 from bnnbench.methods.vi.family import DiagonalGaussian, kl_divergence
 from bnnbench.methods.vi.objectives import NegativeELBO, ScoreMatching
-from bnnbench.train import TrainConfig, train_loop
+from bnnbench.train import TrainConfig, split_budget, train_loop
 from bnnbench.types import Budget, FitContext, Split
 
 CPU = FitContext(device=torch.device("cpu"), seed=0, show_progress=False)

@@ -17,7 +17,7 @@ from bnnbench.likelihoods import Likelihood, get_likelihood
 from bnnbench.train import LoopResult, TrainConfig, autocast, train_loop
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Method, TaskSpec
 
-__all__ = ["Hparams", "PointPredictive", "build", "fit", "train_map"]
+__all__ = ["Hparams", "PointPredictive", "build", "fit", "gaussian_log_prior", "train_map"]
 
 
 @dataclass(frozen=True)
@@ -50,14 +50,23 @@ class PointPredictive:
         return means, {name: torch.zeros_like(value) for name, value in means.items()}
 
 
+def gaussian_log_prior(precision: float) -> Callable[[dict[str, Tensor]], Tensor]:
+    """log N(θ; 0, I/precision) over all given parameters, up to a constant (a stated prior for `train_map`)."""
+    def log_prior(params: dict[str, Tensor]) -> Tensor:
+        return -0.5 * precision * sum(value.square().sum() for value in params.values())
+
+    return log_prior
+
+
 def train_map(model: nn.Module, likelihood: Likelihood, data: DataBundle, config: TrainConfig, budget: Budget,
               context: FitContext, description: str = "map",
               log_prior: Callable[[dict[str, Tensor]], Tensor] | None = None,
-              temperature: float = 1.0) -> LoopResult:
+              temperature: float = 1.0, **loop_options) -> LoopResult:
     """Train `model` in place to the MAP estimate on `data.train` (also the warm-up of other methods).
 
     Without `log_prior` the prior is AdamW's weight decay; with it (a method's own prior), the loss is
-    −(1/T) mean log p(y | x, θ) − log p(θ) / N, the negative log posterior per data point."""
+    −(1/T) mean log p(y | x, θ) − log p(θ) / N, the negative log posterior per data point. `loop_options` go
+    to `train_loop` (e.g. SWAG's snapshot hook and SGD)."""
     model.to(context.device).train()
     n_data = len(data.train)
 
@@ -67,7 +76,8 @@ def train_map(model: nn.Module, likelihood: Likelihood, data: DataBundle, config
             loss = loss - log_prior(dict(model.named_parameters())) / n_data
         return loss
 
-    return train_loop(model.parameters(), loss_fn, data.train, config, budget, context, description=description)
+    return train_loop(model.parameters(), loss_fn, data.train, config, budget, context, description=description,
+                      **loop_options)
 
 
 def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,

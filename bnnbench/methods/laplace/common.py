@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, TensorDataset
 
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Categorical, Gaussian, Likelihood, get_likelihood
-from bnnbench.methods.map import train_map
+from bnnbench.methods.map import gaussian_log_prior, train_map
+from bnnbench.params import math_attention
 from bnnbench.train import LoopResult, TrainConfig
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Split, TaskSpec
 
@@ -91,12 +91,6 @@ def data_loader(split: Split, batch_size: int, regression: bool) -> DataLoader:
     """A split as laplace-torch takes it; regression targets as (N, 1) like the network's outputs."""
     targets = split.y.reshape(-1, 1).to(split.x.dtype) if regression else split.y
     return DataLoader(TensorDataset(split.x, targets), batch_size=batch_size)
-
-
-def math_attention():
-    """Attention through PyTorch's math kernel: the fused CPU kernels have no forward-mode derivative and no
-    vmap rule for their backward, which per-example Jacobians and jvps need (vmap otherwise loops over rows)."""
-    return sdpa_kernel([SDPBackend.MATH])
 
 
 BACKPACK_MODULES = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten,
@@ -227,12 +221,6 @@ def parameter_indices(model: nn.Module, prefix: str) -> Tensor:
     return torch.cat(positions)
 
 
-def _gaussian_log_prior(precision: float):
-    def log_prior(parameters: dict[str, Tensor]) -> Tensor:
-        return -0.5 * precision * sum((value ** 2).sum() for value in parameters.values())
-    return log_prior
-
-
 def train_map_phase(model: nn.Module, likelihood: Likelihood, data: DataBundle, hparams: TrainConfig, budget: Budget,
                     context: FitContext, method: str, fixed_prior_precision: float | None) -> LoopResult:
     """The MAP a Laplace approximation is centred on: the mode of N(0, 1/fixed_prior_precision) when the prior
@@ -243,7 +231,7 @@ def train_map_phase(model: nn.Module, likelihood: Likelihood, data: DataBundle, 
         config = TrainConfig(lr=hparams.lr, weight_decay=0.0, batch_size=hparams.batch_size,
                              grad_clip=hparams.grad_clip, schedule=hparams.schedule)
         loop = train_map(model, likelihood, data, config, budget, context, description=f"{method} map",
-                         log_prior=_gaussian_log_prior(fixed_prior_precision))
+                         log_prior=gaussian_log_prior(fixed_prior_precision))
     model.eval()
     return loop
 

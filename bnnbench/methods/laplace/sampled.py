@@ -41,7 +41,8 @@ from torch.func import functional_call, jvp, vjp, vmap
 
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Categorical, Gaussian, Likelihood, get_likelihood
-from bnnbench.methods.laplace.common import LINK_APPROXIMATIONS, PRED_TYPES, math_attention, train_map_phase
+from bnnbench.methods.laplace.common import LINK_APPROXIMATIONS, PRED_TYPES, train_map_phase
+from bnnbench.params import FlatParams, batchnorm_parameter_names, math_attention
 from bnnbench.train import TrainConfig
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Method, Split, TaskSpec
 
@@ -129,16 +130,12 @@ class Linearisation:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model.eval()
-        named = list(model.named_parameters())
-        self.names = [name for name, _ in named]
-        self.shapes = [value.shape for _, value in named]
-        self.theta = torch.cat([value.detach().reshape(-1) for _, value in named])
-        frozen = {f"{prefix}.{name}" if prefix else name
-                  for prefix, module in model.named_modules()
-                  if isinstance(module, nn.modules.batchnorm._BatchNorm)
-                  for name, _ in module.named_parameters(recurse=False)}
+        self.layout = FlatParams(model)
+        named = dict(model.named_parameters())
+        self.theta = self.layout.flatten(named)
+        frozen = batchnorm_parameter_names(model)
         self.mask = torch.cat([torch.full((value.numel(),), float(name not in frozen), dtype=self.theta.dtype,
-                                          device=self.theta.device) for name, value in named])
+                                          device=self.theta.device) for name, value in named.items()])
 
     @property
     def n_params(self) -> int:
@@ -148,8 +145,7 @@ class Linearisation:
         return functional_call(self.model, self.unflatten(flat), (x,))
 
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
-        parts = flat.split([shape.numel() for shape in self.shapes])
-        return {name: part.view(shape) for name, part, shape in zip(self.names, parts, self.shapes, strict=True)}
+        return self.layout.unflatten(flat)
 
     @torch.no_grad()
     def outputs(self, x: Tensor) -> Tensor:

@@ -25,10 +25,10 @@ from bnnbench.likelihoods import Likelihood, get_likelihood
 from bnnbench.methods.map import train_map
 from bnnbench.methods.vi.family import DiagonalGaussian, Params
 from bnnbench.methods.vi.objectives import LogLikelihood
-from bnnbench.train import TrainConfig, autocast, train_loop
+from bnnbench.train import TrainConfig, autocast, split_budget, train_loop
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, TaskSpec
 
-__all__ = ["GaussianPosteriorPredictive", "VIHparams", "fit_variational", "split_budget"]
+__all__ = ["GaussianPosteriorPredictive", "VIHparams", "fit_variational"]
 
 PRIOR_CENTRES = ("zero", "warmup")
 
@@ -61,23 +61,6 @@ class VIHparams(TrainConfig):
             raise UsageError("vi_lr, init_std, prior_std and temperature must be positive and n_samples >= 1")
         if self.antithetic and self.n_samples % 2:
             raise UsageError(f"antithetic sampling needs an even n_samples, got {self.n_samples}")
-
-
-def split_budget(budget: Budget, fraction: float) -> tuple[Budget | None, Budget]:
-    """(warm-up, VI) budgets: `fraction` of each limit for the warm-up (None when it rounds to nothing)."""
-    def part(limit, share):
-        return None if limit is None else share(limit)
-
-    warm = Budget(max_epochs=part(budget.max_epochs, lambda e: math.floor(fraction * e)),
-                  max_steps=part(budget.max_steps, lambda s: math.floor(fraction * s)),
-                  max_seconds=part(budget.max_seconds, lambda t: fraction * t))
-    if not (warm.max_epochs or warm.max_steps):
-        return None, budget
-    rest = Budget(max_epochs=part(budget.max_epochs, lambda e: e - warm.max_epochs),
-                  max_steps=part(budget.max_steps, lambda s: s - warm.max_steps),
-                  max_seconds=part(budget.max_seconds, lambda t: t - warm.max_seconds),
-                  n_eval_samples=budget.n_eval_samples)
-    return warm, rest
 
 
 def select_parameters(model: nn.Module, patterns: str) -> tuple[Params, Params]:
