@@ -239,9 +239,8 @@ def main() -> None:
         err.print("aborted")
         sys.exit(130)
     except Exception as error:  # click's own usage errors in non-standalone mode
-        import click
-
-        if isinstance(error, click.ClickException):
+        # typer vendors its own click (typer._click), whose ClickException is not click's: match the interface
+        if callable(getattr(error, "show", None)) and isinstance(getattr(error, "exit_code", None), int):
             error.show()
             sys.exit(error.exit_code)
         raise

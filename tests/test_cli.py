@@ -37,6 +37,11 @@ def test_list_shows_registered_names(cli):
     assert "ece" in cli("list", "metrics").stdout
 
 
+def test_missing_argument_is_a_usage_error_not_a_traceback(cli):
+    result = cli("list")
+    assert result.code == 2 and "Missing argument 'what'" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_validate_all_tasks(cli):
     result = cli("validate")
     assert result.code == 0
