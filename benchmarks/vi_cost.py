@@ -82,16 +82,20 @@ def main() -> None:
         epochs = args.epochs if method == "map" else 2 * args.epochs
         runs = [measure(args.task, method, epochs, args.device, method_overrides) for _ in range(args.repeats)]
         results[label] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    print_ratios(results, f"task {args.task}, device {args.device}, median of {args.repeats} runs, "
+                 f"{args.epochs} epochs timed")
+
+
+def print_ratios(results: dict[str, dict], title: str) -> None:
+    """Seconds per epoch and fit peak memory of each labelled method, and their ratios to "map"'s."""
     base = results["map"]
-    print(f"task {args.task}, device {args.device}, threads {os.environ.get('OMP_NUM_THREADS', 'default')}, "
-          f"median of {args.repeats} runs, {args.epochs} epochs timed")
+    print(f"{title}, threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
     print(f"{'method':18} {'s/epoch':>9} {'x map':>7} {'fit peak MB':>12} {'x map':>7}")
     for method, values in results.items():
         time_ratio = values["seconds_per_epoch"] / base["seconds_per_epoch"]
         memory_ratio = values["fit_peak_mb"] / max(base["fit_peak_mb"], 1e-9)
         print(f"{method:18} {values['seconds_per_epoch']:9.4f} {time_ratio:7.2f} {values['fit_peak_mb']:12.1f} "
               f"{memory_ratio:7.2f}")
-
 
 if __name__ == "__main__":
     main()

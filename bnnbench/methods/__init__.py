@@ -33,6 +33,12 @@ METHODS.register("laplace-subnet", "bnnbench.methods.laplace.subnetwork",
                  "subnetwork Laplace, full covariance over selected weights (Daxberger et al. 2021)")
 METHODS.register("sampled-laplace", "bnnbench.methods.laplace.sampled",
                  "linearised Laplace samples by sample-then-optimise SGD, jvp/vjp only (Antoran et al. 2023)")
+METHODS.register("ensemble", "bnnbench.methods.ensemble",
+                 "deep ensemble, K independently initialised members trained in one vmapped pass")
+METHODS.register("mc-dropout", "bnnbench.methods.mc_dropout", "Monte Carlo dropout, kept on at test time")
+METHODS.register("swag", "bnnbench.methods.swag", "SWA-Gaussian, diagonal + rank-20 covariance from SGD iterates")
+METHODS.register("rank1", "bnnbench.methods.rank1",
+                 "rank-1 BNN, K-component mixture of rank-1 weight factors (Dusenberry et al. 2020)")
 
 
 def _module(name: str):
