@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 CI_RUNS := results/ci-runs
 BASELINE := results/baselines/ci-cpu.csv
 # One torch thread for the CI-budget runs, as in the tests, so baseline and check add up alike.
-CI_METHODS := map elbo-vi score-vi laplace-ll laplace-all sampled-laplace laplace-subnet
+CI_METHODS := map elbo-vi score-vi laplace-ll laplace-all sampled-laplace laplace-subnet ensemble mc-dropout swag rank1
 CI_RUN = for method in $(CI_METHODS); do OMP_NUM_THREADS=1 $(BIN)/bnnbench run --task digits-mlp --method $$method \
 	--seed 0..2 --budget ci --quiet --results-dir $(CI_RUNS) || exit 1; done
 
@@ -48,10 +48,11 @@ check: install  ## CI-budget runs, then the regression check against the committ
 	$(CI_RUN)
 	$(BIN)/bnnbench check --baseline $(BASELINE) --results-dir $(CI_RUNS)
 
-bench: install  ## cost of the VI methods per epoch and of the Laplace methods' post-hoc fit, relative to map (one thread)
+bench: install  ## cost per epoch (VI, ensembles, dropout, SWAG, rank-1) and of Laplace's post-hoc fit, relative to map (one thread)
 	for task in digits-mlp digits-cnn digits-vit; do \
 		OMP_NUM_THREADS=1 $(BIN)/python benchmarks/vi_cost.py --task $$task --epochs 5 --repeats 3 && \
-		OMP_NUM_THREADS=1 $(BIN)/python benchmarks/laplace_cost.py --task $$task --epochs 5 --repeats 3 || exit 1; done
+		OMP_NUM_THREADS=1 $(BIN)/python benchmarks/laplace_cost.py --task $$task --epochs 5 --repeats 3 && \
+		OMP_NUM_THREADS=1 $(BIN)/python benchmarks/others_cost.py --task $$task --epochs 5 --repeats 3 || exit 1; done
 
 clean:
 	rm -rf $(CI_RUNS) results/runs .pytest_cache

@@ -86,6 +86,7 @@ def test_set_overrides_change_the_run_id(cli, results_dir):
 
 
 CI_GATES = [("map", "elbo-vi", "score-vi"), ("laplace-ll", "laplace-all", "sampled-laplace"),
+            ("ensemble", "mc-dropout", "swag", "rank1"),
             pytest.param(("laplace-subnet",), marks=pytest.mark.slow)]  # its GLM predictive: ~2 min per seed
 
 
