@@ -3,15 +3,19 @@ covariance it claims, and the per-sample BatchNorm refresh against statistics co
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from test_laplace import _double, _relative
 from torch import nn
 
 from bnnbench.data import load_data
+from bnnbench.likelihoods import Categorical
 from bnnbench.methods import build_method
-from bnnbench.methods.swag import SwagMoments, update_batchnorm
+from bnnbench.methods.swag import SwagMoments, SwagPredictive, update_batchnorm
 from bnnbench.models import create_model
+from bnnbench.params import FlatParams
 from bnnbench.reference import linear_gaussian_posterior
 from bnnbench.tasks import load_task
 from bnnbench.types import Budget, DataBundle, FitContext, Split
@@ -63,3 +67,29 @@ def test_batchnorm_statistics_are_recomputed_on_the_training_data():
     batch_vars = torch.stack([hidden[i:i + 32].var(0) * len(hidden[i:i + 32]) for i in range(0, 100, 32)])
     torch.testing.assert_close(buffers["1.running_var"], batch_vars.sum(0) / 100, atol=1e-5, rtol=0)
     assert not model.training
+
+
+def test_each_sample_predicts_with_its_own_batchnorm_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    layout = FlatParams(model)
+    start = layout.flatten(dict(model.named_parameters())).clone()
+    moments = SwagMoments(layout.size, rank=3, device=torch.device("cpu"))
+    for _ in range(5):
+        moments.collect(start + 0.3 * torch.randn(layout.size))
+    train = Split(torch.randn(64, 3), torch.zeros(64, dtype=torch.long))
+    predictive = SwagPredictive(model, moments, 0.5, Categorical(), train, batch_size=16)
+    x = torch.randn(6, 3)
+    log_probs = predictive.predict(x, n_samples=3)
+    torch.testing.assert_close(layout.flatten(dict(model.named_parameters())), start)  # weights put back
+    stacked = predictive.stacked
+    assert stacked.buffers["1.running_mean"].shape == (3, 4)
+    for k in range(3):
+        sample = copy.deepcopy(model)
+        nn.utils.vector_to_parameters(torch.cat([stacked.params[n][k].reshape(-1) for n in layout.names]),
+                                      sample.parameters())
+        buffers = update_batchnorm(sample, train, batch_size=16)
+        torch.testing.assert_close(stacked.buffers["1.running_var"][k], buffers["1.running_var"])
+        with torch.no_grad():
+            torch.testing.assert_close(log_probs[k], torch.log_softmax(sample(x), -1))
+    assert (stacked.buffers["1.running_mean"][0] - stacked.buffers["1.running_mean"][1]).abs().max() > 1e-3
