@@ -20,6 +20,12 @@ out = Console() if sys.stdout.isatty() else Console(width=200)  # pipes and file
 err = Console(stderr=True)
 
 
+SET_HELP = "method hyper-parameter key=value; model.KEY=value (or a bare KEY the method lacks) sets a model option"
+DATA_DIR_HELP = "where data sets live (default $BNNBENCH_DATA, else ~/.cache/bnnbench/data)"
+data_app = typer.Typer(no_args_is_help=True, help="Get the data sets that need a download.")
+app.add_typer(data_app, name="data")
+
+
 class Listable(str, Enum):
     """What `bnnbench list` can show."""
 
@@ -98,9 +104,10 @@ def run(
     results_dir: Annotated[Path, typer.Option(help="where run directories are written")] = Path("results/runs"),
     epochs: Annotated[int | None, typer.Option(help="override the budget's epochs")] = None,
     budget: Annotated[str | None, typer.Option(help="a named budget of the task, e.g. ci")] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="method hyper-parameter key=value")] = [],  # noqa: B006
+    set_: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
     save_predictions: Annotated[bool, typer.Option(help="write predictions.npz (clean test)")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
 ) -> None:
     """Fit one method on one task for each seed, evaluate it, and write tidy results."""
     from bnnbench.methods import parse_assignments
@@ -110,7 +117,7 @@ def run(
     seeds = parse_seeds(seed)
     plan = prepare(task, method, overrides=parse_assignments(set_), budget_name=budget, epochs=epochs,
                    device=device, results_dir=results_dir, save_predictions=save_predictions,
-                   show_progress=not quiet)
+                   show_progress=not quiet, data_dir=data_dir)
     failures = 0
     for value in seeds:
         outcome = run_seed(plan, value)
@@ -121,7 +128,7 @@ def run(
                       f"({record['fit_epochs']} epochs), eval {record['eval_seconds']:.1f} s -> {outcome.directory}")
         else:
             failures += 1
-            err.print(f"[red]failed[/red] {outcome.run_id}: {outcome.error} -> {outcome.directory}")
+            err.print(f"[red]failed[/red] {outcome.run_id}: {outcome.error} -> {outcome.directory}", soft_wrap=True)
     if failures:
         raise typer.Exit(1)
 
@@ -134,7 +141,7 @@ def compare(
     format_: Annotated[Format, typer.Option("--format", help="table, markdown, csv or json")] = Format.table,
 ) -> None:
     """Leaderboards per task: mean ± stderr over seeds, best per column, mean rank, cost columns."""
-    from bnnbench.compare import aggregate, leaderboard
+    from bnnbench.compare import TASK_KEY, aggregate, leaderboard
     from bnnbench.metrics import METRICS
     from bnnbench.results import load_results
 
@@ -155,8 +162,8 @@ def compare(
     else:
         from bnnbench.render import leaderboard_markdown, leaderboard_table
 
-        for (task_name, version), rows in board.groupby(["task", "task_version"], sort=True):
-            title = f"{task_name} v{version}"
+        for (task_name, version, variant), rows in board.groupby(TASK_KEY, sort=True):
+            title = f"{task_name} v{version}" + ("" if variant == "standard" else f" ({variant})")
             if format_ is Format.markdown:
                 sys.stdout.write(leaderboard_markdown(rows, title) + "\n")
             else:
@@ -225,6 +232,55 @@ def convergence(
         out.print(f"{curve['method']} seed {curve['seed']}: neg-ELBO {curve['neg_elbo'][0]:.1f} -> "
                           f"{curve['neg_elbo'][-1]:.1f} in {curve['seconds'][-1]:.1f} s")
     out.print(f"wrote {png}")
+
+
+@data_app.command("download", epilog="Example: `bnnbench data download cifar10`")
+def data_download(
+    name: Annotated[str, typer.Argument(help="cifar10, cifar100, cifar10c or svhn")],
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+) -> None:
+    """Download a data set's official files, check their md5 checksum and unpack them under the data root."""
+    from bnnbench.data.download import download
+    from bnnbench.data.files import data_root
+
+    path = download(name, data_root(data_dir), progress=err.is_terminal)
+    out.print(f"[green]ok[/green] {name} -> {path}")
+
+
+@app.command("bench", epilog="Example: `bnnbench bench --task cifar10-vit --method score-vi --device cuda`")
+def bench_(
+    task: Annotated[str, typer.Option(help="task name or path to a .toml")],
+    method: Annotated[str, typer.Option(help="method name")],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    steps: Annotated[int, typer.Option(help="timed training steps")] = 50,
+    warmup: Annotated[int, typer.Option(help="untimed training steps first")] = 10,
+    eval_batch: Annotated[int | None, typer.Option(help="evaluation batch (default: the task's)")] = None,
+    samples: Annotated[int | None, typer.Option(help="posterior samples per evaluation batch")] = None,
+    synthetic: Annotated[bool, typer.Option(help="random images of the task's shape (no data files)")] = False,
+    set_: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+) -> None:
+    """Images/s of a method's training steps and evaluation against the bare network's, as ratios."""
+    from rich.table import Table
+
+    from bnnbench.bench import bench
+    from bnnbench.methods import parse_assignments
+
+    if steps < 1 or warmup < 1:
+        raise UsageError(f"--steps and --warmup must be at least 1, got {steps} and {warmup}")
+    result = bench(task, method, device, steps=steps, warmup=warmup, n_samples=samples, eval_batch=eval_batch,
+                   overrides=parse_assignments(set_), synthetic=synthetic, data_dir=data_dir)
+    table = Table(title=f"{task} / {method} on {result.device}", header_style="bold")
+    for column in ("", "batch", method, "bare network", "ratio"):
+        table.add_column(column, justify="right")
+    table.add_row("train images/s", str(result.train_batch), f"{result.method_train:,.0f}",
+                  f"{result.bare_train:,.0f}", f"{result.train_ratio:.3f}")
+    table.add_row(f"eval forward passes/s (x{result.n_samples} samples)", str(result.eval_batch),
+                  f"{result.method_eval:,.0f}", f"{result.bare_eval:,.0f}", f"{result.eval_ratio:.3f}")
+    out.print(table)
+    out.print(f"eval images/s: {result.method_eval / max(result.n_samples, 1):,.0f}; train step x bare: "
+              f"{1 / result.train_ratio:.2f}" + (f"; peak CUDA memory {result.peak_cuda_mb:,.0f} MB"
+                                                if result.peak_cuda_mb is not None else ""))
 
 
 def main() -> None:

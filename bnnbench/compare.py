@@ -26,10 +26,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["BASELINE_COLUMNS", "CheckConfig", "Tolerance", "aggregate", "check", "check_failed", "leaderboard",
-           "load_baseline", "load_check_config", "summary_rows"]
+__all__ = ["BASELINE_COLUMNS", "TASK_KEY", "CheckConfig", "Tolerance", "aggregate", "check", "check_failed",
+           "leaderboard",
+           "load_baseline", "load_check_config", "summary_rows", "with_variant"]
 
-GROUP = ["task", "task_version", "method", "config_hash"]
+# A task's results are comparable only within one version and data variant (official vs generated CIFAR-10-C)
+TASK_KEY = ["task", "task_version", "data_variant"]
+GROUP = [*TASK_KEY, "method", "config_hash"]
+DEFAULT_VARIANT = "standard"  # results written before variants existed, and tasks without any
 CELL = ["split", "corruption", "severity", "metric"]
 BASELINE_COLUMNS = [*GROUP, *CELL, "mean", "stderr", "n", "n_failed"]
 MARKS = {"+": "worse", "-": "better", "~": "changed, not significant", "!": "newly failing", "*": "fixed",
@@ -91,6 +95,7 @@ def aggregate(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     placeholder rows (clean test nll and ece, mean NaN, n 0) so its failure is visible to `check`."""
     if runs.empty:
         return pd.DataFrame(columns=BASELINE_COLUMNS)
+    runs, metrics = with_variant(runs), with_variant(metrics)
     failed = (runs.assign(failed=runs["status"] != "ok").groupby(GROUP)["failed"].sum()
               .rename("n_failed").reset_index())
     ok = metrics[metrics["status"] == "ok"] if "status" in metrics else metrics
@@ -105,6 +110,13 @@ def aggregate(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
                     for metric in ("nll", "ece")]
     table = pd.concat([table, pd.DataFrame(placeholders)], ignore_index=True) if placeholders else table
     return table[BASELINE_COLUMNS].sort_values([*GROUP, *CELL], ignore_index=True)
+
+
+def with_variant(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with a `data_variant` column, "standard" where it is absent or empty."""
+    if "data_variant" not in frame:
+        return frame.assign(data_variant=DEFAULT_VARIANT)
+    return frame.assign(data_variant=frame["data_variant"].fillna(DEFAULT_VARIANT))
 
 
 def _mean_stderr(grouped) -> pd.DataFrame:
@@ -124,9 +136,10 @@ def summary_rows(table: pd.DataFrame) -> pd.DataFrame:
 def load_baseline(path: Path) -> pd.DataFrame:
     """Read a baseline CSV; raises UsageError naming missing columns."""
     try:
-        table = pd.read_csv(path, dtype={"corruption": str, "split": str, "config_hash": str})
+        table = pd.read_csv(path, dtype={"corruption": str, "split": str, "config_hash": str, "data_variant": str})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise UsageError(f"cannot read baseline '{path}': {error}") from None
+    table = with_variant(table)  # baselines written before data variants existed
     missing = [column for column in BASELINE_COLUMNS if column not in table.columns]
     if missing:
         raise UsageError(f"baseline '{path}' lacks columns {', '.join(missing)}; "
@@ -166,13 +179,13 @@ def check(baseline: pd.DataFrame, new: pd.DataFrame, config: CheckConfig) -> pd.
     severity and metric; version and configuration decide comparability. A group whose runs failed is
     looked up at the group level, since failed runs have no metric rows.
     """
-    match = ["task", "method", *CELL]
+    match = ["task", "data_variant", "method", *CELL]
     new_rows = {tuple(row[k] for k in match): row for row in new.to_dict("records")}
-    new_groups = {(row["task"], row["method"]): row for row in new.to_dict("records")}
+    new_groups = {(row["task"], row["data_variant"], row["method"]): row for row in new.to_dict("records")}
     out = []
     for base in baseline.to_dict("records"):
         found = new_rows.get(tuple(base[k] for k in match))
-        group = new_groups.get((base["task"], base["method"]))
+        group = new_groups.get((base["task"], base["data_variant"], base["method"]))
         if found is None and group is not None:  # failed runs have no metric rows: judge the group
             found = dict(group, mean=math.nan, stderr=math.nan, n=0, missing=True)
         mark = _mark(base, found, config)
@@ -191,19 +204,21 @@ def check_failed(result: pd.DataFrame) -> bool:
 
 
 def leaderboard(runs: pd.DataFrame, table: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
-    """A long leaderboard: one row per (task, version, method label, column) with mean, stderr, n, rank
-    and best. Columns are each metric on the clean test split, its mean over corruptions
-    ("<metric> corrupted", when present), fit seconds and peak memory; `rank` is the method's mean rank
-    over the quality columns (1 is best)."""
+    """A long leaderboard: one row per (task, version, variant, method label, column) with mean, stderr, n,
+    rank and best. Columns are each metric on the clean test split, its mean over corruptions
+    ("<metric> corrupted", when present), OOD detection averaged over the OOD sets ("<metric> ood"), fit
+    seconds and peak memory; `rank` is the method's mean rank over the quality columns (1 is best)."""
     if table.empty:
-        return pd.DataFrame(columns=["task", "task_version", "method", "column", "mean", "stderr", "n",
+        return pd.DataFrame(columns=[*TASK_KEY, "method", "column", "mean", "stderr", "n",
                                      "higher_is_better", "best", "rank"])
-    table = table[table["n"] > 0]
+    table, runs = with_variant(table[table["n"] > 0]), with_variant(runs)
     labels = _method_labels(table)
     clean = table[(table["split"] == "test") & (table["corruption"] == "none")].assign(column=table["metric"])
     corrupted = table[(table["split"] == "test") & (table["corruption"] == "mean") & (table["severity"] == 0)]
     corrupted = corrupted.assign(column=corrupted["metric"] + " corrupted")
-    quality = pd.concat([clean, corrupted], ignore_index=True)
+    ood = table[(table["split"] == "ood") & (table["corruption"] == "mean")]
+    ood = ood.assign(column=ood["metric"] + " ood")
+    quality = pd.concat([clean, corrupted, ood], ignore_index=True)
     if metrics:
         quality = quality[quality["metric"].isin(metrics)]
     quality = quality.assign(higher_is_better=quality["metric"].map(lambda m: METRICS.get(m).higher_is_better),
@@ -215,18 +230,19 @@ def leaderboard(runs: pd.DataFrame, table: pd.DataFrame, metrics: list[str] | No
                                                                      board["config_hash"], strict=True)]
     board["best"] = False
     board["rank"] = math.nan
-    for _, rows in board.groupby(["task", "task_version", "column"]):
+    for _, rows in board.groupby([*TASK_KEY, "column"]):
         score = rows["score"].to_numpy()
         board.loc[rows.index, "best"] = score == score.min()
         board.loc[rows.index, "column_rank"] = pd.Series(score, index=rows.index).rank(method="min")
-    mean_rank = (board[board["kind"] == "quality"].groupby(["task", "task_version", "method"])["column_rank"]
+    mean_rank = (board[board["kind"] == "quality"].groupby([*TASK_KEY, "method"])["column_rank"]
                  .mean().rename("rank").reset_index())
-    board = board.drop(columns=["rank"]).merge(mean_rank, on=["task", "task_version", "method"], how="left")
+    board = board.drop(columns=["rank"]).merge(mean_rank, on=[*TASK_KEY, "method"], how="left")
     order = {name: i for i, name in enumerate(METRICS.names())}
-    board["column_order"] = [(kind != "quality", column.endswith(" corrupted"), order.get(column.split()[0], 0))
+    board["column_order"] = [(kind != "quality", column.endswith(" corrupted"), column.endswith(" ood"),
+                              order.get(column.split()[0], 0))
                              for kind, column in zip(board["kind"], board["column"], strict=True)]
-    board = board.sort_values(["task", "task_version", "rank", "method", "column_order"], ignore_index=True)
-    columns = ["task", "task_version", "method", "column", "mean", "stderr", "n", "higher_is_better", "best", "rank"]
+    board = board.sort_values([*TASK_KEY, "rank", "method", "column_order"], ignore_index=True)
+    columns = [*TASK_KEY, "method", "column", "mean", "stderr", "n", "higher_is_better", "best", "rank"]
     return board[columns]
 
 

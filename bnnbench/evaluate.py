@@ -19,7 +19,7 @@ import torch
 
 from bnnbench.data.splits import EvalPlan
 from bnnbench.likelihoods import Likelihood, mixture_moments
-from bnnbench.metrics import METRICS, POSTERIOR_METRICS
+from bnnbench.metrics import METRICS, OOD_METRICS, POSTERIOR_METRICS
 from bnnbench.reference import ExactLinearGaussian, fidelity_metrics
 from bnnbench.train import progress_bar
 from bnnbench.types import EvalSplit, Predictive, Split
@@ -39,33 +39,52 @@ class Evaluation:
 def predict_mixture(predictive: Predictive, likelihood: Likelihood, data: Split, n_samples: int,
                     batch_size: int, device: torch.device) -> np.ndarray:
     """The mixture predictive over `n_samples` posterior samples, float64, computed in batches on `device`."""
-    parts = []
+    return _predict(predictive, likelihood, data, n_samples, batch_size, device, with_uncertainty=False)[0]
+
+
+def _predict(predictive: Predictive, likelihood: Likelihood, data: Split, n_samples: int, batch_size: int,
+             device: torch.device, with_uncertainty: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The mixture predictive and, if asked, the likelihood's per-example uncertainty scores."""
+    mixtures, scores = [], {}
     with torch.no_grad():
         for begin in range(0, len(data), batch_size):
             x = data.x[begin:begin + batch_size].to(device, non_blocking=True)
-            parts.append(likelihood.mixture(predictive.predict(x, n_samples)).cpu())
-    return torch.cat(parts).numpy()
+            samples = predictive.predict(x, n_samples)
+            mixture = likelihood.mixture(samples)
+            mixtures.append(mixture.cpu())
+            if with_uncertainty:
+                for name, value in likelihood.uncertainty(samples, mixture).items():
+                    scores.setdefault(name, []).append(value.cpu())
+    return torch.cat(mixtures).numpy(), {name: torch.cat(parts).numpy() for name, parts in scores.items()}
 
 
 def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], metric_names: list[str],
              likelihood: Likelihood, n_samples: int, batch_size: int, device: torch.device,
              reference: ExactLinearGaussian | None = None, show_progress: bool = True) -> Evaluation:
     """Score `predictive` on each split of `splits`; empty splits (a task without validation data) are
-    skipped."""
+    skipped. OOD splits must come after the clean test split (EvalPlan's order)."""
     metrics = [METRICS.get(name) for name in metric_names if name not in POSTERIOR_METRICS]
     wanted_fidelity = [name for name in metric_names if name in POSTERIOR_METRICS]
     evaluation = Evaluation(rows=[])
+    test_scores: dict[str, np.ndarray] = {}
     start = time.perf_counter()
     with progress_bar(show_progress) as progress:
         bar = progress.add_task("evaluate", total=len(splits), status="")
         for split in splits:
-            progress.update(bar, advance=1, status=f"{split.corruption} {split.severity}")
+            progress.update(bar, advance=1, status=f"{split.split} {split.corruption} {split.severity}")
             if len(split.data) == 0:
                 continue
-            mixture = predict_mixture(predictive, likelihood, split.data, n_samples, batch_size, device)
-            targets = split.data.y.numpy()
-            values = {metric.name: metric.fn_for(likelihood.name)(mixture, targets) for metric in metrics}
-            if (split.split, split.corruption) == ("test", "none"):
+            clean_test = (split.split, split.corruption) == ("test", "none")
+            mixture, scores = _predict(predictive, likelihood, split.data, n_samples, batch_size, device,
+                                       with_uncertainty=clean_test or split.split == "ood")
+            if split.split == "ood":
+                values = {f"{metric}_{score}": fn(test_scores[score], scores[score])
+                          for score in scores for metric, fn in OOD_METRICS.items()}
+            else:
+                targets = split.data.y.numpy()
+                values = {metric.name: metric.fn_for(likelihood.name)(mixture, targets) for metric in metrics}
+            if clean_test:
+                test_scores = scores
                 evaluation.test_predictions = likelihood.saved_predictions(mixture, targets)
                 if reference is not None and wanted_fidelity:
                     fidelity = fidelity_metrics(reference, predictive, split.data.x.double().numpy(),
@@ -79,16 +98,16 @@ def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], met
 
 
 def _corruption_means(rows: list[dict]) -> list[dict]:
-    corrupted = [row for row in rows if row["split"] == "test" and row["corruption"] != "none"]
-    if not corrupted:
-        return []
+    """Means over corruption types (per severity, and over all severities as severity 0) and over OOD sets."""
     means = []
-    metrics = dict.fromkeys(row["metric"] for row in corrupted)
-    severities = sorted({row["severity"] for row in corrupted})
-    for metric in metrics:
-        for severity in [*severities, 0]:
-            values = [row["value"] for row in corrupted
-                      if row["metric"] == metric and severity in (0, row["severity"])]
-            means.append({"split": "test", "corruption": "mean", "severity": severity, "metric": metric,
-                          "value": float(np.mean(values))})
+    for split in ("test", "ood"):
+        chosen = [row for row in rows if row["split"] == split and row["corruption"] != "none"]
+        metrics = dict.fromkeys(row["metric"] for row in chosen)
+        severities = sorted({row["severity"] for row in chosen} - {0})
+        for metric in metrics:
+            for severity in [*severities, 0]:
+                values = [row["value"] for row in chosen
+                          if row["metric"] == metric and severity in (0, row["severity"])]
+                means.append({"split": split, "corruption": "mean", "severity": severity, "metric": metric,
+                              "value": float(np.mean(values))})
     return means

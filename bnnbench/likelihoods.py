@@ -49,6 +49,10 @@ class Likelihood:
         """What `--save-predictions` writes for the test split: enough to recompute any metric."""
         raise NotImplementedError
 
+    def uncertainty(self, sample_predictive: Tensor, mixture: Tensor) -> dict[str, Tensor]:
+        """Per-example uncertainty scores (name -> (B,)) for out-of-distribution detection; none by default."""
+        return {}
+
 
 @dataclass(frozen=True)
 class Categorical(Likelihood):
@@ -67,6 +71,19 @@ class Categorical(Likelihood):
 
     def saved_predictions(self, mixture: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
         return {"probs": np.exp(mixture).astype(np.float32), "labels": targets.astype(np.int64)}
+
+    def uncertainty(self, sample_predictive: Tensor, mixture: Tensor) -> dict[str, Tensor]:
+        """`entropy`: of the mixture predictive (total uncertainty). `mi`: mutual information between the
+        label and the parameters, entropy of the mixture minus the mean entropy of the samples (epistemic
+        part; 0 for a single sample, so it is only given for S > 1)."""
+        def entropy(log_probs: Tensor) -> Tensor:
+            return -(log_probs.exp() * log_probs).nan_to_num().sum(-1)  # 0 log 0 = 0
+
+        total = entropy(mixture)
+        if sample_predictive.shape[0] == 1:
+            return {"entropy": total}
+        expected = entropy(sample_predictive.double()).mean(0)
+        return {"entropy": total, "mi": (total - expected).clamp_min(0.0)}
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ and integer labels (N,). Conventions (uncertainty-baselines / Ovadia et al. 2019
 Gaussian regression: mixture components (N, S, ..., 2) as (mean, log std) and real targets (N, ...).
 - `nll`: mean over examples of -log mean_s N(y; m_s, s_s^2), exact (logsumexp over components).
 - `mse`: squared error of the mixture mean, averaged over examples (and target dimensions).
+Out-of-distribution detection (`auroc_*`, `aupr_*`) scores how well an uncertainty score (`entropy` of the
+mixture, or `mi`, its epistemic part) separates OOD inputs (the positive class) from the clean test split.
 Posterior fidelity (`w2_mean_err`, `var_ratio`, `pred_var_ratio`) compares a method's parameter posterior
 with an exact one; the evaluator computes them (`bnnbench.reference`) for tasks that have one.
 """
@@ -24,8 +26,8 @@ import numpy as np
 
 from bnnbench.registry import Registry
 
-__all__ = ["METRICS", "Metric", "accuracy", "brier_score", "expected_calibration_error", "gaussian_mse",
-           "gaussian_nll", "metrics_for", "negative_log_likelihood"]
+__all__ = ["METRICS", "OOD_METRICS", "Metric", "accuracy", "aupr", "auroc", "brier_score",
+           "expected_calibration_error", "gaussian_mse", "gaussian_nll", "metrics_for", "negative_log_likelihood"]
 
 ECE_BINS = 15
 
@@ -99,6 +101,30 @@ def gaussian_mse(mixture: np.ndarray, targets: np.ndarray) -> float:
     return float(np.mean((mixture[..., 0].mean(axis=1) - targets) ** 2))
 
 
+def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    """Area under the ROC curve with OOD as the positive class: the probability that an OOD input scores
+    higher than an in-distribution one, ties counted one half (the Mann-Whitney U statistic over n_in n_out)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([in_scores, out_scores]))  # mid-ranks for ties
+    n_in, n_out = len(in_scores), len(out_scores)
+    return float((ranks[n_in:].sum() - n_out * (n_out + 1) / 2) / (n_in * n_out))
+
+
+def aupr(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    """Area under the precision-recall curve with OOD as the positive class, as average precision:
+    sum over distinct score thresholds (high to low) of precision times the recall gained there."""
+    scores = np.concatenate([in_scores, out_scores])
+    positive = np.concatenate([np.zeros(len(in_scores)), np.ones(len(out_scores))])
+    order = np.argsort(-scores, kind="stable")
+    scores, positive = scores[order], positive[order]
+    last_of_each_value = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    true_positives = np.cumsum(positive)[last_of_each_value]
+    precision = true_positives / (last_of_each_value + 1)
+    recall_gain = np.diff(np.r_[0.0, true_positives]) / len(out_scores)
+    return float(np.sum(precision * recall_gain))
+
+
 METRICS: Registry[Metric] = Registry("metric")
 for _metric, _summary in (
     (Metric("acc", True, {"categorical": accuracy}), "accuracy of the top class"),
@@ -107,6 +133,10 @@ for _metric, _summary in (
     (Metric("ece", False, {"categorical": expected_calibration_error}), "expected calibration error, 15 bins"),
     (Metric("brier", False, {"categorical": brier_score}), "Brier score, summed over classes"),
     (Metric("mse", False, {"gaussian": gaussian_mse}), "squared error of the predictive mean"),
+    (Metric("auroc_entropy", True), "OOD detection AUROC of the predictive entropy (OOD positive)"),
+    (Metric("aupr_entropy", True), "OOD detection average precision of the predictive entropy (OOD positive)"),
+    (Metric("auroc_mi", True), "OOD detection AUROC of the mutual information (methods with samples)"),
+    (Metric("aupr_mi", True), "OOD detection average precision of the mutual information"),
     (Metric("w2_mean_err", False), "||mu - m|| / ||m|| against the exact posterior mean"),
     (Metric("var_ratio", False, optimum=1.0), "mean over parameters of var / exact diagonal variance"),
     (Metric("pred_var_ratio", False, optimum=1.0), "mean over test points of predictive var / exact"),
@@ -116,6 +146,7 @@ for _metric, _summary in (
     METRICS.register(_metric.name, _metric, f"{_summary}; {_direction}")
 
 POSTERIOR_METRICS = ("w2_mean_err", "var_ratio", "pred_var_ratio")  # need an exact reference posterior
+OOD_METRICS = {"auroc": auroc, "aupr": aupr}  # each of a likelihood's uncertainty scores: f"{name}_{score}"
 
 
 def metrics_for(likelihood: str, with_reference: bool = False) -> list[str]:

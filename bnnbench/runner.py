@@ -49,6 +49,8 @@ class RunPlan:
     config_hash: str
     save_predictions: bool = False
     show_progress: bool = True
+    data_root: Path | None = None
+    data_variant: str = "standard"  # see EvalPlan.variant
 
 
 @dataclass(frozen=True)
@@ -94,31 +96,68 @@ def select_device(name: str):
 def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | None = None,
             budget_name: str | None = None, epochs: int | None = None, device: str = "auto",
             results_dir: Path = Path("results/runs"), save_predictions: bool = False,
-            show_progress: bool = True) -> RunPlan:
-    """Validate a run request; raises UsageError (and writes nothing) on any bad input."""
+            show_progress: bool = True, data_dir: Path | None = None, load: bool = True) -> RunPlan:
+    """Validate a run request; raises UsageError (and writes nothing) on any bad input, missing data
+    files included (the data are loaded here, once, and shared by the seeds; `load=False` skips them, for
+    benchmarks on synthetic inputs)."""
+    from bnnbench.data.files import data_root
+    from bnnbench.data.splits import eval_plan
     from bnnbench.methods import METHODS, build_method
+    from bnnbench.models import check_pretrained_weights
 
     task = load_task(task_name)
     METHODS.check(method_name)
+    method_overrides, model_overrides = split_overrides(task, method_name, overrides or {})
+    if model_overrides:
+        task = dataclasses.replace(task, model={**task.model, **model_overrides})
     validate_task(task)
-    method = build_method(method_name, task, overrides)
+    check_pretrained_weights(task.model, str(task.path))
+    method = build_method(method_name, task, method_overrides)
     budget, budget_label = resolve_budget(task, budget_name, epochs)
     device_name = str(select_device(device))
     check_writable(results_dir)
-    hashed = config_hash({"hparams": dataclasses.asdict(method.hparams), "budget": dataclasses.asdict(budget)})
+    root = data_root(data_dir)
+    variant = eval_plan(task.eval, _load(task, root), str(task.path)).variant if load else "standard"
+    config = {"hparams": dataclasses.asdict(method.hparams), "budget": dataclasses.asdict(budget)}
+    if model_overrides:  # a pretrained network is another configuration than one trained from scratch
+        config["model_overrides"] = model_overrides
+    if variant != "standard":  # official and generated CIFAR-10-C runs must not share a run id
+        config["data_variant"] = variant
+    hashed = config_hash(config)
     return RunPlan(task, method, budget, budget_label, device_name, Path(results_dir), hashed,
-                   save_predictions, show_progress)
+                   save_predictions, show_progress, root, variant)
 
 
-def _load(task: TaskSpec):
-    return _load_cached(str(task.path), json.dumps(task.data, sort_keys=True))
+def split_overrides(task: TaskSpec, method_name: str, overrides: dict[str, Any]) -> tuple[dict, dict]:
+    """(method hyper-parameters, model options) from `--set` pairs: `model.KEY` is a model option; a bare
+    key is the method's hyper-parameter when it has one by that name, else the task model's option."""
+    from bnnbench.methods import hparam_names
+    from bnnbench.models import model_options
+
+    hparams = set(hparam_names(method_name))
+    options = model_options(task.model["name"], str(task.path))
+    method, model = {}, {}
+    for key, value in overrides.items():
+        bare = key.removeprefix("model.")
+        if key.startswith("model.") or (key not in hparams and key in options):
+            if bare not in options:
+                raise unknown_choice(f"option of model '{task.model['name']}'", key,
+                                     [f"model.{option}" for option in options], "--set")
+            model[bare] = value
+        else:
+            method[key] = value  # build_method names the valid hyper-parameters if the key is not one
+    return method, model
+
+
+def _load(task: TaskSpec, root: Path | None):
+    return _load_cached(str(task.path), json.dumps(task.data, sort_keys=True), str(root) if root else None)
 
 
 @cache
-def _load_cached(where: str, data_json: str):  # seeds of one task share the data, loaded once
+def _load_cached(where: str, data_json: str, root: str | None):  # seeds of one task share the data, loaded once
     from bnnbench.data import load_data
 
-    return load_data(json.loads(data_json), where)
+    return load_data(json.loads(data_json), where, root)
 
 
 def run(plan: RunPlan, seed: int) -> RunOutcome:
@@ -144,7 +183,9 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
         torch.cuda.reset_peak_memory_stats(device)
     try:
         torch.manual_seed(seed)
-        loaded = _load(task)
+        loaded = _load(task, plan.data_root)
+        plan_splits = eval_plan(task.eval, loaded, str(task.path))
+        record.update(corruption_source=plan_splits.corruption_source, data_info=loaded.info)
         model = create_model(task.model, loaded.bundle.input_shape, loaded.bundle.num_outputs, str(task.path))
         record["n_params"] = sum(p.numel() for p in model.parameters())
         context = FitContext(device=device, seed=seed, show_progress=plan.show_progress)
@@ -154,7 +195,7 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
         likelihood = get_likelihood(task.likelihood, task.likelihood_options, str(task.path))
         reference = (reference_posterior(task.eval["reference"], loaded.bundle.train, likelihood, str(task.path))
                      if "reference" in task.eval else None)
-        evaluation = evaluate(predictive, eval_plan(task.eval, loaded, str(task.path)), metric_names(task),
+        evaluation = evaluate(predictive, plan_splits, metric_names(task),
                               likelihood, plan.budget.n_eval_samples, int(task.eval.get("batch_size", 1024)),
                               device, reference, plan.show_progress)
         record["eval_seconds"] = evaluation.seconds
@@ -196,6 +237,7 @@ def _base_record(plan: RunPlan, run_id: str, seed: int) -> dict[str, Any]:
         "run_id": run_id,
         "task": plan.task.name,
         "task_version": plan.task.version,
+        "data_variant": plan.data_variant,
         "method": plan.method.name,
         "seed": seed,
         "hparams": dataclasses.asdict(plan.method.hparams),

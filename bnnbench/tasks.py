@@ -31,7 +31,8 @@ _REQUIRED = ("name", "version", "description", "likelihood", "data", "model", "b
 # An including file's [model] and [data] replace the included ones: options only make sense with their name.
 _REPLACED_WHOLE = frozenset({"model", "data"})
 _BUDGET_KEYS = {f.name for f in fields(Budget)}
-_EVAL_KEYS = {"metrics", "corruptions", "severities", "batch_size", "corruption_seed", "reference"}
+_EVAL_KEYS = {"metrics", "corruptions", "severities", "batch_size", "corruption_seed", "corruption_source",
+              "reference"}
 # The names in bnnbench.likelihoods.LIKELIHOODS (a test keeps them equal), here so that parsing a task
 # file imports no torch.
 LIKELIHOOD_NAMES = ("categorical", "gaussian")

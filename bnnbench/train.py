@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
@@ -17,8 +17,37 @@ from torch import Tensor
 from bnnbench.errors import DivergenceError, UsageError
 from bnnbench.types import Budget, FitContext, Split
 
-__all__ = ["LoopResult", "TrainConfig", "autocast", "planned_batches", "progress_bar", "split_budget",
-           "train_loop"]
+__all__ = ["AUGMENTATIONS", "LoopResult", "TrainConfig", "augment_images", "autocast", "loop_config",
+           "planned_batches", "progress_bar", "split_budget", "train_loop"]
+
+
+AUGMENTATIONS = ("none", "crop-flip")
+CROP_PADDING = 4  # pixels; the standard CIFAR augmentation's
+
+
+def augment_images(x: Tensor, kind: str, generator: torch.Generator) -> Tensor:
+    """Training-time augmentation of an image batch (N, C, H, W) on its own device, one gather for the
+    whole batch (no per-image Python, no CPU workers): "crop-flip" takes a random H x W crop of the image
+    zero-padded by CROP_PADDING on each side and mirrors it left-right with probability 1/2."""
+    if kind == "none":
+        return x
+    n, _, height, width = x.shape
+    padded = torch.nn.functional.pad(x, (CROP_PADDING,) * 4)
+    shifts = torch.randint(0, 2 * CROP_PADDING + 1, (2, n), device=x.device, generator=generator)
+    rows = shifts[0, :, None] + torch.arange(height, device=x.device)
+    cols = shifts[1, :, None] + torch.arange(width, device=x.device)
+    flip = torch.rand(n, device=x.device, generator=generator) < 0.5
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    # advanced indices around a slice: the result is (N, H, W, C)
+    crops = padded[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return crops.permute(0, 3, 1, 2)
+
+
+def loop_config(settings: TrainConfig, **changes) -> TrainConfig:
+    """The shared-loop settings of `settings` (a method's hyper-parameters, which extend TrainConfig) with
+    `changes`, for a method phase that trains with other settings (a warm-up, an SGD phase)."""
+    values = {f.name: getattr(settings, f.name) for f in fields(TrainConfig)}
+    return TrainConfig(**(values | changes))
 
 
 @dataclass(frozen=True)
@@ -33,10 +62,13 @@ class TrainConfig:
     batch_size: int = 128
     grad_clip: float = 0.0  # maximum global gradient norm; 0 turns clipping off
     schedule: str = "cosine"  # "cosine" decays to 0 over the planned steps; "constant" keeps lr
+    augment: str = "none"  # "crop-flip": random 4-px padded crops and horizontal flips of training images
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "constant"):
             raise UsageError(f"unknown schedule '{self.schedule}'; valid choices: constant, cosine")
+        if self.augment not in AUGMENTATIONS:
+            raise UsageError(f"unknown augment '{self.augment}'; valid choices: {', '.join(AUGMENTATIONS)}")
         if self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise UsageError(f"invalid training settings: {self}")
 
@@ -89,8 +121,8 @@ def split_budget(budget: Budget, fraction: float) -> tuple[Budget | None, Budget
     warm = Budget(max_epochs=part(budget.max_epochs, lambda e: math.floor(fraction * e)),
                   max_steps=part(budget.max_steps, lambda s: math.floor(fraction * s)),
                   max_seconds=part(budget.max_seconds, lambda t: fraction * t))
-    if not (warm.max_epochs or warm.max_steps):
-        return None, budget
+    if not (warm.max_epochs or warm.max_steps) or 0 in (warm.max_epochs, warm.max_steps):
+        return None, budget  # a limit that rounds to 0 ends the warm-up before its first step
     rest = Budget(max_epochs=part(budget.max_epochs, lambda e: e - warm.max_epochs),
                   max_steps=part(budget.max_steps, lambda s: s - warm.max_steps),
                   max_seconds=part(budget.max_seconds, lambda t: t - warm.max_seconds),
@@ -147,6 +179,7 @@ def train_loop(
     else:
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     generator = torch.Generator().manual_seed(context.seed)
+    augment_generator = torch.Generator(device).manual_seed(context.seed)
     result = LoopResult(steps=0, epochs=0, seconds=0.0)
     start = time.perf_counter()
     deadline = start + budget.max_seconds if budget.max_seconds else math.inf
@@ -160,7 +193,7 @@ def train_loop(
                 if result.steps >= total_batches or time.perf_counter() >= deadline:
                     break
                 rows = order[begin:begin + config.batch_size]
-                x_batch, y_batch = x[rows], y[rows]
+                x_batch, y_batch = augment_images(x[rows], config.augment, augment_generator), y[rows]
                 if on_batch is not None:
                     with autocast(device):
                         on_batch(x_batch, y_batch)

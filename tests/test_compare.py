@@ -170,3 +170,19 @@ def test_baseline_with_missing_columns_is_rejected(tmp_path):
     path.write_text("task,method,metric,mean\nt,m,nll,0.5\n")
     with pytest.raises(UsageError, match="lacks columns task_version, config_hash"):
         load_baseline(path)
+
+
+def test_data_variants_never_mix_in_aggregates_or_the_check():
+    """Official and generated CIFAR-10-C runs of one task version: separate groups, never compared."""
+    official_runs, official_metrics = runs_and_metrics({("m", "nll"): [0.5, 0.5]})
+    generated_runs, generated_metrics = runs_and_metrics({("m", "nll"): [0.9, 0.9]})
+    generated_runs["run_id"] = generated_metrics["run_id"] = generated_runs["run_id"] + ".gen"
+    official_runs["data_variant"], generated_runs["data_variant"] = "c-official", "c-generated"
+    official_metrics["data_variant"], generated_metrics["data_variant"] = "c-official", "c-generated"
+    table = aggregate(pd.concat([official_runs, generated_runs]), pd.concat([official_metrics, generated_metrics]))
+    assert dict(zip(table["data_variant"], table["mean"], strict=True)) == {"c-official": 0.5, "c-generated": 0.9}
+    result = check(table[table["data_variant"] == "c-official"], table[table["data_variant"] == "c-generated"],
+                   CONFIG)
+    assert result["mark"].tolist() == ["?"]
+    board = leaderboard(pd.concat([official_runs, generated_runs]), table)
+    assert sorted(board[board["column"] == "nll"]["data_variant"]) == ["c-generated", "c-official"]

@@ -71,3 +71,13 @@ def test_non_finite_loss_raises_divergence():
     with pytest.raises(DivergenceError, match="training loss is nan in epoch 1"):
         train_loop([weight], lambda x, y: (x @ weight).sum() * float("nan"), data, TrainConfig(),
                    Budget(max_epochs=2), CONTEXT)
+
+
+def test_a_warm_up_limit_that_rounds_to_zero_means_no_warm_up():
+    """Both limits bind (first reached stops): 0 warm-up epochs is no warm-up, even with steps to spare."""
+    from bnnbench.train import split_budget
+    from bnnbench.types import Budget
+
+    assert split_budget(Budget(max_epochs=1, max_steps=20), 0.5) == (None, Budget(max_epochs=1, max_steps=20))
+    warm, rest = split_budget(Budget(max_epochs=4, max_steps=20), 0.5)
+    assert (warm.max_epochs, warm.max_steps, rest.max_epochs, rest.max_steps) == (2, 10, 2, 10)

@@ -1,29 +1,55 @@
 """Data sources: one module per source, each with a `Config` dataclass and `load(config) -> LoadedData`.
 
 Image sources yield float tensors in [0, 1], shape (N, C, H, W); normalisation belongs to the model, so
-corruptions and the evaluator see the same pixels.
+corruptions and the evaluator see the same pixels. Sources that read files take them from a data root
+(`--data-dir`, else $BNNBENCH_DATA, else a per-user cache folder: `bnnbench.data.files.data_root`).
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, fields
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bnnbench.errors import UsageError, unknown_choice
 from bnnbench.types import DataBundle, Split
 
-__all__ = ["DATA_SOURCES", "LoadedData", "check_data_config", "load_data"]
+if TYPE_CHECKING:
+    import numpy as np
 
-DATA_SOURCES = {"digits": "bnnbench.data.digits", "diabetes": "bnnbench.data.diabetes"}  # source name -> module
+__all__ = ["DATA_SOURCES", "LoadedData", "OfficialCorruptions", "check_data_config", "load_data"]
+
+DATA_SOURCES = {  # source name -> module
+    "digits": "bnnbench.data.digits",
+    "diabetes": "bnnbench.data.diabetes",
+    "cifar10": "bnnbench.data.cifar",
+    "cifar100": "bnnbench.data.cifar",
+}
+
+
+@dataclass(frozen=True)
+class OfficialCorruptions:
+    """A published corrupted copy of a test set (CIFAR-10-C): `read(name, severity)` returns the test images
+    under that corruption as uint8 (N, H, W, C) in test order, for each corruption in `names`."""
+
+    label: str  # e.g. "cifar10c"; results say whether they used these files or generated ones
+    names: tuple[str, ...]
+    read: Callable[[str, int], np.ndarray]
 
 
 @dataclass(frozen=True)
 class LoadedData:
-    """A method's data and the test split the evaluator keeps for itself."""
+    """A method's data and what the evaluator keeps for itself: the test split, out-of-distribution inputs
+    (name -> Split, labels -1) and, when a published corrupted test set is at hand, its files (otherwise
+    the evaluator generates the corruptions). `info` is recorded in run.json."""
 
     bundle: DataBundle
     test: Split
+    ood: dict[str, Split] = field(default_factory=dict)
+    official_corruptions: OfficialCorruptions | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def _source_module(source: str, where: str):
@@ -34,8 +60,9 @@ def _source_module(source: str, where: str):
 
 def _config(data: dict[str, Any], where: str):
     module = _source_module(data["source"], where)
-    options = {key: value for key, value in data.items() if key != "source"}
     valid = {f.name for f in fields(module.Config)}
+    # a module serving several sources (cifar10, cifar100) is told which one through its `source` field
+    options = {key: value for key, value in data.items() if key != "source" or "source" in valid}
     for key in options:
         if key not in valid:
             raise unknown_choice("key", f"data.{key}", [f"data.{k}" for k in valid], where)
@@ -50,7 +77,10 @@ def check_data_config(data: dict[str, Any], where: str) -> None:
     _config(data, where)
 
 
-def load_data(data: dict[str, Any], where: str = "task") -> LoadedData:
-    """Load a task's data as its [data] table describes."""
+def load_data(data: dict[str, Any], where: str = "task", root: str | Path | None = None) -> LoadedData:
+    """Load a task's data as its [data] table describes; file-based sources read under `root`
+    (default `data_root()`)."""
+    from bnnbench.data.files import data_root
+
     module, config = _config(data, where)
-    return module.load(config)
+    return module.load(config, data_root(root))

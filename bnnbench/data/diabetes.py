@@ -8,6 +8,7 @@ are standardised with the training rows' mean and standard deviation, so the tes
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -28,7 +29,7 @@ class Config:
             raise ValueError(f"n_train must be in 2..{N_ROWS - 1}, got {self.n_train}")
 
 
-def load(config: Config) -> LoadedData:
+def load(config: Config, root: Path | None = None) -> LoadedData:
     """Standardised float32 features (N, 10) and targets (N,)."""
     from sklearn.datasets import load_diabetes
 

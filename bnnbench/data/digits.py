@@ -8,6 +8,7 @@ and depends only on `split_seed`, never on the run seed: every method and seed s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ def load_images() -> tuple[np.ndarray, np.ndarray]:
     return images, digits.target.astype(np.int64)
 
 
-def load(config: Config) -> LoadedData:
+def load(config: Config, root: Path | None = None) -> LoadedData:
     """Stratified train/val/test split of the digits, as float tensors in [0, 1], shape (N, 1, 8, 8)."""
     from sklearn.model_selection import train_test_split
 

@@ -1,8 +1,11 @@
-"""The evaluator's data: validation, clean test and corrupted copies of the test split.
+"""The evaluator's data: validation, clean test, corrupted copies of the test split, and OOD sets.
 
-Corrupted copies are made once per (test images, corruption, severity, seed, corruption code) and cached
-on disk under $BNNBENCH_CACHE (default ~/.cache/bnnbench), so every method and seed is scored on
-identical images and later runs skip the work. They are yielded one at a time so CIFAR-sized sets
+Corrupted copies come from a published set (CIFAR-10-C files) when the data source offers one and the
+task's `eval.corruption_source` allows it ("auto": the files when every corruption asked for is there;
+"official": the files or an error; "generated": always bnnbench's own). Generated copies are made once
+per (test images, corruption, severity, seed, corruption code) and cached on disk under $BNNBENCH_CACHE
+(default ~/.cache/bnnbench), so every method and seed is scored on identical images and later runs skip
+the work. They are yielded one at a time so CIFAR-sized sets
 (75 copies of the test split) never sit in memory together.
 """
 
@@ -56,10 +59,16 @@ def _severities(setting: Any, where: str) -> list[int]:
     return list(setting)
 
 
+CORRUPTION_SOURCES = ("auto", "official", "generated")
+
+
 def check_eval_config(eval_config: dict[str, Any], where: str) -> None:
-    """Raise UsageError for an unknown corruption or a severity outside 1..5."""
+    """Raise UsageError for an unknown corruption or source, or a severity outside 1..5."""
     _corruption_names(eval_config.get("corruptions", "none"), where)
     _severities(eval_config.get("severities", [1, 2, 3, 4, 5]), where)
+    source = eval_config.get("corruption_source", "auto")
+    if source not in CORRUPTION_SOURCES:
+        raise unknown_choice("eval.corruption_source", source, CORRUPTION_SOURCES, where)
 
 
 @cache
@@ -99,36 +108,73 @@ def corrupted_images(images: np.ndarray, name: str, severity: int, seed: int, di
 
 @dataclass(frozen=True)
 class EvalPlan:
-    """The ordered evaluation splits of a task; iterate to get each `EvalSplit`."""
+    """The ordered evaluation splits of a task; iterate to get each `EvalSplit`: val, clean test, each
+    corruption x severity of the test split, then each OOD set (split "ood", corruption = its name).
+
+    `corruption_source` is "official" (published files), "generated" or "none" (no corruptions).
+    """
 
     loaded: LoadedData
     corruptions: tuple[str, ...]
     severities: tuple[int, ...]
     seed: int
+    corruption_source: str = "generated"
+
+    @property
+    def variant(self) -> str:
+        """What makes these results incomparable with other runs of the task: official vs generated copies
+        of a published corrupted set ("cifar10c-official", "cifar10c-generated"); else "standard"."""
+        official = self.loaded.official_corruptions
+        if official is None or self.corruption_source == "none":
+            return "standard"
+        return f"{official.label}-{self.corruption_source}"
 
     def __len__(self) -> int:
-        return 2 + len(self.corruptions) * len(self.severities)
+        return 2 + len(self.corruptions) * len(self.severities) + len(self.loaded.ood)
 
     def __iter__(self) -> Iterator[EvalSplit]:
         yield EvalSplit("val", "none", 0, self.loaded.bundle.val)
         test = self.loaded.test
         yield EvalSplit("test", "none", 0, test)
-        if not self.corruptions:
-            return
-        images = np.round(test.x.permute(0, 2, 3, 1).numpy() * 255.0).astype(np.uint8)
-        digest = images_digest(images)
+        if self.corruptions:
+            yield from self._corrupted(test)
+        for name, split in self.loaded.ood.items():
+            yield EvalSplit("ood", name, 0, split)
+
+    def _corrupted(self, test: Split) -> Iterator[EvalSplit]:
+        official = self.loaded.official_corruptions
+        if self.corruption_source == "official":
+            def read(name: str, severity: int) -> np.ndarray:
+                return official.read(name, severity)
+        else:
+            images = np.round(test.x.permute(0, 2, 3, 1).numpy() * 255.0).astype(np.uint8)
+            digest = images_digest(images)
+
+            def read(name: str, severity: int) -> np.ndarray:
+                return corrupted_images(images, name, severity, self.seed, digest)
         for name in self.corruptions:
             for severity in self.severities:
-                corrupted = corrupted_images(images, name, severity, self.seed, digest)
-                x = torch.from_numpy(corrupted).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+                x = torch.from_numpy(read(name, severity)).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
                 yield EvalSplit("test", name, severity, Split(x, test.y))
 
 
 def eval_plan(eval_config: dict[str, Any], loaded: LoadedData, where: str = "task") -> EvalPlan:
-    """The splits a task's [eval] table asks for."""
-    return EvalPlan(
-        loaded=loaded,
-        corruptions=tuple(_corruption_names(eval_config.get("corruptions", "none"), where)),
-        severities=tuple(_severities(eval_config.get("severities", [1, 2, 3, 4, 5]), where)),
-        seed=int(eval_config.get("corruption_seed", 0)),
-    )
+    """The splits a task's [eval] table asks for, with the corruption source resolved against the files
+    at hand; raises UsageError when "official" files are asked for and some are missing."""
+    check_eval_config(eval_config, where)
+    corruptions = tuple(_corruption_names(eval_config.get("corruptions", "none"), where))
+    wanted = eval_config.get("corruption_source", "auto")
+    official = loaded.official_corruptions
+    missing = [name for name in corruptions if official is None or name not in official.names]
+    if not corruptions:
+        source = "none"
+    elif wanted == "official" and missing:
+        what = f"{official.label} files" if official else "published corrupted files for this data set"
+        raise UsageError(f"{where}: eval.corruption_source is \"official\" but {what} are missing for "
+                         f"{', '.join(missing)}; get them with `bnnbench data download cifar10c` or set "
+                         "eval.corruption_source = \"generated\"")
+    else:
+        source = "official" if wanted != "generated" and not missing else "generated"
+    return EvalPlan(loaded=loaded, corruptions=corruptions,
+                    severities=tuple(_severities(eval_config.get("severities", [1, 2, 3, 4, 5]), where)),
+                    seed=int(eval_config.get("corruption_seed", 0)), corruption_source=source)

@@ -21,7 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["METHODS", "build_method", "check_method_overrides", "parse_assignments"]
+__all__ = ["METHODS", "build_method", "check_method_overrides", "hparam_names", "parse_assignments"]
 
 METHODS: Registry[str] = Registry("method")  # name -> module path, imported on use
 METHODS.register("map", "bnnbench.methods.map", "maximum a posteriori point estimate (AdamW = Gaussian prior)")
@@ -63,6 +63,11 @@ def _coerce(method: str, key: str, value: Any, default: Any, where: str) -> Any:
         raise UsageError(f"{where}: hyper-parameter '{key}' of method '{method}' must be "
                          f"{type(default).__name__}, got {value!r}")
     return value
+
+
+def hparam_names(name: str) -> list[str]:
+    """The hyper-parameters of method `name`."""
+    return [f.name for f in fields(_module(name).Hparams)]
 
 
 def check_method_overrides(name: str, overrides: dict[str, Any], where: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from bnnbench.likelihoods import Likelihood, get_likelihood
 from bnnbench.methods.map import train_map
 from bnnbench.models import create_model
 from bnnbench.params import StackedWeights, math_attention
-from bnnbench.train import TrainConfig, autocast, train_loop
+from bnnbench.train import TrainConfig, augment_images, autocast, train_loop
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Method, Split, TaskSpec
 
 __all__ = ["EnsemblePredictive", "Hparams", "build", "fit", "member_models"]
@@ -105,13 +105,20 @@ def _train_vmapped(members: list[nn.Module], likelihood: Likelihood, data: DataB
 
     losses = vmap(member_loss, randomness="different")
 
+    augment_generator = torch.Generator(device).manual_seed(context.seed)
+
     def loss_fn(positions: Tensor, _: Tensor) -> Tensor:
         rows = orders[:, positions]  # (K, B): each member's own mini-batch
+        images = x[rows]
+        if hparams.augment != "none":  # each member's images get their own crops and flips
+            images = augment_images(images.flatten(0, 1), hparams.augment, augment_generator).reshape(images.shape)
         with math_attention():  # summed, member k's gradient is its own
-            return losses(stacked.params, stacked.buffers, x[rows], y[rows]).sum()
+            return losses(stacked.params, stacked.buffers, images, y[rows]).sum()
 
     positions = torch.arange(len(data.train))
-    loop = train_loop(stacked.params.values(), loss_fn, Split(positions, positions), hparams, budget, context,
+    # the loop sees row positions, not images: it must not augment them
+    loop = train_loop(stacked.params.values(), loss_fn, Split(positions, positions),
+                      dataclasses.replace(hparams, augment="none"), budget, context,
                       description=f"ensemble x{len(members)} (vmap)")
     for params in stacked.params.values():
         params.requires_grad_(False)

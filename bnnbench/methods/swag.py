@@ -28,7 +28,7 @@ from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Likelihood, get_likelihood
 from bnnbench.methods.map import gaussian_log_prior, train_map
 from bnnbench.params import FlatParams, StackedWeights
-from bnnbench.train import TrainConfig, autocast, split_budget
+from bnnbench.train import TrainConfig, autocast, loop_config, split_budget
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Method, Split, TaskSpec
 
 __all__ = ["Hparams", "SwagMoments", "SwagPredictive", "build", "fit"]
@@ -186,8 +186,7 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     warm_budget, swag_budget = split_budget(budget, hparams.warmup_fraction)
     log_prior = gaussian_log_prior(hparams.prior_precision) if hparams.prior_precision > 0 else None
     weight_decay = 0.0 if log_prior else hparams.weight_decay
-    warm_config = TrainConfig(lr=hparams.lr, weight_decay=weight_decay, batch_size=hparams.batch_size,
-                              grad_clip=hparams.grad_clip, schedule=hparams.schedule)
+    warm_config = loop_config(hparams, weight_decay=weight_decay)
     steps, epochs, seconds = 0, 0, 0.0
     if warm_budget is not None:
         warm = train_map(model, likelihood, data, warm_config, warm_budget, context, "swag warm-up", log_prior)
@@ -207,9 +206,8 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     def sgd(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=config.lr, momentum=hparams.momentum, weight_decay=config.weight_decay)
 
-    swa_config = TrainConfig(lr=hparams.swa_lr, weight_decay=0.0 if log_prior else hparams.swa_weight_decay,
-                             batch_size=hparams.batch_size,
-                             grad_clip=hparams.grad_clip, schedule="constant")
+    swa_config = loop_config(hparams, lr=hparams.swa_lr, schedule="constant",
+                             weight_decay=0.0 if log_prior else hparams.swa_weight_decay)
     loop = train_map(model, likelihood, data, swa_config, swag_budget, context, "swag sgd", log_prior,
                      on_batch=snapshot_every_interval, make_optimizer=sgd)
     if batches % interval == 0:

@@ -15,13 +15,15 @@ from typing import Any
 
 from bnnbench.errors import UsageError, unknown_choice
 
-__all__ = ["MODELS", "check_model_config", "create_model", "last_layer_name"]
+__all__ = ["MODELS", "check_model_config", "check_pretrained_weights", "create_model", "last_layer_name",
+           "model_options"]
 
 MODELS = {
     "linear": "bnnbench.models.small:linear",
     "mlp": "bnnbench.models.small:mlp",
     "cnn": "bnnbench.models.small:cnn",
     "vit": "bnnbench.models.vit:vit",
+    "resnet": "bnnbench.models.resnet:resnet",
 }
 
 
@@ -32,14 +34,30 @@ def _factory(name: str, where: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), attr)
 
 
+def model_options(name: str, where: str = "task") -> list[str]:
+    """The options a model factory takes (its keyword arguments besides the shapes)."""
+    factory = _factory(name, where)
+    return [p for p in inspect.signature(factory).parameters if p not in ("input_shape", "num_classes")]
+
+
 def check_model_config(model: dict[str, Any], where: str) -> None:
     """Raise UsageError if the task's [model] table names an unknown model or option."""
-    factory = _factory(model["name"], where)
-    options = [p for p in inspect.signature(factory).parameters if p not in ("input_shape", "num_classes")]
+    options = model_options(model["name"], where)
     for key in model:
         if key != "name" and key not in options:
             raise unknown_choice(f"option of model '{model['name']}'", f"model.{key}",
                                  [f"model.{k}" for k in options], where)
+
+
+def check_pretrained_weights(model: dict[str, Any], where: str = "task") -> None:
+    """When the [model] table asks for pretrained weights, raise UsageError unless they are in the local
+    cache (before a run writes anything)."""
+    if not model.get("pretrained"):
+        return
+    from bnnbench.models.pretrained import cached_weights
+
+    default = inspect.signature(_factory(model["name"], where)).parameters.get("pretrained_name")
+    cached_weights(model.get("pretrained_name") or default.default)
 
 
 def create_model(model: dict[str, Any], input_shape: tuple[int, ...], num_classes: int, where: str = "task"):

@@ -27,7 +27,7 @@ from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Categorical, Gaussian, Likelihood, get_likelihood
 from bnnbench.methods.map import gaussian_log_prior, train_map
 from bnnbench.params import math_attention
-from bnnbench.train import LoopResult, TrainConfig
+from bnnbench.train import LoopResult, TrainConfig, loop_config
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Split, TaskSpec
 
 __all__ = ["LaplaceHparams", "LaplacePredictive", "check_memory", "curvature_bytes", "data_loader", "fit_laplace",
@@ -228,11 +228,12 @@ def train_map_phase(model: nn.Module, likelihood: Likelihood, data: DataBundle, 
     if fixed_prior_precision is None:
         loop = train_map(model, likelihood, data, hparams, budget, context, description=f"{method} map")
     else:
-        config = TrainConfig(lr=hparams.lr, weight_decay=0.0, batch_size=hparams.batch_size,
-                             grad_clip=hparams.grad_clip, schedule=hparams.schedule)
+        config = loop_config(hparams, weight_decay=0.0)
         loop = train_map(model, likelihood, data, config, budget, context, description=f"{method} map",
                          log_prior=gaussian_log_prior(fixed_prior_precision))
-    model.eval()
+    # laplace-torch flattens parameters with .view(-1), which channels_last convolution weights (a training
+    # speed-up) do not allow; the posterior is post-hoc, so the weights go back to the standard layout
+    model.to(memory_format=torch.contiguous_format).eval()
     return loop
 
 

@@ -25,7 +25,7 @@ from bnnbench.likelihoods import Likelihood, get_likelihood
 from bnnbench.methods.map import train_map
 from bnnbench.methods.vi.family import DiagonalGaussian, Params
 from bnnbench.methods.vi.objectives import LogLikelihood
-from bnnbench.train import TrainConfig, autocast, split_budget, train_loop
+from bnnbench.train import TrainConfig, autocast, loop_config, split_budget, train_loop
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, TaskSpec
 
 __all__ = ["GaussianPosteriorPredictive", "VIHparams", "fit_variational"]
@@ -148,8 +148,7 @@ def fit_variational(task: TaskSpec, model: nn.Module, data: DataBundle, budget: 
     prior = DiagonalGaussian.isotropic(centre, hparams.prior_std)
     model.train()
     log_likelihood = network_log_likelihood(model, likelihood, fixed, len(data.train), hparams.temperature)
-    vi_config = TrainConfig(lr=hparams.vi_lr, weight_decay=0.0, batch_size=hparams.batch_size,
-                            grad_clip=hparams.grad_clip, schedule=hparams.schedule)
+    vi_config = loop_config(hparams, lr=hparams.vi_lr, weight_decay=0.0)
     batches = math.ceil(len(data.train) / hparams.batch_size)
     vi_steps = min(s for s in (vi_budget.max_steps, vi_budget.max_epochs and vi_budget.max_epochs * batches) if s)
     objective = make_objective(q, prior, log_likelihood, vi_steps * inner_steps)

@@ -1,0 +1,174 @@
+"""Throughput of a method on a task against the bare network: images/s for training steps and evaluation.
+
+Overhead is reported as a ratio, so a method's cost is separated from the network's:
+- train: the method's training steps (its whole fit, setup excluded: the time of a fit of `warmup + steps`
+  mini-batches minus that of a fit of `warmup` mini-batches, both after an untimed fit that pays the
+  process's first-call costs) against plain forward, backward and AdamW steps
+  of the bare network at the same batch size, under the same autocast.
+- eval: the method's predictive on evaluation batches with `n_samples` posterior samples, counted in
+  network forward passes (images x samples) per second, against the bare network's forward pass at the
+  same batch size and precision.
+
+`synthetic` uses random images of the task's shape: throughput does not depend on pixel values, and it lets
+a GPU machine without the data sets measure the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bnnbench.errors import BnnbenchError
+from bnnbench.types import Budget, DataBundle, FitContext, Split
+
+__all__ = ["BenchResult", "bench"]
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Images per second (eval: forward passes per second) of the method and of the bare network."""
+
+    device: str
+    train_batch: int
+    eval_batch: int
+    n_samples: int  # posterior samples per evaluation call (1 for a point estimate)
+    method_train: float
+    bare_train: float
+    method_eval: float
+    bare_eval: float
+    peak_cuda_mb: float | None
+
+    @property
+    def train_ratio(self) -> float:
+        """Method train throughput / bare; below 1 is overhead."""
+        return self.method_train / self.bare_train
+
+    @property
+    def eval_ratio(self) -> float:
+        return self.method_eval / self.bare_eval
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _synthetic(bundle_shape: tuple[int, ...], n_classes: int, n: int) -> Split:
+    generator = torch.Generator().manual_seed(0)
+    return Split(torch.rand(n, *bundle_shape, generator=generator),
+                 torch.randint(0, n_classes, (n,), generator=generator))
+
+
+def _timed_fit(task, method, data: DataBundle, steps: int, device: torch.device, build_model):
+    model = build_model()
+    _synchronize(device)
+    start = time.perf_counter()
+    predictive, _ = method.fit(task, model, data, Budget(max_steps=steps), FitContext(device, 0, False))
+    _synchronize(device)
+    return predictive, time.perf_counter() - start
+
+
+def _bare_train(model: torch.nn.Module, likelihood, x: torch.Tensor, y: torch.Tensor, steps: int,
+                warmup: int) -> float:
+    from bnnbench.train import TrainConfig, adamw, autocast
+
+    optimizer = adamw([{"params": list(model.parameters())}], TrainConfig())
+    device = x.device
+    for step in range(warmup + steps):
+        if step == warmup:
+            _synchronize(device)
+            start = time.perf_counter()
+        with autocast(device):
+            loss = -likelihood.log_likelihood(model(x), y).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _synchronize(device)
+    return steps * len(x) / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def _forward_rate(forward, x: torch.Tensor, repeats: int) -> tuple[float, int]:
+    """(forward passes per second, passes per call) of `forward(x)`, after one warm-up call; a call's
+    passes are the samples S of the (S, B, ...) it returns."""
+    per_call = forward(x).shape[0]
+    _synchronize(x.device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        forward(x)
+    _synchronize(x.device)
+    return repeats * len(x) * per_call / (time.perf_counter() - start), per_call
+
+
+def bench(task_name: str, method_name: str, device: str = "auto", *, steps: int = 50, warmup: int = 10,
+          eval_repeats: int = 5, n_samples: int | None = None, eval_batch: int | None = None,
+          overrides: dict[str, Any] | None = None, synthetic: bool = False,
+          data_dir: Path | None = None) -> BenchResult:
+    """Measure `method_name` on `task_name` against its bare network (see the module docstring)."""
+    from bnnbench.data import load_data
+    from bnnbench.likelihoods import get_likelihood
+    from bnnbench.models import create_model
+    from bnnbench.runner import prepare
+    from bnnbench.train import TrainConfig, autocast
+
+    plan = prepare(task_name, method_name, overrides=overrides, device=device, show_progress=False,
+                   data_dir=data_dir, results_dir=Path("."), load=not synthetic)
+    task, method, torch_device = plan.task, plan.method, torch.device(plan.device_name)
+    train_batch = getattr(method.hparams, "batch_size", TrainConfig().batch_size)
+    eval_batch = eval_batch or int(task.eval.get("batch_size", 1024))
+    n_samples = plan.budget.n_eval_samples if n_samples is None else n_samples
+    if synthetic:
+        shape, classes = _task_shape(task)
+        train = _synthetic(shape, classes, train_batch * (warmup + steps))
+        data = DataBundle(train=train, val=_synthetic(shape, classes, 0), num_outputs=classes, input_shape=shape)
+    else:
+        data = load_data(task.data, str(task.path), plan.data_root).bundle
+    likelihood = get_likelihood(task.likelihood, task.likelihood_options, str(task.path))
+
+    def build_model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return create_model(task.model, data.input_shape, data.num_outputs, str(task.path))
+
+    if torch_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(torch_device)
+    _timed_fit(task, method, data, warmup, torch_device, build_model)  # first calls: kernels, allocator, caches
+    _, warm_seconds = _timed_fit(task, method, data, warmup, torch_device, build_model)
+    predictive, total_seconds = _timed_fit(task, method, data, warmup + steps, torch_device, build_model)
+    if total_seconds <= warm_seconds:
+        raise BnnbenchError(f"a fit of {warmup + steps} steps took no longer than one of {warmup} "
+                            f"({total_seconds:.3f} s vs {warm_seconds:.3f} s): too few steps to time, raise --steps")
+    method_train = steps * train_batch / (total_seconds - warm_seconds)
+    eval_x = _synthetic(data.input_shape, data.num_outputs, eval_batch).x.to(torch_device)
+    method_eval, n_samples = _forward_rate(lambda x: predictive.predict(x, n_samples), eval_x, eval_repeats)
+
+    bare = build_model().to(torch_device)
+    x, y = data.train.x[:train_batch].to(torch_device), data.train.y[:train_batch].to(torch_device)
+    bare_train = _bare_train(bare.train(), likelihood, x, y, steps, warmup)
+
+    def bare_forward(x: torch.Tensor) -> torch.Tensor:
+        with autocast(torch_device):
+            return likelihood.log_predictive(bare(x))
+
+    bare.eval()
+    bare_eval, _ = _forward_rate(lambda x: bare_forward(x)[None], eval_x, eval_repeats)
+    peak = torch.cuda.max_memory_allocated(torch_device) / 2**20 if torch_device.type == "cuda" else None
+    return BenchResult(plan.device_name, train_batch, eval_batch, n_samples, method_train, bare_train,
+                       method_eval, bare_eval, peak)
+
+
+def _task_shape(task) -> tuple[tuple[int, ...], int]:
+    """(input shape, classes) of an image task's data source without reading its files."""
+    from bnnbench.data.cifar import OOD_SETS
+
+    source = task.data["source"]
+    if source in OOD_SETS:
+        return (3, 32, 32), 100 if source == "cifar100" else 10
+    from bnnbench.data import load_data
+
+    bundle = load_data(task.data, str(task.path)).bundle  # embedded sources: cheap to load
+    return bundle.input_shape, bundle.num_outputs
+

@@ -1,0 +1,185 @@
+"""Where data files live and how the publishers' on-disk formats of CIFAR-10/100 and SVHN are read.
+
+Files sit under one data root (`--data-dir`, else $BNNBENCH_DATA, else $BNNBENCH_CACHE/data, else
+~/.cache/bnnbench/data) in the layouts their publishers ship, so a copy made by torchvision or by hand works
+unchanged: `cifar-10-batches-py/`, `cifar-100-python/`, `CIFAR-10-C/` and `svhn/test_32x32.mat`.
+
+Every missing or malformed file is a one-line `UsageError` that names the file and how to get it
+(`bnnbench.data.download` fetches them; `bnnbench.data.cifar_c` reads CIFAR-10-C).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnnbench.errors import UsageError, unknown_choice
+
+__all__ = ["DATA_ENV", "CifarArrays", "data_root", "missing_file", "read_cifar", "read_svhn_test"]
+
+DATA_ENV = "BNNBENCH_DATA"
+
+_ROOT_HINT = "choose the data root with --data-dir or $" + DATA_ENV
+_CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+_CIFAR10_MAX_BATCHES = 5
+_PIXELS = 32 * 32 * 3
+
+
+def data_root(explicit: str | Path | None = None) -> Path:
+    """The folder data files are read from and downloaded to; not created here."""
+    if explicit is not None and str(explicit) != "":
+        return Path(explicit).expanduser()
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    # Same default as bnnbench.data.splits.cache_dir, not imported from there: that module imports torch.
+    return Path(os.environ.get("BNNBENCH_CACHE") or Path.home() / ".cache" / "bnnbench") / "data"
+
+
+def missing_file(path: Path, root: Path, name: str, what: str) -> UsageError:
+    """The error for a missing data file: what to download, or where to put a copy."""
+    return UsageError(f"{path} not found; run `bnnbench data download {name}` or put {what} under {root} "
+                      f"({_ROOT_HINT})")
+
+
+# ----------------------------------------------------------------------------------------------- CIFAR
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: == on numpy fields would be ambiguous
+class CifarArrays:
+    """One CIFAR data set: uint8 images (N, 32, 32, 3) in HWC order and int64 labels (N,), in file order."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: tuple[str, ...]
+    n_train_batches: int
+
+
+def _unpickle(path: Path) -> dict[bytes, Any]:
+    # The official files are Python 2 pickles; encoding="bytes" keeps their str keys as bytes, so keys are
+    # b"data" whichever Python wrote the file. Pickle can run code: only read files you trust.
+    try:
+        with open(path, "rb") as handle:
+            content = pickle.load(handle, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
+            IndexError) as error:
+        raise UsageError(f"{path}: not a CIFAR python pickle ({type(error).__name__}: {error})") from None
+    if not isinstance(content, dict):
+        raise UsageError(f"{path}: not a CIFAR python pickle (holds a {type(content).__name__}, not a dict)")
+    return {key.encode() if isinstance(key, str) else key: value for key, value in content.items()}
+
+
+def _key(content: dict[bytes, Any], key: bytes, path: Path) -> Any:
+    if key not in content:
+        raise UsageError(f"{path}: key {key.decode()!r} missing (has {', '.join(sorted(map(repr, content)))})")
+    return content[key]
+
+
+def _class_names(path: Path, key: bytes) -> tuple[str, ...]:
+    names = _key(_unpickle(path), key, path)
+    if not isinstance(names, list | tuple) or not names:
+        raise UsageError(f"{path}: {key.decode()!r} is not a list of class names")
+    return tuple(name.decode() if isinstance(name, bytes) else str(name) for name in names)
+
+
+def _cifar_batch(path: Path, labels_key: bytes, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (n, 32, 32, 3) and labels (n,) of one batch file."""
+    content = _unpickle(path)
+    data = np.asarray(_key(content, b"data", path))
+    labels = np.asarray(_key(content, labels_key, path))
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _PIXELS:
+        raise UsageError(f"{path}: 'data' must be uint8 of shape (n, {_PIXELS}), got {data.dtype} {data.shape}")
+    if labels.shape != (len(data),) or labels.dtype.kind not in "iu":
+        raise UsageError(f"{path}: {labels_key.decode()!r} must be {len(data)} integers, got {labels.dtype} "
+                         f"{labels.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise UsageError(f"{path}: labels must lie in 0..{n_classes - 1}, found {labels.min()}..{labels.max()}")
+    # Each row is channel-major: 1024 red, 1024 green, 1024 blue bytes, each plane row-major 32x32.
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels.astype(np.int64)
+
+
+def _cifar10_train_files(folder: Path, root: Path) -> list[Path]:
+    """data_batch_1.. as far as they go; a gap (1, 2, 4) means a damaged copy, not a smaller one."""
+    present = [n for n in range(1, _CIFAR10_MAX_BATCHES + 1) if (folder / f"data_batch_{n}").is_file()]
+    if not present:
+        raise missing_file(folder / "data_batch_1", root, "cifar10", "the official cifar-10-batches-py folder")
+    gap = next((n for n in range(1, present[-1] + 1) if n not in present), None)
+    if gap is not None:
+        raise UsageError(f"{folder / f'data_batch_{gap}'} not found but data_batch_{present[-1]} is: training "
+                         f"batches must be consecutive from data_batch_1; run `bnnbench data download cifar10` "
+                         f"or restore the missing file")
+    return [folder / f"data_batch_{n}" for n in present]
+
+
+def read_cifar(root: Path, name: str) -> CifarArrays:
+    """CIFAR-10 or CIFAR-100 from the official python-pickle files under `root`.
+
+    CIFAR-10 reads the training batches present (consecutive from data_batch_1; tests and quick runs
+    may ship fewer than the official five) and records how many in `n_train_batches`. CIFAR-100 has
+    one training file and uses the 100 fine labels.
+    """
+    if name not in _CIFAR_FOLDERS:
+        raise unknown_choice("CIFAR data set", name, _CIFAR_FOLDERS)
+    root = Path(root)
+    folder = root / _CIFAR_FOLDERS[name]
+    what = f"the official {_CIFAR_FOLDERS[name]} folder"
+    if not folder.is_dir():
+        raise missing_file(folder, root, name, what)
+    if name == "cifar10":
+        meta, names_key, labels_key, test = folder / "batches.meta", b"label_names", b"labels", folder / "test_batch"
+        train_files = _cifar10_train_files(folder, root)
+    else:
+        meta, names_key, labels_key, test = folder / "meta", b"fine_label_names", b"fine_labels", folder / "test"
+        train_files = [folder / "train"]
+    for path in (meta, *train_files, test):
+        if not path.is_file():
+            raise missing_file(path, root, name, what)
+    classes = _class_names(meta, names_key)
+    batches = [_cifar_batch(path, labels_key, len(classes)) for path in train_files]
+    test_images, test_labels = _cifar_batch(test, labels_key, len(classes))
+    return CifarArrays(
+        train_images=np.concatenate([images for images, _ in batches]),
+        train_labels=np.concatenate([labels for _, labels in batches]),
+        test_images=test_images,
+        test_labels=test_labels,
+        classes=classes,
+        n_train_batches=len(train_files),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ SVHN
+
+
+def read_svhn_test(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """SVHN cropped-digits test set (`root/svhn/test_32x32.mat`): uint8 images (N, 32, 32, 3) and int64
+    labels (N,) with the file's label 10 (its code for the digit 0) mapped to 0."""
+    root = Path(root)
+    path = root / "svhn" / "test_32x32.mat"
+    if not path.is_file():
+        raise missing_file(path, root, "svhn", "the official test_32x32.mat in a folder named svhn")
+    import scipy.io
+
+    try:
+        content = scipy.io.loadmat(path)
+    except (ValueError, OSError, NotImplementedError, TypeError, scipy.io.matlab.MatReadError) as error:
+        raise UsageError(f"{path}: not a MATLAB .mat file scipy can read ({type(error).__name__}: {error})") from None
+    if "X" not in content or "y" not in content:
+        raise UsageError(f"{path}: variables 'X' and 'y' expected, found {', '.join(sorted(content))}")
+    images, labels = np.asarray(content["X"]), np.asarray(content["y"])
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[:3] != (32, 32, 3):
+        raise UsageError(f"{path}: 'X' must be uint8 of shape (32, 32, 3, N), got {images.dtype} {images.shape}")
+    n = images.shape[3]
+    if labels.size != n or labels.dtype.kind not in "iuf":
+        raise UsageError(f"{path}: 'y' must hold {n} labels, got {labels.dtype} {labels.shape}")
+    labels = labels.reshape(n).astype(np.int64)
+    if n and (labels.min() < 0 or labels.max() > 10):
+        raise UsageError(f"{path}: labels must lie in 0..10, found {labels.min()}..{labels.max()}")
+    labels[labels == 10] = 0
+    return np.ascontiguousarray(images.transpose(3, 0, 1, 2)), labels
