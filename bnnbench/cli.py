@@ -207,14 +207,14 @@ def baseline_(
     results_dir: Annotated[Path, typer.Option(help="results to summarise")] = Path("results/runs"),
 ) -> None:
     """Write the seed-aggregated summary rows of a results directory as a baseline CSV."""
-    from bnnbench.compare import aggregate, summary_rows
+    from bnnbench.compare import BASELINE_DIGITS, aggregate, summary_rows
     from bnnbench.results import load_results, write_text_atomic
 
     runs, metrics = load_results(results_dir)
     if runs.empty:
         raise UsageError(f"no runs found under '{results_dir}'")
     table = summary_rows(aggregate(runs, metrics))
-    write_text_atomic(out_path, table.to_csv(index=False, float_format="%.6g"))
+    write_text_atomic(out_path, table.to_csv(index=False, float_format=f"%.{BASELINE_DIGITS}g"))
     out.print(f"wrote {len(table)} rows from {len(runs)} runs to {out_path}")
 
 

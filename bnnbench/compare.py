@@ -35,6 +35,7 @@ TASK_KEY = ["task", "task_version", "data_variant"]
 GROUP = [*TASK_KEY, "method", "config_hash"]
 DEFAULT_VARIANT = "standard"  # results written before variants existed, and tasks without any
 CELL = ["split", "corruption", "severity", "metric"]
+BASELINE_DIGITS = 6  # significant digits of the numbers `bnnbench baseline` writes
 BASELINE_COLUMNS = [*GROUP, *CELL, "mean", "stderr", "n", "n_failed"]
 MARKS = {"+": "worse", "-": "better", "~": "changed, not significant", "!": "newly failing", "*": "fixed",
          "x": "not comparable", "?": "missing from new results", " ": "unchanged"}
@@ -42,13 +43,16 @@ MARKS = {"+": "worse", "-": "better", "~": "changed, not significant", "!": "new
 
 @dataclass(frozen=True)
 class Tolerance:
-    """A change smaller than max(abs, rel · |baseline|) is noise."""
+    """A change smaller than max(abs, rel · |baseline|) is noise, and so is one within the rounding of a baseline
+    written with BASELINE_DIGITS significant digits (a metric without a tolerance would otherwise never match
+    its own re-run)."""
 
     abs: float = 0.0
     rel: float = 0.0
 
     def of(self, baseline: float) -> float:
-        return max(self.abs, self.rel * abs(baseline))
+        written = 0.5 * 10.0 ** (math.floor(math.log10(abs(baseline))) - BASELINE_DIGITS + 1) if baseline else 0.0
+        return max(self.abs, self.rel * abs(baseline), written)
 
 
 @dataclass(frozen=True)

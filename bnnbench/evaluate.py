@@ -81,8 +81,9 @@ def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], met
                 values = {f"{metric}_{score}": fn(test_scores[score], scores[score])
                           for score in scores for metric, fn in OOD_METRICS.items()}
             else:
-                targets = split.data.y.numpy()
-                values = {metric.name: metric.fn_for(likelihood.name)(mixture, targets) for metric in metrics}
+                mixture, targets = _in_series_units(likelihood, mixture, split.data)
+                values = {metric.name: metric.score(likelihood.name, mixture, targets, split.data.windows)
+                          for metric in metrics}
             if clean_test:
                 test_scores = scores
                 evaluation.test_predictions = likelihood.saved_predictions(mixture, targets)
@@ -95,6 +96,16 @@ def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], met
     evaluation.rows += _corruption_means(evaluation.rows)
     evaluation.seconds = time.perf_counter() - start
     return evaluation
+
+
+def _in_series_units(likelihood: Likelihood, mixture: np.ndarray, data: Split) -> tuple[np.ndarray, np.ndarray]:
+    """The mixture and the targets with each forecasting window's normalisation undone (as they are otherwise)."""
+    targets = data.y.numpy()
+    if data.windows is None:
+        return mixture, targets
+    shift, scale = data.windows.shift.double().numpy(), data.windows.scale.double().numpy()
+    return (likelihood.affine(mixture, shift, scale),
+            targets * scale.reshape(-1, *[1] * (targets.ndim - 1)) + shift.reshape(-1, *[1] * (targets.ndim - 1)))
 
 
 def _corruption_means(rows: list[dict]) -> list[dict]:

@@ -18,8 +18,8 @@ from torch import Tensor
 from bnnbench.errors import UsageError, unknown_choice
 from bnnbench.registry import Registry
 
-__all__ = ["LIKELIHOODS", "Categorical", "Gaussian", "Likelihood", "check_likelihood_options", "get_likelihood",
-           "mixture_log_predictive"]
+__all__ = ["LIKELIHOODS", "Categorical", "Gaussian", "Likelihood", "StudentT", "check_likelihood_options",
+           "get_likelihood", "mixture_log_predictive", "student_t_log_density"]
 
 
 def _float(outputs: Tensor) -> Tensor:
@@ -52,6 +52,11 @@ class Likelihood:
     def uncertainty(self, sample_predictive: Tensor, mixture: Tensor) -> dict[str, Tensor]:
         """Per-example uncertainty scores (name -> (B,)) for out-of-distribution detection; none by default."""
         return {}
+
+    def affine(self, mixture: np.ndarray, shift: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """The mixture of targets mapped by y -> shift + scale * y, per example ((N,) each): forecasting windows
+        are normalised by the data and scored in series units."""
+        raise UsageError(f"likelihood '{self.name}' has no real-valued targets to rescale")
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,10 @@ class Gaussian(Likelihood):
             return mean, torch.full_like(mean, math.log(self.noise_std))
         return outputs[..., 0], outputs[..., 1]
 
+    def fisher(self) -> tuple[float, float]:
+        """The Fisher information of one observation in (location, log scale), diag(a / scale², b): (a, b)."""
+        return 1.0, 2.0
+
     def log_likelihood(self, outputs: Tensor, targets: Tensor) -> Tensor:
         mean, log_std = self._mean_log_std(outputs)
         log_density = -0.5 * ((targets - mean) * torch.exp(-log_std)) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
@@ -121,15 +130,68 @@ class Gaussian(Likelihood):
     def mixture(self, sample_predictive: Tensor) -> Tensor:
         return sample_predictive.double().transpose(0, 1)
 
+    def affine(self, mixture: np.ndarray, shift: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """Each component N(m, s²) becomes N(shift + scale m, (scale s)²)."""
+        per_example = (-1, *[1] * (mixture.ndim - 2))
+        mean = shift.reshape(per_example) + scale.reshape(per_example) * mixture[..., 0]
+        return np.stack([mean, mixture[..., 1] + np.log(scale).reshape(per_example)], axis=-1)
+
     def saved_predictions(self, mixture: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
         mean, var = mixture_moments(mixture)
         return {"mean": mean, "var": var, "y": targets.astype(np.float64)}
 
 
+@dataclass(frozen=True)
+class StudentT(Gaussian):
+    """Student-t observations with `df` degrees of freedom (fixed) and learned location and scale: outputs
+    (B, ..., 2) are the location and the log scale. Heavier tails than the Gaussian for series with outliers.
+
+    One sample's predictive is (B, ..., 3): location, log scale and df (constant), so that the mixture carries
+    everything its metrics need; the mixture keeps every component, (B, S, ..., 3)."""
+
+    df: float = 3.0
+    noise_std: None = None
+
+    name = "student-t"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.df, int | float) and self.df > 2):
+            raise UsageError(f"student-t likelihood: df must be a number above 2 (finite variance), got {self.df!r}")
+        if self.noise_std is not None:
+            raise UsageError("student-t likelihood: its scale is learned; noise_std is not an option (valid: df)")
+
+    def fisher(self) -> tuple[float, float]:
+        return (self.df + 1) / (self.df + 3), 2 * self.df / (self.df + 3)
+
+    def log_likelihood(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        loc, log_scale = self._mean_log_std(outputs)
+        log_density = student_t_log_density(targets, loc, log_scale, self.df)
+        return log_density.reshape(len(targets), -1).sum(dim=1)
+
+    def log_predictive(self, outputs: Tensor) -> Tensor:
+        loc, log_scale = self._mean_log_std(outputs)
+        return torch.stack([loc, log_scale, torch.full_like(loc, float(self.df))], dim=-1)
+
+    def affine(self, mixture: np.ndarray, shift: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        moved = super().affine(mixture[..., :2], shift, scale)
+        return np.concatenate([moved, mixture[..., 2:]], axis=-1)
+
+
+def student_t_log_density(y, loc, log_scale, df: float):
+    """log t_df(y; loc, scale) elementwise, for tensors or arrays."""
+    lib = torch if isinstance(loc, Tensor) else np
+    z = (y - loc) * lib.exp(-log_scale)
+    constant = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    return constant - log_scale - (df + 1) / 2 * lib.log1p(z**2 / df)
+
+
 def mixture_moments(mixture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance of a Gaussian mixture given as (N, S, ..., 2) components (mean, log std):
+    """Mean and variance of a Gaussian (or Student-t) mixture given as (N, S, ..., 2) components (mean, log std)
+    (or (N, S, ..., 3) with df: a component's variance is scale² df / (df - 2)):
     variance = mean of the component variances + variance of the component means."""
     means, variances = mixture[..., 0], np.exp(2 * mixture[..., 1])
+    if mixture.shape[-1] == 3:
+        variances = variances * mixture[..., 2] / (mixture[..., 2] - 2)
     mean = means.mean(axis=1)
     return mean, variances.mean(axis=1) + means.var(axis=1)
 
@@ -147,6 +209,7 @@ def mixture_log_predictive(sample_log_probs: Tensor) -> Tensor:
 LIKELIHOODS: Registry[type[Likelihood]] = Registry("likelihood")
 LIKELIHOODS.register("categorical", Categorical, "class index targets, softmax over logits")
 LIKELIHOODS.register("gaussian", Gaussian, "real targets; option noise_std fixes the noise, else learned")
+LIKELIHOODS.register("student-t", StudentT, "real targets, heavy tails; option df (default 3), scale learned")
 
 
 def check_likelihood_options(name: str, options: dict[str, Any], where: str) -> None:

@@ -10,6 +10,8 @@ and integer labels (N,). Conventions (uncertainty-baselines / Ovadia et al. 2019
 Gaussian regression: mixture components (N, S, ..., 2) as (mean, log std) and real targets (N, ...).
 - `nll`: mean over examples of -log mean_s N(y; m_s, s_s^2), exact (logsumexp over components).
 - `mse`: squared error of the mixture mean, averaged over examples (and target dimensions).
+Forecasting (Gaussian mixtures over windows, in series units; `bnnbench.forecast_metrics`): `crps`, `mase`,
+`smape`, `mae`, `wql`, `coverage_50`, `coverage_90`. They take the split's `Windows` as a third argument.
 Out-of-distribution detection (`auroc_*`, `aupr_*`) scores how well an uncertainty score (`entropy` of the
 mixture, or `mi`, its epistemic part) separates OOD inputs (the positive class) from the clean test split.
 Posterior fidelity (`w2_mean_err`, `var_ratio`, `pred_var_ratio`) compares a method's parameter posterior
@@ -24,7 +26,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bnnbench import forecast_metrics as forecast
+from bnnbench.errors import UsageError
 from bnnbench.registry import Registry
+from bnnbench.types import Windows
 
 __all__ = ["METRICS", "OOD_METRICS", "Metric", "accuracy", "aupr", "auroc", "brier_score",
            "expected_calibration_error", "gaussian_mse", "gaussian_nll", "metrics_for", "negative_log_likelihood"]
@@ -42,12 +47,21 @@ class Metric:
 
     name: str
     higher_is_better: bool
-    fns: dict[str, Callable[[np.ndarray, np.ndarray], float]] = field(default_factory=dict)
+    fns: dict[str, Callable[..., float]] = field(default_factory=dict)
     optimum: float | None = None
+    needs_windows: bool = False  # forecasting metrics: fn(mixture, targets, windows)
 
-    def fn_for(self, likelihood: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    def fn_for(self, likelihood: str) -> Callable[..., float]:
         """The metric's function for predictions of `likelihood` (a task's metrics are checked up front)."""
         return self.fns[likelihood]
+
+    def score(self, likelihood: str, mixture: np.ndarray, targets: np.ndarray, windows: Windows | None) -> float:
+        """The metric of a split's mixture predictive; forecasting metrics also read the split's windows."""
+        if not self.needs_windows:
+            return self.fn_for(likelihood)(mixture, targets)
+        if windows is None:
+            raise UsageError(f"metric '{self.name}' scores forecasting windows; this task's data has none")
+        return self.fn_for(likelihood)(mixture, targets, windows)
 
     def badness(self, value: float) -> float:
         """A number that orders values from best (lowest) to worst, whatever the direction."""
@@ -96,6 +110,17 @@ def gaussian_nll(mixture: np.ndarray, targets: np.ndarray) -> float:
     return float(-np.mean(mixed))
 
 
+def student_t_nll(mixture: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over examples of -log of the Student-t mixture density at the target; components (N, S, ..., 3)."""
+    from bnnbench.likelihoods import student_t_log_density
+
+    df = float(mixture[(0,) * (mixture.ndim - 1) + (2,)])
+    log_density = student_t_log_density(targets[:, None], mixture[..., 0], mixture[..., 1], df)
+    per_example = log_density.reshape(*log_density.shape[:2], -1).sum(axis=2)
+    mixed = np.logaddexp.reduce(per_example, axis=1) - math.log(mixture.shape[1])
+    return float(-np.mean(mixed))
+
+
 def gaussian_mse(mixture: np.ndarray, targets: np.ndarray) -> float:
     """Mean squared error of the mixture mean."""
     return float(np.mean((mixture[..., 0].mean(axis=1) - targets) ** 2))
@@ -125,14 +150,34 @@ def aupr(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     return float(np.sum(precision * recall_gain))
 
 
+def _real(fn: Callable[..., float]) -> dict[str, Callable[..., float]]:
+    """One function for both real-valued likelihoods (their mixtures share the (mean, log scale[, df]) layout)."""
+    return {"gaussian": fn, "student-t": fn}
+
+
 METRICS: Registry[Metric] = Registry("metric")
 for _metric, _summary in (
     (Metric("acc", True, {"categorical": accuracy}), "accuracy of the top class"),
-    (Metric("nll", False, {"categorical": negative_log_likelihood, "gaussian": gaussian_nll}),
+    (Metric("nll", False, {"categorical": negative_log_likelihood, "gaussian": gaussian_nll,
+                           "student-t": student_t_nll}),
      "negative log predictive density"),
     (Metric("ece", False, {"categorical": expected_calibration_error}), "expected calibration error, 15 bins"),
     (Metric("brier", False, {"categorical": brier_score}), "Brier score, summed over classes"),
-    (Metric("mse", False, {"gaussian": gaussian_mse}), "squared error of the predictive mean"),
+    (Metric("mse", False, _real(gaussian_mse)), "squared error of the predictive mean"),
+    (Metric("crps", False, _real(forecast.crps), needs_windows=True),
+     "CRPS of the forecast samples, mean over windows and steps, series units"),
+    (Metric("mase", False, _real(forecast.gluonts_metric("mase")), needs_windows=True),
+     "mean absolute scaled error of the median forecast (gluonts)"),
+    (Metric("smape", False, _real(forecast.gluonts_metric("smape")), needs_windows=True),
+     "symmetric mean absolute percentage error of the median forecast (gluonts)"),
+    (Metric("mae", False, _real(forecast.gluonts_metric("mae")), needs_windows=True),
+     "mean absolute error of the median forecast (gluonts)"),
+    (Metric("wql", False, _real(forecast.gluonts_metric("wql")), needs_windows=True),
+     "mean weighted quantile loss over levels 0.1..0.9 (gluonts)"),
+    (Metric("coverage_50", False, _real(forecast.coverage(0.5)), optimum=0.5, needs_windows=True),
+     "fraction of targets inside the central 50% forecast interval"),
+    (Metric("coverage_90", False, _real(forecast.coverage(0.9)), optimum=0.9, needs_windows=True),
+     "fraction of targets inside the central 90% forecast interval"),
     (Metric("auroc_entropy", True), "OOD detection AUROC of the predictive entropy (OOD positive)"),
     (Metric("aupr_entropy", True), "OOD detection average precision of the predictive entropy (OOD positive)"),
     (Metric("auroc_mi", True), "OOD detection AUROC of the mutual information (methods with samples)"),
@@ -149,8 +194,9 @@ POSTERIOR_METRICS = ("w2_mean_err", "var_ratio", "pred_var_ratio")  # need an ex
 OOD_METRICS = {"auroc": auroc, "aupr": aupr}  # each of a likelihood's uncertainty scores: f"{name}_{score}"
 
 
-def metrics_for(likelihood: str, with_reference: bool = False) -> list[str]:
+def metrics_for(likelihood: str, with_reference: bool = False, forecasting: bool = False) -> list[str]:
     """Names of the metrics defined for a likelihood (and the posterior-fidelity ones when the task has an
-    exact reference posterior)."""
-    names = [name for name in METRICS.names() if likelihood in METRICS.get(name).fns]
+    exact reference posterior, the forecasting ones when its data are forecasting windows)."""
+    names = [name for name in METRICS.names() if likelihood in METRICS.get(name).fns
+             and (forecasting or not METRICS.get(name).needs_windows)]
     return names + list(POSTERIOR_METRICS) if with_reference else names

@@ -223,8 +223,10 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
 def metric_names(task: TaskSpec) -> list[str]:
     """The metrics a task's [eval] table names, else every metric its likelihood (and reference) defines."""
     from bnnbench.metrics import metrics_for
+    from bnnbench.tasks import is_forecasting
 
-    return task.eval.get("metrics") or metrics_for(task.likelihood, with_reference="reference" in task.eval)
+    return task.eval.get("metrics") or metrics_for(task.likelihood, with_reference="reference" in task.eval,
+                                                   forecasting=is_forecasting(task))
 
 
 def _base_record(plan: RunPlan, run_id: str, seed: int) -> dict[str, Any]:

@@ -35,7 +35,7 @@ _EVAL_KEYS = {"metrics", "corruptions", "severities", "batch_size", "corruption_
               "reference"}
 # The names in bnnbench.likelihoods.LIKELIHOODS (a test keeps them equal), here so that parsing a task
 # file imports no torch.
-LIKELIHOOD_NAMES = ("categorical", "gaussian")
+LIKELIHOOD_NAMES = ("categorical", "gaussian", "student-t")
 
 
 def builtin_tasks_dir() -> Path:
@@ -168,6 +168,11 @@ def _budget(table: dict[str, Any], base: Budget, where: str, prefix: str) -> Bud
     return Budget(**merged)
 
 
+def is_forecasting(task: TaskSpec) -> bool:
+    """Whether the task's data are forecasting windows (its metrics may then read them)."""
+    return task.data.get("source") == "timeseries"
+
+
 def validate_task(task: TaskSpec) -> None:
     """Check every name and key the task refers to (imports the data, model and method modules)."""
     from bnnbench.data import check_data_config
@@ -190,7 +195,8 @@ def validate_task(task: TaskSpec) -> None:
     for key in task.train:
         if key not in train_keys:
             raise unknown_choice("key", f"train.{key}", [f"train.{k}" for k in train_keys], where)
-    valid_metrics = metrics_for(task.likelihood, with_reference="reference" in task.eval)
+    valid_metrics = metrics_for(task.likelihood, with_reference="reference" in task.eval,
+                                forecasting=is_forecasting(task))
     for name in task.eval.get("metrics", []):
         if name not in valid_metrics:
             raise unknown_choice("metric in eval.metrics", name, valid_metrics, where)

@@ -21,6 +21,7 @@ __all__ = [
     "Predictive",
     "Split",
     "TaskSpec",
+    "Windows",
 ]
 
 
@@ -54,11 +55,24 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
+class Windows:
+    """Per-example facts of forecasting windows that the evaluator needs, each (N,): the normalisation the
+    data applied to each window (`y = (series - shift) / scale`), which it undoes before scoring, and the
+    seasonal naive error of the history before the window (MASE's scale), in series units."""
+
+    shift: Tensor
+    scale: Tensor
+    seasonal_error: Tensor
+
+
+@dataclass(frozen=True)
 class Split:
-    """Inputs and targets held in memory as tensors (small tasks; large ones index lazily later)."""
+    """Inputs and targets held in memory as tensors (small tasks; large ones index lazily later).
+    Forecasting splits hold normalised windows and say how to map them back (`windows`)."""
 
     x: Tensor
     y: Tensor
+    windows: Windows | None = None
 
     def __len__(self) -> int:
         return len(self.y)

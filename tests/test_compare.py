@@ -186,3 +186,14 @@ def test_data_variants_never_mix_in_aggregates_or_the_check():
     assert result["mark"].tolist() == ["?"]
     board = leaderboard(pd.concat([official_runs, generated_runs]), table)
     assert sorted(board[board["column"] == "nll"]["data_variant"]) == ["c-generated", "c-official"]
+
+
+def test_a_rerun_matches_a_baseline_rounded_to_its_written_digits():
+    """A metric with no configured tolerance still matches its own re-run: the baseline file keeps 6 significant
+    digits, and a difference inside that rounding is no change; one just outside is."""
+    from bnnbench.compare import Tolerance
+
+    assert Tolerance().of(14.7132) == pytest.approx(5e-5)
+    assert Tolerance().of(0.000712345) == pytest.approx(5e-10)
+    assert Tolerance().of(0.0) == 0.0
+    assert abs(14.71318 - 14.7132) <= Tolerance().of(14.7132) < abs(14.71326 - 14.7132)

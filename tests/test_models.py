@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bnnbench.data import load_data
+from bnnbench.data.timeseries import EMBEDDED
 from bnnbench.errors import UsageError
 from bnnbench.models import create_model
 from bnnbench.tasks import list_tasks, load_task
@@ -19,6 +20,9 @@ def test_task_models_map_inputs_to_outputs(name):
     if task.data["source"] in IMAGE_FILES:  # the network does not need the pixels: random images of the shape
         shape, outputs_wanted = IMAGE_FILES[task.data["source"]]
         x = torch.rand(4, *shape)
+    elif task.data["source"] == "timeseries" and task.data["dataset"] not in EMBEDDED:  # random windows
+        shape, outputs_wanted = (task.data["context_length"],), task.data["prediction_length"]
+        x = torch.randn(4, *shape)
     else:
         bundle = load_data(task.data).bundle
         shape, outputs_wanted, x = bundle.input_shape, bundle.num_outputs, bundle.train.x[:4]
@@ -27,8 +31,8 @@ def test_task_models_map_inputs_to_outputs(name):
         model.eval()  # running statistics: in training mode BatchNorm mixes the batch by design
     x = x.clone().requires_grad_(True)
     outputs = model(x)
-    assert outputs.shape == (4, outputs_wanted) and torch.isfinite(outputs).all()
-    outputs[0, 0].backward()
+    assert outputs.shape[:2] == (4, outputs_wanted) and torch.isfinite(outputs).all()  # forecasts: (B, H, C)
+    outputs[0, 0].sum().backward()
     assert x.grad[1:].abs().sum() == 0  # examples do not mix (no batch statistics)
     assert x.grad[0].abs().sum() > 0
 

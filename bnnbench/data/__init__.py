@@ -26,6 +26,7 @@ DATA_SOURCES = {  # source name -> module
     "diabetes": "bnnbench.data.diabetes",
     "cifar10": "bnnbench.data.cifar",
     "cifar100": "bnnbench.data.cifar",
+    "timeseries": "bnnbench.data.timeseries",
 }
 
 

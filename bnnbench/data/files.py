@@ -24,7 +24,7 @@ __all__ = ["DATA_ENV", "CifarArrays", "data_root", "missing_file", "read_cifar",
 
 DATA_ENV = "BNNBENCH_DATA"
 
-_ROOT_HINT = "choose the data root with --data-dir or $" + DATA_ENV
+ROOT_HINT = "choose the data root with --data-dir or $" + DATA_ENV
 _CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _CIFAR10_MAX_BATCHES = 5
 _PIXELS = 32 * 32 * 3
@@ -43,7 +43,7 @@ def data_root(explicit: str | Path | None = None) -> Path:
 def missing_file(path: Path, root: Path, name: str, what: str) -> UsageError:
     """The error for a missing data file: what to download, or where to put a copy."""
     return UsageError(f"{path} not found; run `bnnbench data download {name}` or put {what} under {root} "
-                      f"({_ROOT_HINT})")
+                      f"({ROOT_HINT})")
 
 
 # ----------------------------------------------------------------------------------------------- CIFAR

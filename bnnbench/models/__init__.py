@@ -24,6 +24,9 @@ MODELS = {
     "cnn": "bnnbench.models.small:cnn",
     "vit": "bnnbench.models.vit:vit",
     "resnet": "bnnbench.models.resnet:resnet",
+    "forecast-mlp": "bnnbench.models.forecast:forecast_mlp",
+    "dlinear": "bnnbench.models.forecast:dlinear",
+    "patchtst": "bnnbench.models.forecast:patchtst",
 }
 
 

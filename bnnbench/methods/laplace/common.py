@@ -10,6 +10,9 @@ N(0, 1/prior_precision) (the task's weight decay is not used), so the Laplace ap
 its own prior puts the mode: on a linear-Gaussian model it is then the exact posterior. With a tuned prior
 (`val`, `marglik`) MAP uses the task's AdamW weight decay and the prior precision is tuned afterwards, as in
 laplace-torch's post-hoc workflow.
+
+Regression with per-step outputs (forecasting) or a learned noise scale goes through `RegressionView`, which
+shows laplace-torch flat outputs whose unit-noise regression GGN is the Gaussian's Fisher GGN (see there).
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from bnnbench.params import math_attention
 from bnnbench.train import LoopResult, TrainConfig, loop_config
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Split, TaskSpec
 
-__all__ = ["LaplaceHparams", "LaplacePredictive", "check_memory", "curvature_bytes", "data_loader", "fit_laplace",
-           "jacobian_rows", "laplace_backend", "parameter_indices", "train_map_phase"]
+__all__ = ["LaplaceHparams", "LaplacePredictive", "RegressionView", "check_memory", "curvature_bytes", "data_loader",
+           "fit_laplace", "jacobian_rows", "laplace_backend", "parameter_indices", "train_map_phase"]
 
 PRED_TYPES = ("glm", "nn")
 LINK_APPROXIMATIONS = ("probit", "mc")
@@ -78,18 +81,80 @@ class LaplaceHparams(TrainConfig):
 
 
 def _laplace_likelihood(likelihood: Likelihood) -> tuple[str, float]:
-    """laplace-torch's likelihood name and noise std for a bnnbench likelihood."""
+    """laplace-torch's likelihood name and noise std for a bnnbench likelihood (a learned noise scale is
+    handled by `RegressionView`, with unit noise)."""
     if isinstance(likelihood, Categorical):
         return "classification", 1.0
-    if isinstance(likelihood, Gaussian) and likelihood.noise_std is not None:
-        return "regression", float(likelihood.noise_std)
-    raise UsageError("the Laplace methods need a categorical likelihood or a gaussian one with fixed noise_std; "
-                     "a learned noise (two outputs) has no GGN in laplace-torch")
+    if isinstance(likelihood, Gaussian):
+        return "regression", 1.0 if likelihood.noise_std is None else float(likelihood.noise_std)
+    raise UsageError(f"the Laplace methods take a categorical or gaussian likelihood, not '{likelihood.name}'")
 
 
-def data_loader(split: Split, batch_size: int, regression: bool) -> DataLoader:
-    """A split as laplace-torch takes it; regression targets as (N, 1) like the network's outputs."""
-    targets = split.y.reshape(-1, 1).to(split.x.dtype) if regression else split.y
+class RegressionView(nn.Module):
+    """The network as laplace-torch sees it on regression with per-step outputs (B, H, C): flat outputs (B, K).
+
+    Fixed noise (C = 1): the means (B, H). Learned scale (C = 2, location μ and log σ), with the likelihood's Fisher
+    diag(a / σ², b) in (μ, log σ) (Gaussian a = 1, b = 2; Student-t a = (ν+1)/(ν+3), b = 2ν/(ν+3)):
+    g = (√a μ / sg(σ), √b log σ) with sg a stop-gradient, so g's Jacobian is (√a J_μ / σ, √b J_logσ) and
+    laplace-torch's regression GGN with unit noise, Σ Jᵀ J, is the likelihood's Fisher GGN
+    Σ a J_μᵀ J_μ / σ² + b J_logσᵀ J_logσ. laplace-torch has no heteroscedastic likelihood of its own
+    (aleximmer/Laplace#153). Its training targets are g's at the data, (√a y / σ, √b log σ) with σ at the MAP.
+    """
+
+    def __init__(self, network: nn.Module, likelihood: Gaussian) -> None:
+        super().__init__()
+        self.network, self.learned_scale = network, likelihood.noise_std is None
+        self.root_a, self.root_b = (math.sqrt(value) for value in likelihood.fisher())
+        inner = getattr(network, "bnnbench_last_layer", None)
+        if inner is not None:
+            self.bnnbench_last_layer = f"network.{inner}" if inner else "network"
+
+    @staticmethod
+    def needed(model: nn.Module, likelihood: Likelihood, x: Tensor) -> bool:
+        """Whether laplace-torch needs the view: a learned scale, or outputs with more than (B, 1) shape."""
+        if not isinstance(likelihood, Gaussian):
+            return False
+        with torch.no_grad():
+            shape = model(x[:1]).shape
+        return likelihood.noise_std is None or len(shape) > 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        outputs = self.network(x)
+        if not self.learned_scale:
+            return outputs[..., 0].flatten(1)
+        mean, log_std = outputs[..., 0].flatten(1), outputs[..., 1].flatten(1)
+        return torch.cat([self.root_a * mean * torch.exp(-log_std.detach()), self.root_b * log_std], dim=1)
+
+    @torch.no_grad()
+    def targets(self, split: Split) -> Tensor:
+        """g at the data: what laplace-torch's loss and SWAG subnetwork selection compare outputs with."""
+        y = split.y.reshape(len(split.y), -1).to(split.x.dtype)
+        if not self.learned_scale:
+            return y
+        log_std = self.network(split.x)[..., 1].flatten(1)
+        return torch.cat([self.root_a * y * torch.exp(-log_std), self.root_b * log_std], dim=1)
+
+    def network_outputs(self, flat: Tensor, x: Tensor, linearised: bool) -> Tensor:
+        """Samples of g (S, B, K) back to the network's (S, B, H, C). For the linearised network σ in μ / σ is
+        the MAP's (the stop-gradient keeps it out of the linearisation); for sampled weights it is the sample's."""
+        if not self.learned_scale:
+            return flat.unsqueeze(-1)
+        scaled_mean, log_std = flat.chunk(2, dim=-1)
+        scaled_mean, log_std = scaled_mean / self.root_a, log_std / self.root_b
+        if linearised:
+            with torch.no_grad():
+                scale = torch.exp(self.network(x)[..., 1].flatten(1))
+        else:
+            scale = torch.exp(log_std)
+        return torch.stack([scaled_mean * scale, log_std], dim=-1)
+
+
+def data_loader(split: Split, batch_size: int, regression: bool, view: RegressionView | None = None) -> DataLoader:
+    """A split as laplace-torch takes it; regression targets as (N, K) like the (viewed) network's outputs."""
+    if view is not None:
+        targets = view.targets(split)
+    else:
+        targets = split.y.reshape(len(split.y), -1).to(split.x.dtype) if regression else split.y
     return DataLoader(TensorDataset(split.x, targets), batch_size=batch_size)
 
 
@@ -103,6 +168,8 @@ def laplace_backend(model: nn.Module):
     34 s through curvlinops, same values), else laplace-torch's default (curvlinops, any architecture)."""
     from laplace.curvature import BackPackGGN
 
+    if isinstance(model, RegressionView):  # BackPack extends module graphs, not the view's tensor operations
+        return None
     leaves = [module for module in model.modules() if not list(module.children())]
     return BackPackGGN if all(isinstance(module, BACKPACK_MODULES) for module in leaves) else None
 
@@ -160,15 +227,15 @@ class LaplacePredictive:
     """
 
     def __init__(self, laplace: Any, model: nn.Module, indices: Tensor | None, likelihood: Likelihood,
-                 pred_type: str, link_approx: str) -> None:
+                 pred_type: str, link_approx: str, view: RegressionView | None = None) -> None:
         self.laplace, self.model, self.indices, self.likelihood = laplace, model, indices, likelihood
-        self.pred_type, self.link_approx = pred_type, link_approx
+        self.pred_type, self.link_approx, self.view = pred_type, link_approx, view
         self.regression = isinstance(likelihood, Gaussian)
 
     def parameter_moments(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Posterior mean and marginal variance per model parameter; weights outside the posterior (last
         layer, subnetwork) are point masses at MAP."""
-        named = list(self.model.named_parameters())
+        named = list((self.model if self.view is None else self.view.network).named_parameters())
         mean = torch.cat([value.detach().reshape(-1) for _, value in named])
         variance = torch.zeros_like(mean)
         where = slice(None) if self.indices is None else self.indices
@@ -189,17 +256,39 @@ class LaplacePredictive:
 
     def _predict(self, x: Tensor, n_samples: int) -> Tensor:
         self.laplace.model.eval()
-        if self.pred_type == "glm" and self.regression:
+        learned_scale = self.view is not None and self.view.learned_scale
+        if self.pred_type == "glm" and self.regression and not learned_scale:
             with torch.no_grad():
                 mean, variance = self.laplace(x, pred_type="glm")
+            variance = variance.diagonal(dim1=-2, dim2=-1) if variance.dim() == 3 else variance
             std = (variance.reshape(len(x), -1) + self.laplace.sigma_noise.item() ** 2).sqrt()
-            return torch.stack([mean.reshape(len(x), -1), std.log()], dim=-1).squeeze(-2).unsqueeze(0)
-        if self.pred_type == "glm" and self.link_approx == "probit":
+            moments = torch.stack([mean.reshape(len(x), -1), std.log()], dim=-1)
+            return (moments if self.view is not None else moments.squeeze(-2)).unsqueeze(0)
+        if self.pred_type == "glm" and self.link_approx == "probit" and not self.regression:
             with torch.no_grad():
                 probabilities = self.laplace(x, pred_type="glm", link_approx="probit")
             return probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log().unsqueeze(0)
-        outputs = self.laplace.functional_samples(x, pred_type=self.pred_type, n_samples=max(n_samples, 1))
-        return self.likelihood.log_predictive(outputs.detach())
+        if self.pred_type == "glm" and learned_scale:
+            outputs = self._glm_samples(x, max(n_samples, 1))
+        else:
+            outputs = self.laplace.functional_samples(x, pred_type=self.pred_type,
+                                                      n_samples=max(n_samples, 1)).detach()
+        if self.view is not None:
+            outputs = self.view.network_outputs(outputs, x, linearised=self.pred_type == "glm")
+        return self.likelihood.log_predictive(outputs)
+
+
+    def _glm_samples(self, x: Tensor, n_samples: int) -> Tensor:
+        """Samples (S, B, K) of the linearised outputs N(f_μ, J Σ Jᵀ). laplace-torch's own sampler takes a
+        Cholesky factor of each (K, K) output covariance, which fails when some outputs do not depend on the
+        posterior's weights (a subnetwork: measured on ts-taylor-dlinear, every seed); the symmetric square root
+        from the eigendecomposition, with rounding-negative eigenvalues set to 0, samples the same Gaussian."""
+        with torch.no_grad():
+            mean, covariance = self.laplace(x, pred_type="glm")
+            values, vectors = torch.linalg.eigh(covariance)
+            root = vectors * values.clamp_min(0).sqrt().unsqueeze(-2)
+            noise = torch.randn(n_samples, *mean.shape, dtype=mean.dtype, device=mean.device)
+            return mean + torch.einsum("bij,sbj->sbi", root, noise)
 
 
 def marginal_variance(laplace: Any) -> Tensor:
@@ -247,6 +336,9 @@ def fit_laplace(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budg
     likelihood = get_likelihood(task.likelihood, task.likelihood_options)
     laplace_likelihood, noise_std = _laplace_likelihood(likelihood)
     regression = laplace_likelihood == "regression"
+    if hparams.tune == "val" and isinstance(likelihood, Gaussian) and likelihood.noise_std is None:
+        raise UsageError(f"{method}: tune=val scores laplace-torch's homoscedastic predictive, which a learned noise "
+                         "scale does not have; use tune=marglik (the evidence is exact for it) or tune=none")
     if hparams.tune == "val" and len(data.val) == 0:
         raise UsageError(f"{method}: tune=val needs a validation split and task '{task.name}' has none; "
                          "use tune=marglik or tune=none")
@@ -255,17 +347,19 @@ def fit_laplace(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budg
     start = time.perf_counter()
     device = context.device
     train = Split(data.train.x.to(device), data.train.y.to(device))
+    view = RegressionView(model, likelihood) if RegressionView.needed(model, likelihood, train.x) else None
+    network = model if view is None else view
     with math_attention():
-        laplace, indices = make_laplace(model, laplace_likelihood, noise_std, hparams.prior_precision, train)
-        rows = jacobian_rows(model, train.x)
-        laplace.fit(data_loader(train, rows, regression))
+        laplace, indices = make_laplace(network, laplace_likelihood, noise_std, hparams.prior_precision, train)
+        rows = jacobian_rows(network, train.x)
+        laplace.fit(data_loader(train, rows, regression, view))
         fit_seconds = time.perf_counter() - start
         if hparams.tune == "val":
             val = Split(data.val.x.to(device), data.val.y.to(device))
             laplace.optimize_prior_precision(
                 method="gridsearch", pred_type=hparams.pred_type, link_approx=hparams.link_approx,
                 prior_structure="scalar", init_prior_prec=hparams.prior_precision,
-                val_loader=data_loader(val, rows, regression), grid_size=hparams.grid_size,
+                val_loader=data_loader(val, rows, regression, view), grid_size=hparams.grid_size,
                 log_prior_prec_min=-4, log_prior_prec_max=8, progress_bar=False)
         elif hparams.tune == "marglik":
             laplace.optimize_prior_precision(method="marglik", pred_type=hparams.pred_type,
@@ -278,4 +372,4 @@ def fit_laplace(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budg
                           "prior_precision": prior_precision.mean().item(),
                           "n_posterior_params": int(laplace.n_params if indices is None else len(indices)),
                           **(extra or {})})
-    return LaplacePredictive(laplace, model, indices, likelihood, hparams.pred_type, hparams.link_approx), info
+    return LaplacePredictive(laplace, network, indices, likelihood, hparams.pred_type, hparams.link_approx, view), info

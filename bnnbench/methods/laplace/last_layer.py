@@ -1,5 +1,9 @@
 """`laplace-ll`: last-layer Laplace (laplace-torch `LLLaplace`), the output `nn.Linear` the model factory names
-(`bnnbench.models.last_layer_name`); every other weight stays at MAP. Default hessian kron, as laplace-torch's."""
+(`bnnbench.models.last_layer_name`); every other weight stays at MAP. Default hessian kron, as laplace-torch's.
+
+On regression through `RegressionView` (per-step outputs, learned noise scale) the head is not the viewed model's
+last operation, which `LLLaplace` assumes; there the same posterior is laplace-torch's all-weights Laplace with
+every weight but the output layer's frozen (laplace-torch covers the parameters that require gradients)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from dataclasses import dataclass
 
 from bnnbench.methods.laplace.common import (
     LaplaceHparams,
+    RegressionView,
     check_memory,
     fit_laplace,
     laplace_backend,
@@ -38,6 +43,14 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
                  hparams.max_curvature_gb, "laplace-ll", "hessian=kron or hessian=diag")
 
     def make(network, likelihood, noise_std, prior_precision, train):
+        if isinstance(network, RegressionView):
+            viewed_name = last_layer_name(network)
+            for parameter_name, parameter in network.named_parameters():
+                parameter.requires_grad_(parameter_name.startswith(viewed_name + "."))
+            laplace = Laplace(network, likelihood, subset_of_weights="all", hessian_structure=hparams.hessian,
+                              sigma_noise=noise_std, prior_precision=prior_precision,
+                              backend=laplace_backend(network))
+            return laplace, parameter_indices(network, viewed_name)
         laplace = Laplace(network, likelihood, subset_of_weights="last_layer", hessian_structure=hparams.hessian,
                           sigma_noise=noise_std, prior_precision=prior_precision, last_layer_name=name,
                           backend=laplace_backend(network))

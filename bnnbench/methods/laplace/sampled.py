@@ -96,21 +96,25 @@ def build(**hparams) -> Method:
 
 class OutputCurvature:
     """H_i, the Hessian of −log p(y_i | f_i) in the outputs f_i at the MAP (the GGN's inner factor), as products:
-    categorical diag(p) − ppᵀ, gaussian I/σ². `sqrt_product` applies L_i with L_i L_iᵀ = H_i; for the softmax,
+    categorical diag(p) − ppᵀ, gaussian I/σ² (learned scale σ: the Fisher diag(a/σ², b) in (μ, log σ),
+    `Likelihood.fisher`). `sqrt_product` applies L_i with L_i L_iᵀ = H_i; for the softmax,
     L = diag(√p) − p√pᵀ (it squares to diag(p) − ppᵀ because Σ p = 1)."""
 
     def __init__(self, likelihood: Likelihood, outputs: Tensor) -> None:
         self.check(likelihood)
         if isinstance(likelihood, Categorical):
             self.probs, self.precision = torch.softmax(outputs, dim=-1), None
+        elif likelihood.noise_std is None:  # outputs (μ, log σ): the Fisher diag(a/σ², b), per output
+            a, b = likelihood.fisher()
+            self.probs = None
+            self.precision = torch.stack([a * torch.exp(-2 * outputs[..., 1]), torch.full_like(outputs[..., 1], b)], -1)
         else:
             self.probs, self.precision = None, likelihood.noise_std ** -2
 
     @staticmethod
     def check(likelihood: Likelihood) -> None:
-        if not (isinstance(likelihood, Categorical)
-                or isinstance(likelihood, Gaussian) and likelihood.noise_std is not None):
-            raise UsageError("sampled-laplace needs a categorical likelihood or a gaussian one with fixed noise_std")
+        if not isinstance(likelihood, Categorical | Gaussian):
+            raise UsageError(f"sampled-laplace takes a categorical or gaussian likelihood, not '{likelihood.name}'")
 
     def product(self, vectors: Tensor) -> Tensor:
         if self.probs is None:
@@ -119,7 +123,8 @@ class OutputCurvature:
 
     def sqrt_product(self, vectors: Tensor) -> Tensor:
         if self.probs is None:
-            return vectors * math.sqrt(self.precision)
+            return vectors * (self.precision.sqrt() if isinstance(self.precision, Tensor)
+                              else math.sqrt(self.precision))
         root = self.probs.sqrt()
         return root * vectors - self.probs * (root * vectors).sum(-1, keepdim=True)
 
@@ -320,6 +325,9 @@ class SampledLaplacePredictive:
         if self.link_approx == "mc":
             return self.likelihood.log_predictive(outputs + offsets)
         variance = (offsets ** 2).mean(0)
+        if isinstance(self.likelihood, Gaussian) and self.likelihood.noise_std is None:
+            # the noise is an output too: no closed form, so the linearised samples are mixed
+            return self.likelihood.log_predictive(outputs + offsets)
         if isinstance(self.likelihood, Gaussian):
             std = (variance + self.likelihood.noise_std ** 2).sqrt()
             return torch.stack([outputs, std.log()], dim=-1).squeeze(-2).unsqueeze(0)

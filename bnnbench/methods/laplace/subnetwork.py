@@ -22,6 +22,7 @@ import torch
 from bnnbench.errors import UsageError
 from bnnbench.methods.laplace.common import (
     LaplaceHparams,
+    RegressionView,
     check_memory,
     data_loader,
     fit_laplace,
@@ -80,7 +81,8 @@ def select_subnetwork(model, likelihood: str, selection: str, n_params: int, tra
     else:
         torch.manual_seed(seed)
         mask = RandomSubnetMask(model, n_params)
-    indices = mask.select(data_loader(train, rows, likelihood == "regression"))
+    view = model if isinstance(model, RegressionView) else None
+    indices = mask.select(data_loader(train, rows, likelihood == "regression", view))
     return indices.sort().values.cpu()  # laplace-torch checks for a (CPU) torch.LongTensor; it indexes CUDA with it
 
 
