@@ -85,26 +85,37 @@ def test_set_overrides_change_the_run_id(cli, results_dir):
     assert sorted(r["hparams"]["lr"] for r in records) == [1e-3, 2e-3]
 
 
-CI_GATES = [("map", "elbo-vi", "score-vi"), ("laplace-ll", "laplace-all", "sampled-laplace"),
-            ("ensemble", "mc-dropout", "swag", "rank1"),
-            pytest.param(("laplace-subnet",), marks=pytest.mark.slow)]  # its GLM predictive: ~2 min per seed
+# (task, methods, baseline rows per method): digits 4 metrics x 8 (split, severity) summaries; ts-co2-mlp 9
+# metrics x (val, test).
+DIGITS_ROWS, FORECAST_ROWS = 32, 18
+CI_GATES = [("digits-mlp", ("map", "elbo-vi", "score-vi"), DIGITS_ROWS),
+            ("digits-mlp", ("laplace-ll", "laplace-all", "sampled-laplace"), DIGITS_ROWS),
+            ("digits-mlp", ("ensemble", "mc-dropout", "swag", "rank1"), DIGITS_ROWS),
+            pytest.param("digits-mlp", ("laplace-subnet",), DIGITS_ROWS,
+                         marks=pytest.mark.slow),  # its GLM predictive: ~2 min per seed
+            ("ts-co2-mlp", ("map", "elbo-vi", "score-vi", "ensemble", "mc-dropout", "swag", "rank1"), FORECAST_ROWS),
+            ("ts-co2-mlp", ("laplace-ll", "laplace-all", "sampled-laplace"), FORECAST_ROWS),
+            pytest.param("ts-co2-mlp", ("laplace-subnet",), FORECAST_ROWS,
+                         marks=pytest.mark.slow)]  # SWAG subnetwork selection and full GGN: ~50 s per seed
 
 
-@pytest.mark.parametrize("methods", CI_GATES, ids=lambda methods: "+".join(methods))
-def test_ci_gate_passes_against_committed_baseline(cli, results_dir, methods):
+@pytest.mark.parametrize(("task", "methods", "rows_per_method"), CI_GATES,
+                         ids=lambda value: "+".join(value) if isinstance(value, tuple) else str(value))
+def test_ci_gate_passes_against_committed_baseline(cli, results_dir, task, methods, rows_per_method):
     """What `make check` does, per group of methods: CI-budget runs, then `bnnbench check` on the committed
     baseline. Every baseline row of the group must be comparable and unchanged; the other groups' rows are
     missing ('?'), which does not fail a check."""
     for method in methods:
-        result = cli("run", "--task", "digits-mlp", "--method", method, "--budget", "ci", "--seed", "0..2", "--quiet",
+        result = cli("run", "--task", task, "--method", method, "--budget", "ci", "--seed", "0..2", "--quiet",
                      *CPU, "--results-dir", str(results_dir))
         assert result.code == 0, result.stderr
     checked = cli("check", "--baseline", str(BASELINE), "--results-dir", str(results_dir))
     assert checked.code == 0, checked.stdout + checked.stderr
     [marks] = [line for line in checked.stdout.splitlines() if line.startswith("marks:")]
     header, *lines = BASELINE.read_text().splitlines()
-    method_column = header.split(",").index("method")
-    baseline_rows = sum(line.split(",")[method_column] in methods for line in lines)
-    assert baseline_rows == 32 * len(methods)  # per method: 4 metrics × 8 (split, severity) summaries
+    task_column, method_column = header.split(",").index("task"), header.split(",").index("method")
+    baseline_rows = sum(line.split(",")[method_column] in methods and line.split(",")[task_column] == task
+                        for line in lines)
+    assert baseline_rows == rows_per_method * len(methods)
     assert f"' ' {baseline_rows}" in marks and "'+'" not in marks and "'!'" not in marks, marks
     assert "no regression" in checked.stdout
