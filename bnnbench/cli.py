@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -131,6 +132,85 @@ def run(
             err.print(f"[red]failed[/red] {outcome.run_id}: {outcome.error} -> {outcome.directory}", soft_wrap=True)
     if failures:
         raise typer.Exit(1)
+
+
+class Executor(str, Enum):
+    local = "local"
+
+
+@app.command(epilog="Example: `bnnbench sweep --tasks digits-mlp --methods map,swag --seeds 0-4 --workers 2`")
+def sweep(
+    tasks: Annotated[str, typer.Option(help="comma-separated task names")],
+    methods: Annotated[str, typer.Option(help="comma-separated method names")],
+    seeds: Annotated[str, typer.Option(help="seeds, e.g. 0-4 or 0,3")] = "0",
+    set_: Annotated[list[str], typer.Option("--set", help="KEY=V1,V2,...: a grid axis (repeatable)")] = [],  # noqa: B006
+    executor: Annotated[Executor, typer.Option(help="where runs execute")] = Executor.local,
+    workers: Annotated[int, typer.Option(help="worker processes (local executor)")] = 1,
+    threads: Annotated[int, typer.Option(help="torch threads per worker")] = 1,
+    force: Annotated[bool, typer.Option(help="re-run runs that already have an ok result")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    results_dir: Annotated[Path, typer.Option(help="where run directories are written")] = Path("results/runs"),
+    budget: Annotated[str | None, typer.Option(help="a named budget of the tasks, e.g. ci")] = None,
+    epochs: Annotated[int | None, typer.Option(help="override the budget's epochs")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    quiet: Annotated[bool, typer.Option(help="no live progress table")] = False,
+) -> None:
+    """Run tasks x methods x seeds x grid; skips runs with an ok result, isolates failures, resumable."""
+    from bnnbench.sweep import expand, parse_grid, run_local
+
+    if workers < 1 or threads < 1:
+        raise UsageError(f"--workers and --threads must be >= 1, got {workers} and {threads}")
+    options = {"budget_name": budget, "epochs": epochs, "device": device, "results_dir": results_dir,
+               "data_dir": data_dir}
+    jobs = expand([t for t in tasks.split(",") if t], [m for m in methods.split(",") if m],
+                  parse_seeds([seeds]), parse_grid(set_), options)
+    table = _SweepProgress(len(jobs), workers, enabled=not quiet)
+    with table:
+        result = run_local(jobs, workers=workers, force=force, threads=threads, on_update=table.update)
+    counts = {status: list(result.status.values()).count(status) for status in ("ok", "failed", "skipped")}
+    out.print(f"sweep: {len(jobs)} runs: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped; "
+              f"wall {result.wall_seconds:.1f} s, runs' own time {result.run_seconds:.1f} s")
+    for run_id, error in result.errors.items():
+        err.print(f"[red]failed[/red] {run_id}: {error}", soft_wrap=True)
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+class _SweepProgress:
+    """A live table: done / running / failed / skipped / remaining and an ETA from the runs finished so far."""
+
+    def __init__(self, total: int, workers: int, enabled: bool) -> None:
+        from rich.live import Live
+
+        self.total, self.workers, self.start = total, workers, time.perf_counter()
+        self.live = Live(self._render(None, 0), console=err, refresh_per_second=4) if enabled else None
+
+    def __enter__(self):
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def update(self, result, running: int) -> None:
+        if self.live is not None:
+            self.live.update(self._render(result, running))
+
+    def _render(self, result, running: int):
+        from rich.table import Table
+
+        statuses = list(result.status.values()) if result is not None else []
+        ran = statuses.count("ok") + statuses.count("failed")
+        remaining = self.total - len(statuses) - running
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / ran * (remaining + running) if ran else float("nan")
+        table = Table("done", "running", "failed", "skipped", "remaining", "elapsed s", "ETA s", title="sweep")
+        table.add_row(str(statuses.count("ok")), str(running), str(statuses.count("failed")),
+                      str(statuses.count("skipped")), str(remaining), f"{elapsed:.0f}",
+                      "?" if eta != eta else f"{eta:.0f}")
+        return table
 
 
 @app.command(epilog="Example: `bnnbench compare --task digits-mlp --format markdown`")

@@ -1,0 +1,185 @@
+"""Sweeps: tasks x methods x seeds x a grid of `--set` values, run by worker processes, resumable.
+
+Each run is one `runner.run(plan, seed)`, as `bnnbench run` does it, so results are identical. A run whose
+directory already holds an `ok` run.json is skipped (`force` re-runs it). Failures stay inside their run: an
+error during fitting is a failed run.json (the runner's behaviour); a worker process that dies (killed, out of
+memory) fails only the run it held, which leaves no directory behind (results are written atomically at the
+end of a run), and a fresh worker takes its place. Workers are long-lived processes (spawned, not forked), so
+the cost of importing torch is paid once per worker, not once per run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import os
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bnnbench.errors import UsageError
+
+__all__ = ["Job", "SweepResult", "expand", "parse_grid", "run_local"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of a sweep: what `bnnbench run` would be called with, for one seed."""
+
+    task: str
+    method: str
+    seed: int
+    overrides: dict[str, Any]
+    options: dict[str, Any]  # prepare()'s keyword arguments shared by the sweep (budget, device, ...)
+    run_id: str = ""
+    directory: str = ""
+
+
+@dataclass
+class SweepResult:
+    """How each run ended: "ok", "failed" (with its error) or "skipped" (an ok result was already there)."""
+
+    status: dict[str, str] = field(default_factory=dict)  # run_id -> status
+    errors: dict[str, str] = field(default_factory=dict)
+    run_seconds: float = 0.0  # the runs' own durations (run.json duration_s), summed
+    wall_seconds: float = 0.0
+
+
+def parse_grid(assignments: list[str]) -> list[dict[str, Any]]:
+    """`["lr=1e-3,3e-3", "rate=0.1"]` -> the cartesian product of the values, as override dicts."""
+    from bnnbench.methods import parse_assignments
+
+    axes = []
+    for assignment in assignments:
+        key, sep, values = assignment.partition("=")
+        if not sep or not key or not values:
+            raise UsageError(f"bad --set '{assignment}': expected KEY=VALUE[,VALUE...]")
+        axes.append([f"{key}={value}" for value in values.split(",")])
+    return [parse_assignments(list(choice)) for choice in itertools.product(*axes)]
+
+
+def expand(tasks: list[str], methods: list[str], seeds: list[int], grid: list[dict[str, Any]],
+           options: dict[str, Any]) -> list[Job]:
+    """Every job of the sweep, with its run id and directory; validates each configuration (bad names fail
+    here, before anything runs)."""
+    from bnnbench.results import make_run_id, run_directory
+    from bnnbench.runner import prepare
+
+    jobs = []
+    for task, method, overrides in itertools.product(tasks, methods, grid):
+        plan = prepare(task, method, overrides=overrides, show_progress=False, **options)
+        for seed in seeds:
+            run_id = make_run_id(plan.task.name, plan.task.version, plan.method.name, plan.config_hash, seed)
+            directory = run_directory(plan.results_dir, plan.task.name, plan.method.name, run_id)
+            jobs.append(Job(task, method, seed, overrides, options, run_id, str(directory)))
+    return jobs
+
+
+def finished_ok(job: Job) -> bool:
+    record = Path(job.directory) / "run.json"
+    try:
+        return json.loads(record.read_text()).get("status") == "ok"
+    except (OSError, ValueError):
+        return False
+
+
+def _execute(job: Job) -> tuple[str, str, float]:
+    from bnnbench.runner import prepare, run
+
+    plan = prepare(job.task, job.method, overrides=job.overrides, show_progress=False, **job.options)
+    outcome = run(plan, job.seed)
+    return outcome.status, outcome.error, float(outcome.record.get("duration_s", 0.0))
+
+
+def _worker(inbox, outbox, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    while (job := inbox.get()) is not None:
+        try:
+            status, error, seconds = _execute(job)
+        except Exception as failure:  # a configuration error is this run's failure, not the sweep's
+            status, error, seconds = "failed", f"{type(failure).__name__}: {failure}", 0.0
+        outbox.put((job.run_id, status, error, seconds))
+
+
+@dataclass
+class _Worker:
+    process: Any
+    inbox: Any
+    job: Job | None = None
+
+
+def run_local(jobs: list[Job], workers: int = 1, force: bool = False, threads: int = 1,
+              on_update: Callable[[SweepResult, int], None] | None = None) -> SweepResult:
+    """Run `jobs` on `workers` processes; `on_update(result, running)` is called whenever something changes."""
+    result, start = SweepResult(), time.perf_counter()
+    pending = []
+    for job in jobs:
+        if not force and finished_ok(job):
+            result.status[job.run_id] = "skipped"
+        else:
+            pending.append(job)
+    context = multiprocessing.get_context("spawn")
+    outbox = context.Queue()
+    pool: list[_Worker] = []
+
+    def start_worker() -> _Worker:
+        inbox = context.Queue()
+        env_threads = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the spawned interpreter
+        process = context.Process(target=_worker, args=(inbox, outbox, threads), daemon=True)
+        process.start()
+        if env_threads is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = env_threads
+        return _Worker(process, inbox)
+
+    def notify() -> None:
+        if on_update is not None:
+            on_update(result, sum(worker.job is not None for worker in pool))
+
+    pool = [start_worker() for _ in range(max(1, min(workers, len(pending))))] if pending else []
+    notify()
+    try:
+        while pending or any(worker.job is not None for worker in pool):
+            for worker in pool:
+                if worker.job is None and pending:
+                    worker.job = pending.pop(0)
+                    worker.inbox.put(worker.job)
+            notify()
+            try:
+                run_id, status, error, seconds = outbox.get(timeout=0.2)
+            except queue.Empty:
+                for index, worker in enumerate(pool):
+                    if worker.job is not None and not worker.process.is_alive():
+                        job = worker.job
+                        result.status[job.run_id] = "failed"
+                        result.errors[job.run_id] = (f"worker process died (exit code {worker.process.exitcode}) "
+                                                     "during the run; nothing was written for it")
+                        pool[index] = start_worker()
+                        notify()
+                continue
+            for worker in pool:
+                if worker.job is not None and worker.job.run_id == run_id:
+                    worker.job = None
+            result.status[run_id] = status
+            result.run_seconds += seconds
+            if error:
+                result.errors[run_id] = error
+            notify()
+    finally:
+        for worker in pool:
+            if worker.process.is_alive():
+                worker.inbox.put(None)
+        for worker in pool:
+            worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.kill()
+    result.wall_seconds = time.perf_counter() - start
+    return result
