@@ -30,6 +30,7 @@ test: install  ## fast tests (slow and gpu ones are deselected in pyproject.toml
 	$(BIN)/pytest -n 2 -q
 
 test-all: install
+	$(BIN)/pip install --quiet -e ".[dev,ray]"
 	$(BIN)/pytest -n 2 -q -m "not gpu"
 
 lint: install

@@ -136,6 +136,7 @@ def run(
 
 class Executor(str, Enum):
     local = "local"
+    ray = "ray"
 
 
 @app.command(epilog="Example: `bnnbench sweep --tasks digits-mlp --methods map,swag --seeds 0-4 --workers 2`")
@@ -145,7 +146,9 @@ def sweep(
     seeds: Annotated[str, typer.Option(help="seeds, e.g. 0-4 or 0,3")] = "0",
     set_: Annotated[list[str], typer.Option("--set", help="KEY=V1,V2,...: a grid axis (repeatable)")] = [],  # noqa: B006
     executor: Annotated[Executor, typer.Option(help="where runs execute")] = Executor.local,
-    workers: Annotated[int, typer.Option(help="worker processes (local executor)")] = 1,
+    workers: Annotated[int, typer.Option(help="worker processes (local), CPUs of a Ray started here (ray)")] = 1,
+    ray_address: Annotated[str | None, typer.Option(help="ray: join this cluster (auto or HOST:PORT)")] = None,
+    gpus_per_run: Annotated[float, typer.Option(help="ray: GPUs each run asks for")] = 0.0,
     threads: Annotated[int, typer.Option(help="torch threads per worker")] = 1,
     force: Annotated[bool, typer.Option(help="re-run runs that already have an ok result")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
@@ -156,7 +159,7 @@ def sweep(
     quiet: Annotated[bool, typer.Option(help="no live progress table")] = False,
 ) -> None:
     """Run tasks x methods x seeds x grid; skips runs with an ok result, isolates failures, resumable."""
-    from bnnbench.sweep import expand, parse_grid, run_local
+    from bnnbench.sweep import expand, parse_grid, run_local, run_ray
 
     if workers < 1 or threads < 1:
         raise UsageError(f"--workers and --threads must be >= 1, got {workers} and {threads}")
@@ -166,7 +169,11 @@ def sweep(
                   parse_seeds([seeds]), parse_grid(set_), options)
     table = _SweepProgress(len(jobs), workers, enabled=not quiet)
     with table:
-        result = run_local(jobs, workers=workers, force=force, threads=threads, on_update=table.update)
+        if executor is Executor.ray:
+            result = run_ray(jobs, address=ray_address, cpus=workers, cpus_per_run=threads, gpus_per_run=gpus_per_run,
+                             force=force, threads=threads, on_update=table.update)
+        else:
+            result = run_local(jobs, workers=workers, force=force, threads=threads, on_update=table.update)
     counts = {status: list(result.status.values()).count(status) for status in ("ok", "failed", "skipped")}
     out.print(f"sweep: {len(jobs)} runs: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped; "
               f"wall {result.wall_seconds:.1f} s, runs' own time {result.run_seconds:.1f} s")

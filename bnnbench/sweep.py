@@ -23,7 +23,7 @@ from typing import Any
 
 from bnnbench.errors import UsageError
 
-__all__ = ["Job", "SweepResult", "expand", "parse_grid", "run_local"]
+__all__ = ["Job", "SweepResult", "expand", "parse_grid", "run_local", "run_ray"]
 
 
 @dataclass(frozen=True)
@@ -181,5 +181,64 @@ def run_local(jobs: list[Job], workers: int = 1, force: bool = False, threads: i
             worker.process.join(timeout=5)
             if worker.process.is_alive():
                 worker.process.kill()
+    result.wall_seconds = time.perf_counter() - start
+    return result
+
+
+def _ray_execute(job: Job, threads: int) -> tuple[str, str, float]:
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        return _execute(job)
+    except Exception as failure:  # as in a local worker: a configuration error fails this run only
+        return "failed", f"{type(failure).__name__}: {failure}", 0.0
+
+
+def run_ray(jobs: list[Job], address: str | None = None, cpus: int | None = None, cpus_per_run: float = 1.0,
+            gpus_per_run: float = 0.0, force: bool = False, threads: int = 1,
+            on_update: Callable[[SweepResult, int], None] | None = None) -> SweepResult:
+    """Run `jobs` as Ray tasks: on the cluster at `address` ("auto" or HOST:PORT), else on a local Ray started
+    with `cpus` CPUs. Each task asks for `cpus_per_run` CPUs and `gpus_per_run` GPUs and writes its run to the
+    shared results directory; a task whose worker dies fails only its run."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("the ray executor needs Ray: pip install 'bnnbench[ray]'") from None
+
+    result, start = SweepResult(), time.perf_counter()
+    pending = [job for job in jobs if force or not finished_ok(job)]
+    for job in jobs:
+        if job not in pending:
+            result.status[job.run_id] = "skipped"
+    started_here = not ray.is_initialized()
+    if started_here:
+        env = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
+        if address:
+            ray.init(address=address, runtime_env=env, log_to_driver=False)
+        else:
+            ray.init(num_cpus=cpus, runtime_env=env, log_to_driver=False, include_dashboard=False)
+    remote = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(_ray_execute)
+    try:
+        futures = {remote.remote(job, threads): job for job in pending}
+        if on_update is not None:
+            on_update(result, len(futures))
+        waiting = list(futures)
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            job = futures[done[0]]
+            try:
+                status, error, seconds = ray.get(done[0])
+            except ray.exceptions.RayError as failure:  # the worker died, or Ray could not run the task
+                status, error, seconds = "failed", f"{type(failure).__name__}: {str(failure).splitlines()[0]}", 0.0
+            result.status[job.run_id] = status
+            result.run_seconds += seconds
+            if error:
+                result.errors[job.run_id] = error
+            if on_update is not None:
+                on_update(result, len(waiting))
+    finally:
+        if started_here:
+            ray.shutdown()
     result.wall_seconds = time.perf_counter() - start
     return result

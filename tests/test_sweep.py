@@ -84,3 +84,19 @@ def test_a_worker_killed_mid_training_fails_only_its_run_and_the_rerun_completes
     assert rerun.returncode == 0, rerun.stderr
     assert "1 runs: 1 ok" in rerun.stdout
     assert len(list(results.glob("digits-mlp/map/*/metrics.csv"))) == 1
+
+
+@pytest.mark.slow  # starting a local Ray takes ~10-20 s on two cores
+def test_ray_sweep_gives_the_local_executor_numbers(cli, tmp_path):
+    pytest.importorskip("ray")
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    common = ("sweep", "--tasks", "digits-mlp", "--methods", "map,mc-dropout", "--seeds", "0-1", "--budget", "ci",
+              "--quiet", *CPU)
+    assert cli(*common, "--results-dir", str(local)).code == 0
+    result = cli(*common, "--executor", "ray", "--workers", "2", "--results-dir", str(remote))
+    assert result.code == 0, result.stdout + result.stderr
+    assert "4 runs: 4 ok" in result.stdout
+    local_files = sorted(local.glob("digits-mlp/*/*/metrics.csv"))
+    assert len(local_files) == 4
+    for path in local_files:
+        assert (remote / path.relative_to(local)).read_text() == path.read_text()
