@@ -42,6 +42,14 @@ class Format(str, Enum):
     markdown = "markdown"
     csv = "csv"
     json = "json"
+    latex = "latex"
+
+
+class Pivot(str, Enum):
+    """Leaderboard layouts: one table per task with metrics as columns, or one metric with tasks as columns."""
+
+    metric = "metric"
+    task = "task"
 
 
 def parse_seeds(values: list[str]) -> list[int]:
@@ -225,7 +233,9 @@ def compare(
     results_dir: Annotated[Path, typer.Option(help="results to read")] = Path("results/runs"),
     task: Annotated[list[str], typer.Option(help="only these tasks (repeatable)")] = [],  # noqa: B006
     metric: Annotated[list[str], typer.Option(help="only these metrics (repeatable)")] = [],  # noqa: B006
-    format_: Annotated[Format, typer.Option("--format", help="table, markdown, csv or json")] = Format.table,
+    format_: Annotated[Format, typer.Option("--format", help="table, markdown, csv, json or latex")] = Format.table,
+    pivot: Annotated[Pivot, typer.Option(help="metric: a table per task; task: one --metric, tasks as columns")]
+    = Pivot.metric,
 ) -> None:
     """Leaderboards per task: mean ± stderr over seeds, best per column, mean rank, cost columns."""
     from bnnbench.compare import TASK_KEY, aggregate, leaderboard
@@ -242,16 +252,27 @@ def compare(
         if runs.empty:
             raise UsageError(f"no runs of task(s) {', '.join(task)} under '{results_dir}'")
     board = leaderboard(runs, aggregate(runs, metrics), metric or None)
+    if pivot is Pivot.task:
+        from bnnbench.render import pivot_tasks
+
+        if len(metric) != 1:
+            raise UsageError("--pivot task shows one metric across tasks: give exactly one --metric, "
+                             f"not {len(metric)}")
+        board = pivot_tasks(board, metric[0]).assign(task="all tasks", task_version=0, data_variant="standard")
     if format_ is Format.csv:
         sys.stdout.write(board.to_csv(index=False))
     elif format_ is Format.json:
         sys.stdout.write(board.to_json(orient="records", indent=2) + "\n")
     else:
-        from bnnbench.render import leaderboard_markdown, leaderboard_table
+        from bnnbench.render import leaderboard_latex, leaderboard_markdown, leaderboard_table
 
         for (task_name, version, variant), rows in board.groupby(TASK_KEY, sort=True):
             title = f"{task_name} v{version}" + ("" if variant == "standard" else f" ({variant})")
-            if format_ is Format.markdown:
+            if pivot is Pivot.task:
+                title = f"{metric[0]} (clean test) by task"
+            if format_ is Format.latex:
+                sys.stdout.write(leaderboard_latex(rows, title) + "\n")
+            elif format_ is Format.markdown:
                 sys.stdout.write(leaderboard_markdown(rows, title) + "\n")
             else:
                 out.print(leaderboard_table(rows, title))

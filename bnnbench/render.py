@@ -1,4 +1,5 @@
-"""Text renderings of leaderboards and check results: rich tables for terminals, Markdown for files."""
+"""Text renderings of leaderboards and check results: rich tables for terminals, Markdown for files, LaTeX
+(booktabs) for papers."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import pandas as pd
 
-__all__ = ["check_table", "leaderboard_markdown", "leaderboard_table", "wide"]
+__all__ = ["check_table", "leaderboard_latex", "leaderboard_markdown", "leaderboard_table", "pivot_tasks", "wide"]
 
 
 def _cell(mean: float, stderr: float, n: int) -> str:
@@ -60,6 +61,42 @@ def leaderboard_markdown(board: pd.DataFrame, title: str) -> str:
             texts.append(f"**{text}**" if best else text)
         lines.append(f"| {method} | " + " | ".join(texts) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _latex_text(text: str) -> str:
+    for plain, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+        text = text.replace(plain, escaped)
+    return text.replace(" ± ", r" $\pm$ ")
+
+
+def leaderboard_latex(board: pd.DataFrame, title: str) -> str:
+    """A booktabs table (needs \\usepackage{booktabs}) with the best value of each column in bold."""
+    methods, columns, cells = wide(board)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_latex_text(title)}}}",
+             r"\begin{tabular}{l" + "r" * len(columns) + "}", r"\toprule",
+             "method & " + " & ".join(_latex_text(column) for column in columns) + r" \\", r"\midrule"]
+    for method in methods:
+        texts = []
+        for column in columns:
+            text, best = cells.get((method, column), ("", False))
+            texts.append(rf"\textbf{{{_latex_text(text)}}}" if best else _latex_text(text))
+        lines.append(_latex_text(method) + " & " + " & ".join(texts) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def pivot_tasks(board: pd.DataFrame, column: str) -> pd.DataFrame:
+    """One leaderboard column across tasks: methods as rows, one column per task (and variant), each method's
+    rank the mean over tasks of its rank in that column."""
+    chosen = board[board["column"] == column].copy()
+    if chosen.empty:
+        raise ValueError(f"no leaderboard column '{column}' in these results")
+    chosen["column"] = [task if variant == "standard" else f"{task} ({variant})"
+                        for task, variant in zip(chosen["task"], chosen["data_variant"], strict=True)]
+    signed = chosen["mean"].where(~chosen["higher_is_better"].astype(bool), -chosen["mean"])
+    chosen["rank"] = signed.groupby(chosen["column"]).rank(method="min")
+    chosen["rank"] = chosen.groupby("method")["rank"].transform("mean")
+    return chosen
 
 
 def check_table(result: pd.DataFrame, config):

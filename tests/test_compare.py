@@ -197,3 +197,29 @@ def test_a_rerun_matches_a_baseline_rounded_to_its_written_digits():
     assert Tolerance().of(0.000712345) == pytest.approx(5e-10)
     assert Tolerance().of(0.0) == 0.0
     assert abs(14.71318 - 14.7132) <= Tolerance().of(14.7132) < abs(14.71326 - 14.7132)
+
+
+def test_pivot_by_task_and_latex_show_the_per_task_leaderboard_numbers(cli, results_dir):
+    import io
+
+    import pandas as pd
+
+    for task in ("digits-mlp", "ts-co2-mlp"):
+        for method in ("map", "swag"):
+            result = cli("run", "--task", task, "--method", method, "--seed", "0..1", "--budget", "ci", "--quiet",
+                         "--device", "cpu", "--results-dir", str(results_dir))
+            assert result.code == 0, result.stderr
+    per_task = pd.read_csv(io.StringIO(cli("compare", "--results-dir", str(results_dir), "--metric", "nll",
+                                           "--format", "csv").stdout))
+    pivoted = pd.read_csv(io.StringIO(cli("compare", "--results-dir", str(results_dir), "--metric", "nll",
+                                          "--pivot", "task", "--format", "csv").stdout))
+    for row in per_task[per_task["column"] == "nll"].itertuples():
+        [match] = pivoted[(pivoted["method"] == row.method) & (pivoted["column"] == row.task)]["mean"]
+        assert match == row.mean
+    latex = cli("compare", "--results-dir", str(results_dir), "--metric", "nll", "--pivot", "task",
+                "--format", "latex").stdout
+    assert r"\toprule" in latex and "ts-co2-mlp" in latex and r"$\pm$" in latex and r"\textbf{" in latex
+    best = per_task[(per_task["column"] == "nll") & per_task["best"] & (per_task["task"] == "digits-mlp")]
+    assert f"{best['mean'].item():.4f}" in latex
+    refused = cli("compare", "--results-dir", str(results_dir), "--pivot", "task")
+    assert refused.code == 2 and "exactly one --metric" in refused.stderr
