@@ -104,8 +104,8 @@ def _in_series_units(likelihood: Likelihood, mixture: np.ndarray, data: Split) -
     if data.windows is None:
         return mixture, targets
     shift, scale = data.windows.shift.double().numpy(), data.windows.scale.double().numpy()
-    return (likelihood.affine(mixture, shift, scale),
-            targets * scale.reshape(-1, *[1] * (targets.ndim - 1)) + shift.reshape(-1, *[1] * (targets.ndim - 1)))
+    per_example = (-1, *[1] * (targets.ndim - 1))
+    return likelihood.affine(mixture, shift, scale), targets * scale.reshape(per_example) + shift.reshape(per_example)
 
 
 def _corruption_means(rows: list[dict]) -> list[dict]:

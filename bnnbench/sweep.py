@@ -87,6 +87,17 @@ def finished_ok(job: Job) -> bool:
         return False
 
 
+def _to_run(jobs: list[Job], force: bool, result: SweepResult) -> list[Job]:
+    """The jobs still to run; the others are marked skipped in `result`."""
+    pending = []
+    for job in jobs:
+        if not force and finished_ok(job):
+            result.status[job.run_id] = "skipped"
+        else:
+            pending.append(job)
+    return pending
+
+
 def _execute(job: Job) -> tuple[str, str, float]:
     from bnnbench.runner import prepare, run
 
@@ -118,12 +129,7 @@ def run_local(jobs: list[Job], workers: int = 1, force: bool = False, threads: i
               on_update: Callable[[SweepResult, int], None] | None = None) -> SweepResult:
     """Run `jobs` on `workers` processes; `on_update(result, running)` is called whenever something changes."""
     result, start = SweepResult(), time.perf_counter()
-    pending = []
-    for job in jobs:
-        if not force and finished_ok(job):
-            result.status[job.run_id] = "skipped"
-        else:
-            pending.append(job)
+    pending = _to_run(jobs, force, result)
     context = multiprocessing.get_context("spawn")
     outbox = context.Queue()
     pool: list[_Worker] = []
@@ -207,10 +213,7 @@ def run_ray(jobs: list[Job], address: str | None = None, cpus: int | None = None
         raise UsageError("the ray executor needs Ray: pip install 'bnnbench[ray]'") from None
 
     result, start = SweepResult(), time.perf_counter()
-    pending = [job for job in jobs if force or not finished_ok(job)]
-    for job in jobs:
-        if job not in pending:
-            result.status[job.run_id] = "skipped"
+    pending = _to_run(jobs, force, result)
     started_here = not ray.is_initialized()
     if started_here:
         env = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}

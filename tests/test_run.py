@@ -96,7 +96,7 @@ CI_GATES = [("digits-mlp", ("map", "elbo-vi", "score-vi"), DIGITS_ROWS),
             ("ts-co2-mlp", ("map", "elbo-vi", "score-vi", "ensemble", "mc-dropout", "swag", "rank1"), FORECAST_ROWS),
             ("ts-co2-mlp", ("laplace-ll", "laplace-all", "sampled-laplace"), FORECAST_ROWS),
             pytest.param("ts-co2-mlp", ("laplace-subnet",), FORECAST_ROWS,
-                         marks=pytest.mark.slow)]  # SWAG subnetwork selection and full GGN: ~50 s per seed
+                         marks=pytest.mark.slow)]  # with it the ts-co2 Laplace group took 231 s
 
 
 @pytest.mark.parametrize(("task", "methods", "rows_per_method"), CI_GATES,
