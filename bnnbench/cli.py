@@ -156,32 +156,36 @@ def sweep(
     executor: Annotated[Executor, typer.Option(help="where runs execute")] = Executor.local,
     workers: Annotated[int, typer.Option(help="worker processes (local), CPUs of a Ray started here (ray)")] = 1,
     ray_address: Annotated[str | None, typer.Option(help="ray: join this cluster (auto or HOST:PORT)")] = None,
-    gpus_per_run: Annotated[float, typer.Option(help="ray: GPUs each run asks for")] = 0.0,
-    threads: Annotated[int, typer.Option(help="torch threads per worker")] = 1,
+    gpus_per_run: Annotated[float | None, typer.Option(help="ray: GPUs each run asks for (default: the task's "
+                                                            "[resources])")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads per worker (local, default 1); ray: CPUs and "
+                                                     "threads per run (default: the task's [resources])")] = None,
     force: Annotated[bool, typer.Option(help="re-run runs that already have an ok result")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     results_dir: Annotated[Path, typer.Option(help="where run directories are written")] = Path("results/runs"),
     budget: Annotated[str | None, typer.Option(help="a named budget of the tasks, e.g. ci")] = None,
     epochs: Annotated[int | None, typer.Option(help="override the budget's epochs")] = None,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    save_predictions: Annotated[bool, typer.Option(help="each run writes predictions.npz (for `bnnbench report`)")]
+    = False,
     quiet: Annotated[bool, typer.Option(help="no live progress table")] = False,
 ) -> None:
     """Run tasks x methods x seeds x grid; skips runs with an ok result, isolates failures, resumable."""
     from bnnbench.sweep import expand, parse_grid, run_local, run_ray
 
-    if workers < 1 or threads < 1:
+    if workers < 1 or (threads is not None and threads < 1):
         raise UsageError(f"--workers and --threads must be >= 1, got {workers} and {threads}")
     options = {"budget_name": budget, "epochs": epochs, "device": device, "results_dir": results_dir,
-               "data_dir": data_dir}
+               "data_dir": data_dir, "save_predictions": save_predictions}
     jobs = expand([t for t in tasks.split(",") if t], [m for m in methods.split(",") if m],
                   parse_seeds([seeds]), parse_grid(set_), options)
     table = _SweepProgress(len(jobs), workers, enabled=not quiet)
     with table:
         if executor is Executor.ray:
             result = run_ray(jobs, address=ray_address, cpus=workers, cpus_per_run=threads, gpus_per_run=gpus_per_run,
-                             force=force, threads=threads, on_update=table.update)
+                             force=force, on_update=table.update)
         else:
-            result = run_local(jobs, workers=workers, force=force, threads=threads, on_update=table.update)
+            result = run_local(jobs, workers=workers, force=force, threads=threads or 1, on_update=table.update)
     counts = {status: list(result.status.values()).count(status) for status in ("ok", "failed", "skipped")}
     out.print(f"sweep: {len(jobs)} runs: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped; "
               f"wall {result.wall_seconds:.1f} s, runs' own time {result.run_seconds:.1f} s")
@@ -395,6 +399,8 @@ def main() -> None:
     """Entry point: usage errors become one line on stderr and exit code 2."""
     try:
         code = app(standalone_mode=False)  # returns the exit code of typer.Exit instead of raising it
+        if code == 130:  # typer turns Ctrl-C into Exit(130)
+            err.print("aborted")
         sys.exit(code if isinstance(code, int) else 0)
     except BnnbenchError as error:
         err.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)

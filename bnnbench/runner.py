@@ -6,6 +6,7 @@ with a UsageError and leaves no result directory; `run` then does the work for o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import platform
@@ -179,6 +180,7 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
     rows: list[dict[str, Any]] = []
     predictions = None
     start = time.perf_counter()
+    _reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
@@ -210,7 +212,7 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
         record.update(status="failed", error=f"{type(error).__name__}: {error}")
         rows, predictions = [], None
     record["duration_s"] = time.perf_counter() - start
-    record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    record["peak_rss_mb"] = _peak_rss_mb()
     if device.type == "cuda":
         record["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     directory = run_directory(plan.results_dir, task.name, plan.method.name, run_id)
@@ -218,6 +220,24 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
     clean_test = {row["metric"]: row["value"] for row in rows
                   if (row["split"], row["corruption"]) == ("test", "none")}
     return RunOutcome(run_id, directory, record["status"], record["error"], record, clean_test)
+
+
+def _reset_peak_rss() -> None:
+    """Start this process's resident-memory high-water mark afresh (Linux: `clear_refs` 5), so a sweep worker
+    that runs many runs records each run's own peak, not the largest of every run before it."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory since `_reset_peak_rss` (VmHWM), else over the process's life (ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def metric_names(task: TaskSpec) -> list[str]:

@@ -37,6 +37,8 @@ class Job:
     options: dict[str, Any]  # prepare()'s keyword arguments shared by the sweep (budget, device, ...)
     run_id: str = ""
     directory: str = ""
+    cpus: float = 1.0  # what the run asks a scheduler for: the task's [resources] for its budget
+    gpus: float = 0.0
 
 
 @dataclass
@@ -68,14 +70,17 @@ def expand(tasks: list[str], methods: list[str], seeds: list[int], grid: list[di
     here, before anything runs)."""
     from bnnbench.results import make_run_id, run_directory
     from bnnbench.runner import prepare
+    from bnnbench.tasks import resources_for
 
     jobs = []
     for task, method, overrides in itertools.product(tasks, methods, grid):
         plan = prepare(task, method, overrides=overrides, show_progress=False, **options)
+        resources = resources_for(plan.task, options.get("budget_name"))
+        gpus = 0.0 if options.get("device") == "cpu" else resources.gpus  # "auto" resolves where the run executes
         for seed in seeds:
             run_id = make_run_id(plan.task.name, plan.task.version, plan.method.name, plan.config_hash, seed)
             directory = run_directory(plan.results_dir, plan.task.name, plan.method.name, run_id)
-            jobs.append(Job(task, method, seed, overrides, options, run_id, str(directory)))
+            jobs.append(Job(task, method, seed, overrides, options, run_id, str(directory), resources.cpus, gpus))
     return jobs
 
 
@@ -107,15 +112,18 @@ def _execute(job: Job) -> tuple[str, str, float]:
 
 
 def _worker(inbox, outbox, threads: int) -> None:
-    import torch
+    try:
+        import torch
 
-    torch.set_num_threads(threads)
-    while (job := inbox.get()) is not None:
-        try:
-            status, error, seconds = _execute(job)
-        except Exception as failure:  # a configuration error is this run's failure, not the sweep's
-            status, error, seconds = "failed", f"{type(failure).__name__}: {failure}", 0.0
-        outbox.put((job.run_id, status, error, seconds))
+        torch.set_num_threads(threads)
+        while (job := inbox.get()) is not None:
+            try:
+                status, error, seconds = _execute(job)
+            except Exception as failure:  # a configuration error is this run's failure, not the sweep's
+                status, error, seconds = "failed", f"{type(failure).__name__}: {failure}", 0.0
+            outbox.put((job.run_id, status, error, seconds))
+    except KeyboardInterrupt:  # Ctrl-C reaches the workers too: the run in hand unwinds (writing nothing), quietly
+        return
 
 
 @dataclass
@@ -191,6 +199,17 @@ def run_local(jobs: list[Job], workers: int = 1, force: bool = False, threads: i
     return result
 
 
+def _check_feasible(cluster: dict[str, float], asks: dict[str, tuple[float, float]], jobs: list[Job]) -> None:
+    """Refuse runs no node of the cluster could ever take (Ray would keep them pending forever)."""
+    for job in jobs:
+        job_cpus, job_gpus = asks[job.run_id]
+        for name, wanted in (("CPU", job_cpus), ("GPU", job_gpus)):
+            if wanted > cluster.get(name, 0.0):
+                flag = "--gpus-per-run 0 or --device cpu" if name == "GPU" else "--threads"
+                raise UsageError(f"run '{job.run_id}' asks for {wanted:g} {name}(s) (task {job.task}'s [resources]) "
+                                 f"but the Ray cluster has {cluster.get(name, 0.0):g}; pass {flag}")
+
+
 def _ray_execute(job: Job, threads: int) -> tuple[str, str, float]:
     import torch
 
@@ -201,12 +220,13 @@ def _ray_execute(job: Job, threads: int) -> tuple[str, str, float]:
         return "failed", f"{type(failure).__name__}: {failure}", 0.0
 
 
-def run_ray(jobs: list[Job], address: str | None = None, cpus: int | None = None, cpus_per_run: float = 1.0,
-            gpus_per_run: float = 0.0, force: bool = False, threads: int = 1,
+def run_ray(jobs: list[Job], address: str | None = None, cpus: int | None = None, cpus_per_run: float | None = None,
+            gpus_per_run: float | None = None, force: bool = False,
             on_update: Callable[[SweepResult, int], None] | None = None) -> SweepResult:
     """Run `jobs` as Ray tasks: on the cluster at `address` ("auto" or HOST:PORT), else on a local Ray started
-    with `cpus` CPUs. Each task asks for `cpus_per_run` CPUs and `gpus_per_run` GPUs and writes its run to the
-    shared results directory; a task whose worker dies fails only its run."""
+    with `cpus` CPUs. Each task asks for its job's CPUs and GPUs (the task's [resources]) unless `cpus_per_run` /
+    `gpus_per_run` say otherwise, uses that many torch threads, and writes its run to the shared results
+    directory; a task whose worker dies fails only its run."""
     try:
         import ray
     except ImportError:
@@ -214,16 +234,24 @@ def run_ray(jobs: list[Job], address: str | None = None, cpus: int | None = None
 
     result, start = SweepResult(), time.perf_counter()
     pending = _to_run(jobs, force, result)
+    asks = {job.run_id: (job.cpus if cpus_per_run is None else cpus_per_run,
+                         job.gpus if gpus_per_run is None else gpus_per_run) for job in pending}
     started_here = not ray.is_initialized()
     if started_here:
-        env = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
         if address:
-            ray.init(address=address, runtime_env=env, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=cpus, runtime_env=env, log_to_driver=False, include_dashboard=False)
-    remote = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)(_ray_execute)
+            ray.init(num_cpus=cpus, log_to_driver=False, include_dashboard=False)
+    remote = ray.remote(max_retries=0)(_ray_execute)
     try:
-        futures = {remote.remote(job, threads): job for job in pending}
+        _check_feasible(ray.cluster_resources(), asks, pending)
+        futures = {}
+        for job in pending:
+            job_cpus, job_gpus = asks[job.run_id]
+            threads = max(1, int(job_cpus))
+            env = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
+            call = remote.options(num_cpus=job_cpus, num_gpus=job_gpus, runtime_env=env)
+            futures[call.remote(job, threads)] = job
         if on_update is not None:
             on_update(result, len(futures))
         waiting = list(futures)

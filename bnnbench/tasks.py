@@ -15,22 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from bnnbench.errors import UsageError, unknown_choice
-from bnnbench.types import Budget, TaskSpec
+from bnnbench.types import Budget, Resources, TaskSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["builtin_tasks_dir", "list_tasks", "load_task", "task_paths", "validate_task"]
+__all__ = ["builtin_tasks_dir", "list_tasks", "load_task", "resources_for", "task_paths", "validate_task"]
 
 TASK_PATH_ENV = "BNNBENCH_TASK_PATH"  # extra directories of task files, separated by os.pathsep
 _TOP_LEVEL = {"name", "version", "description", "likelihood", "include", "data", "model", "train", "budget",
-              "eval", "methods"}
+              "eval", "methods", "resources"}
 _REQUIRED = ("name", "version", "description", "likelihood", "data", "model", "budget")
 # An including file's [model] and [data] replace the included ones: options only make sense with their name.
 _REPLACED_WHOLE = frozenset({"model", "data"})
 _BUDGET_KEYS = {f.name for f in fields(Budget)}
+_RESOURCE_KEYS = {f.name for f in fields(Resources)}
 _EVAL_KEYS = {"metrics", "corruptions", "severities", "batch_size", "corruption_seed", "corruption_source",
               "reference"}
 # The names in bnnbench.likelihoods.LIKELIHOODS (a test keeps them equal), here so that parsing a task
@@ -114,7 +115,7 @@ def _parse(raw: dict[str, Any], path: Path) -> TaskSpec:
     if not isinstance(raw["version"], int) or isinstance(raw["version"], bool) or raw["version"] < 1:
         raise UsageError(f"{where}: key 'version' must be a positive integer, got {raw['version']!r}")
     likelihood, likelihood_options = _likelihood(raw["likelihood"], where)
-    for section in ("data", "model", "train", "budget", "eval", "methods"):
+    for section in ("data", "model", "train", "budget", "eval", "methods", "resources"):
         if not isinstance(raw.get(section, {}), dict):
             raise UsageError(f"{where}: key '{section}' must be a table")
     for section, key in (("data", "source"), ("model", "name")):
@@ -141,7 +142,35 @@ def _parse(raw: dict[str, Any], path: Path) -> TaskSpec:
         eval=dict(eval_section),
         methods={name: dict(value) for name, value in raw.get("methods", {}).items()},
         path=path,
+        resources=_resources(raw.get("resources", {}), list(named), where),
     )
+
+
+def _resources(table: dict[str, Any], budgets: list[str], where: str) -> dict[str, Resources]:
+    """`[resources]` (cpus, gpus per run) and `[resources.<budget>]` overrides, keyed by budget name."""
+    def parse(values: dict[str, Any], base: Resources, prefix: str) -> Resources:
+        for key, value in values.items():
+            if key not in _RESOURCE_KEYS:
+                raise unknown_choice("key", f"{prefix}.{key}", [f"{prefix}.{k}" for k in _RESOURCE_KEYS], where)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or value < 0 or (key == "cpus" and value == 0):
+                wanted = "positive" if key == "cpus" else "non-negative"
+                raise UsageError(f"{where}: key '{prefix}.{key}' must be a {wanted} number, got {value!r}")
+        return Resources(**{name: values.get(name, getattr(base, name)) for name in _RESOURCE_KEYS})
+
+    default = parse({k: v for k, v in table.items() if not isinstance(v, dict)}, Resources(), "resources")
+    resources = {"default": default}
+    for name, values in table.items():
+        if isinstance(values, dict):
+            if name not in budgets:
+                raise unknown_choice("budget in [resources]", name, budgets, where)
+            resources[name] = parse(values, default, f"resources.{name}")
+    return resources
+
+
+def resources_for(task: TaskSpec, budget_name: str | None) -> Resources:
+    """What one run of `task` under the named budget asks a scheduler for."""
+    return task.resources.get(budget_name or "default", task.resources["default"])
 
 
 def _likelihood(value: Any, where: str) -> tuple[str, dict[str, Any]]:

@@ -36,6 +36,15 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What one run asks a cluster scheduler (Ray) for. Not part of a run's configuration: it does not change
+    the numbers, only where a run may execute."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """A parsed, structurally valid task file. Sections are plain dicts, checked by their consumers."""
 
@@ -52,6 +61,7 @@ class TaskSpec:
     eval: dict[str, Any]
     methods: dict[str, dict[str, Any]]  # per-method hyper-parameter overrides
     path: Path
+    resources: dict[str, Resources] = field(default_factory=lambda: {"default": Resources()})  # per budget name
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,35 @@ def test_a_worker_killed_mid_training_fails_only_its_run_and_the_rerun_completes
     assert len(list(results.glob("digits-mlp/map/*/metrics.csv"))) == 1
 
 
+def _interruptible() -> None:
+    """In the child: the session of its own (so the test can signal its process group as a terminal would) and
+    SIGINT at its default, which pytest's workers may have set to ignore."""
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_stops_the_sweep_and_its_workers_and_leaves_no_run(tmp_path):
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "bnnbench", "sweep", "--tasks", "digits-mlp", "--methods", "map", "--seeds",
+               "0-1", "--epochs", "1000", "--workers", "2", "--results-dir", str(results), "--quiet", *CPU]
+    sweep = subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
+    deadline = time.time() + 60
+    while len(workers := _workers(sweep.pid)) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(workers) == 2, "the workers did not appear"
+    time.sleep(6)  # both are training
+    os.killpg(sweep.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
+    out, err = sweep.communicate(timeout=60)
+    assert sweep.returncode == 130, out + err
+    assert err.strip() == "aborted", err  # no worker's traceback
+    assert not [path for path in results.rglob("*") if path.is_dir() and path.parent.name == "map"], \
+        "an interrupted run left a directory (final or staging) behind"
+    time.sleep(0.5)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()
+                and "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()], "a worker outlived the sweep"
+
+
 @pytest.mark.slow  # starting a local Ray takes ~10-20 s on two cores
 def test_ray_sweep_gives_the_local_executor_numbers(cli, tmp_path):
     pytest.importorskip("ray")
@@ -100,3 +129,26 @@ def test_ray_sweep_gives_the_local_executor_numbers(cli, tmp_path):
     assert len(local_files) == 4
     for path in local_files:
         assert (remote / path.relative_to(local)).read_text() == path.read_text()
+
+
+def test_jobs_ask_for_the_tasks_resources_and_infeasible_ones_are_refused(tmp_path):
+    from bnnbench.sweep import _check_feasible, expand
+    from bnnbench.tasks import builtin_tasks_dir
+
+    task = tmp_path / "gpu-digits.toml"
+    task.write_text(f'include = "{builtin_tasks_dir() / "digits-mlp.toml"}"\nname = "gpu-digits"\n'
+                    '[resources]\ncpus = 2\ngpus = 1\n[resources.ci]\ngpus = 0.5\n')
+    options = {"budget_name": None, "device": "auto", "results_dir": tmp_path / "r"}
+    jobs = expand([str(task)], ["map"], [0, 1], [{}], options)
+    assert [(job.cpus, job.gpus) for job in jobs] == [(2, 1), (2, 1)]
+    ci = expand([str(task)], ["map"], [0], [{}], options | {"budget_name": "ci"})
+    assert (ci[0].cpus, ci[0].gpus) == (2, 0.5)
+    on_cpu = expand([str(task)], ["map"], [0], [{}], options | {"device": "cpu"})
+    assert (on_cpu[0].cpus, on_cpu[0].gpus) == (2, 0)  # a run told to use the CPU asks for no GPU
+    asks = {job.run_id: (job.cpus, job.gpus) for job in jobs}
+    _check_feasible({"CPU": 16.0, "GPU": 1.0}, asks, jobs)
+    with pytest.raises(UsageError, match=r"asks for 1 GPU\(s\).*cluster has 0; pass --gpus-per-run 0"):
+        _check_feasible({"CPU": 16.0}, asks, jobs)
+    with pytest.raises(UsageError, match=r"asks for 2 CPU\(s\).*cluster has 1"):
+        _check_feasible({"CPU": 1.0, "GPU": 1.0}, asks, jobs)
+    assert not (tmp_path / "r").exists()

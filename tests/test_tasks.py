@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bnnbench.errors import UsageError
-from bnnbench.tasks import list_tasks, load_task, validate_task
+from bnnbench.tasks import list_tasks, load_task, resources_for, validate_task
+from bnnbench.types import Resources
 
 GOOD = """
 name = "{name}"
@@ -44,6 +45,17 @@ def test_include_inherits_and_overrides():
     assert vit.train["batch_size"] == mlp.train["batch_size"]
 
 
+def test_resources_per_budget_inherit_and_default(tmp_path):
+    assert resources_for(load_task("digits-mlp"), "ci") == Resources(cpus=1, gpus=0)
+    assert resources_for(load_task("cifar100-vit"), None) == Resources(cpus=2, gpus=1)  # from cifar10-vit
+    electricity = load_task("electricity-patchtst")  # ettm1-patchtst's: a GPU, but not for the CI budget
+    assert resources_for(electricity, "default") == Resources(cpus=2, gpus=1)
+    assert resources_for(electricity, "ci") == Resources(cpus=1, gpus=0)
+    task = load_task(write(tmp_path, GOOD.format(name="bad") + "[resources]\ngpus = 0.5\n[resources.ci]\ncpus = 4\n"))
+    assert resources_for(task, None) == Resources(cpus=1, gpus=0.5)
+    assert resources_for(task, "ci") == Resources(cpus=4, gpus=0.5)
+
+
 def write(tmp_path, text, name="bad"):
     path = tmp_path / f"{name}.toml"
     path.write_text(text)
@@ -62,6 +74,10 @@ def write(tmp_path, text, name="bad"):
         (lambda t: t.replace('[model]\nname = "mlp"', "[model]"), "missing required key 'model.name'"),
         (lambda t: t.replace('description = "test task"', ""), "missing required key 'description'"),
         (lambda t: t.replace("[data]", "[data\n"), "malformed TOML"),
+        (lambda t: t + "[resources]\ngpu = 1\n", "unknown key 'resources.gpu'.*resources.gpus"),
+        (lambda t: t + "[resources]\ncpus = 0\n", "'resources.cpus' must be a positive number, got 0"),
+        (lambda t: t + "[resources.ci]\ngpus = -1\n", "'resources.ci.gpus' must be a non-negative number"),
+        (lambda t: t + "[resources.big]\ngpus = 1\n", "unknown budget in \\[resources\\] 'big'.*choices: ci"),
     ],
 )
 def test_malformed_task_names_file_and_key(tmp_path, edit, expected):
