@@ -13,7 +13,7 @@ CI_RUN = for task in $(CI_TASKS); do for method in $(CI_METHODS); do OMP_NUM_THR
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install run test test-all lint fmt baseline check bench clean
+.PHONY: install run test test-all report-check lint fmt baseline check bench clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,12 @@ test: install  ## fast tests (slow and gpu ones are deselected in pyproject.toml
 
 test-all: install
 	$(BIN)/pip install --quiet -e ".[dev,ray]"
-	$(BIN)/pytest -n 2 -q -m "not gpu"
+	$(BIN)/pytest -n 2 -q -m "not gpu and not browser"
+
+report-check: install  ## a report rendered in headless Chromium: every section there, every image decoded (keeps report-check/)
+	@command -v chromium >/dev/null || { echo "report-check needs Debian's chromium: apt-get install chromium"; exit 1; }
+	rm -rf report-check && mkdir report-check
+	REPORT_CHECK_OUT=report-check $(BIN)/pytest -q -m browser tests/test_report.py
 
 lint: install
 	$(BIN)/ruff check .
@@ -57,4 +62,4 @@ bench: install  ## cost per epoch (VI, ensembles, dropout, SWAG, rank-1) and of 
 		OMP_NUM_THREADS=1 $(BIN)/python benchmarks/others_cost.py --task $$task --epochs 5 --repeats 3 || exit 1; done
 
 clean:
-	rm -rf $(CI_RUNS) results/runs .pytest_cache
+	rm -rf $(CI_RUNS) results/runs .pytest_cache report report-check

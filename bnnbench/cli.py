@@ -346,6 +346,22 @@ def convergence(
     out.print(f"wrote {png}")
 
 
+@app.command(epilog="Example: `bnnbench report --results-dir results/runs --out report/`")
+def report(
+    out_dir: Annotated[Path, typer.Option("--out", help="directory for index.html and figures/ (replaced whole)")]
+    = Path("report"),
+    results_dir: Annotated[Path, typer.Option(help="results to report on")] = Path("results/runs"),
+    task: Annotated[list[str], typer.Option(help="only these tasks (repeatable)")] = [],  # noqa: B006
+) -> None:
+    """An HTML page with PNG figures: leaderboards, reliability, corruption severity, cost, forecasts, convergence."""
+    from bnnbench.report import build_report
+
+    written = build_report(results_dir, out_dir, task or None)
+    for note in written.notes:
+        out.print(f"[dim]left out: {note}[/dim]", soft_wrap=True)
+    out.print(f"wrote {written.page} ({len(written.images)} figures)")
+
+
 @data_app.command("download", epilog="Example: `bnnbench data download cifar10`")
 def data_download(
     name: Annotated[str, typer.Argument(help="cifar10, cifar100, cifar10c or svhn")],

@@ -28,7 +28,7 @@ else:  # pragma: no cover
 
 __all__ = ["BASELINE_COLUMNS", "TASK_KEY", "CheckConfig", "Tolerance", "aggregate", "check", "check_failed",
            "leaderboard",
-           "load_baseline", "load_check_config", "summary_rows", "with_variant"]
+           "load_baseline", "load_check_config", "method_labels", "summary_rows", "with_variant"]
 
 # A task's results are comparable only within one version and data variant (official vs generated CIFAR-10-C)
 TASK_KEY = ["task", "task_version", "data_variant"]
@@ -216,7 +216,7 @@ def leaderboard(runs: pd.DataFrame, table: pd.DataFrame, metrics: list[str] | No
         return pd.DataFrame(columns=[*TASK_KEY, "method", "column", "mean", "stderr", "n",
                                      "higher_is_better", "best", "rank"])
     table, runs = with_variant(table[table["n"] > 0]), with_variant(runs)
-    labels = _method_labels(table)
+    labels = method_labels(table)
     clean = table[(table["split"] == "test") & (table["corruption"] == "none")].assign(column=table["metric"])
     corrupted = table[(table["split"] == "test") & (table["corruption"] == "mean") & (table["severity"] == 0)]
     corrupted = corrupted.assign(column=corrupted["metric"] + " corrupted")
@@ -250,7 +250,9 @@ def leaderboard(runs: pd.DataFrame, table: pd.DataFrame, metrics: list[str] | No
     return board[columns]
 
 
-def _method_labels(table: pd.DataFrame) -> dict[tuple[str, str, str], str]:
+def method_labels(table: pd.DataFrame) -> dict[tuple[str, str, str], str]:
+    """{(task, method, config_hash): label}: the method's name, with the hash's head where a task holds runs of
+    one method under several configurations."""
     labels = {}
     for (task, method), rows in table.groupby(["task", "method"]):
         hashes = sorted(rows["config_hash"].unique())

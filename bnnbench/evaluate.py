@@ -87,6 +87,8 @@ def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], met
             if clean_test:
                 test_scores = scores
                 evaluation.test_predictions = likelihood.saved_predictions(mixture, targets)
+                if split.data.windows is not None:
+                    evaluation.test_predictions |= _forecast_bands(mixture, split.data)
                 if reference is not None and wanted_fidelity:
                     fidelity = fidelity_metrics(reference, predictive, split.data.x.double().numpy(),
                                                 mixture_moments(mixture)[1])
@@ -106,6 +108,15 @@ def _in_series_units(likelihood: Likelihood, mixture: np.ndarray, data: Split) -
     shift, scale = data.windows.shift.double().numpy(), data.windows.scale.double().numpy()
     per_example = (-1, *[1] * (targets.ndim - 1))
     return likelihood.affine(mixture, shift, scale), targets * scale.reshape(per_example) + shift.reshape(per_example)
+
+
+def _forecast_bands(mixture: np.ndarray, data: Split) -> dict[str, np.ndarray]:
+    """What a fan chart draws, in series units: each window's context and quantiles of its forecast."""
+    from bnnbench.forecast_metrics import FAN_LEVELS, fan_quantiles
+
+    shift, scale = data.windows.shift.double().numpy(), data.windows.scale.double().numpy()
+    context = data.x.double().numpy() * scale[:, None] + shift[:, None]
+    return {"context": context, "quantile_levels": np.array(FAN_LEVELS), "quantiles": fan_quantiles(mixture)}
 
 
 def _corruption_means(rows: list[dict]) -> list[dict]:

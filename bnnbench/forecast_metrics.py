@@ -23,12 +23,13 @@ import numpy as np
 
 from bnnbench.types import Windows
 
-__all__ = ["FORECAST_SAMPLES", "QUANTILE_LEVELS", "coverage", "crps", "forecast_samples", "gluonts_metric",
-           "sample_crps", "sample_quantiles"]
+__all__ = ["FAN_LEVELS", "FORECAST_SAMPLES", "QUANTILE_LEVELS", "coverage", "crps", "fan_quantiles",
+           "forecast_samples", "gluonts_metric", "sample_crps", "sample_quantiles"]
 
 FORECAST_SAMPLES = 200
 SAMPLE_SEED = 0
 QUANTILE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+FAN_LEVELS = (0.05, 0.25, 0.5, 0.75, 0.95)  # a fan chart's 90% and 50% bands and its median
 
 
 def forecast_samples(mixture: np.ndarray, n_samples: int = FORECAST_SAMPLES, seed: int = SAMPLE_SEED) -> np.ndarray:
@@ -64,6 +65,11 @@ def sample_quantiles(samples: np.ndarray, levels) -> list[np.ndarray]:
     """Quantiles (N, H) of samples (N, K, H) as gluonts' `SampleForecast` takes them (nearest rank)."""
     ordered = np.sort(samples, axis=1)
     return [ordered[:, int(np.round((samples.shape[1] - 1) * level))] for level in levels]
+
+
+def fan_quantiles(mixture: np.ndarray, levels=FAN_LEVELS) -> np.ndarray:
+    """(N, len(levels), H) quantiles of the same forecast samples the metrics score, for fan charts."""
+    return np.stack(sample_quantiles(forecast_samples(mixture), levels), axis=1)
 
 
 def coverage(level: float):

@@ -32,7 +32,8 @@ from bnnbench.registry import Registry
 from bnnbench.types import Windows
 
 __all__ = ["METRICS", "OOD_METRICS", "Metric", "accuracy", "aupr", "auroc", "brier_score",
-           "expected_calibration_error", "gaussian_mse", "gaussian_nll", "metrics_for", "negative_log_likelihood"]
+           "expected_calibration_error", "gaussian_mse", "gaussian_nll", "metrics_for", "negative_log_likelihood",
+           "reliability_bins"]
 
 ECE_BINS = 15
 
@@ -80,16 +81,21 @@ def negative_log_likelihood(log_probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(log_probs[np.arange(len(labels)), labels]))
 
 
-def expected_calibration_error(log_probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> float:
-    """Top-label ECE with `n_bins` equal-width bins (lo, hi] over [0, 1]."""
-    probs = np.exp(log_probs)
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, np.ndarray]:
+    """Per top-label-confidence bin (lo, hi] over [0, 1]: the count, and the sums of correctness and of
+    confidence. ECE reads these, and so does the report's reliability diagram, so both bin alike."""
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
     bins = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins)
-    gap = np.abs(np.bincount(bins, weights=correct, minlength=n_bins)
-                 - np.bincount(bins, weights=confidence, minlength=n_bins))
-    return float(gap.sum() / count.sum())
+    return {"count": np.bincount(bins, minlength=n_bins),
+            "correct": np.bincount(bins, weights=correct, minlength=n_bins),
+            "confidence": np.bincount(bins, weights=confidence, minlength=n_bins)}
+
+
+def expected_calibration_error(log_probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Top-label ECE with `n_bins` equal-width bins (lo, hi] over [0, 1]."""
+    bins = reliability_bins(np.exp(log_probs), labels, n_bins)
+    return float(np.abs(bins["correct"] - bins["confidence"]).sum() / bins["count"].sum())
 
 
 def brier_score(log_probs: np.ndarray, labels: np.ndarray) -> float:

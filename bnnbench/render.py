@@ -1,13 +1,15 @@
 """Text renderings of leaderboards and check results: rich tables for terminals, Markdown for files, LaTeX
-(booktabs) for papers."""
+(booktabs) for papers, HTML for reports."""
 
 from __future__ import annotations
 
+import html
 import math
 
 import pandas as pd
 
-__all__ = ["check_table", "leaderboard_latex", "leaderboard_markdown", "leaderboard_table", "pivot_tasks", "wide"]
+__all__ = ["check_table", "leaderboard_html", "leaderboard_latex", "leaderboard_markdown", "leaderboard_table",
+           "pivot_tasks", "wide"]
 
 
 def _cell(mean: float, stderr: float, n: int) -> str:
@@ -83,6 +85,21 @@ def leaderboard_latex(board: pd.DataFrame, title: str) -> str:
         lines.append(_latex_text(method) + " & " + " & ".join(texts) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
+
+
+def leaderboard_html(board: pd.DataFrame) -> str:
+    """An HTML table (no styling of its own) with the best value of each column in <strong>."""
+    methods, columns, cells = wide(board)
+    head = "".join(f"<th>{html.escape(column)}</th>" for column in columns)
+    lines = ['<table class="leaderboard">', f"<thead><tr><th>method</th>{head}</tr></thead>", "<tbody>"]
+    for method in methods:
+        texts = []
+        for column in columns:
+            text, best = cells.get((method, column), ("", False))
+            texts.append(f"<td><strong>{html.escape(text)}</strong></td>" if best else f"<td>{html.escape(text)}</td>")
+        lines.append(f"<tr><th>{html.escape(method)}</th>{''.join(texts)}</tr>")
+    lines += ["</tbody>", "</table>"]
+    return "\n".join(lines)
 
 
 def pivot_tasks(board: pd.DataFrame, column: str) -> pd.DataFrame:

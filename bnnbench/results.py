@@ -24,7 +24,7 @@ from typing import Any
 from bnnbench.errors import UsageError
 
 __all__ = ["METRIC_COLUMNS", "SCHEMA_VERSION", "check_writable", "config_hash", "git_state", "load_results",
-           "machine_name", "make_run_id", "run_directory", "write_run", "write_text_atomic"]
+           "machine_name", "make_run_id", "replace_directory", "run_directory", "write_run", "write_text_atomic"]
 
 SCHEMA_VERSION = 1
 METRIC_COLUMNS = ["run_id", "task", "task_version", "method", "seed", "split", "corruption", "severity",
@@ -96,16 +96,22 @@ def write_run(directory: Path, record: dict[str, Any], rows: list[dict[str, Any]
             import numpy as np
 
             np.savez(staging / "predictions.npz", **predictions)
-        if directory.exists():  # swap out the old run, then drop it: readers see old or new, never a mix
-            retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
-            os.replace(directory, retired / "run")
-            os.replace(staging, directory)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, directory)
+        replace_directory(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def replace_directory(staging: Path, directory: Path) -> None:
+    """Move the finished `staging` directory to `directory` (a sibling), swapping out any old one whole, then
+    dropping it: readers see the old or the new, never a mix."""
+    if directory.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+        os.replace(directory, retired / "old")
+        os.replace(staging, directory)
+        shutil.rmtree(retired)
+    else:
+        os.replace(staging, directory)
 
 
 @cache

@@ -1,0 +1,326 @@
+"""`bnnbench report`: one HTML page (plus its PNGs) per results directory, for reading a benchmark at a glance.
+
+Per task (and version and data variant, the units `compare` keeps apart): the leaderboard, reliability diagrams
+per method, metrics against corruption severity, loss against cost with its Pareto front, forecast fan charts
+and the VI convergence curves, each where the results hold what it needs. Everything shown is read from what
+runs wrote (metrics.csv, run.json, predictions.npz); the report scores nothing itself. The page uses no
+JavaScript and no resource outside its directory, and the directory is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bnnbench.errors import UsageError
+
+__all__ = ["Report", "build_report"]
+
+SEVERITY_METRICS = ("nll", "ece", "acc")
+COSTS = ("fit s", "peak MB")
+REPORT_MARK = '<meta name="generator" content="bnnbench report">'
+
+
+@dataclass
+class Report:
+    """What was written: the page, its section ids (tasks' subsections included) and its images."""
+
+    page: Path
+    sections: list[str] = field(default_factory=list)
+    images: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # subsections left out, and why
+
+
+@dataclass
+class _Group:
+    """One task version and data variant: its runs, seed-aggregated table and leaderboard, its method labels."""
+
+    task: str
+    version: int
+    variant: str
+    runs: pd.DataFrame
+    table: pd.DataFrame
+    board: pd.DataFrame
+    labels: dict[tuple[str, str, str], str]
+
+    @property
+    def title(self) -> str:
+        return f"{self.task} v{self.version}" + ("" if self.variant == "standard" else f" ({self.variant})")
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.title.lower()).strip("-")
+
+    def label(self, method: str, config_hash: str) -> str:
+        return self.labels.get((self.task, method, config_hash), method)
+
+    def has_metric(self, metric: str) -> bool:
+        """Whether the task's runs scored `metric` (what kind of task this is: ece for classification, crps for
+        forecasting)."""
+        return bool((self.table["metric"] == metric).any())
+
+    def clean_test(self, metric: str) -> pd.DataFrame:
+        rows = self.table[(self.table["split"] == "test") & (self.table["corruption"] == "none")
+                          & (self.table["metric"] == metric)]
+        return rows.assign(label=[self.label(m, h) for m, h in zip(rows["method"], rows["config_hash"], strict=True)])
+
+
+def build_report(results_dir: Path, out: Path, tasks: list[str] | None = None) -> Report:
+    """Write `out`/index.html and `out`/figures/*.png for the runs under `results_dir` (only `tasks`, if given)."""
+    from bnnbench.compare import TASK_KEY, aggregate, leaderboard, method_labels
+    from bnnbench.results import load_results, replace_directory
+
+    runs, metrics = load_results(results_dir)
+    if runs.empty:
+        raise UsageError(f"no runs found under '{results_dir}'; run `bnnbench run` or `bnnbench sweep` first")
+    if tasks:
+        known = sorted(runs["task"].unique())
+        for name in tasks:
+            if name not in known:
+                raise UsageError(f"no runs of task '{name}' under '{results_dir}'; tasks there: {', '.join(known)}")
+        runs, metrics = runs[runs["task"].isin(tasks)], metrics[metrics["task"].isin(tasks)]
+    out = Path(out)
+    _check_replaceable(out)
+    table = aggregate(runs, metrics)
+    board = leaderboard(runs, table)
+    labels = method_labels(table[table["n"] > 0])
+    groups = []
+    for (task, version, variant), group_runs in runs.groupby(TASK_KEY, sort=True):
+        in_group = ((table["task"] == task) & (table["task_version"] == version)
+                    & (table["data_variant"] == variant))
+        on_board = ((board["task"] == task) & (board["task_version"] == version)
+                    & (board["data_variant"] == variant))
+        groups.append(_Group(task, int(version), variant, group_runs, table[in_group], board[on_board], labels))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        report = Report(page=out / "index.html")
+        bodies = [_task_section(group, Path(results_dir), staging, report) for group in groups]
+        page = _page(Path(results_dir), runs, groups, bodies)
+        (staging / "index.html").write_text(page, encoding="utf-8")
+        replace_directory(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    report.images = [out / image.relative_to(staging) for image in report.images]
+    return report
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace a directory that is not an earlier report (the whole directory is swapped out)."""
+    if not out.exists():
+        return
+    page = out / "index.html"
+    if not out.is_dir() or (any(out.iterdir()) and not (page.is_file() and REPORT_MARK in page.read_text())):
+        raise UsageError(f"--out '{out}' exists and is not a bnnbench report directory; give a new or empty one")
+
+
+def _task_section(group: _Group, results_dir: Path, staging: Path, report: Report) -> str:
+    """The HTML of one task's section; its figures are written under `staging`/figures."""
+    parts = [f'<section id="{group.slug}">', f"<h2>{html.escape(group.title)}</h2>"]
+    failed = group.runs[group.runs["status"] != "ok"]
+    parts.append(f"<p>{len(group.runs) - len(failed)} finished runs, {len(failed)} failed.</p>")
+    if not failed.empty:
+        items = "".join(f"<li><code>{html.escape(str(row.run_id))}</code>: {html.escape(str(row.error))}</li>"
+                        for row in failed.itertuples())
+        parts.append(f'<details><summary>failed runs</summary><ul>{items}</ul></details>')
+    subsections = [
+        ("leaderboard", "Leaderboard", _leaderboard),
+        ("reliability", "Reliability diagrams", _reliability),
+        ("severity", "Metrics against corruption severity", _severity),
+        ("cost", "Loss against cost", _cost),
+        ("forecast", "Forecast fan charts", _forecast),
+        ("convergence", "Convergence of score-vi and elbo-vi", _convergence),
+    ]
+    for key, heading, draw in subsections:
+        section_id = f"{group.slug}-{key}"
+        body = draw(group, results_dir, staging / "figures" / f"{section_id}.png")
+        if body is None:  # does not apply to this kind of task
+            continue
+        if isinstance(body, _Skipped):
+            report.notes.append(f"{group.title}: {heading.lower()}: {body.why}")
+            body = f'<p class="missing">Not drawn: {html.escape(body.why)}.</p>'
+        if isinstance(body, _Figure):
+            report.images.append(body.path)
+            alt = html.escape(f"{heading}: {group.title}")
+            body = (f'<figure><img src="figures/{body.path.name}" alt="{alt}">'
+                    f"<figcaption>{body.caption}</figcaption></figure>")
+        report.sections.append(section_id)
+        parts.append(f'<section id="{section_id}"><h3>{heading}</h3>{body}</section>')
+    report.sections.append(group.slug)
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+@dataclass(frozen=True)
+class _Figure:
+    path: Path
+    caption: str
+
+
+@dataclass(frozen=True)
+class _Skipped:
+    why: str
+
+
+def _leaderboard(group: _Group, results_dir: Path, png: Path) -> str | _Skipped:
+    from bnnbench.render import leaderboard_html
+
+    if group.board.empty:
+        return _Skipped("no finished run")
+    return (leaderboard_html(group.board) + "<p class=\"caption\">Mean ± standard error over seeds; bold is the best "
+            "of each column; rank is the mean rank over the quality columns (costs excluded); n is the number of "
+            "seeds.</p>")
+
+
+def _prediction_files(group: _Group, results_dir: Path, needs: str) -> dict[str, list[tuple[int, dict]]]:
+    """{method label: [(seed, arrays)]} of the group's finished runs that saved predictions holding `needs`."""
+    from bnnbench.results import run_directory
+
+    found: dict[str, list[tuple[int, dict]]] = {}
+    for row in group.runs[group.runs["status"] == "ok"].sort_values(["method", "seed"]).itertuples():
+        path = run_directory(results_dir, row.task, row.method, row.run_id) / "predictions.npz"
+        if not path.is_file():
+            continue
+        with np.load(path) as arrays:
+            if needs in arrays:
+                found.setdefault(group.label(row.method, row.config_hash), []).append(
+                    (int(row.seed), {name: arrays[name] for name in arrays.files}))
+    return found
+
+
+def _mean_text(rows: pd.DataFrame, label: str) -> str:
+    from bnnbench.render import _cell
+
+    chosen = rows[rows["label"] == label]
+    if chosen.empty:
+        return "n/a"
+    row = chosen.iloc[0]
+    return _cell(row["mean"], row["stderr"], int(row["n"]))
+
+
+def _reliability(group: _Group, results_dir: Path, png: Path) -> _Figure | _Skipped | None:
+    from bnnbench.figures import ReliabilityPanel, reliability_figure
+    from bnnbench.metrics import reliability_bins
+
+    if not group.has_metric("ece"):
+        return None
+    saved = _prediction_files(group, results_dir, "probs")
+    if not saved:
+        return _Skipped("no classification run saved its predictions (run with --save-predictions)")
+    ece = group.clean_test("ece")
+    panels = []
+    for label, seeds in saved.items():
+        pooled = [reliability_bins(arrays["probs"].astype(np.float64), arrays["labels"]) for _, arrays in seeds]
+        panels.append(ReliabilityPanel(label, *(sum(bins[key] for bins in pooled)
+                                                for key in ("count", "correct", "confidence")),
+                                       ece=_mean_text(ece, label), seeds=len(seeds)))
+    reliability_figure(panels, f"{group.title}: reliability on the clean test split", png)
+    return _Figure(png, "Accuracy against top-label confidence in 15 equal-width bins, test examples of all seeds "
+                        "pooled; the shaded part is the gap to the diagonal (above the bar: over-confident). ECE "
+                        "is the evaluator's, mean ± standard error over seeds.")
+
+
+def _severity(group: _Group, results_dir: Path, png: Path) -> _Figure | None:
+    from bnnbench.figures import SeverityCurve, severity_figure
+
+    table = group.table
+    corrupted = table[(table["split"] == "test") & (table["corruption"] == "mean") & (table["severity"] > 0)]
+    if corrupted.empty:
+        return None
+    clean = table[(table["split"] == "test") & (table["corruption"] == "none")]
+    metrics = [name for name in SEVERITY_METRICS if name in set(corrupted["metric"])]
+    rows = pd.concat([clean, corrupted])
+    rows = rows[rows["metric"].isin(metrics)].sort_values("severity")
+    curves = [SeverityCurve(group.label(method, hash_), metric, part["severity"].to_numpy(),
+                            part["mean"].to_numpy(), part["stderr"].to_numpy())
+              for (method, hash_, metric), part in rows.groupby(["method", "config_hash", "metric"], sort=True)]
+    severity_figure(curves, metrics, f"{group.title}: test metrics against corruption severity", png)
+    return _Figure(png, "Each metric averaged over the corruption types at each severity (0 is the clean test "
+                        "split); bars are ± standard error over seeds.")
+
+
+def _cost(group: _Group, results_dir: Path, png: Path) -> _Figure | _Skipped:
+    from bnnbench.figures import CostPoint, cost_figure
+
+    board = group.board
+    loss_name = "nll" if "nll" in set(board["column"]) else None
+    costs = [name for name in COSTS if name in set(board["column"])]
+    if loss_name is None or not costs:
+        return _Skipped("needs clean-test nll and recorded costs")
+    wide = board.pivot_table(index="method", columns="column", values=["mean", "stderr"], aggfunc="first")
+    points = [CostPoint(method, float(wide.loc[method, ("mean", loss_name)]),
+                        float(wide.loc[method, ("stderr", loss_name)]),
+                        {name: float(wide.loc[method, ("mean", name)]) for name in costs
+                         if not np.isnan(wide.loc[method, ("mean", name)])})
+              for method in wide.index if not np.isnan(wide.loc[method, ("mean", loss_name)])]
+    cost_figure(points, loss_name, costs, f"{group.title}: NLL against cost", png)
+    return _Figure(png, "Clean-test NLL (mean ± standard error over seeds) against mean fit seconds and peak "
+                        "resident memory of a run. The red steps are the Pareto front: methods in bold have no "
+                        "rival that is both cheaper and better.")
+
+
+def _forecast(group: _Group, results_dir: Path, png: Path) -> _Figure | _Skipped | None:
+    from bnnbench.figures import FanPanel, fan_figure
+
+    if not group.has_metric("crps"):
+        return None
+    saved = _prediction_files(group, results_dir, "quantiles")
+    if not saved:
+        return _Skipped("no forecasting run saved its predictions (run with --save-predictions)")
+    panels = []
+    for label, seeds in saved.items():
+        seed, arrays = seeds[0]
+        panels.append(FanPanel(f"{label} (seed {seed})", arrays["context"][-1], arrays["y"][-1].reshape(-1),
+                               arrays["quantile_levels"], arrays["quantiles"][-1]))
+    fan_figure(panels, f"{group.title}: the last test window", png)
+    return _Figure(png, "The last window of the test split in series units: context, true continuation (dashed), "
+                        "forecast median and the central 50% and 90% intervals of the same forecast samples the "
+                        "metrics score.")
+
+
+def _convergence(group: _Group, results_dir: Path, png: Path) -> _Figure | None:
+    from bnnbench.convergence import convergence_curves, plot_convergence
+
+    if not convergence_curves(results_dir, group.task):
+        return None
+    plot_convergence(results_dir, group.task, png)
+    return _Figure(png, "Negative ELBO (same estimator for both methods) against wall-clock seconds since the fit "
+                        "started, one line per run.")
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; padding: 0 1em; }
+h2 { border-bottom: 2px solid #ccc; padding-top: 1em; }
+table.leaderboard { border-collapse: collapse; font-size: 0.85em; }
+table.leaderboard th, table.leaderboard td { padding: 0.25em 0.6em; border-bottom: 1px solid #ddd; }
+table.leaderboard td { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.leaderboard th { text-align: left; }
+figure { margin: 0.5em 0; }
+figure img { max-width: 100%; }
+figcaption, .caption, .meta, .missing { color: #555; font-size: 0.85em; }
+nav ul { columns: 2; }
+"""
+
+
+def _page(results_dir: Path, runs: pd.DataFrame, groups: list[_Group], bodies: list[str]) -> str:
+    commits = sorted({str(commit)[:10] for commit in runs.get("git_sha", pd.Series(dtype=str)).dropna()})
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    contents = "".join(f'<li><a href="#{group.slug}">{html.escape(group.title)}</a></li>' for group in groups)
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', REPORT_MARK,
+        "<title>bnnbench report</title>", f"<style>{STYLE}</style>", "</head>", "<body>",
+        '<header id="summary"><h1>bnnbench report</h1>',
+        f'<p class="meta">{len(runs)} runs of {len(groups)} task(s) from <code>{html.escape(str(results_dir))}</code>'
+        f"; bnnbench commit(s) {html.escape(', '.join(commits) or 'unknown')}; written {stamp}.</p></header>",
+        f'<nav id="contents"><h2>Tasks</h2><ul>{contents}</ul></nav>',
+        *bodies, "</body>", "</html>", ""])
