@@ -55,11 +55,13 @@ check: install  ## CI-budget runs, then the regression check against the committ
 	$(CI_RUN)
 	$(BIN)/bnnbench check --baseline $(BASELINE) --results-dir $(CI_RUNS)
 
-bench: install  ## cost per epoch (VI, ensembles, dropout, SWAG, rank-1) and of Laplace's post-hoc fit, relative to map (one thread)
+bench: install  ## cost per epoch (VI, ensembles, dropout, SWAG, rank-1) and of Laplace's post-hoc fit, relative to map (one thread); sweep overhead
 	for task in digits-mlp digits-cnn digits-vit; do \
 		OMP_NUM_THREADS=1 $(BIN)/python benchmarks/vi_cost.py --task $$task --epochs 5 --repeats 3 && \
 		OMP_NUM_THREADS=1 $(BIN)/python benchmarks/laplace_cost.py --task $$task --epochs 5 --repeats 3 && \
 		OMP_NUM_THREADS=1 $(BIN)/python benchmarks/others_cost.py --task $$task --epochs 5 --repeats 3 || exit 1; done
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/sweep_overhead.py --budget ci --repeats 5
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/sweep_overhead.py --budget default --repeats 3
 
 clean:
 	rm -rf $(CI_RUNS) results/runs .pytest_cache report report-check

@@ -171,21 +171,30 @@ def sweep(
     quiet: Annotated[bool, typer.Option(help="no live progress table")] = False,
 ) -> None:
     """Run tasks x methods x seeds x grid; skips runs with an ok result, isolates failures, resumable."""
-    from bnnbench.sweep import expand, parse_grid, run_local, run_ray
+    from bnnbench.sweep import LocalPool, expand, parse_grid, run_local, run_ray
 
     if workers < 1 or (threads is not None and threads < 1):
         raise UsageError(f"--workers and --threads must be >= 1, got {workers} and {threads}")
     options = {"budget_name": budget, "epochs": epochs, "device": device, "results_dir": results_dir,
                "data_dir": data_dir, "save_predictions": save_predictions}
-    jobs = expand([t for t in tasks.split(",") if t], [m for m in methods.split(",") if m],
-                  parse_seeds([seeds]), parse_grid(set_), options)
+    names = ([t for t in tasks.split(",") if t], [m for m in methods.split(",") if m], parse_seeds([seeds]),
+             parse_grid(set_), options)
+    if executor is Executor.local:  # the first worker expands the sweep: this process never imports torch
+        pool = LocalPool(workers, threads or 1)
+        try:
+            jobs = pool.expand(*names)
+        except BaseException:
+            pool.close()
+            raise
+    else:
+        pool, jobs = None, expand(*names)
     table = _SweepProgress(len(jobs), workers, enabled=not quiet)
     with table:
-        if executor is Executor.ray:
+        if pool is None:
             result = run_ray(jobs, address=ray_address, cpus=workers, cpus_per_run=threads, gpus_per_run=gpus_per_run,
                              force=force, on_update=table.update)
         else:
-            result = run_local(jobs, workers=workers, force=force, threads=threads or 1, on_update=table.update)
+            result = run_local(jobs, force=force, on_update=table.update, pool=pool)
     counts = {status: list(result.status.values()).count(status) for status in ("ok", "failed", "skipped")}
     out.print(f"sweep: {len(jobs)} runs: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped; "
               f"wall {result.wall_seconds:.1f} s, runs' own time {result.run_seconds:.1f} s")

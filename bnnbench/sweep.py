@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bnnbench.errors import UsageError
+from bnnbench.errors import BnnbenchError, UsageError
 
-__all__ = ["Job", "SweepResult", "expand", "parse_grid", "run_local", "run_ray"]
+__all__ = ["Job", "LocalPool", "SweepResult", "expand", "parse_grid", "run_local", "run_ray"]
 
 
 @dataclass(frozen=True)
@@ -103,25 +103,50 @@ def _to_run(jobs: list[Job], force: bool, result: SweepResult) -> list[Job]:
     return pending
 
 
+_PLANS: dict[str, Any] = {}  # a worker's prepared plans: seeds of one configuration share one, as in `bnnbench run`
+
+
 def _execute(job: Job) -> tuple[str, str, float]:
     from bnnbench.runner import prepare, run
 
-    plan = prepare(job.task, job.method, overrides=job.overrides, show_progress=False, **job.options)
-    outcome = run(plan, job.seed)
+    key = json.dumps([job.task, job.method, job.overrides, job.options], sort_keys=True, default=str)
+    if key not in _PLANS:
+        _PLANS[key] = prepare(job.task, job.method, overrides=job.overrides, show_progress=False, **job.options)
+    outcome = run(_PLANS[key], job.seed)
     return outcome.status, outcome.error, float(outcome.record.get("duration_s", 0.0))
+
+
+@dataclass(frozen=True)
+class _Expand:
+    """A request to a worker: expand the sweep there, so that the supervising process never imports torch."""
+
+    tasks: list[str]
+    methods: list[str]
+    seeds: list[int]
+    grid: list[dict[str, Any]]
+    options: dict[str, Any]
 
 
 def _worker(inbox, outbox, threads: int) -> None:
     try:
         import torch
 
+        import bnnbench.runner  # noqa: F401  (each worker warms up while the first one expands the sweep)
+
         torch.set_num_threads(threads)
-        while (job := inbox.get()) is not None:
+        while (message := inbox.get()) is not None:
+            if isinstance(message, _Expand):
+                try:
+                    outbox.put(("expanded", expand(message.tasks, message.methods, message.seeds, message.grid,
+                                                   message.options), None))
+                except Exception as failure:  # bad input: the supervisor raises it
+                    outbox.put(("expanded", None, failure))
+                continue
             try:
-                status, error, seconds = _execute(job)
+                status, error, seconds = _execute(message)
             except Exception as failure:  # a configuration error is this run's failure, not the sweep's
                 status, error, seconds = "failed", f"{type(failure).__name__}: {failure}", 0.0
-            outbox.put((job.run_id, status, error, seconds))
+            outbox.put(("done", message.run_id, status, error, seconds))
     except KeyboardInterrupt:  # Ctrl-C reaches the workers too: the run in hand unwinds (writing nothing), quietly
         return
 
@@ -133,20 +158,21 @@ class _Worker:
     job: Job | None = None
 
 
-def run_local(jobs: list[Job], workers: int = 1, force: bool = False, threads: int = 1,
-              on_update: Callable[[SweepResult, int], None] | None = None) -> SweepResult:
-    """Run `jobs` on `workers` processes; `on_update(result, running)` is called whenever something changes."""
-    result, start = SweepResult(), time.perf_counter()
-    pending = _to_run(jobs, force, result)
-    context = multiprocessing.get_context("spawn")
-    outbox = context.Queue()
-    pool: list[_Worker] = []
+class LocalPool:
+    """Spawned worker processes and the queue they answer on. Start it before expanding the sweep, so that the
+    workers' start-up (importing torch and bnnbench) overlaps the expansion's own in this process."""
 
-    def start_worker() -> _Worker:
-        inbox = context.Queue()
+    def __init__(self, workers: int, threads: int = 1) -> None:
+        self.threads = threads
+        self.context = multiprocessing.get_context("spawn")
+        self.outbox = self.context.Queue()
+        self.workers = [self.start_worker() for _ in range(workers)]
+
+    def start_worker(self) -> _Worker:
+        inbox = self.context.Queue()
         env_threads = os.environ.get("OMP_NUM_THREADS")
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the spawned interpreter
-        process = context.Process(target=_worker, args=(inbox, outbox, threads), daemon=True)
+        os.environ["OMP_NUM_THREADS"] = str(self.threads)  # inherited by the spawned interpreter
+        process = self.context.Process(target=_worker, args=(inbox, self.outbox, self.threads), daemon=True)
         process.start()
         if env_threads is None:
             del os.environ["OMP_NUM_THREADS"]
@@ -154,32 +180,77 @@ def run_local(jobs: list[Job], workers: int = 1, force: bool = False, threads: i
             os.environ["OMP_NUM_THREADS"] = env_threads
         return _Worker(process, inbox)
 
+    def expand(self, tasks: list[str], methods: list[str], seeds: list[int], grid: list[dict[str, Any]],
+               options: dict[str, Any]) -> list[Job]:
+        """`expand(...)`, done by the first worker: it imports torch and loads the data there, which its runs need
+        anyway, while this process stays a light supervisor. Raises what expansion raises (bad input)."""
+        first = self.workers[0]
+        first.inbox.put(_Expand(tasks, methods, seeds, grid, options))
+        while True:
+            try:
+                _, jobs, failure = self.outbox.get(timeout=0.2)
+            except queue.Empty:
+                if not first.process.is_alive():
+                    raise BnnbenchError(f"the worker expanding the sweep died (exit code {first.process.exitcode})"
+                                        ) from None
+                continue
+            if failure is not None:
+                raise failure
+            return jobs
+
+    def busy(self) -> int:
+        return sum(worker.job is not None for worker in self.workers)
+
+    def close(self) -> None:
+        """Stop the workers. An idle one holds nothing unwritten, so it is killed rather than left to tear torch
+        down (about a second); one still in a run (an interrupted sweep) is asked to stop, then killed."""
+        for worker in self.workers:
+            if worker.job is None:
+                worker.process.kill()
+            elif worker.process.is_alive():
+                worker.inbox.put(None)
+        for worker in self.workers:
+            worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+
+
+def run_local(jobs: list[Job], workers: int = 1, force: bool = False, threads: int = 1,
+              on_update: Callable[[SweepResult, int], None] | None = None,
+              pool: LocalPool | None = None) -> SweepResult:
+    """Run `jobs` on `workers` processes (or on `pool`, started earlier, which this closes); `on_update(result,
+    running)` is called whenever something changes."""
+    result, start = SweepResult(), time.perf_counter()
+    pending = _to_run(jobs, force, result)
+    if pool is None:
+        pool = LocalPool(max(1, min(workers, len(pending))) if pending else 0, threads)
+
     def notify() -> None:
         if on_update is not None:
-            on_update(result, sum(worker.job is not None for worker in pool))
+            on_update(result, pool.busy())
 
-    pool = [start_worker() for _ in range(max(1, min(workers, len(pending))))] if pending else []
     notify()
     try:
-        while pending or any(worker.job is not None for worker in pool):
-            for worker in pool:
+        while pending or pool.busy():
+            for worker in pool.workers:
                 if worker.job is None and pending:
                     worker.job = pending.pop(0)
                     worker.inbox.put(worker.job)
             notify()
             try:
-                run_id, status, error, seconds = outbox.get(timeout=0.2)
+                _, run_id, status, error, seconds = pool.outbox.get(timeout=0.2)
             except queue.Empty:
-                for index, worker in enumerate(pool):
+                for index, worker in enumerate(pool.workers):
                     if worker.job is not None and not worker.process.is_alive():
                         job = worker.job
                         result.status[job.run_id] = "failed"
                         result.errors[job.run_id] = (f"worker process died (exit code {worker.process.exitcode}) "
                                                      "during the run; nothing was written for it")
-                        pool[index] = start_worker()
+                        pool.workers[index] = pool.start_worker()
                         notify()
                 continue
-            for worker in pool:
+            for worker in pool.workers:
                 if worker.job is not None and worker.job.run_id == run_id:
                     worker.job = None
             result.status[run_id] = status
@@ -188,13 +259,7 @@ def run_local(jobs: list[Job], workers: int = 1, force: bool = False, threads: i
                 result.errors[run_id] = error
             notify()
     finally:
-        for worker in pool:
-            if worker.process.is_alive():
-                worker.inbox.put(None)
-        for worker in pool:
-            worker.process.join(timeout=5)
-            if worker.process.is_alive():
-                worker.process.kill()
+        pool.close()
     result.wall_seconds = time.perf_counter() - start
     return result
 
