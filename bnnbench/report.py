@@ -177,9 +177,9 @@ def _leaderboard(group: _Group, results_dir: Path, png: Path) -> str | _Skipped:
 
     if group.board.empty:
         return _Skipped("no finished run")
-    return (leaderboard_html(group.board) + "<p class=\"caption\">Mean ± standard error over seeds; bold is the best "
-            "of each column; rank is the mean rank over the quality columns (costs excluded); n is the number of "
-            "seeds.</p>")
+    caption = ("Mean ± standard error over seeds; bold is the best of each column; rank is the mean rank over the "
+               "quality columns (costs excluded); n is the number of seeds.")
+    return f'<div class="scroll">{leaderboard_html(group.board)}</div><p class="caption">{caption}</p>'
 
 
 def _prediction_files(group: _Group, results_dir: Path, needs: str) -> dict[str, list[tuple[int, dict]]]:
@@ -301,6 +301,7 @@ def _convergence(group: _Group, results_dir: Path, png: Path) -> _Figure | None:
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; padding: 0 1em; }
 h2 { border-bottom: 2px solid #ccc; padding-top: 1em; }
+.scroll { overflow-x: auto; }  /* a leaderboard with many columns scrolls rather than spill past the page */
 table.leaderboard { border-collapse: collapse; font-size: 0.85em; }
 table.leaderboard th, table.leaderboard td { padding: 0.25em 0.6em; border-bottom: 1px solid #ddd; }
 table.leaderboard td { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
