@@ -102,20 +102,24 @@ def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], met
 
 def _in_series_units(likelihood: Likelihood, mixture: np.ndarray, data: Split) -> tuple[np.ndarray, np.ndarray]:
     """The mixture and the targets with each forecasting window's normalisation undone (as they are otherwise)."""
-    targets = data.y.numpy()
     if data.windows is None:
-        return mixture, targets
+        return mixture, data.y.numpy()
     shift, scale = data.windows.shift.double().numpy(), data.windows.scale.double().numpy()
-    per_example = (-1, *[1] * (targets.ndim - 1))
-    return likelihood.affine(mixture, shift, scale), targets * scale.reshape(per_example) + shift.reshape(per_example)
+    return likelihood.affine(mixture, shift, scale), _to_series_units(data.y.numpy(), data)
+
+
+def _to_series_units(normalised: np.ndarray, data: Split) -> np.ndarray:
+    """Values (N, ...) of forecasting windows mapped back by each window's y -> shift + scale * y."""
+    shift, scale = data.windows.shift.double().numpy(), data.windows.scale.double().numpy()
+    per_example = (-1, *[1] * (normalised.ndim - 1))
+    return normalised * scale.reshape(per_example) + shift.reshape(per_example)
 
 
 def _forecast_bands(mixture: np.ndarray, data: Split) -> dict[str, np.ndarray]:
     """What a fan chart draws, in series units: each window's context and quantiles of its forecast."""
     from bnnbench.forecast_metrics import FAN_LEVELS, fan_quantiles
 
-    shift, scale = data.windows.shift.double().numpy(), data.windows.scale.double().numpy()
-    context = data.x.double().numpy() * scale[:, None] + shift[:, None]
+    context = _to_series_units(data.x.double().numpy(), data)
     return {"context": context, "quantile_levels": np.array(FAN_LEVELS), "quantiles": fan_quantiles(mixture)}
 
 

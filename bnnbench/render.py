@@ -9,10 +9,11 @@ import math
 import pandas as pd
 
 __all__ = ["check_table", "leaderboard_html", "leaderboard_latex", "leaderboard_markdown", "leaderboard_table",
-           "pivot_tasks", "wide"]
+           "mean_stderr_text", "pivot_tasks", "wide"]
 
 
-def _cell(mean: float, stderr: float, n: int) -> str:
+def mean_stderr_text(mean: float, stderr: float, n: int) -> str:
+    """`mean ± stderr` with 4 decimals (1 from 10 up); the mean alone for fewer than two seeds."""
     digits = 1 if abs(mean) >= 10 else 4
     if n < 2 or math.isnan(stderr):
         return f"{mean:.{digits}f}"
@@ -23,7 +24,7 @@ def wide(board: pd.DataFrame) -> tuple[list[str], list[str], dict[tuple[str, str
     """Methods (best mean rank first), columns, and {(method, column): (text, best)} of one leaderboard."""
     methods = list(dict.fromkeys(board.sort_values(["rank", "method"])["method"]))
     columns = list(dict.fromkeys(board["column"]))
-    cells = {(row.method, row.column): (_cell(row.mean, row.stderr, row.n), bool(row.best))
+    cells = {(row.method, row.column): (mean_stderr_text(row.mean, row.stderr, row.n), bool(row.best))
              for row in board.itertuples()}
     ranks = board.groupby("method")["rank"].first()
     seeds = board.groupby("method")["n"].max()

@@ -92,13 +92,10 @@ def build_report(results_dir: Path, out: Path, tasks: list[str] | None = None) -
     table = aggregate(runs, metrics)
     board = leaderboard(runs, table)
     labels = method_labels(table[table["n"] > 0])
-    groups = []
-    for (task, version, variant), group_runs in runs.groupby(TASK_KEY, sort=True):
-        in_group = ((table["task"] == task) & (table["task_version"] == version)
-                    & (table["data_variant"] == variant))
-        on_board = ((board["task"] == task) & (board["task_version"] == version)
-                    & (board["data_variant"] == variant))
-        groups.append(_Group(task, int(version), variant, group_runs, table[in_group], board[on_board], labels))
+    tables, boards = dict(list(table.groupby(TASK_KEY))), dict(list(board.groupby(TASK_KEY)))
+    groups = [_Group(key[0], int(key[1]), key[2], group_runs, tables.get(key, table.iloc[:0]),
+                     boards.get(key, board.iloc[:0]), labels)
+              for key, group_runs in runs.groupby(TASK_KEY, sort=True)]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -199,13 +196,13 @@ def _prediction_files(group: _Group, results_dir: Path, needs: str) -> dict[str,
 
 
 def _mean_text(rows: pd.DataFrame, label: str) -> str:
-    from bnnbench.render import _cell
+    from bnnbench.render import mean_stderr_text
 
     chosen = rows[rows["label"] == label]
     if chosen.empty:
         return "n/a"
     row = chosen.iloc[0]
-    return _cell(row["mean"], row["stderr"], int(row["n"]))
+    return mean_stderr_text(row["mean"], row["stderr"], int(row["n"]))
 
 
 def _reliability(group: _Group, results_dir: Path, png: Path) -> _Figure | _Skipped | None:
@@ -289,11 +286,12 @@ def _forecast(group: _Group, results_dir: Path, png: Path) -> _Figure | _Skipped
 
 
 def _convergence(group: _Group, results_dir: Path, png: Path) -> _Figure | None:
-    from bnnbench.convergence import convergence_curves, plot_convergence
+    from bnnbench.convergence import plot_convergence
 
-    if not convergence_curves(results_dir, group.task):
+    try:
+        plot_convergence(results_dir, group.task, png)
+    except UsageError:  # no score-vi or elbo-vi run recorded a curve
         return None
-    plot_convergence(results_dir, group.task, png)
     return _Figure(png, "Negative ELBO (same estimator for both methods) against wall-clock seconds since the fit "
                         "started, one line per run.")
 

@@ -50,6 +50,13 @@ class SweepResult:
     run_seconds: float = 0.0  # the runs' own durations (run.json duration_s), summed
     wall_seconds: float = 0.0
 
+    def record(self, run_id: str, status: str, error: str, seconds: float) -> None:
+        """Note how one run ended."""
+        self.status[run_id] = status
+        self.run_seconds += seconds
+        if error:
+            self.errors[run_id] = error
+
 
 def parse_grid(assignments: list[str]) -> list[dict[str, Any]]:
     """`["lr=1e-3,3e-3", "rate=0.1"]` -> the cartesian product of the values, as override dicts."""
@@ -69,12 +76,11 @@ def expand(tasks: list[str], methods: list[str], seeds: list[int], grid: list[di
     """Every job of the sweep, with its run id and directory; validates each configuration (bad names fail
     here, before anything runs)."""
     from bnnbench.results import make_run_id, run_directory
-    from bnnbench.runner import prepare
     from bnnbench.tasks import resources_for
 
     jobs = []
     for task, method, overrides in itertools.product(tasks, methods, grid):
-        plan = prepare(task, method, overrides=overrides, show_progress=False, **options)
+        plan = _plan(task, method, overrides, options)
         resources = resources_for(plan.task, options.get("budget_name"))
         gpus = 0.0 if options.get("device") == "cpu" else resources.gpus  # "auto" resolves where the run executes
         for seed in seeds:
@@ -103,16 +109,29 @@ def _to_run(jobs: list[Job], force: bool, result: SweepResult) -> list[Job]:
     return pending
 
 
-_PLANS: dict[str, Any] = {}  # a worker's prepared plans: seeds of one configuration share one, as in `bnnbench run`
+_PLANS: dict[str, Any] = {}  # this process's prepared plans: seeds of one configuration share one, as in `bnnbench run`
+
+
+def _plan(task: str, method: str, overrides: dict[str, Any], options: dict[str, Any]):
+    """`runner.prepare` of one configuration, once per process (the worker that expands the sweep reuses its
+    plans for its runs)."""
+    from bnnbench.runner import prepare
+
+    key = json.dumps([task, method, overrides, options], sort_keys=True, default=str)
+    if key not in _PLANS:
+        _PLANS[key] = prepare(task, method, overrides=overrides, show_progress=False, **options)
+    return _PLANS[key]
 
 
 def _execute(job: Job) -> tuple[str, str, float]:
-    from bnnbench.runner import prepare, run
+    """(status, error, the run's own seconds) of one job; an exception (a configuration the worker cannot load,
+    say) is this run's failure, not the sweep's."""
+    from bnnbench.runner import run
 
-    key = json.dumps([job.task, job.method, job.overrides, job.options], sort_keys=True, default=str)
-    if key not in _PLANS:
-        _PLANS[key] = prepare(job.task, job.method, overrides=job.overrides, show_progress=False, **job.options)
-    outcome = run(_PLANS[key], job.seed)
+    try:
+        outcome = run(_plan(job.task, job.method, job.overrides, job.options), job.seed)
+    except Exception as failure:
+        return "failed", f"{type(failure).__name__}: {failure}", 0.0
     return outcome.status, outcome.error, float(outcome.record.get("duration_s", 0.0))
 
 
@@ -142,11 +161,7 @@ def _worker(inbox, outbox, threads: int) -> None:
                 except Exception as failure:  # bad input: the supervisor raises it
                     outbox.put(("expanded", None, failure))
                 continue
-            try:
-                status, error, seconds = _execute(message)
-            except Exception as failure:  # a configuration error is this run's failure, not the sweep's
-                status, error, seconds = "failed", f"{type(failure).__name__}: {failure}", 0.0
-            outbox.put(("done", message.run_id, status, error, seconds))
+            outbox.put(("done", message.run_id, *_execute(message)))
     except KeyboardInterrupt:  # Ctrl-C reaches the workers too: the run in hand unwinds (writing nothing), quietly
         return
 
@@ -159,8 +174,8 @@ class _Worker:
 
 
 class LocalPool:
-    """Spawned worker processes and the queue they answer on. Start it before expanding the sweep, so that the
-    workers' start-up (importing torch and bnnbench) overlaps the expansion's own in this process."""
+    """Spawned worker processes and the queue they answer on. The first worker also expands the sweep
+    (`expand`), while the others start up."""
 
     def __init__(self, workers: int, threads: int = 1) -> None:
         self.threads = threads
@@ -243,20 +258,15 @@ def run_local(jobs: list[Job], workers: int = 1, force: bool = False, threads: i
             except queue.Empty:
                 for index, worker in enumerate(pool.workers):
                     if worker.job is not None and not worker.process.is_alive():
-                        job = worker.job
-                        result.status[job.run_id] = "failed"
-                        result.errors[job.run_id] = (f"worker process died (exit code {worker.process.exitcode}) "
-                                                     "during the run; nothing was written for it")
+                        result.record(worker.job.run_id, "failed", f"worker process died (exit code "
+                                      f"{worker.process.exitcode}) during the run; nothing was written for it", 0.0)
                         pool.workers[index] = pool.start_worker()
                         notify()
                 continue
             for worker in pool.workers:
                 if worker.job is not None and worker.job.run_id == run_id:
                     worker.job = None
-            result.status[run_id] = status
-            result.run_seconds += seconds
-            if error:
-                result.errors[run_id] = error
+            result.record(run_id, status, error, seconds)
             notify()
     finally:
         pool.close()
@@ -279,10 +289,7 @@ def _ray_execute(job: Job, threads: int) -> tuple[str, str, float]:
     import torch
 
     torch.set_num_threads(threads)
-    try:
-        return _execute(job)
-    except Exception as failure:  # as in a local worker: a configuration error fails this run only
-        return "failed", f"{type(failure).__name__}: {failure}", 0.0
+    return _execute(job)
 
 
 def run_ray(jobs: list[Job], address: str | None = None, cpus: int | None = None, cpus_per_run: float | None = None,
@@ -327,10 +334,7 @@ def run_ray(jobs: list[Job], address: str | None = None, cpus: int | None = None
                 status, error, seconds = ray.get(done[0])
             except ray.exceptions.RayError as failure:  # the worker died, or Ray could not run the task
                 status, error, seconds = "failed", f"{type(failure).__name__}: {str(failure).splitlines()[0]}", 0.0
-            result.status[job.run_id] = status
-            result.run_seconds += seconds
-            if error:
-                result.errors[job.run_id] = error
+            result.record(job.run_id, status, error, seconds)
             if on_update is not None:
                 on_update(result, len(waiting))
     finally:
