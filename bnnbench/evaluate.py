@@ -24,7 +24,7 @@ from bnnbench.reference import ExactLinearGaussian, fidelity_metrics
 from bnnbench.train import progress_bar
 from bnnbench.types import EvalSplit, Predictive, Split
 
-__all__ = ["Evaluation", "evaluate", "predict_mixture"]
+__all__ = ["Evaluation", "evaluate", "predict_mixture", "score_split"]
 
 
 @dataclass
@@ -40,6 +40,16 @@ def predict_mixture(predictive: Predictive, likelihood: Likelihood, data: Split,
                     batch_size: int, device: torch.device) -> np.ndarray:
     """The mixture predictive over `n_samples` posterior samples, float64, computed in batches on `device`."""
     return _predict(predictive, likelihood, data, n_samples, batch_size, device, with_uncertainty=False)[0]
+
+
+def score_split(predictive: Predictive, likelihood: Likelihood, data: Split, metric: str, n_samples: int,
+                batch_size: int, device: torch.device) -> float:
+    """One metric of `predictive` on one split, computed exactly as `evaluate` computes it. For the methods that
+    choose a setting on the validation split (Laplace's prior precision), so that what they minimise there is the
+    metric the leaderboard reports."""
+    mixture, targets = _in_series_units(likelihood, predict_mixture(predictive, likelihood, data, n_samples,
+                                                                    batch_size, device), data)
+    return METRICS.get(metric).score(likelihood.name, mixture, targets, data.windows)
 
 
 def _predict(predictive: Predictive, likelihood: Likelihood, data: Split, n_samples: int, batch_size: int,
