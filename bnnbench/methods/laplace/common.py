@@ -411,7 +411,8 @@ def tune_on_validation(laplace: Any, predictive: LaplacePredictive, likelihood: 
     bounds = [name for name, index in (("lower", 0), ("upper", grid_size - 1))
               if curve[index] - curve[best] <= FLAT_NLL * abs(curve[best])]
     if bounds:
-        record["warnings"] = [f"tune=val: the validation NLL is lowest at the {bounds[0]} bound of the prior precision "
-                              f"grid [1e{VAL_GRID_LOG10[0]:g}, 1e{VAL_GRID_LOG10[1]:g}] (chose {grid[best].item():.3g}, "
+        low, high = VAL_GRID_LOG10
+        record["warnings"] = [f"tune=val: the validation NLL is lowest at the {bounds[0]} bound of the prior "
+                              f"precision grid [1e{low:g}, 1e{high:g}] (chose {grid[best].item():.3g}, "
                               f"NLL {curve[best]:.4f})"]
     return record
