@@ -93,7 +93,7 @@ def test_output_curvature_and_its_square_root(likelihood):
 
 def test_em_reaches_the_evidence_maximising_prior_precision_on_linear_regression():
     """MacKay's update from samples (weight-space γ) has the exact evidence maximiser as its fixed point."""
-    predictive, info, data = _fit_blr_with_info(em_steps=3, n_samples=500, linear_epochs=1000)
+    predictive, info, data = _fit_blr_with_info(em_steps=20, n_samples=500)
     design = np.concatenate([data.train.x.numpy(), np.ones((len(data.train), 1))], axis=1)
     targets = data.train.y.numpy()
 
@@ -106,3 +106,34 @@ def test_em_reaches_the_evidence_maximising_prior_precision_on_linear_regression
     history = info.extra["prior_precision_history"]
     assert history[0] == 1.0 and abs(history[1] / best - 1) > 0.05  # EM moved, from afar
     assert abs(history[-1] / best - 1) < 0.01, (history, best)
+    assert info.extra["em_converged"]
+
+
+def _small_digits_em(**overrides):
+    """sampled-laplace's EM on a 64-16-10 MLP trained on 400 digits (weight-space MacKay update)."""
+    from bnnbench.types import Budget, Split
+
+    task = load_task("digits-mlp")
+    bundle = load_data(task.data).bundle
+    data = DataBundle(Split(bundle.train.x[:400], bundle.train.y[:400]), bundle.val, bundle.num_outputs,
+                      bundle.input_shape)
+    torch.manual_seed(0)
+    model = create_model({"name": "mlp", "hidden": [16]}, data.input_shape, data.num_outputs)
+    _, info = build_method("sampled-laplace", task, {"n_samples": 4, **overrides}).fit(
+        task, model, data, Budget(max_epochs=30), FitContext(torch.device("cpu"), 0, False))
+    return info.extra
+
+
+@pytest.mark.slow  # 108 s on one CPU thread
+def test_em_runs_to_a_fixed_point_that_more_steps_or_a_longer_linear_fit_do_not_move():
+    """The EM stops at MacKay's fixed point, not after an arbitrary count: doubling the EM cap, or the linear
+    model's iteration cap with a 10x tighter tolerance, moves the chosen α by less than 2%."""
+    base = _small_digits_em()
+    assert base["em_converged"] and "warnings" not in base
+    history, proposals = base["prior_precision_history"], base["mackay_proposals"]
+    assert abs(proposals[-1] / history[len(proposals) - 1] - 1) < 0.01  # α reproduces itself under the update
+    longer_em = _small_digits_em(em_steps=40, em_tol=0.005)
+    longer_linear = _small_digits_em(linear_max_iter=200, linear_tol=1e-5)
+    for other in (longer_em, longer_linear):
+        assert other["em_converged"]
+        assert abs(other["prior_precision"] / base["prior_precision"] - 1) < 0.02, (base, other)

@@ -19,6 +19,15 @@ parameters, estimated from the samples in weight space (d − α Σ_j mean_k z_k
 (mean_k Σ_i ‖J_i z_k‖²_{H_i}). The same random draws are re-targeted to each new α (θ0 ∝ α^-½, the data part ∝ α⁻¹)
 and the samples are warm-started.
 
+The EM runs to the update's fixed point, not for a fixed count. The authors run 10 steps with w_lin fitted by 15-25
+epochs of SGD (spec §4.1). Measured on digits-mlp (ci budget, seed 0) with 5 SGD epochs for w_lin, α went
+1 → 87 → 9.9 → 122 → 28 → 165: an under-fitted w_lin (its first update moved from 87 to 180 between 5 and 200
+epochs) and an update that overshoots. So here w_lin is the linear model's MAP to a stated tolerance (full-batch
+L-BFGS on the convex objective, warm-started across steps), and a step that reverses the previous one's direction
+halves the step in log α (log α ← log α + β (log α_MacKay − log α)) and one that keeps it doubles β back towards 1:
+the fixed point is MacKay's, only the path to it is damped. EM stops when two consecutive MacKay proposals are
+within `em_tol` of α, or after `em_steps`.
+
 Predictive: MAP outputs + J(x) z_k (`pred_type = "glm"`), mixed by the evaluator (`link_approx = "mc"`) or in
 closed form with the samples' output variance (`"probit"`: softmax(f / √(1 + π/8 · v)) for classification, the
 Gaussian N(f, v + σ²) for regression); or the network at θ* + z_k (`"nn"`). w_lin is used by the M-step only.
@@ -33,7 +42,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +59,7 @@ __all__ = ["Hparams", "Linearisation", "OutputCurvature", "SampledLaplacePredict
 
 MACKAY_ESTIMATES = ("weight", "function")
 EVAL_ROWS = 512  # rows per jvp batch at prediction time: K copies of the activations are alive at once
+LBFGS_ROUND = 10  # L-BFGS iterations between checks of the linear fit's tolerance
 
 
 @dataclass(frozen=True)
@@ -58,19 +68,24 @@ class Hparams(TrainConfig):
 
     n_samples: K, posterior samples kept (the authors' MNIST setting is 8).
     prior_precision: α, fixed when em_steps = 0, else EM's starting point.
-    em_steps: MacKay updates of α, each followed by re-solving the samples; 0 keeps α fixed.
+    em_steps: at most this many MacKay updates of α, each followed by re-solving the samples; 0 keeps α fixed.
+    em_tol: EM has converged when two consecutive MacKay proposals differ from α by less than this, relatively.
     mackay: how γ is estimated from the samples, "weight" or "function" (see the module docstring).
-    sample_epochs: SGD epochs per solve of the K samples; linear_epochs: SGD epochs per fit of w_lin.
+    sample_epochs: SGD epochs per solve of the K samples.
+    linear_tol, linear_max_iter: w_lin is fitted by full-batch L-BFGS until its gradient norm is below linear_tol
+        times the norm at w = 0, or for at most linear_max_iter iterations (each about one pass over the data).
     lr_scale: SGD step = lr_scale / λ_max(objective Hessian per data point); momentum: Nesterov momentum.
     pred_type, link_approx: the predictive (see the module docstring).
     """
 
     n_samples: int = 8
     prior_precision: float = 1.0
-    em_steps: int = 2
+    em_steps: int = 20
+    em_tol: float = 0.01
     mackay: str = "weight"
     sample_epochs: int = 10
-    linear_epochs: int = 5
+    linear_tol: float = 1e-4
+    linear_max_iter: int = 100
     lr_scale: float = 0.5
     momentum: float = 0.9
     pred_type: str = "glm"
@@ -83,8 +98,10 @@ class Hparams(TrainConfig):
                                     ("link_approx", self.link_approx, LINK_APPROXIMATIONS)):
             if value not in choices:
                 raise UsageError(f"unknown {key} '{value}'; valid choices: {', '.join(choices)}")
-        if self.n_samples < 1 or self.em_steps < 0 or self.sample_epochs < 1 or self.linear_epochs < 1:
-            raise UsageError("n_samples, sample_epochs and linear_epochs must be >= 1 and em_steps >= 0")
+        if self.n_samples < 1 or self.em_steps < 0 or self.sample_epochs < 1 or self.linear_max_iter < 1:
+            raise UsageError("n_samples, sample_epochs and linear_max_iter must be >= 1 and em_steps >= 0")
+        if self.em_tol <= 0 or self.linear_tol <= 0:
+            raise UsageError("em_tol and linear_tol must be positive")
         if self.prior_precision <= 0 or self.lr_scale <= 0 or not 0 <= self.momentum < 1:
             raise UsageError("prior_precision and lr_scale must be positive and momentum in [0, 1)")
 
@@ -266,25 +283,56 @@ def _solve_samples(lin: Linearisation, likelihood: Likelihood, train: Split, sta
     return sgd.result, sgd.gradient_ratio
 
 
+class LinearFit(NamedTuple):
+    """w_lin and how its fit ended: L-BFGS iterations, and the final gradient norm relative to the one at w = 0."""
+
+    weights: Tensor
+    iterations: int
+    gradient_ratio: float
+
+
 def _fit_linear_map(lin: Linearisation, likelihood: Likelihood, train: Split, start: Tensor, alpha: float,
-                    hparams: Hparams, preconditioner: _Preconditioner, generator: torch.Generator) -> Tensor:
-    """w_lin = argmin_w −Σ_i log p(y_i | J_i w) + ½ α ‖w‖², the linear model's MAP, by minibatch SGD."""
-    n_train = len(train)
-    steps = hparams.linear_epochs * math.ceil(n_train / hparams.batch_size)
-    sgd = _Sgd(start.unsqueeze(0), preconditioner, hparams.momentum, steps)
-    for _ in range(hparams.linear_epochs):
-        for rows in _batches(n_train, hparams.batch_size, generator):
-            rows = rows.to(train.x.device)
+                    hparams: Hparams, preconditioner: _Preconditioner) -> LinearFit:
+    """w_lin = argmin_w (1/N)[−Σ_i log p(y_i | J_i w) + ½ α ‖w‖²], the linear model's MAP: a smooth convex problem,
+    solved by full-batch L-BFGS (strong Wolfe line search) in the preconditioned coordinates w = scale ∘ u, from
+    `start`, until ‖∇‖ ≤ linear_tol · ‖∇ at w = 0‖ or linear_max_iter iterations."""
+    n_train, scale = len(train), preconditioner.scale
+    parameter = nn.Parameter(torch.where(scale > 0, start / scale.clamp_min(torch.finfo(scale.dtype).tiny), 0.0))
+
+    def objective_and_gradient(weights: Tensor) -> tuple[float, Tensor]:
+        loss, gradient = 0.0, torch.zeros_like(weights)
+        for rows in torch.arange(n_train, device=train.x.device).split(hparams.batch_size):
             x, y = train.x[rows], train.y[rows]
             _, pull = lin.pullback(x)
-            weights = sgd.result
-            linear_outputs = lin.jvp(x, weights)[0].requires_grad_(True)
+            linear_outputs = lin.jvp(x, weights.unsqueeze(0))[0].requires_grad_(True)
             with torch.enable_grad():
-                loss = -likelihood.log_likelihood(linear_outputs, y).sum()
-                (output_gradient,) = torch.autograd.grad(loss, linear_outputs)
-            gradient = pull(output_gradient.unsqueeze(0)) / len(x)
-            sgd.step(gradient + alpha / n_train * weights * lin.mask)
-    return sgd.result[0]
+                batch_loss = -likelihood.log_likelihood(linear_outputs, y).sum()
+                (output_gradient,) = torch.autograd.grad(batch_loss, linear_outputs)
+            loss += batch_loss.item()
+            gradient += pull(output_gradient.unsqueeze(0))[0]
+        loss += 0.5 * alpha * (weights * lin.mask).square().sum().item()
+        return loss / n_train, (gradient + alpha * weights * lin.mask) / n_train
+
+    reference = (objective_and_gradient(torch.zeros_like(start))[1] * scale).norm().item()
+    optimizer = torch.optim.LBFGS([parameter], lr=1.0, max_iter=LBFGS_ROUND, history_size=20,
+                                  tolerance_grad=0.0, tolerance_change=0.0, line_search_fn="strong_wolfe")
+    last = {"ratio": math.inf}
+
+    def closure() -> Tensor:
+        loss, gradient = objective_and_gradient(parameter.detach() * scale)
+        parameter.grad = gradient * scale
+        last["ratio"] = parameter.grad.norm().item() / reference if reference > 0 else 0.0
+        return torch.tensor(loss, dtype=parameter.dtype)
+
+    iterations = 0
+    while iterations < hparams.linear_max_iter:
+        optimizer.step(closure)
+        iterations = optimizer.state[parameter]["n_iter"]
+        if last["ratio"] <= hparams.linear_tol or not math.isfinite(last["ratio"]):
+            break
+    if not math.isfinite(last["ratio"]):
+        raise UsageError("sampled-laplace: the linear model's fit diverged (non-finite gradient)")
+    return LinearFit(parameter.detach() * scale, iterations, last["ratio"])
 
 
 def _effective_dimension(lin: Linearisation, likelihood: Likelihood, train: Split, samples: Tensor, alpha: float,
@@ -300,6 +348,15 @@ def _effective_dimension(lin: Linearisation, likelihood: Likelihood, train: Spli
             gamma += (projected * OutputCurvature(likelihood, lin.outputs(x)).product(projected)).sum().item()
         gamma /= len(samples)
     return min(max(gamma, 1.0), d - 1.0)
+
+
+def _em_converged(history: list[float], proposals: list[float], tol: float) -> bool:
+    """The last two MacKay proposals each within `tol` (relative) of the α it was computed at (proposal i at
+    history[i])."""
+    if len(proposals) < 2:
+        return False
+    pairs = zip(proposals[-2:], history[len(proposals) - 2:len(proposals)], strict=True)
+    return all(abs(proposal / alpha - 1) < tol for proposal, alpha in pairs)
 
 
 class SampledLaplacePredictive:
@@ -372,18 +429,35 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     alpha = hparams.prior_precision
     samples, gradient_ratio = _solve_samples(lin, likelihood, train, jacobi_start(alpha), anchors(alpha), alpha,
                                              hparams, preconditioner(alpha), cpu_generator)
-    weights, history = lin.theta * lin.mask, [alpha]
+    weights, history, proposals, linear_fits = lin.theta * lin.mask, [alpha], [], []
+    step_size, last_move = 1.0, 0.0
     for _ in range(hparams.em_steps):
-        step = preconditioner(alpha)
-        weights = _fit_linear_map(lin, likelihood, train, weights, alpha, hparams, step, cpu_generator)
+        linear = _fit_linear_map(lin, likelihood, train, weights, alpha, hparams, preconditioner(alpha))
+        weights = linear.weights
+        linear_fits.append({"iterations": linear.iterations, "gradient_ratio": linear.gradient_ratio})
         gamma = _effective_dimension(lin, likelihood, train, samples, alpha, hparams.mackay, hparams.batch_size)
-        alpha = gamma / (weights ** 2).sum().item()
+        proposal = gamma / (weights ** 2).sum().item()
+        proposals.append(proposal)
+        if _em_converged(history, proposals, hparams.em_tol):
+            break
+        move = math.log(proposal / alpha)
+        if move * last_move < 0:  # the update reversed the previous step: damp it (same fixed point)
+            step_size /= 2
+        elif last_move:  # the same direction again: let the damped step grow back
+            step_size = min(1.0, 2 * step_size)
+        last_move = step_size * move
+        alpha = alpha * math.exp(last_move)
         history.append(alpha)
         samples, gradient_ratio = _solve_samples(lin, likelihood, train, jacobi_start(alpha), anchors(alpha), alpha,
                                                  hparams, preconditioner(alpha), cpu_generator)
+    converged = hparams.em_steps == 0 or _em_converged(history, proposals, hparams.em_tol)
     seconds = time.perf_counter() - start
     info = FitInfo(steps=loop.steps, epochs=loop.epochs, seconds=loop.seconds + seconds,
                    extra={"map_seconds": loop.seconds, "laplace_seconds": seconds, "prior_precision": alpha,
-                          "prior_precision_history": history, "n_posterior_params": lin.n_params,
-                          "sample_gradient_ratio": gradient_ratio})
+                          "prior_precision_history": history, "mackay_proposals": proposals,
+                          "em_converged": converged, "em_step_size": step_size, "linear_fits": linear_fits,
+                          "n_posterior_params": lin.n_params, "sample_gradient_ratio": gradient_ratio})
+    if not converged:
+        info.extra["warnings"] = [f"sampled-laplace: EM did not converge in em_steps={hparams.em_steps} (last MacKay "
+                                  f"proposal {proposals[-1]:.4g} for α = {alpha:.4g}, em_tol {hparams.em_tol:g})"]
     return SampledLaplacePredictive(lin, samples, likelihood, hparams.pred_type, hparams.link_approx), info
