@@ -331,6 +331,8 @@ def _fit_linear_map(lin: Linearisation, likelihood: Likelihood, train: Split, st
         if last["ratio"] <= hparams.linear_tol or not math.isfinite(last["ratio"]):
             break
     if not math.isfinite(last["ratio"]):
+        if bool((start != 0).any()):  # J θ-like starts can put a learned log-scale where exp overflows; 0 is safe
+            return _fit_linear_map(lin, likelihood, train, torch.zeros_like(start), alpha, hparams, preconditioner)
         raise UsageError("sampled-laplace: the linear model's fit diverged (non-finite gradient)")
     return LinearFit(parameter.detach() * scale, iterations, last["ratio"])
 
