@@ -289,3 +289,24 @@ def test_download_unknown_name(tmp_path):
     with pytest.raises(UsageError, match="did you mean 'cifar10'"):
         download_module.download("cifar-10", tmp_path, progress=False)
     assert not any(tmp_path.iterdir())
+
+
+class _Hostile:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))  # would create the marker file when unpickled
+
+
+def test_a_cifar_batch_that_names_code_is_refused_without_running_it(tmp_path):
+    import pickle
+
+    from bnnbench.data.files import _unpickle
+    from bnnbench.errors import UsageError
+
+    marker, batch = tmp_path / "marker", tmp_path / "data_batch_1"
+    batch.write_bytes(pickle.dumps({"data": _Hostile(marker)}))
+    with pytest.raises(UsageError, match="refused global"):
+        _unpickle(batch)
+    assert not marker.exists()

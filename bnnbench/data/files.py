@@ -61,12 +61,26 @@ class CifarArrays:
     n_train_batches: int
 
 
+# What the official CIFAR python batches hold (dicts of bytes/str, lists, ints and numpy arrays): the only globals a
+# batch may name, so a hostile file cannot call anything else while it is read.
+ALLOWED_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                   ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                   ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: data files may hold data only")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict[bytes, Any]:
     # The official files are Python 2 pickles; encoding="bytes" keeps their str keys as bytes, so keys are
-    # b"data" whichever Python wrote the file. Pickle can run code: only read files you trust.
+    # b"data" whichever Python wrote the file. Only data types may be named (`_DataOnlyUnpickler`).
     try:
         with open(path, "rb") as handle:
-            content = pickle.load(handle, encoding="bytes")
+            content = _DataOnlyUnpickler(handle, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
             IndexError) as error:
         raise UsageError(f"{path}: not a CIFAR python pickle ({type(error).__name__}: {error})") from None
