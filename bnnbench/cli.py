@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from enum import Enum
@@ -10,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bnnbench.errors import BnnbenchError, UsageError
 
@@ -53,18 +55,27 @@ class Pivot(str, Enum):
 
 
 def parse_seeds(values: list[str]) -> list[int]:
-    """`["0..2", "5"]` or `["0-2,5"]` -> [0, 1, 2, 5]."""
-    seeds: list[int] = []
+    """`["0..2", "5"]` or `["0-2,5"]` -> [0, 1, 2, 5]: each seed once, in the order first named. Seeds lie in
+    0..2**64 - 1 (what torch.manual_seed takes); at most a million of them, so a typo cannot fill the memory."""
+    max_seed, max_count = 2**64 - 1, 1_000_000
+    seeds: dict[int, None] = {}  # insertion-ordered set: linear, where list.index per seed was quadratic
     for value in values:
         for part in value.split(","):
             low, sep, high = part.replace("..", "-").partition("-")
             try:
-                seeds += list(range(int(low), int(high) + 1)) if sep else [int(part)]
+                first, last = int(low), int(high) if sep else int(low)
             except ValueError:
                 raise UsageError(f"--seed expects an integer or a range like 0..2, got '{part}'") from None
+            if not 0 <= first <= max_seed or not 0 <= last <= max_seed:
+                raise UsageError(f"--seed {part} is out of range: seeds must lie in 0..{max_seed}")
+            if last < first:
+                raise UsageError(f"--seed range '{part}' is empty: write the lower seed first, e.g. {last}..{first}")
+            if last - first + 1 + len(seeds) > max_count:
+                raise UsageError(f"--seed {part} asks for too many seeds: at most {max_count:,} in all")
+            seeds.update(dict.fromkeys(range(first, last + 1)))
     if not seeds:
         raise UsageError("--seed expects at least one seed")
-    return sorted(set(seeds), key=seeds.index)
+    return list(seeds)
 
 
 @app.command("list", epilog="Example: `bnnbench list methods`")
@@ -117,10 +128,13 @@ def run(
     save_predictions: Annotated[bool, typer.Option(help="write predictions.npz (clean test)")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    force: Annotated[bool, typer.Option(help="re-run seeds that already have an ok result")] = False,
 ) -> None:
-    """Fit one method on one task for each seed, evaluate it, and write tidy results."""
+    """Fit one method on one task for each seed, evaluate it, and write tidy results. A seed whose run id
+    already has an ok result is skipped, as in `sweep`; `--force` replaces it."""
     from bnnbench.methods import parse_assignments
-    from bnnbench.runner import prepare
+    from bnnbench.results import run_directory
+    from bnnbench.runner import finished_ok, prepare, run_id_of
     from bnnbench.runner import run as run_seed
 
     seeds = parse_seeds(seed)
@@ -129,15 +143,24 @@ def run(
                    show_progress=not quiet, data_dir=data_dir)
     failures = 0
     for value in seeds:
+        run_id = run_id_of(plan, value)
+        existing = run_directory(plan.results_dir, plan.task.name, plan.method.name, run_id)
+        if not force and finished_ok(existing):
+            out.print(f"skipped {run_id}: an ok result is already in {existing} (--force re-runs it)",
+                      markup=False, highlight=False)
+            continue
         outcome = run_seed(plan, value)
         record = outcome.record
         if outcome.status == "ok":
             scores = " ".join(f"{name} {value:.4f}" for name, value in outcome.clean_test.items())
-            out.print(f"[green]ok[/green] {outcome.run_id}: test {scores}; fit {record['fit_seconds']:.1f} s "
-                      f"({record['fit_epochs']} epochs), eval {record['eval_seconds']:.1f} s -> {outcome.directory}")
+            out.print(f"[green]ok[/green] {escape(outcome.run_id)}: test {scores}; fit {record['fit_seconds']:.1f} s "
+                      f"({record['fit_epochs']} epochs), eval {record['eval_seconds']:.1f} s -> "
+                      f"{escape(str(outcome.directory))}")
         else:
             failures += 1
-            err.print(f"[red]failed[/red] {outcome.run_id}: {outcome.error} -> {outcome.directory}", soft_wrap=True)
+            first_line = (outcome.error.strip().splitlines() or [""])[0]
+            err.print(f"[red]failed[/red] {escape(outcome.run_id)}: {escape(first_line)} -> "
+                      f"{escape(str(outcome.directory))}", soft_wrap=True)
     if failures:
         raise typer.Exit(1)
 
@@ -257,20 +280,30 @@ def compare(
 
     for name in metric:
         METRICS.check(name)
-    runs, metrics = load_results(results_dir)
+    if pivot is Pivot.task and len(metric) != 1:
+        raise UsageError(f"--pivot task shows one metric across tasks: give exactly one --metric, not {len(metric)}")
+    runs, metrics = load_results(results_dir, _warn)
     if runs.empty:
         raise UsageError(f"no runs found under '{results_dir}'; run `bnnbench run` first")
+    where = f"under {results_dir}"
     if task:
         runs, metrics = runs[runs["task"].isin(task)], metrics[metrics["task"].isin(task)]
         if runs.empty:
             raise UsageError(f"no runs of task(s) {', '.join(task)} under '{results_dir}'")
-    board = leaderboard(runs, aggregate(runs, metrics), metric or None)
+        where = f"of task(s) {', '.join(task)} {where}"
+    if (runs["status"] != "ok").all():  # an empty leaderboard would say nothing about why
+        _say(f"no successful runs {where} ({len(runs)} failed)")
+        raise typer.Exit(1)
+    table = aggregate(runs, metrics)
+    there = sorted(set(table.loc[table["n"] > 0, "metric"]))
+    for name in metric:
+        if name not in there:
+            raise UsageError(f"metric '{name}' does not apply to these results; metrics there: "
+                             f"{', '.join(there) or 'none'}")
+    board = leaderboard(runs, table, metric or None)
     if pivot is Pivot.task:
         from bnnbench.render import pivot_tasks
 
-        if len(metric) != 1:
-            raise UsageError("--pivot task shows one metric across tasks: give exactly one --metric, "
-                             f"not {len(metric)}")
         board = pivot_tasks(board, metric[0]).assign(task="all tasks", task_version=0, data_variant="standard")
     if format_ is Format.csv:
         sys.stdout.write(board.to_csv(index=False))
@@ -291,6 +324,16 @@ def compare(
                 out.print(leaderboard_table(rows, title))
 
 
+def _warn(line: str) -> None:
+    """A reader's warning (a run skipped as unreadable, naming its file): one line on stderr, as it is."""
+    _say(f"warning: {line}")
+
+
+def _say(line: str) -> None:
+    """One line on stderr, printed as it is: paths and names hold `[`, which rich would take for markup."""
+    err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command(epilog="Example: `bnnbench check --baseline results/baselines/ci-cpu.csv --results-dir results/ci-runs`")
 def check(
     baseline: Annotated[Path, typer.Option(help="baseline CSV (see `bnnbench baseline`)")],
@@ -306,19 +349,20 @@ def check(
 
     settings = load_check_config(config)
     base = load_baseline(baseline)
-    runs, metrics = load_results(results_dir)
+    runs, metrics = load_results(results_dir, _warn)
     result = check_results(base, aggregate(runs, metrics), settings)
     shown = result[result["mark"] != " "] if only_changed else result
     out.print(check_table(shown, settings))
     counts = result["mark"].value_counts().to_dict()
     out.print("marks: " + ", ".join(f"'{mark}' {count}" for mark, count in sorted(counts.items())))
+    gate = escape(", ".join(settings.gate))
     if (result["mark"] == "?").all():
-        err.print(f"[red]no results under '{results_dir}' match the baseline[/red]")
+        err.print(f"[red]no results under '{escape(str(results_dir))}' match the baseline[/red]", soft_wrap=True)
         raise typer.Exit(1)
     if check_failed(result):
-        err.print(f"[red]regression in a gated metric ({', '.join(settings.gate)})[/red]")
+        err.print(f"[red]regression in a gated metric ({gate})[/red]", soft_wrap=True)
         raise typer.Exit(1)
-    out.print(f"[green]no regression in gated metrics ({', '.join(settings.gate)})[/green]")
+    out.print(f"[green]no regression in gated metrics ({gate})[/green]")
 
 
 @app.command("baseline", epilog="Example: `bnnbench baseline --results-dir results/ci-runs "
@@ -329,14 +373,18 @@ def baseline_(
 ) -> None:
     """Write the seed-aggregated summary rows of a results directory as a baseline CSV."""
     from bnnbench.compare import BASELINE_DIGITS, aggregate, summary_rows
-    from bnnbench.results import load_results, write_text_atomic
+    from bnnbench.results import check_output_file, load_results, write_text_atomic
 
-    runs, metrics = load_results(results_dir)
+    check_output_file(out_path)
+    runs, metrics = load_results(results_dir, _warn)
     if runs.empty:
         raise UsageError(f"no runs found under '{results_dir}'")
+    if (runs["status"] != "ok").all():  # a baseline of failures has no number to compare with
+        _say(f"no successful runs under {results_dir} ({len(runs)} failed); no baseline written")
+        raise typer.Exit(1)
     table = summary_rows(aggregate(runs, metrics))
     write_text_atomic(out_path, table.to_csv(index=False, float_format=f"%.{BASELINE_DIGITS}g"))
-    out.print(f"wrote {len(table)} rows from {len(runs)} runs to {out_path}")
+    out.print(f"wrote {len(table)} rows from {len(runs)} runs to {out_path}", markup=False, soft_wrap=True)
 
 
 @app.command(epilog="Example: `bnnbench convergence --task digits-mlp --out convergence.png`")
@@ -347,12 +395,18 @@ def convergence(
 ) -> None:
     """Plot negative ELBO against wall-clock seconds for each VI run (the paper's convergence comparison)."""
     from bnnbench.convergence import plot_convergence
+    from bnnbench.results import load_results
 
-    curves = plot_convergence(results_dir, task, png)
+    runs, _ = load_results(results_dir, _warn)
+    of_task = runs[runs["task"] == task] if not runs.empty else runs
+    if not of_task.empty and (of_task["status"] != "ok").all():
+        _say(f"no successful runs of task {task} under {results_dir} ({len(of_task)} failed)")
+        raise typer.Exit(1)
+    curves = plot_convergence(runs, results_dir, task, png, _warn)
     for curve in curves:
         out.print(f"{curve['method']} seed {curve['seed']}: neg-ELBO {curve['neg_elbo'][0]:.1f} -> "
-                          f"{curve['neg_elbo'][-1]:.1f} in {curve['seconds'][-1]:.1f} s")
-    out.print(f"wrote {png}")
+                  f"{curve['neg_elbo'][-1]:.1f} in {curve['seconds'][-1]:.1f} s", markup=False, soft_wrap=True)
+    out.print(f"wrote {png}", markup=False, soft_wrap=True)
 
 
 @app.command(epilog="Example: `bnnbench report --results-dir results/runs --out report/`")
@@ -365,10 +419,12 @@ def report(
     """An HTML page with PNG figures: leaderboards, reliability, corruption severity, cost, forecasts, convergence."""
     from bnnbench.report import build_report
 
-    written = build_report(results_dir, out_dir, task or None)
+    written = build_report(results_dir, out_dir, task or None, warn=_warn)
+    if written.n_failed == written.n_runs:  # still written: the page lists each failure and its error
+        _say(f"no successful runs under {results_dir} ({written.n_failed} failed); the report lists the failures")
     for note in written.notes:
-        out.print(f"[dim]left out: {note}[/dim]", soft_wrap=True)
-    out.print(f"wrote {written.page} ({len(written.images)} figures)")
+        out.print(f"[dim]left out: {escape(note)}[/dim]", soft_wrap=True)
+    out.print(f"wrote {written.page} ({len(written.images)} figures)", markup=False, soft_wrap=True)
 
 
 @data_app.command("download", epilog="Example: `bnnbench data download cifar10`")
@@ -438,4 +494,10 @@ def main() -> None:
         if callable(getattr(error, "show", None)) and isinstance(getattr(error, "exit_code", None), int):
             error.show()
             sys.exit(error.exit_code)
-        raise
+        # a bug outside any run (runs record their own failures): one line, the trace on request
+        if os.environ.get("BNNBENCH_TRACEBACK"):
+            raise
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        err.print(f"internal error: {type(error).__name__}: {first_line} (BNNBENCH_TRACEBACK=1 shows where)",
+                  markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)

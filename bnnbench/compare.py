@@ -137,17 +137,28 @@ def summary_rows(table: pd.DataFrame) -> pd.DataFrame:
     return table[keep].reset_index(drop=True)
 
 
+BASELINE_NUMBERS = ["task_version", "severity", "mean", "stderr", "n", "n_failed"]
+
+
 def load_baseline(path: Path) -> pd.DataFrame:
-    """Read a baseline CSV; raises UsageError naming missing columns."""
+    """Read a baseline CSV; raises UsageError naming missing columns or the first value that is not a number."""
     try:
         table = pd.read_csv(path, dtype={"corruption": str, "split": str, "config_hash": str, "data_variant": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise UsageError(f"cannot read baseline '{path}': {error}") from None
+    except (OSError, ValueError) as error:  # pandas' parser errors and bad UTF-8 (a binary file) are ValueErrors
+        lines = str(error).strip().splitlines()
+        raise UsageError(f"cannot read baseline '{path}': {lines[0] if lines else type(error).__name__}") from None
     table = with_variant(table)  # baselines written before data variants existed
     missing = [column for column in BASELINE_COLUMNS if column not in table.columns]
     if missing:
         raise UsageError(f"baseline '{path}' lacks columns {', '.join(missing)}; "
                          f"expected columns: {', '.join(BASELINE_COLUMNS)}")
+    for column in BASELINE_NUMBERS:  # empty is NaN (a failed group's mean), anything else must parse
+        parsed = pd.to_numeric(table[column], errors="coerce")
+        bad = (parsed.isna() & table[column].notna()).to_numpy().nonzero()[0]
+        if len(bad):
+            raise UsageError(f"baseline '{path}' line {bad[0] + 2}: '{table[column].iloc[bad[0]]}' in column "
+                             f"{column} is not a number")
+        table[column] = parsed
     return table
 
 
@@ -234,6 +245,7 @@ def leaderboard(runs: pd.DataFrame, table: pd.DataFrame, metrics: list[str] | No
                                                                      board["config_hash"], strict=True)]
     board["best"] = False
     board["rank"] = math.nan
+    board["column_rank"] = math.nan  # stays so where no run finished: there is nothing to rank
     for _, rows in board.groupby([*TASK_KEY, "column"]):
         score = rows["score"].to_numpy()
         board.loc[rows.index, "best"] = score == score.min()

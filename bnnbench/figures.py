@@ -13,9 +13,15 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["CostPoint", "FanPanel", "ReliabilityPanel", "SeverityCurve", "cost_figure", "fan_figure", "pareto_front",
-           "reliability_figure", "severity_figure"]
+           "plain_text", "reliability_figure", "severity_figure"]
 
 DPI = 110
+
+
+def plain_text(text: str) -> str:
+    """`text` as matplotlib should show it: task, method and metric names come from result files, and a `$` in
+    one would start mathtext, which fails to draw unless it parses."""
+    return str(text).replace("$", r"\$")
 
 
 @dataclass(frozen=True)
@@ -96,10 +102,11 @@ def reliability_figure(panels: Sequence[ReliabilityPanel], title: str, out: Path
                  align="edge", color="C3", alpha=0.35, label="gap to confidence")
         axis.plot([0, 1], [0, 1], color="black", linewidth=0.8, linestyle="--")
         axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
-                 title=f"{panel.method}\nECE {panel.ece} ({panel.seeds} seed{'s' if panel.seeds != 1 else ''})")
+                 title=f"{plain_text(panel.method)}\nECE {panel.ece} "
+                       f"({panel.seeds} seed{'s' if panel.seeds != 1 else ''})")
         axis.title.set_fontsize(9)
     axes[0].legend(loc="upper left", fontsize=7)
-    figure.suptitle(title)
+    figure.suptitle(plain_text(title))
     figure.tight_layout()
     return _save(figure, out)
 
@@ -112,10 +119,10 @@ def severity_figure(curves: Sequence[SeverityCurve], metrics: Sequence[str], tit
     for axis, metric in zip(axes, metrics, strict=True):
         for curve in (c for c in curves if c.metric == metric):
             axis.errorbar(curve.severity, curve.mean, yerr=curve.stderr, color=colours[curve.method], marker="o",
-                          markersize=3, capsize=2, linewidth=1.2, label=curve.method)
-        axis.set(xlabel="corruption severity (0 = clean)", ylabel=metric, xticks=range(6))
+                          markersize=3, capsize=2, linewidth=1.2, label=plain_text(curve.method))
+        axis.set(xlabel="corruption severity (0 = clean)", ylabel=plain_text(metric), xticks=range(6))
     axes[0].legend(fontsize=7)
-    figure.suptitle(title)
+    figure.suptitle(plain_text(title))
     figure.tight_layout()
     return _save(figure, out)
 
@@ -146,14 +153,14 @@ def cost_figure(points: Sequence[CostPoint], loss_name: str, cost_names: Sequenc
         axis.step([costs[i] for i in front], [losses[i] for i in front], where="post", color="C3", linewidth=1.2,
                   label="Pareto front")
         for index, point in enumerate(chosen):
-            axis.annotate(point.method, (costs[index], losses[index]), textcoords="offset points", xytext=(4, 3),
-                          fontsize=7, fontweight="bold" if index in front else "normal")
+            axis.annotate(plain_text(point.method), (costs[index], losses[index]), textcoords="offset points",
+                          xytext=(4, 3), fontsize=7, fontweight="bold" if index in front else "normal")
         axis.margins(x=0.15, y=0.12)  # room for the labels of the outermost points
         if costs and min(costs) > 0 and max(costs) / min(costs) > 20:
             axis.set_xscale("log")
         axis.set(xlabel=cost_name, ylabel=f"{loss_name} (clean test)")
         axis.legend(fontsize=7)
-    figure.suptitle(title)
+    figure.suptitle(plain_text(title))
     figure.tight_layout()
     return _save(figure, out)
 
@@ -177,9 +184,9 @@ def fan_figure(panels: Sequence[FanPanel], title: str, out: Path) -> Path:
         if n_levels % 2:
             axis.plot(future, panel.quantiles[n_levels // 2], color="C0", linewidth=1.2, label="median")
         axis.axvline(-0.5, color="grey", linewidth=0.6)
-        axis.set(title=panel.method, xlabel="steps from the forecast start")
+        axis.set(title=plain_text(panel.method), xlabel="steps from the forecast start")
         axis.title.set_fontsize(9)
     axes[0].legend(fontsize=6, loc="upper left")
-    figure.suptitle(title)
+    figure.suptitle(plain_text(title))
     figure.tight_layout()
     return _save(figure, out)

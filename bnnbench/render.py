@@ -8,6 +8,8 @@ import math
 
 import pandas as pd
 
+from bnnbench.errors import UsageError
+
 __all__ = ["check_table", "leaderboard_html", "leaderboard_latex", "leaderboard_markdown", "leaderboard_table",
            "mean_stderr_text", "pivot_tasks", "wide"]
 
@@ -35,34 +37,45 @@ def wide(board: pd.DataFrame) -> tuple[list[str], list[str], dict[tuple[str, str
 
 
 def leaderboard_table(board: pd.DataFrame, title: str):
-    """A rich Table with the best value of each column in bold green."""
+    """A rich Table with the best value of each column in bold green. Names are shown as they are: a `[` in a
+    task or method name is text, not rich markup."""
+    from rich.markup import escape
     from rich.table import Table
 
     methods, columns, cells = wide(board)
-    table = Table(title=title, header_style="bold")
+    table = Table(title=escape(title), header_style="bold")
     table.add_column("method")
     for column in columns:
-        table.add_column(column, justify="right")
+        table.add_column(escape(column), justify="right")
     for method in methods:
         texts = []
         for column in columns:
             text, best = cells.get((method, column), ("", False))
-            texts.append(f"[bold green]{text}[/bold green]" if best else text)
-        table.add_row(method, *texts)
+            texts.append(f"[bold green]{escape(text)}[/bold green]" if best else escape(text))
+        table.add_row(escape(method), *texts)
     return table
+
+
+def _markdown_text(text: str) -> str:
+    """`text` safe inside a Markdown table cell or heading: a pipe would end the cell, `<` and `>` could open
+    HTML, a line break would end the row."""
+    for plain, escaped in (("\\", "\\\\"), ("|", "\\|"), ("<", "&lt;"), (">", "&gt;"), ("\r", " "),
+                           ("\n", " ")):
+        text = text.replace(plain, escaped)
+    return text
 
 
 def leaderboard_markdown(board: pd.DataFrame, title: str) -> str:
     """A Markdown table with the best value of each column in bold."""
     methods, columns, cells = wide(board)
-    lines = [f"### {title}", "", "| method | " + " | ".join(columns) + " |",
+    lines = [f"### {_markdown_text(title)}", "", "| method | " + " | ".join(map(_markdown_text, columns)) + " |",
              "|---|" + "---:|" * len(columns)]
     for method in methods:
         texts = []
         for column in columns:
             text, best = cells.get((method, column), ("", False))
             texts.append(f"**{text}**" if best else text)
-        lines.append(f"| {method} | " + " | ".join(texts) + " |")
+        lines.append(f"| {_markdown_text(method)} | " + " | ".join(texts) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -108,7 +121,8 @@ def pivot_tasks(board: pd.DataFrame, column: str) -> pd.DataFrame:
     rank the mean over tasks of its rank in that column."""
     chosen = board[board["column"] == column].copy()
     if chosen.empty:
-        raise ValueError(f"no leaderboard column '{column}' in these results")
+        there = ", ".join(sorted(set(board["column"]))) or "none"
+        raise UsageError(f"no leaderboard column '{column}' in these results; columns there: {there}")
     chosen["column"] = [task if variant == "standard" else f"{task} ({variant})"
                         for task, variant in zip(chosen["task"], chosen["data_variant"], strict=True)]
     signed = chosen["mean"].where(~chosen["higher_is_better"].astype(bool), -chosen["mean"])
@@ -118,7 +132,9 @@ def pivot_tasks(board: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def check_table(result: pd.DataFrame, config):
-    """A rich Table of check rows: mark, key, baseline, new, ratio; gated metrics flagged."""
+    """A rich Table of check rows: mark, key, baseline, new, ratio; gated metrics flagged. Names are text, not
+    rich markup."""
+    from rich.markup import escape
     from rich.table import Table
 
     from bnnbench.compare import MARKS
@@ -131,7 +147,8 @@ def check_table(result: pd.DataFrame, config):
     for row in result.itertuples():
         colour = colours.get(row.mark)
         mark = f"[{colour}]{row.mark}[/{colour}]" if colour else row.mark
-        metric = f"{row.metric}*" if row.gated else row.metric
-        table.add_row(mark, row.task, row.method, row.split, row.corruption, str(row.severity), metric,
+        metric = escape(f"{row.metric}*" if row.gated else str(row.metric))
+        table.add_row(mark, *(escape(str(name)) for name in (row.task, row.method, row.split, row.corruption)),
+                      str(row.severity), metric,
                       f"{row.base:.4f}", f"{row.new:.4f}", f"{row.ratio:.3f}")
     return table

@@ -13,6 +13,8 @@ import html
 import re
 import shutil
 import tempfile
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +39,8 @@ class Report:
     sections: list[str] = field(default_factory=list)
     images: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # subsections left out, and why
+    n_runs: int = 0  # runs reported on, and how many of them failed
+    n_failed: int = 0
 
 
 @dataclass
@@ -50,6 +54,7 @@ class _Group:
     table: pd.DataFrame
     board: pd.DataFrame
     labels: dict[tuple[str, str, str], str]
+    warn: Callable[[str], None] | None = None  # told of each run file left out as unreadable
 
     @property
     def title(self) -> str:
@@ -73,12 +78,15 @@ class _Group:
         return rows.assign(label=[self.label(m, h) for m, h in zip(rows["method"], rows["config_hash"], strict=True)])
 
 
-def build_report(results_dir: Path, out: Path, tasks: list[str] | None = None) -> Report:
-    """Write `out`/index.html and `out`/figures/*.png for the runs under `results_dir` (only `tasks`, if given)."""
+def build_report(results_dir: Path, out: Path, tasks: list[str] | None = None,
+                 warn: Callable[[str], None] | None = None) -> Report:
+    """Write `out`/index.html and `out`/figures/*.png for the runs under `results_dir` (only `tasks`, if given).
+    Runs or prediction files that cannot be read are left out, with one line each naming the file to `warn`
+    (see `load_results`)."""
     from bnnbench.compare import TASK_KEY, aggregate, leaderboard, method_labels
     from bnnbench.results import load_results, replace_directory
 
-    runs, metrics = load_results(results_dir)
+    runs, metrics = load_results(results_dir, warn)
     if runs.empty:
         raise UsageError(f"no runs found under '{results_dir}'; run `bnnbench run` or `bnnbench sweep` first")
     if tasks:
@@ -94,13 +102,13 @@ def build_report(results_dir: Path, out: Path, tasks: list[str] | None = None) -
     labels = method_labels(table[table["n"] > 0])
     tables, boards = dict(list(table.groupby(TASK_KEY))), dict(list(board.groupby(TASK_KEY)))
     groups = [_Group(key[0], int(key[1]), key[2], group_runs, tables.get(key, table.iloc[:0]),
-                     boards.get(key, board.iloc[:0]), labels)
+                     boards.get(key, board.iloc[:0]), labels, warn)
               for key, group_runs in runs.groupby(TASK_KEY, sort=True)]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        report = Report(page=out / "index.html")
+        report = Report(page=out / "index.html", n_runs=len(runs), n_failed=int((runs["status"] != "ok").sum()))
         bodies = [_task_section(group, Path(results_dir), staging, report) for group in groups]
         page = _page(Path(results_dir), runs, groups, bodies)
         (staging / "index.html").write_text(page, encoding="utf-8")
@@ -115,9 +123,13 @@ def build_report(results_dir: Path, out: Path, tasks: list[str] | None = None) -
 def _check_replaceable(out: Path) -> None:
     """Refuse to replace a directory that is not an earlier report (the whole directory is swapped out)."""
     if not out.exists():
+        from bnnbench.results import check_writable
+
+        check_writable(out.parent)  # a file on the way, or a read-only filesystem: refused before any work
         return
     page = out / "index.html"
-    if not out.is_dir() or (any(out.iterdir()) and not (page.is_file() and REPORT_MARK in page.read_text())):
+    if not out.is_dir() or (any(out.iterdir()) and not (page.is_file()
+                                                        and REPORT_MARK in page.read_text(errors="replace"))):
         raise UsageError(f"--out '{out}' exists and is not a bnnbench report directory; give a new or empty one")
 
 
@@ -179,8 +191,9 @@ def _leaderboard(group: _Group, results_dir: Path, png: Path) -> str | _Skipped:
     return f'<div class="scroll">{leaderboard_html(group.board)}</div><p class="caption">{caption}</p>'
 
 
-def _prediction_files(group: _Group, results_dir: Path, needs: str) -> dict[str, list[tuple[int, dict]]]:
-    """{method label: [(seed, arrays)]} of the group's finished runs that saved predictions holding `needs`."""
+def _prediction_files(group: _Group, results_dir: Path, needs: tuple[str, ...]) -> dict[str, list[tuple[int, dict]]]:
+    """{method label: [(seed, arrays)]} of the group's finished runs that saved predictions holding `needs[0]`;
+    a file that cannot be read or lacks the rest of `needs` is left out, naming it to the group's `warn`."""
     from bnnbench.results import run_directory
 
     found: dict[str, list[tuple[int, dict]]] = {}
@@ -188,10 +201,22 @@ def _prediction_files(group: _Group, results_dir: Path, needs: str) -> dict[str,
         path = run_directory(results_dir, row.task, row.method, row.run_id) / "predictions.npz"
         if not path.is_file():
             continue
-        with np.load(path) as arrays:
-            if needs in arrays:
-                found.setdefault(group.label(row.method, row.config_hash), []).append(
-                    (int(row.seed), {name: arrays[name] for name in arrays.files}))
+        try:
+            with np.load(path) as arrays:
+                if needs[0] not in arrays:
+                    continue
+                saved = {name: arrays[name] for name in arrays.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # truncated, garbage, pickled objects
+            if group.warn is not None:
+                lines = str(error).strip().splitlines()
+                group.warn(f"skipping {path}: not a readable .npz ({lines[0] if lines else type(error).__name__})")
+            continue
+        lacking = [name for name in needs if name not in saved]
+        if lacking:
+            if group.warn is not None:
+                group.warn(f"skipping {path}: lacks array(s) {', '.join(lacking)}")
+            continue
+        found.setdefault(group.label(row.method, row.config_hash), []).append((int(row.seed), saved))
     return found
 
 
@@ -211,7 +236,7 @@ def _reliability(group: _Group, results_dir: Path, png: Path) -> _Figure | _Skip
 
     if not group.has_metric("ece"):
         return None
-    saved = _prediction_files(group, results_dir, "probs")
+    saved = _prediction_files(group, results_dir, ("probs", "labels"))
     if not saved:
         return _Skipped("no classification run saved its predictions (run with --save-predictions)")
     ece = group.clean_test("ece")
@@ -271,7 +296,7 @@ def _forecast(group: _Group, results_dir: Path, png: Path) -> _Figure | _Skipped
 
     if not group.has_metric("crps"):
         return None
-    saved = _prediction_files(group, results_dir, "quantiles")
+    saved = _prediction_files(group, results_dir, ("quantiles", "quantile_levels", "context", "y"))
     if not saved:
         return _Skipped("no forecasting run saved its predictions (run with --save-predictions)")
     panels = []
@@ -289,7 +314,7 @@ def _convergence(group: _Group, results_dir: Path, png: Path) -> _Figure | None:
     from bnnbench.convergence import plot_convergence
 
     try:
-        plot_convergence(results_dir, group.task, png)
+        plot_convergence(group.runs, results_dir, group.task, png, group.warn)
     except UsageError:  # no score-vi or elbo-vi run recorded a curve
         return None
     return _Figure(png, "Negative ELBO (same estimator for both methods) against wall-clock seconds since the fit "

@@ -9,22 +9,26 @@ re-run replaces the old one whole.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from bnnbench.errors import UsageError
 
-__all__ = ["METRIC_COLUMNS", "SCHEMA_VERSION", "check_writable", "config_hash", "git_state", "load_results",
-           "machine_name", "make_run_id", "replace_directory", "run_directory", "write_run", "write_text_atomic"]
+__all__ = ["METRIC_COLUMNS", "SCHEMA_VERSION", "check_output_file", "check_writable", "config_hash", "git_state",
+           "json_safe", "load_results", "machine_name", "make_run_id", "replace_directory", "run_directory",
+           "write_run", "write_text_atomic"]
 
 SCHEMA_VERSION = 1
 METRIC_COLUMNS = ["run_id", "task", "task_version", "method", "seed", "split", "corruption", "severity",
@@ -46,12 +50,13 @@ def run_directory(results_dir: Path, task: str, method: str, run_id: str) -> Pat
     return Path(results_dir) / task / method / run_id
 
 
-def check_writable(results_dir: Path) -> None:
-    """Raise UsageError unless `results_dir` exists as a writable directory or could be created.
+def check_writable(results_dir: Path, *subdirectories: str) -> None:
+    """Raise UsageError unless `results_dir` (and `subdirectories` under it, where a run goes) exist as writable
+    directories or could be created: a file anywhere on that path, or an unwritable directory, is refused.
 
     Creates nothing: bad input must leave no result directory behind.
     """
-    path = Path(results_dir).absolute()
+    path = Path(results_dir, *subdirectories).absolute()
     existing = path
     while not existing.exists():
         existing = existing.parent
@@ -64,13 +69,30 @@ def check_writable(results_dir: Path) -> None:
         raise UsageError(f"results dir '{results_dir}' is not writable: {error.strerror}") from None
 
 
+def check_output_file(path: Path) -> None:
+    """Raise UsageError unless `path` can be written as a file: not a directory, in a writable directory."""
+    if Path(path).is_dir():
+        raise UsageError(f"--out '{path}' is a directory; give a file name")
+    check_writable(Path(path).parent)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same directory and a rename."""
+    """Write `text` to `path` through a temporary file in the same directory and a rename; nothing is left
+    behind if either fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
+        temporary = Path(handle.name)
+        try:
+            handle.write(text)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _metrics_csv(rows: list[dict[str, Any]]) -> str:
@@ -82,36 +104,124 @@ def _metrics_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None: JSON has no NaN or inf, and a run.json holding a
+    bare `NaN` is one that strict readers (jq, browsers, other languages) refuse."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def write_run(directory: Path, record: dict[str, Any], rows: list[dict[str, Any]],
-              predictions: dict[str, Any] | None = None) -> None:
-    """Write run.json, metrics.csv (and predictions.npz) to `directory` atomically."""
+              predictions: dict[str, Any] | None = None, extra_files: dict[str, str] | None = None) -> None:
+    """Write run.json, metrics.csv (and predictions.npz, and text files such as a failure's traceback) to
+    `directory` atomically."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        (staging / "run.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+        text = json.dumps(json_safe(record), indent=2, sort_keys=True, default=str, allow_nan=False)
+        (staging / "run.json").write_text(text + "\n")
         if rows:
             (staging / "metrics.csv").write_text(_metrics_csv(rows))
         if predictions is not None:
             import numpy as np
 
             np.savez(staging / "predictions.npz", **predictions)
+        for name, content in (extra_files or {}).items():
+            (staging / name).write_text(content)
         replace_directory(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h: swap two paths atomically
+
+
+@cache
+def _renameat2():
+    """glibc's renameat2 (Linux 3.15+, glibc 2.28+), or None where the C library lacks it."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        function = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return function
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one atomic rename; False where the system or filesystem cannot."""
+    import ctypes
+
+    function = _renameat2()
+    if function is None:
+        return False
+    at_fdcwd = -100
+    if function(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
 def replace_directory(staging: Path, directory: Path) -> None:
-    """Move the finished `staging` directory to `directory` (a sibling), swapping out any old one whole, then
-    dropping it: readers see the old or the new, never a mix."""
+    """Move the finished `staging` directory to `directory` (a sibling) in one atomic rename, then drop what it
+    replaced: readers see the old run or the new, never neither and never a mix, even if the process is killed
+    at any point, and concurrent writers of the same directory each land whole (the last one wins).
+
+    A directory cannot be renamed over a non-empty one, so an existing run is swapped with the staging
+    directory (renameat2 RENAME_EXCHANGE) and the old run, now under the hidden staging name that every reader
+    skips, is deleted. Where the filesystem cannot exchange, the old run is set aside first; a kill between
+    the two renames then leaves it under `.NAME.old.*`, which the next write of that run id restores
+    (`_restore_interrupted`) before replacing it."""
+    directory, staging = Path(directory), Path(staging)
+    _restore_interrupted(directory)
+    while True:
+        if directory.exists():
+            if _exchange(staging, directory):
+                shutil.rmtree(staging, ignore_errors=True)
+                return
+            retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+            try:
+                os.replace(directory, retired / "old")
+            except FileNotFoundError:  # another writer moved it first: try again
+                retired.rmdir()
+                continue
+            try:
+                os.replace(staging, directory)
+            except OSError:  # another writer landed in between: put ours aside, theirs stays
+                shutil.rmtree(retired, ignore_errors=True)
+                continue
+            shutil.rmtree(retired, ignore_errors=True)
+            return
+        try:
+            os.replace(staging, directory)
+            return
+        except OSError as error:  # a concurrent writer created it since the check: exchange with theirs
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+
+
+def _restore_interrupted(directory: Path) -> None:
+    """Put back a run that a killed two-rename replacement left aside (see `replace_directory`)."""
     if directory.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
-        os.replace(directory, retired / "old")
-        os.replace(staging, directory)
-        shutil.rmtree(retired)
-    else:
-        os.replace(staging, directory)
+        return
+    for retired in sorted(directory.parent.glob(f".{directory.name}.old.*/old")):
+        try:
+            os.replace(retired, directory)
+        except OSError:
+            continue
+        shutil.rmtree(retired.parent, ignore_errors=True)
+        return
 
 
 @cache
@@ -133,22 +243,131 @@ def machine_name() -> str:
     return f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus"
 
 
-def load_results(results_dir: Path):
+_RUN_KEYS = ("run_id", "task", "method", "status", "config_hash")  # what every reader joins and groups on
+_RUN_NUMBERS = ("fit_seconds", "peak_rss_mb", "eval_seconds", "duration_s")  # averaged by compare and report
+
+
+class _Unreadable(Exception):
+    """Why one run cannot be read: the run is skipped with one line naming the file."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(f"skipping {path}: {why}")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """A run.json as a dict holding what readers rely on. Task and method default to the directory names, where
+    the writer put them (`run_directory`)."""
+    try:
+        record = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON and bad UTF-8 alike
+        raise _Unreadable(path, f"not readable JSON ({_first_line(error)})") from None
+    if not isinstance(record, dict):
+        raise _Unreadable(path, "not a JSON object")
+    record.setdefault("task", path.parent.parent.parent.name)
+    record.setdefault("method", path.parent.parent.name)
+    missing = [key for key in _RUN_KEYS if key not in record]
+    if missing:
+        raise _Unreadable(path, f"lacks required key(s): {', '.join(missing)}")
+    for key in _RUN_KEYS:
+        if not isinstance(record[key], str) or not record[key]:
+            raise _Unreadable(path, f"{key} is not a non-empty string")
+    for key in ("task_version", "seed"):
+        if key in record and (isinstance(record[key], bool) or not isinstance(record[key], int)):
+            raise _Unreadable(path, f"{key} is not an integer")
+    for key in _RUN_NUMBERS:
+        if record.get(key) is not None and (isinstance(record[key], bool) or not isinstance(record[key], int | float)):
+            raise _Unreadable(path, f"{key} is not a number")
+    if record.get("data_variant") is not None and not isinstance(record["data_variant"], str):
+        raise _Unreadable(path, "data_variant is not a string")
+    return record
+
+
+def _read_metrics(path: Path, run_id: str):
+    """A metrics.csv as a frame with numeric task_version, seed, severity and value; every other column text."""
+    import pandas as pd
+
+    try:  # all text first, so that a value which is not a number is found here rather than by a later mean
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as error:  # pandas' parser errors and bad UTF-8 are ValueErrors
+        raise _Unreadable(path, f"not a readable CSV ({_first_line(error)})") from None
+    missing = [column for column in METRIC_COLUMNS if column not in frame.columns]
+    if missing:
+        raise _Unreadable(path, f"lacks column(s): {', '.join(missing)}")
+    if frame.empty:
+        raise _Unreadable(path, "has no rows")
+    cells = frame[METRIC_COLUMNS].fillna("").apply(lambda column: column.str.strip())
+    blank = cells.eq("").any(axis=1).to_numpy().nonzero()[0]
+    if len(blank):  # a row cut short: pandas fills the fields it lacks
+        raise _Unreadable(path, f"row {blank[0] + 1} has empty fields (a truncated file?)")
+    numbers = {}
+    for column in ("task_version", "seed", "severity", "value"):
+        parsed = pd.to_numeric(cells[column], errors="coerce")
+        bad = parsed.isna() & ~cells[column].str.lower().isin(["nan", "+nan", "-nan"])
+        if column != "value":
+            bad |= parsed.notna() & (parsed != parsed.round())
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            kind = "a number" if column == "value" else "an integer"
+            raise _Unreadable(path, f"row {row + 1}: {column} '{cells[column].iloc[row]}' is not {kind}")
+        numbers[column] = parsed.astype(float if column == "value" else "int64")
+    others = set(cells["run_id"]) - {run_id}
+    if others:
+        raise _Unreadable(path, f"holds rows of run {sorted(others)[0]}, not of {run_id}")
+    return frame.assign(**numbers)
+
+
+def _visible_runs(results_dir: Path) -> list[Path]:
+    """run.json of every run directory, hidden ones skipped, except a run that a killed replacement left set aside
+    (`.NAME.old.*/old`, see `replace_directory`) while NAME itself is gone: that is still the run of NAME."""
+    found = []
+    for run_json in sorted(results_dir.glob("*/*/*/run.json")):
+        if not any(part.startswith(".") for part in run_json.relative_to(results_dir).parts):
+            found.append(run_json)
+    for run_json in sorted(results_dir.glob("*/*/.*.old.*/old/run.json")):
+        task, method, retired = run_json.relative_to(results_dir).parts[:3]
+        name = retired[1:].rsplit(".old.", 1)[0]
+        hidden = task.startswith(".") or method.startswith(".")
+        if not hidden and not (results_dir / task / method / name).exists():
+            found.append(run_json)
+    return found
+
+
+def load_results(results_dir: Path, warn: Callable[[str], None] | None = None):
     """All runs under `results_dir` as two pandas frames: runs (one row each) and metrics (long rows).
 
-    Hidden directories (runs being written) are skipped.
+    Hidden directories (runs being written, set aside or thrown away) are skipped. So is a run whose run.json or
+    metrics.csv cannot be read or lacks what the readers need, or which repeats a run id already read: one line
+    naming its file goes to `warn` (default: `warnings.warn`), and the other runs are still read.
     """
     import pandas as pd
 
-    records, frames = [], []
-    for run_json in sorted(Path(results_dir).glob("*/*/*/run.json")):
-        if any(part.startswith(".") for part in run_json.relative_to(results_dir).parts):
+    if warn is None:
+        import warnings
+
+        def warn(line: str) -> None:
+            warnings.warn(line, stacklevel=3)
+
+    results_dir = Path(results_dir)
+    records, frames, seen = [], [], {}
+    for run_json in _visible_runs(results_dir):
+        try:
+            record = _read_record(run_json)
+            if record["run_id"] in seen:
+                raise _Unreadable(run_json, f"run id {record['run_id']} was already read from {seen[record['run_id']]}")
+            metrics_csv = run_json.with_name("metrics.csv")
+            frame = _read_metrics(metrics_csv, record["run_id"]) if metrics_csv.is_file() else None
+        except _Unreadable as skipped:
+            warn(str(skipped))
             continue
-        record = json.loads(run_json.read_text())
+        seen[record["run_id"]] = run_json
         records.append(record)
-        metrics_csv = run_json.with_name("metrics.csv")
-        if metrics_csv.is_file():
-            frames.append(pd.read_csv(metrics_csv, dtype={"corruption": str, "split": str}))
+        if frame is not None:
+            frames.append(frame)
     runs = pd.DataFrame.from_records(records)
     metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
     if not runs.empty:  # attach the configuration hash so identical method names with other settings differ

@@ -13,6 +13,7 @@ import platform
 import resource
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cache
@@ -34,7 +35,7 @@ from bnnbench.results import (
 from bnnbench.tasks import load_task, validate_task
 from bnnbench.types import Budget, Method, TaskSpec
 
-__all__ = ["RunOutcome", "RunPlan", "prepare", "resolve_budget", "run", "select_device"]
+__all__ = ["RunOutcome", "RunPlan", "finished_ok", "prepare", "resolve_budget", "run", "run_id_of", "select_device"]
 
 
 @dataclass(frozen=True)
@@ -116,10 +117,13 @@ def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | Non
     method = build_method(method_name, task, method_overrides)
     budget, budget_label = resolve_budget(task, budget_name, epochs)
     device_name = str(select_device(device))
-    check_writable(results_dir)
+    check_writable(results_dir, task.name, method.name)
     root = data_root(data_dir)
-    variant = eval_plan(task.eval, _load(task, root), str(task.path)).variant if load else "standard"
+    loaded = _load(task, root) if load else None
+    variant = eval_plan(task.eval, loaded, str(task.path)).variant if loaded else "standard"
     config = {"hparams": dataclasses.asdict(method.hparams), "budget": dataclasses.asdict(budget)}
+    if loaded and "data_fingerprint" in loaded.info:  # other files, other experiment: never the same run id
+        config["data_fingerprint"] = loaded.info["data_fingerprint"]["sha256"]
     if model_overrides:  # a pretrained network is another configuration than one trained from scratch
         config["model_overrides"] = model_overrides
     if variant != "standard":  # official and generated CIFAR-10-C runs must not share a run id
@@ -161,9 +165,23 @@ def _load_cached(where: str, data_json: str, root: str | None):  # seeds of one 
     return load_data(json.loads(data_json), where, root)
 
 
+def run_id_of(plan: RunPlan, seed: int) -> str:
+    return make_run_id(plan.task.name, plan.task.version, plan.method.name, plan.config_hash, seed)
+
+
+def finished_ok(directory: Path) -> bool:
+    """Whether `directory` holds a run that ended ok (a re-run of it would only repeat it)."""
+    try:
+        record = json.loads((Path(directory) / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("status") == "ok"
+
+
 def run(plan: RunPlan, seed: int) -> RunOutcome:
-    """Fit and evaluate one seed and write its results. A failure during fitting or evaluation is
-    recorded as a failed run (status "failed", the error in run.json), not raised."""
+    """Fit and evaluate one seed and write its results. Any exception during fitting or evaluation is a failed
+    run (status "failed", the error in run.json, the traceback in traceback.txt beside it), not raised: the
+    same for `bnnbench run` and for each run of a sweep. Only an interrupt (Ctrl-C) unwinds, writing nothing."""
     import numpy as np
     import torch
 
@@ -175,10 +193,10 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
     from bnnbench.types import FitContext
 
     task, device = plan.task, torch.device(plan.device_name)
-    run_id = make_run_id(task.name, task.version, plan.method.name, plan.config_hash, seed)
+    run_id = run_id_of(plan, seed)
     record = _base_record(plan, run_id, seed)
     rows: list[dict[str, Any]] = []
-    predictions = None
+    predictions, extra_files = None, {}
     start = time.perf_counter()
     _reset_peak_rss()
     if device.type == "cuda":
@@ -208,15 +226,17 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
             predictions = evaluation.test_predictions
         if not all(np.isfinite(row["value"]) for row in rows):
             raise BnnbenchError("a metric is not finite (the predictive produced NaN or inf)")
-    except (BnnbenchError, RuntimeError, ValueError) as error:
+    except Exception as error:  # a method's bug is this run's failure, recorded whole, not a traceback
         record.update(status="failed", error=f"{type(error).__name__}: {error}")
+        if not isinstance(error, BnnbenchError):  # ours carry their own explanation; anything else needs the trace
+            extra_files["traceback.txt"] = traceback.format_exc()
         rows, predictions = [], None
     record["duration_s"] = time.perf_counter() - start
     record["peak_rss_mb"] = _peak_rss_mb()
     if device.type == "cuda":
         record["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     directory = run_directory(plan.results_dir, task.name, plan.method.name, run_id)
-    write_run(directory, record, rows, predictions)
+    write_run(directory, record, rows, predictions, extra_files)
     clean_test = {row["metric"]: row["value"] for row in rows
                   if (row["split"], row["corruption"]) == ("test", "none")}
     return RunOutcome(run_id, directory, record["status"], record["error"], record, clean_test)

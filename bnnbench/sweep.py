@@ -91,11 +91,9 @@ def expand(tasks: list[str], methods: list[str], seeds: list[int], grid: list[di
 
 
 def finished_ok(job: Job) -> bool:
-    record = Path(job.directory) / "run.json"
-    try:
-        return json.loads(record.read_text()).get("status") == "ok"
-    except (OSError, ValueError):
-        return False
+    from bnnbench.runner import finished_ok as directory_ok
+
+    return directory_ok(Path(job.directory))
 
 
 def _to_run(jobs: list[Job], force: bool, result: SweepResult) -> list[Job]:
