@@ -7,8 +7,11 @@ overrides a task names exist, which imports the heavier modules.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+import types
+import typing
 from dataclasses import fields
 from functools import cache
 from pathlib import Path
@@ -22,7 +25,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["builtin_tasks_dir", "list_tasks", "load_task", "resources_for", "task_paths", "validate_task"]
+__all__ = ["MAX_INTEGER", "builtin_tasks_dir", "check_table", "list_tasks", "load_task", "range_problem",
+           "resources_for", "task_paths", "validate_task", "value_problem"]
 
 TASK_PATH_ENV = "BNNBENCH_TASK_PATH"  # extra directories of task files, separated by os.pathsep
 _TOP_LEVEL = {"name", "version", "description", "likelihood", "include", "data", "model", "train", "budget",
@@ -32,8 +36,15 @@ _REQUIRED = ("name", "version", "description", "likelihood", "data", "model", "b
 _REPLACED_WHOLE = frozenset({"model", "data"})
 _BUDGET_KEYS = {f.name for f in fields(Budget)}
 _RESOURCE_KEYS = {f.name for f in fields(Resources)}
-_EVAL_KEYS = {"metrics", "corruptions", "severities", "batch_size", "corruption_seed", "corruption_source",
-              "reference"}
+# key -> the type its consumer reads (bnnbench.data.splits, runner, evaluate, reference), which check the values.
+_EVAL_TYPES = {"metrics": list[str], "corruptions": str | list[str], "severities": list[int], "batch_size": int,
+               "corruption_seed": int, "corruption_source": str, "reference": dict}
+# Integers in a task table or `--set` are sizes, counts, epochs and seeds: anything past int32 is a typo that would
+# only surface mid-run, as an overflow, an allocation that fails, or a job that never ends.
+MAX_INTEGER = 2**31 - 1
+_PLURALS = {int: "integers", float: "finite numbers", str: "strings", bool: "booleans (true or false)",
+            dict: "tables"}
+_SINGULARS = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false", dict: "a table"}
 # The names in bnnbench.likelihoods.LIKELIHOODS (a test keeps them equal), here so that parsing a task
 # file imports no torch.
 LIKELIHOOD_NAMES = ("categorical", "gaussian", "student-t")
@@ -102,6 +113,82 @@ def _merge(base: dict[str, Any], override: dict[str, Any], replace: frozenset[st
     return merged
 
 
+def value_problem(value: Any, expected: Any) -> str | None:
+    """What `value` must be instead to fit the type annotation `expected` (int, float, str, bool, dict, list[X],
+    tuple[X, ...], unions with None, Any), e.g. "an integer" or "a list of strings"; None when it fits. A float
+    annotation takes an integer too (TOML writes 1 for 1.0). A value of the right type must also pass
+    `range_problem`."""
+    if not _fits(value, expected):
+        return _describe(expected)
+    return range_problem(value)
+
+
+def range_problem(value: Any) -> str | None:
+    """Why a number (or a list of numbers) is unusable whatever its key (NaN, infinite, or an integer beyond
+    MAX_INTEGER), as what it must be instead; None when it is fine."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a finite number"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+        return f"an integer between {-MAX_INTEGER} and {MAX_INTEGER}"
+    if isinstance(value, list | tuple):
+        for item in value:
+            problem = range_problem(item)
+            if problem:
+                return f"a list whose items are each {problem}"
+    return None
+
+
+def check_table(table: dict[str, Any], expected: dict[str, Any], prefix: str, where: str) -> None:
+    """Raise UsageError, naming the key, its value and what it must be, for the first value of `table` that does
+    not fit its annotation in `expected` (key -> type); keys `expected` lacks are left to the table's own checks."""
+    for key, value in table.items():
+        if key in expected:
+            problem = value_problem(value, expected[key])
+            if problem:
+                raise UsageError(f"{where}: key '{prefix}.{key}' must be {problem}, got {value!r}")
+
+
+def _item_type(expected: Any) -> Any:
+    """The element type of list[X] or tuple[X, ...]; Any for a bare or fixed-length sequence."""
+    args = typing.get_args(expected)
+    if typing.get_origin(expected) is list and len(args) == 1:
+        return args[0]
+    return args[0] if len(args) == 2 and args[1] is Ellipsis else Any
+
+
+def _is_union(expected: Any) -> bool:
+    return typing.get_origin(expected) in (typing.Union, types.UnionType)
+
+
+def _fits(value: Any, expected: Any) -> bool:
+    if expected is Any:
+        return True
+    if _is_union(expected):
+        return any(_fits(value, option) for option in typing.get_args(expected))
+    origin = typing.get_origin(expected) or expected
+    if origin in (list, tuple):  # TOML has arrays only: a list stands for a tuple too
+        return isinstance(value, list | tuple) and all(_fits(item, _item_type(expected)) for item in value)
+    if origin is type(None):
+        return value is None
+    if origin in (int, float):  # bool is an int to Python, never to a task file
+        numbers = int if origin is int else int | float
+        return isinstance(value, numbers) and not isinstance(value, bool)
+    return not isinstance(origin, type) or isinstance(value, origin)  # Any and the like: the consumer checks
+
+
+def _describe(expected: Any, plural: bool = False) -> str:
+    if _is_union(expected):
+        return " or ".join(_describe(option, plural) for option in typing.get_args(expected)
+                           if option is not type(None))
+    origin = typing.get_origin(expected) or expected
+    if origin in (list, tuple):
+        item = _item_type(expected)
+        items = "" if item is Any else f" of {_describe(item, plural=True)}"
+        return f"lists{items}" if plural else f"a list{items}"
+    names = _PLURALS if plural else _SINGULARS
+    return names.get(origin, getattr(origin, "__name__", str(origin)))
+
+
 def _parse(raw: dict[str, Any], path: Path) -> TaskSpec:
     where = str(path)
     for key in raw:
@@ -126,8 +213,11 @@ def _parse(raw: dict[str, Any], path: Path) -> TaskSpec:
     budget = _budget(budget_raw, Budget(), where, "budget")
     eval_section = raw.get("eval", {})
     for key in eval_section:
-        if key not in _EVAL_KEYS:
-            raise unknown_choice("key", f"eval.{key}", [f"eval.{k}" for k in _EVAL_KEYS], where)
+        if key not in _EVAL_TYPES:
+            raise unknown_choice("key", f"eval.{key}", [f"eval.{k}" for k in _EVAL_TYPES], where)
+    check_table(eval_section, _EVAL_TYPES, "eval", where)
+    if eval_section.get("batch_size", 1) < 1:
+        raise UsageError(f"{where}: key 'eval.batch_size' must be at least 1, got {eval_section['batch_size']}")
     return TaskSpec(
         name=raw["name"],
         version=raw["version"],
@@ -152,7 +242,7 @@ def _resources(table: dict[str, Any], budgets: list[str], where: str) -> dict[st
         for key, value in values.items():
             if key not in _RESOURCE_KEYS:
                 raise unknown_choice("key", f"{prefix}.{key}", [f"{prefix}.{k}" for k in _RESOURCE_KEYS], where)
-            number = isinstance(value, int | float) and not isinstance(value, bool)
+            number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
             if not number or value < 0 or (key == "cpus" and value == 0):
                 wanted = "positive" if key == "cpus" else "non-negative"
                 raise UsageError(f"{where}: key '{prefix}.{key}' must be a {wanted} number, got {value!r}")
@@ -191,6 +281,7 @@ def _budget(table: dict[str, Any], base: Budget, where: str, prefix: str) -> Bud
             raise unknown_choice("key", f"{prefix}.{key}", [f"{prefix}.{k}" for k in _BUDGET_KEYS], where)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             raise UsageError(f"{where}: key '{prefix}.{key}' must be a positive number, got {value!r}")
+    check_table(values, typing.get_type_hints(Budget), prefix, where)
     merged = {f.name: getattr(base, f.name) for f in fields(Budget)} | values
     if merged["max_epochs"] is None and merged["max_steps"] is None:
         raise UsageError(f"{where}: '{prefix}' needs max_epochs or max_steps")
@@ -200,6 +291,17 @@ def _budget(table: dict[str, Any], base: Budget, where: str, prefix: str) -> Bud
 def is_forecasting(task: TaskSpec) -> bool:
     """Whether the task's data are forecasting windows (its metrics may then read them)."""
     return task.data.get("source") == "timeseries"
+
+
+def _model_option_types(name: str, where: str) -> dict[str, Any]:
+    """Option -> type of a model's [model] table: the annotations of its factory's keywords are its schema."""
+    import inspect
+
+    from bnnbench.models import _factory
+
+    parameters = inspect.signature(_factory(name, where), eval_str=True).parameters
+    return {key: parameter.annotation for key, parameter in parameters.items()
+            if parameter.annotation is not inspect.Parameter.empty}
 
 
 def validate_task(task: TaskSpec) -> None:
@@ -220,10 +322,12 @@ def validate_task(task: TaskSpec) -> None:
                                get_likelihood(task.likelihood, task.likelihood_options, where), where)
     check_data_config(task.data, where)
     check_model_config(task.model, where)
-    train_keys = {f.name for f in fields(TrainConfig)}
+    check_table(task.model, _model_option_types(task.model["name"], where), "model", where)
+    train_types = typing.get_type_hints(TrainConfig)
     for key in task.train:
-        if key not in train_keys:
-            raise unknown_choice("key", f"train.{key}", [f"train.{k}" for k in train_keys], where)
+        if key not in train_types:
+            raise unknown_choice("key", f"train.{key}", [f"train.{k}" for k in train_types], where)
+    check_table(task.train, train_types, "train", where)
     valid_metrics = metrics_for(task.likelihood, with_reference="reference" in task.eval,
                                 forecasting=is_forecasting(task))
     for name in task.eval.get("metrics", []):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 
@@ -65,12 +66,25 @@ class TrainConfig:
     augment: str = "none"  # "crop-flip": random 4-px padded crops and horizontal flips of training images
 
     def __post_init__(self) -> None:
+        from bnnbench.tasks import value_problem
+
+        # Every field of the method's Hparams (subclasses call this first): their own checks compare values, which
+        # a string would turn into a TypeError, and a NaN or inf would pass unnoticed until the loss diverged.
+        types = typing.get_type_hints(type(self))
+        for item in fields(self):
+            value = getattr(self, item.name)
+            problem = value_problem(value, types[item.name])
+            if problem:
+                raise UsageError(f"hyper-parameter '{item.name}' must be {problem}, got {value!r}")
         if self.schedule not in ("cosine", "constant"):
             raise UsageError(f"unknown schedule '{self.schedule}'; valid choices: constant, cosine")
         if self.augment not in AUGMENTATIONS:
             raise UsageError(f"unknown augment '{self.augment}'; valid choices: {', '.join(AUGMENTATIONS)}")
-        if self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise UsageError(f"invalid training settings: {self}")
+        for name, valid, rule in (("batch_size", self.batch_size >= 1, "at least 1"), ("lr", self.lr > 0, "positive"),
+                                  ("weight_decay", self.weight_decay >= 0, "non-negative"),
+                                  ("grad_clip", self.grad_clip >= 0, "non-negative (0 turns clipping off)")):
+            if not valid:
+                raise UsageError(f"hyper-parameter '{name}' must be {rule}, got {getattr(self, name)!r}")
 
 
 @dataclass

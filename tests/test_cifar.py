@@ -258,3 +258,57 @@ def test_generated_corruptions_are_the_official_fifteen():
     from bnnbench.data.corruptions import CORRUPTIONS
 
     assert CORRUPTIONS == CIFAR10C_CORRUPTIONS  # same names, same order: official and generated rows line up
+
+
+def _flip_one_pixel(path: Path) -> None:
+    import pickle
+
+    content = pickle.loads(path.read_bytes(), encoding="bytes")  # the test's own file: trusted
+    content[b"data"][0, 0] ^= 1
+    path.write_bytes(pickle.dumps(content))
+
+
+def test_the_data_files_fingerprint_is_in_run_json_and_the_run_id(data_root, tmp_path):
+    """One flipped pixel in a training batch, or in a CIFAR-10-C file, is another experiment: another run id."""
+    from bnnbench.runner import prepare
+
+    task = small_task(tmp_path, "cifar10-tiny", 'corruptions = ["gaussian_noise", "fog"]\nseverities = [1]')
+
+    def plan_now():
+        _load_cached.cache_clear()  # as a new process would
+        return prepare(task, "map", data_dir=data_root, results_dir=tmp_path / "runs", show_progress=False)
+
+    first = plan_now()
+    fingerprint = _load_cached(str(first.task.path), json.dumps(first.task.data, sort_keys=True),
+                               str(data_root)).info["data_fingerprint"]
+    # meta, 2 training batches, test; cifar-100's meta and test, svhn; CIFAR-10-C's labels and 2 corruptions
+    assert fingerprint["files"] == 4 + 2 + 1 + 3
+    assert plan_now().config_hash == first.config_hash  # deterministic
+    _flip_one_pixel(data_root / "cifar-10-batches-py" / "data_batch_1")
+    second = plan_now()
+    assert second.config_hash != first.config_hash
+    fog = data_root / "CIFAR-10-C" / "fog.npy"
+    images = np.load(fog)
+    images[0, 0, 0, 0] ^= 1
+    np.save(fog, images)
+    assert plan_now().config_hash not in (first.config_hash, second.config_hash)
+
+
+def test_a_failed_rerun_on_changed_data_leaves_the_ok_run(cli, data_root, tmp_path, results_dir, monkeypatch):
+    task = small_task(tmp_path, "cifar10-tiny", 'corruptions = ["gaussian_noise", "fog"]\nseverities = [1]')
+    common = ("--task", task, "--method", "map", "--budget", "ci", "--data-dir", str(data_root), "--results-dir",
+              str(results_dir), *CPU)
+    assert cli("run", *common).code == 0
+    [ok_run] = results_dir.glob("*/*/*/run.json")
+    written = ok_run.read_text()
+    _flip_one_pixel(data_root / "cifar-10-batches-py" / "data_batch_2")
+    _load_cached.cache_clear()
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug in the new run")
+
+    monkeypatch.setattr("bnnbench.models.create_model", broken)
+    assert cli("run", *common).code == 1
+    assert ok_run.read_text() == written
+    statuses = sorted(json.loads(p.read_text())["status"] for p in results_dir.glob("*/*/*/run.json"))
+    assert statuses == ["failed", "ok"]

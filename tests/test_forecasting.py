@@ -83,6 +83,26 @@ def test_too_short_series_is_one_line_error():
         window_splits([_series(0, 50)], CONFIG)
 
 
+def test_an_edited_ltsf_csv_is_another_run_id(tmp_path):
+    from bnnbench.data import load_data
+    from bnnbench.data.timeseries import source_files
+
+    rows = 96 * 96 + 48 * 96 + 336 + 2000
+    dates = pd.date_range("2016-07-01", periods=rows, freq="15min").strftime("%Y-%m-%d %H:%M:%S")
+    frame = pd.DataFrame({"date": dates, "HUFL": np.zeros(rows), "OT": np.sin(np.arange(rows) / 15.0)})
+    (tmp_path / "ltsf").mkdir()
+    csv = tmp_path / "ltsf" / "ETTm1.csv"
+    data = {"source": "timeseries", "dataset": "ETTm1", "context_length": 336, "prediction_length": 96}
+    config = Config(dataset="ETTm1", context_length=336, prediction_length=96)
+    hashes = []
+    for value in (0.0, 1e-3):
+        frame.loc[100, "OT"] = value
+        frame.to_csv(csv, index=False)
+        assert source_files(config, tmp_path) == [csv]
+        hashes.append(load_data(data, "test", tmp_path).info["data_fingerprint"]["sha256"])
+    assert hashes[0] != hashes[1]
+
+
 def test_ltsf_csv_loader_reads_the_target_column(tmp_path):
     dates = pd.date_range("2016-07-01", periods=40, freq="15min")
     frame = pd.DataFrame({"date": dates.strftime("%Y-%m-%d %H:%M:%S"), "HUFL": np.arange(40.0),

@@ -8,12 +8,14 @@ corruptions and the evaluator see the same pixels. Sources that read files take 
 from __future__ import annotations
 
 import importlib
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bnnbench.errors import UsageError, unknown_choice
+from bnnbench.tasks import check_table
 from bnnbench.types import DataBundle, Split
 
 if TYPE_CHECKING:
@@ -67,6 +69,8 @@ def _config(data: dict[str, Any], where: str):
     for key in options:
         if key not in valid:
             raise unknown_choice("key", f"data.{key}", [f"data.{k}" for k in valid], where)
+    # types first: a Config's own checks compare values, and "zero" < 1 would be a TypeError, not a message
+    check_table(options, typing.get_type_hints(module.Config), "data", where)
     try:
         return module, module.Config(**options)
     except (TypeError, ValueError) as error:
@@ -80,8 +84,15 @@ def check_data_config(data: dict[str, Any], where: str) -> None:
 
 def load_data(data: dict[str, Any], where: str = "task", root: str | Path | None = None) -> LoadedData:
     """Load a task's data as its [data] table describes; file-based sources read under `root`
-    (default `data_root()`)."""
+    (default `data_root()`). Sources that read files name them (`source_files`), and `info` records their
+    fingerprint."""
     from bnnbench.data.files import data_root
+    from bnnbench.data.fingerprint import fingerprint
 
     module, config = _config(data, where)
-    return module.load(config, data_root(root))
+    root = data_root(root)
+    loaded = module.load(config, root)
+    files = module.source_files(config, root) if hasattr(module, "source_files") else []
+    if files:  # the data's identity: part of run.json (through `info`) and of the run id's hash
+        loaded.info["data_fingerprint"] = fingerprint(files, root)
+    return loaded

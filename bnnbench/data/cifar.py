@@ -12,6 +12,7 @@ ones are listed in run.json; a list names sets that must be present.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 
 from bnnbench.data import LoadedData
 from bnnbench.data import files as data_files
-from bnnbench.data.cifar_c import official_cifar10c
+from bnnbench.data.cifar_c import cifar10c_dir, official_cifar10c
 from bnnbench.errors import UsageError
 from bnnbench.types import DataBundle, Split
 
@@ -91,6 +92,23 @@ def _ood_splits(config: Config, root: Path) -> tuple[dict[str, Split], list[str]
         splits[name] = Split(_split(images, np.zeros(len(images), np.int64)).x,
                              torch.full((len(images),), -1, dtype=torch.int64))  # no labels: OOD
     return splits, missing
+
+
+def source_files(config: Config, root: Path) -> list[Path]:
+    """Every file `load` reads (and the evaluator reads later: CIFAR-10-C), for the data's fingerprint."""
+    meta, train_files, test = data_files.cifar_files(root, config.source)
+    files = [meta, *train_files, test]
+    if config.ood != "none":
+        for name in OOD_SETS[config.source] if config.ood == "auto" else tuple(config.ood):
+            if name == "svhn":
+                files += [data_files.svhn_test_file(root)]
+            elif name in ("cifar10", "cifar100"):
+                with contextlib.suppress(UsageError):  # absent under "auto"; `load` refuses what it must
+                    meta, train_files, test = data_files.cifar_files(root, name)
+                    files += [meta, test]
+    if config.source == "cifar10":
+        files += sorted(cifar10c_dir(root).glob("*.npy"))
+    return [path for path in files if path.is_file()]
 
 
 def load(config: Config, root: Path) -> LoadedData:

@@ -58,18 +58,30 @@ def _severity_count(array: np.ndarray, path: Path) -> int:
     return len(array) // 5
 
 
+def _corruption_images(root: Path, name: str, n_labels: int | None = None) -> np.ndarray:
+    """`<name>.npy` memory-mapped (only its header is read here) and checked: uint8 (5 x N, 32, 32, 3), with
+    as many images as labels.npy has labels when `n_labels` is given."""
+    if name not in CIFAR10C_CORRUPTIONS + _CIFAR10C_EXTRA:  # also keeps the name from leaving the folder
+        raise unknown_choice("CIFAR-10-C corruption", name, CIFAR10C_CORRUPTIONS + _CIFAR10C_EXTRA)
+    path = cifar10c_dir(root) / f"{name}.npy"
+    images = _load_npy(path, Path(root))
+    length = "5 x N" if n_labels is None else str(n_labels)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
+        raise UsageError(f"{path}: must be uint8 of shape ({length}, 32, 32, 3), got {images.dtype} {images.shape}")
+    if n_labels is not None and len(images) != n_labels:
+        raise UsageError(f"{path}: must be uint8 of shape ({length}, 32, 32, 3), one image per label in labels.npy, "
+                         f"got {images.dtype} {images.shape}")
+    _severity_count(images, path)
+    return images
+
+
 def read_cifar10c(root: Path, name: str, severity: int) -> np.ndarray:
     """The official CIFAR-10-C images of one corruption and severity: uint8 (N, 32, 32, 3) in CIFAR-10
     test order (N is 10,000 for the official files)."""
-    if name not in CIFAR10C_CORRUPTIONS + _CIFAR10C_EXTRA:  # also keeps the name from leaving the folder
-        raise unknown_choice("CIFAR-10-C corruption", name, CIFAR10C_CORRUPTIONS + _CIFAR10C_EXTRA)
     if isinstance(severity, bool) or severity not in (1, 2, 3, 4, 5):
         raise UsageError(f"CIFAR-10-C severity must be one of 1..5, got {severity!r}")
-    path = cifar10c_dir(root) / f"{name}.npy"
-    images = _load_npy(path, Path(root))
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
-        raise UsageError(f"{path}: must be uint8 of shape (5 x N, 32, 32, 3), got {images.dtype} {images.shape}")
-    n = _severity_count(images, path)
+    images = _corruption_images(root, name)
+    n = len(images) // 5
     return np.array(images[(severity - 1) * n:severity * n])  # copies the slice, closes the map
 
 
@@ -92,6 +104,8 @@ def official_cifar10c(root: Path, test_labels: np.ndarray) -> OfficialCorruption
         if len(labels) != 5 * len(test_labels) or not np.array_equal(labels[:len(test_labels)], test_labels):
             raise UsageError(f"{cifar10c_dir(root) / 'labels.npy'} does not match the CIFAR-10 test "
                              f"labels under {root} ({len(labels)} labels for {len(test_labels)} test images x 5)")
+        for name in present:  # headers only: a malformed file fails at loading, not in the evaluator after training
+            _corruption_images(root, name, len(labels))
 
     def read(name: str, severity: int) -> np.ndarray:
         return read_cifar10c(root, name, severity)

@@ -132,13 +132,8 @@ def _cifar10_train_files(folder: Path, root: Path) -> list[Path]:
     return [folder / f"data_batch_{n}" for n in present]
 
 
-def read_cifar(root: Path, name: str) -> CifarArrays:
-    """CIFAR-10 or CIFAR-100 from the official python-pickle files under `root`.
-
-    CIFAR-10 reads the training batches present (consecutive from data_batch_1; tests and quick runs
-    may ship fewer than the official five) and records how many in `n_train_batches`. CIFAR-100 has
-    one training file and uses the 100 fine labels.
-    """
+def cifar_files(root: Path, name: str) -> tuple[Path, list[Path], Path]:
+    """(meta, training batches, test batch) of CIFAR-10 or CIFAR-100 under `root`; UsageError if one is missing."""
     if name not in _CIFAR_FOLDERS:
         raise unknown_choice("CIFAR data set", name, _CIFAR_FOLDERS)
     root = Path(root)
@@ -147,14 +142,28 @@ def read_cifar(root: Path, name: str) -> CifarArrays:
     if not folder.is_dir():
         raise missing_file(folder, root, name, what)
     if name == "cifar10":
-        meta, names_key, labels_key, test = folder / "batches.meta", b"label_names", b"labels", folder / "test_batch"
-        train_files = _cifar10_train_files(folder, root)
+        meta, test, train_files = folder / "batches.meta", folder / "test_batch", _cifar10_train_files(folder, root)
     else:
-        meta, names_key, labels_key, test = folder / "meta", b"fine_label_names", b"fine_labels", folder / "test"
-        train_files = [folder / "train"]
+        meta, test, train_files = folder / "meta", folder / "test", [folder / "train"]
     for path in (meta, *train_files, test):
         if not path.is_file():
             raise missing_file(path, root, name, what)
+    return meta, train_files, test
+
+
+def svhn_test_file(root: Path) -> Path:
+    return Path(root) / "svhn" / "test_32x32.mat"
+
+
+def read_cifar(root: Path, name: str) -> CifarArrays:
+    """CIFAR-10 or CIFAR-100 from the official python-pickle files under `root`.
+
+    CIFAR-10 reads the training batches present (consecutive from data_batch_1; tests and quick runs
+    may ship fewer than the official five) and records how many in `n_train_batches`. CIFAR-100 has
+    one training file and uses the 100 fine labels.
+    """
+    meta, train_files, test = cifar_files(root, name)
+    names_key, labels_key = (b"label_names", b"labels") if name == "cifar10" else (b"fine_label_names", b"fine_labels")
     classes = _class_names(meta, names_key)
     batches = [_cifar_batch(path, labels_key, len(classes)) for path in train_files]
     test_images, test_labels = _cifar_batch(test, labels_key, len(classes))
@@ -175,7 +184,7 @@ def read_svhn_test(root: Path) -> tuple[np.ndarray, np.ndarray]:
     """SVHN cropped-digits test set (`root/svhn/test_32x32.mat`): uint8 images (N, 32, 32, 3) and int64
     labels (N,) with the file's label 10 (its code for the digit 0) mapped to 0."""
     root = Path(root)
-    path = root / "svhn" / "test_32x32.mat"
+    path = svhn_test_file(root)
     if not path.is_file():
         raise missing_file(path, root, "svhn", "the official test_32x32.mat in a folder named svhn")
     import scipy.io

@@ -120,7 +120,22 @@ def _ltsf(name: str, target: str, root: Path) -> list[Series]:
     freq = pd.infer_freq(frame["date"].iloc[:100])
     if freq is None:
         raise UsageError(f"{path}: cannot infer a regular frequency from the first dates of the 'date' column")
-    return [Series(pd.Period(frame["date"].iloc[0], freq=freq), frame[target].to_numpy(np.float64))]
+    return [Series(pd.Period(frame["date"].iloc[0], freq=freq), _finite_column(frame, target, path))]
+
+
+def _finite_column(frame, column: str, path: Path) -> np.ndarray:
+    """The column as float64, every value a finite number. A NaN, inf or text cell would otherwise pass into the
+    windows and only show after training, as a diverged loss or a NaN metric that blames the learning rate."""
+    import pandas as pd
+
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(np.float64)  # text -> NaN
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        row, cell = int(bad[0]), frame[column].iloc[int(bad[0])]
+        shown = repr(cell) if isinstance(cell, str) else str(cell)  # text quoted; a number as the file writes it
+        raise UsageError(f"{path}: column '{column}' must hold finite numbers, but data row {row + 1} (date "
+                         f"{frame['date'].iloc[row]}) holds {shown} (rows with a bad value: {bad.size})")
+    return values
 
 
 def _gluonts(name: str, root: Path) -> list[Series]:
@@ -140,6 +155,16 @@ def _gluonts(name: str, root: Path) -> list[Series]:
         if values.ndim == 1 and (key not in longest or len(values) > len(longest[key].values)):
             longest[key] = Series(entry["start"], values)
     return list(longest.values())
+
+
+def source_files(config: Config, root: Path) -> list[Path]:
+    """Every file `read_series` reads, for the data's fingerprint (none for the embedded series)."""
+    if config.dataset in EMBEDDED:
+        return []
+    if config.dataset in LTSF_FILES:
+        return [root / "ltsf" / LTSF_FILES[config.dataset]]
+    folder = root / "gluonts" / config.dataset.removeprefix(GLUONTS_PREFIX)
+    return sorted(path for path in folder.rglob("*") if path.is_file())
 
 
 def read_series(config: Config, root: Path) -> list[Series]:

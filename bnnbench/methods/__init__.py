@@ -14,6 +14,7 @@ from typing import Any
 
 from bnnbench.errors import UsageError, unknown_choice
 from bnnbench.registry import Registry
+from bnnbench.tasks import range_problem
 from bnnbench.types import Method, TaskSpec
 
 if sys.version_info >= (3, 11):
@@ -62,6 +63,9 @@ def _coerce(method: str, key: str, value: Any, default: Any, where: str) -> Any:
     if not ok:
         raise UsageError(f"{where}: hyper-parameter '{key}' of method '{method}' must be "
                          f"{type(default).__name__}, got {value!r}")
+    problem = range_problem(value)
+    if problem:
+        raise UsageError(f"{where}: hyper-parameter '{key}' of method '{method}' must be {problem}, got {value!r}")
     return value
 
 
@@ -92,6 +96,10 @@ def parse_assignments(assignments: list[str]) -> dict[str, Any]:
             value = tomllib.loads(f"value = {text}")["value"]
         except tomllib.TOMLDecodeError:
             value = text
+        # no key takes NaN, inf (1e400 parses as inf) or an integer past int32: refused before any work
+        problem = range_problem(value)
+        if problem:
+            raise UsageError(f"--set {key.strip()}: value must be {problem}, got {text.strip()!r}")
         parsed[key.strip()] = value
     return parsed
 
