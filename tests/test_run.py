@@ -142,17 +142,26 @@ def test_ci_gate_passes_against_committed_baseline(cli, results_dir, task, metho
 ISA_ORDER = ["DEFAULT", "AVX2", "AVX512"]
 
 
+def _cpu_capability(forced: str | None) -> str:
+    """The kernels ATen picks in a fresh process, with ATEN_CPU_CAPABILITY set to `forced` or unset (then: the
+    best the CPU has, whatever this test process was started with)."""
+    env = {key: value for key, value in os.environ.items() if key != "ATEN_CPU_CAPABILITY"}
+    if forced:
+        env["ATEN_CPU_CAPABILITY"] = forced
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                           env=env, capture_output=True, text=True, check=True)
+    return probe.stdout.strip()
+
+
 @pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
 def test_ci_gate_holds_whatever_the_cpu_vector_unit(tmp_path, capability):
     """The baseline is written on one machine and checked on others: map's gate groups, run in a fresh process
     with ATEN's kernels forced to another vector ISA (the choice is made once, when torch loads), still pass.
     ATEN does not check the variable against the CPU, so an ISA the CPU lacks is skipped, not run."""
-    if ISA_ORDER.index(capability.upper()) > ISA_ORDER.index(torch.backends.cpu.get_cpu_capability()):
+    if ISA_ORDER.index(capability.upper()) > ISA_ORDER.index(_cpu_capability(None)):
         pytest.skip(f"this CPU lacks {capability}")
     env = dict(os.environ, ATEN_CPU_CAPABILITY=capability, OMP_NUM_THREADS="1")
-    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
-                           env=env, capture_output=True, text=True, check=True)
-    assert probe.stdout.strip() == capability.upper()
+    assert _cpu_capability(capability) == capability.upper()
     results_dir = tmp_path / "results"
     for task in ("digits-mlp", "ts-co2-mlp"):
         completed = subprocess.run([sys.executable, "-m", "bnnbench", "run", "--task", task, "--method", "map",
