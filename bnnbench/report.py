@@ -125,7 +125,8 @@ def _check_replaceable(out: Path) -> None:
     if not out.exists():
         from bnnbench.results import check_writable
 
-        check_writable(out.parent)  # a file on the way, or a read-only filesystem: refused before any work
+        # a file on the way, or a read-only filesystem: refused before any work
+        check_writable(out.parent, what=f"--out '{out}': folder")
         return
     page = out / "index.html"
     if not out.is_dir() or (any(out.iterdir()) and not (page.is_file()

@@ -50,7 +50,7 @@ def run_directory(results_dir: Path, task: str, method: str, run_id: str) -> Pat
     return Path(results_dir) / task / method / run_id
 
 
-def check_writable(results_dir: Path, *subdirectories: str) -> None:
+def check_writable(results_dir: Path, *subdirectories: str, what: str = "results dir") -> None:
     """Raise UsageError unless `results_dir` (and `subdirectories` under it, where a run goes) exist as writable
     directories or could be created: a file anywhere on that path, or an unwritable directory, is refused.
 
@@ -61,19 +61,19 @@ def check_writable(results_dir: Path, *subdirectories: str) -> None:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise UsageError(f"results dir '{results_dir}' is not writable: '{existing}' is not a directory")
+        raise UsageError(f"{what} '{results_dir}' is not writable: '{existing}' is not a directory")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
-        raise UsageError(f"results dir '{results_dir}' is not writable: {error.strerror}") from None
+        raise UsageError(f"{what} '{results_dir}' is not writable: {error.strerror}") from None
 
 
 def check_output_file(path: Path) -> None:
     """Raise UsageError unless `path` can be written as a file: not a directory, in a writable directory."""
     if Path(path).is_dir():
         raise UsageError(f"--out '{path}' is a directory; give a file name")
-    check_writable(Path(path).parent)
+    check_writable(Path(path).parent, what=f"--out '{path}': folder")
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -312,3 +312,11 @@ def test_a_failed_rerun_on_changed_data_leaves_the_ok_run(cli, data_root, tmp_pa
     assert ok_run.read_text() == written
     statuses = sorted(json.loads(p.read_text())["status"] for p in results_dir.glob("*/*/*/run.json"))
     assert statuses == ["failed", "ok"]
+
+
+def test_too_few_training_images_to_hold_out_each_class_is_one_line(cli, tmp_path, results_dir):
+    write_cifar10(tmp_path / "small", batches=(1,), n=20, n_test=10)
+    result = cli("run", "--task", "cifar10-vit", "--method", "map", "--budget", "ci", "--data-dir",
+                 str(tmp_path / "small"), "--results-dir", str(results_dir), *CPU)
+    assert result.code == 2 and "cannot hold out each of the 10 classes" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not results_dir.exists()

@@ -63,7 +63,11 @@ def _stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple
         return index, index[:0]
     from sklearn.model_selection import train_test_split
 
-    train, val = train_test_split(index, test_size=fraction, stratify=labels, random_state=seed)
+    try:
+        train, val = train_test_split(index, test_size=fraction, stratify=labels, random_state=seed)
+    except ValueError as error:  # too few images to hold out every class (a damaged or partial copy)
+        raise UsageError(f"data.val_fraction = {fraction} of {len(labels)} training images cannot hold out each "
+                         f"of the {len(np.unique(labels))} classes ({error})") from None
     return np.sort(train), np.sort(val)
 
 
