@@ -25,6 +25,7 @@ err = Console(stderr=True)
 
 SET_HELP = "method hyper-parameter key=value; model.KEY=value (or a bare KEY the method lacks) sets a model option"
 DATA_DIR_HELP = "where data sets live (default $BNNBENCH_DATA, else ~/.cache/bnnbench/data)"
+METHOD_HELP = "method name (see `bnnbench list methods`), or package.module:attr of a MethodSpec"
 data_app = typer.Typer(no_args_is_help=True, help="Get the data sets that need a download.")
 app.add_typer(data_app, name="data")
 
@@ -80,8 +81,10 @@ def parse_seeds(values: list[str]) -> list[int]:
 
 @app.command("list", epilog="Example: `bnnbench list methods`")
 def list_(what: Annotated[Listable, typer.Argument(help="tasks, methods or metrics")]) -> None:
-    """List the registered tasks, methods or metrics."""
+    """List the registered tasks, methods (with where each comes from: built-in, or a plugin's distribution and
+    version) or metrics."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(show_header=True, header_style="bold")
     table.add_column(what.value[:-1])
@@ -92,10 +95,19 @@ def list_(what: Annotated[Listable, typer.Argument(help="tasks, methods or metri
         for name in list_tasks():
             table.add_row(name, load_task(name).description)
     elif what is Listable.methods:
-        from bnnbench.methods import METHODS
+        from bnnbench.methods import METHODS, find_method, origin_label, warn
 
+        table.add_column("origin")
         for name in METHODS.names():
-            table.add_row(name, METHODS.summary(name))
+            if METHODS.origin(name) is None:  # built-in: the registered summary, so listing imports no torch
+                table.add_row(name, METHODS.summary(name), origin_label(None))
+                continue
+            try:  # a plugin is imported to be listed: one that cannot be is a warning, not the end of the list
+                spec, origin = find_method(name)
+            except BnnbenchError as error:
+                warn(str(error))
+                continue
+            table.add_row(Text(name), Text(spec.summary), Text(origin_label(origin)))  # plugin text is no markup
     else:
         from bnnbench.metrics import METRICS
 
@@ -118,7 +130,7 @@ def validate(tasks: Annotated[list[str] | None, typer.Argument(help="task names 
 @app.command(epilog="Example: `bnnbench run --task digits-mlp --method map --seed 0..2`")
 def run(
     task: Annotated[str, typer.Option(help="task name (see `bnnbench list tasks`) or path to a .toml")],
-    method: Annotated[str, typer.Option(help="method name (see `bnnbench list methods`)")],
+    method: Annotated[str, typer.Option(help=METHOD_HELP)],
     seed: Annotated[list[str], typer.Option(help="seed, repeatable or a range such as 0..2")] = ["0"],  # noqa: B006
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     results_dir: Annotated[Path, typer.Option(help="where run directories are written")] = Path("results/runs"),
@@ -173,7 +185,7 @@ class Executor(str, Enum):
 @app.command(epilog="Example: `bnnbench sweep --tasks digits-mlp --methods map,swag --seeds 0-4 --workers 2`")
 def sweep(
     tasks: Annotated[str, typer.Option(help="comma-separated task names")],
-    methods: Annotated[str, typer.Option(help="comma-separated method names")],
+    methods: Annotated[str, typer.Option(help="comma-separated method names (or package.module:attr)")],
     seeds: Annotated[str, typer.Option(help="seeds, e.g. 0-4 or 0,3")] = "0",
     set_: Annotated[list[str], typer.Option("--set", help="KEY=V1,V2,...: a grid axis (repeatable)")] = [],  # noqa: B006
     executor: Annotated[Executor, typer.Option(help="where runs execute")] = Executor.local,

@@ -12,13 +12,14 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import fields
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from bnnbench.errors import UsageError, unknown_choice
-from bnnbench.types import Budget, Resources, TaskSpec
+from bnnbench.types import Budget, MethodSpec, Resources, TaskSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -304,12 +305,14 @@ def _model_option_types(name: str, where: str) -> dict[str, Any]:
             if parameter.annotation is not inspect.Parameter.empty}
 
 
-def validate_task(task: TaskSpec) -> None:
-    """Check every name and key the task refers to (imports the data, model and method modules)."""
+def validate_task(task: TaskSpec, methods: Sequence[MethodSpec] = ()) -> None:
+    """Check every name and key the task refers to (imports the data, model and method modules). `methods` are
+    known besides the registered ones (a `--method package.module:attr`), so their [methods.X] tables are
+    checked too."""
     from bnnbench.data import check_data_config
     from bnnbench.data.splits import check_eval_config
     from bnnbench.likelihoods import check_likelihood_options, get_likelihood
-    from bnnbench.methods import METHODS, check_method_overrides
+    from bnnbench.methods import check_method_overrides, check_spec_overrides
     from bnnbench.metrics import metrics_for
     from bnnbench.models import check_model_config
     from bnnbench.reference import check_reference_config
@@ -333,7 +336,10 @@ def validate_task(task: TaskSpec) -> None:
     for name in task.eval.get("metrics", []):
         if name not in valid_metrics:
             raise unknown_choice("metric in eval.metrics", name, valid_metrics, where)
+    given = {spec.name: spec for spec in methods}
     for method, overrides in task.methods.items():
-        METHODS.check(method)
-        check_method_overrides(method, overrides, where)
+        if method in given:
+            check_spec_overrides(given[method], overrides, where)
+        else:
+            check_method_overrides(method, overrides, where)
     check_eval_config(task.eval, where)
