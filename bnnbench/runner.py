@@ -14,6 +14,7 @@ import resource
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cache
@@ -98,16 +99,18 @@ def select_device(name: str):
 def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | None = None,
             budget_name: str | None = None, epochs: int | None = None, device: str = "auto",
             results_dir: Path = Path("results/runs"), save_predictions: bool = False,
-            show_progress: bool = True, data_dir: Path | None = None, load: bool = True) -> RunPlan:
+            show_progress: bool = True, data_dir: Path | None = None, task_dirs: Sequence[str | Path] = (),
+            load: bool = True) -> RunPlan:
     """Validate a run request; raises UsageError (and writes nothing) on any bad input, missing data
     files included (the data are loaded here, once, and shared by the seeds; `load=False` skips them, for
-    benchmarks on synthetic inputs). `method_name` is a registered name or "package.module:attr"."""
+    benchmarks on synthetic inputs). `method_name` is a registered name or "package.module:attr"; task names
+    are looked up in `task_dirs` too (`--tasks-dir`)."""
     from bnnbench.data.files import data_root
     from bnnbench.data.splits import eval_plan
     from bnnbench.methods import build_method, find_method
     from bnnbench.models import check_pretrained_weights
 
-    task = load_task(task_name)
+    task = load_task(task_name, task_dirs)
     spec, _ = find_method(method_name)
     method_overrides, model_overrides = split_overrides(task, method_name, overrides or {})
     if model_overrides:
