@@ -252,12 +252,21 @@ def test_broken_plugins_are_one_warning_each_and_the_built_ins_still_list(cli, e
     assert asked.code == 2 and "method plugin 'broken-import' from broken-dist 1.0 cannot be loaded" in asked.stderr
 
 
+def test_two_plugins_of_one_name_keep_the_first_and_warn_about_the_second(cli, example, plugins):
+    plugins(("temperature-scaling", REFERENCE, "b-dist", "1.0"), ("temperature-scaling", REFERENCE, "a-dist", "2.0"))
+    listed = cli("list", "methods")
+    assert listed.code == 0 and "a-dist 2.0" in listed.stdout and "b-dist" not in listed.stdout
+    assert listed.stderr.strip().splitlines() == [
+        "warning: method plugin 'temperature-scaling' from b-dist 1.0 is ignored: the name is taken by the plugin "
+        "from a-dist 2.0"]
+
+
 # --- the example, installed for real ------------------------------------------------------------------------------
 
-@pytest.mark.slow  # a ci-budget digits run (~30 s on a busy 2-core machine) after a pip install
 def test_installed_example_lists_runs_and_compares(tmp_path):
     """`pip install -e` of the example into a throwaway virtual environment layered over this one (so the
-    environment the suite runs in is left as it was), then the real command line in a subprocess."""
+    environment the suite runs in is left as it was), then the real command line in a subprocess. About 14 s on
+    two cores (a ci-budget digits run is most of it): under the 30 s past which a test is marked slow."""
     import sysconfig
 
     venv = tmp_path / "venv"
