@@ -16,19 +16,20 @@ __all__ = ["compare", "load_results", "run"]
 def run(task: str, method: str, seeds: Iterable[int] = (0,), overrides: dict[str, Any] | None = None,
         results_dir: str | Path = "results/runs", budget: str | None = None, epochs: int | None = None,
         device: str = "auto", data_dir: str | Path | None = None, force: bool = False,
-        save_predictions: bool = False) -> pd.DataFrame:
+        save_predictions: bool = False, task_dirs: Iterable[str | Path] = ()) -> pd.DataFrame:
     """`bnnbench run` for each seed; the tidy metric rows of those runs (metrics.csv's columns).
 
     As on the command line, a seed whose run id already has an ok result is read, not re-run (`force=True`
     re-runs it), and bad input raises `bnnbench.errors.UsageError` before any work. A run that fails is
-    written as a failed run and named in a warning; it has no rows."""
+    written as a failed run and named in a warning; it has no rows. `method` may be "package.module:attr" of a
+    MethodSpec; `task_dirs` are searched for task names, as `--tasks-dir`."""
     from bnnbench.results import run_directory
     from bnnbench.runner import finished_ok, prepare, run_id_of
     from bnnbench.runner import run as run_seed
 
     plan = prepare(task, method, overrides=dict(overrides or {}), budget_name=budget, epochs=epochs, device=device,
                    results_dir=Path(results_dir), save_predictions=save_predictions, show_progress=False,
-                   data_dir=Path(data_dir) if data_dir else None)
+                   data_dir=Path(data_dir) if data_dir else None, task_dirs=list(task_dirs))
     frames = []
     for seed in seeds:
         directory = run_directory(plan.results_dir, plan.task.name, plan.method.name, run_id_of(plan, seed))

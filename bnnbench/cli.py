@@ -25,6 +25,8 @@ err = Console(stderr=True)
 
 SET_HELP = "method hyper-parameter key=value; model.KEY=value (or a bare KEY the method lacks) sets a model option"
 DATA_DIR_HELP = "where data sets live (default $BNNBENCH_DATA, else ~/.cache/bnnbench/data)"
+TASKS_DIR_HELP = "a folder of task .toml files, searched after the built-in tasks and $BNNBENCH_TASKS_PATH (repeatable)"
+METHOD_HELP = "method name (see `bnnbench list methods`), or package.module:attr of a MethodSpec"
 data_app = typer.Typer(no_args_is_help=True, help="Get the data sets that need a download.")
 app.add_typer(data_app, name="data")
 
@@ -79,9 +81,14 @@ def parse_seeds(values: list[str]) -> list[int]:
 
 
 @app.command("list", epilog="Example: `bnnbench list methods`")
-def list_(what: Annotated[Listable, typer.Argument(help="tasks, methods or metrics")]) -> None:
-    """List the registered tasks, methods or metrics."""
+def list_(
+    what: Annotated[Listable, typer.Argument(help="tasks, methods or metrics")],
+    tasks_dir: Annotated[list[Path], typer.Option(help=TASKS_DIR_HELP)] = [],  # noqa: B006
+) -> None:
+    """List the registered tasks, methods (with where each comes from: built-in, or a plugin's distribution and
+    version) or metrics."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(show_header=True, header_style="bold")
     table.add_column(what.value[:-1])
@@ -89,13 +96,22 @@ def list_(what: Annotated[Listable, typer.Argument(help="tasks, methods or metri
     if what is Listable.tasks:
         from bnnbench.tasks import list_tasks, load_task
 
-        for name in list_tasks():
-            table.add_row(name, load_task(name).description)
+        for name in list_tasks(tasks_dir):
+            table.add_row(name, load_task(name, tasks_dir).description)
     elif what is Listable.methods:
-        from bnnbench.methods import METHODS
+        from bnnbench.methods import METHODS, find_method, origin_label, warn
 
+        table.add_column("origin")
         for name in METHODS.names():
-            table.add_row(name, METHODS.summary(name))
+            if METHODS.origin(name) is None:  # built-in: the registered summary, so listing imports no torch
+                table.add_row(name, METHODS.summary(name), origin_label(None))
+                continue
+            try:  # a plugin is imported to be listed: one that cannot be is a warning, not the end of the list
+                spec, origin = find_method(name)
+            except BnnbenchError as error:
+                warn(str(error))
+                continue
+            table.add_row(Text(name), Text(spec.summary), Text(origin_label(origin)))  # plugin text is no markup
     else:
         from bnnbench.metrics import METRICS
 
@@ -105,12 +121,15 @@ def list_(what: Annotated[Listable, typer.Argument(help="tasks, methods or metri
 
 
 @app.command(epilog="Example: `bnnbench validate digits-mlp` (no names: every task)")
-def validate(tasks: Annotated[list[str] | None, typer.Argument(help="task names or .toml paths")] = None) -> None:
+def validate(
+    tasks: Annotated[list[str] | None, typer.Argument(help="task names or .toml paths")] = None,
+    tasks_dir: Annotated[list[Path], typer.Option(help=TASKS_DIR_HELP)] = [],  # noqa: B006
+) -> None:
     """Check task files: keys, data source, model, training settings, metrics, method overrides."""
     from bnnbench.tasks import list_tasks, load_task, validate_task
 
-    for name in tasks or list_tasks():
-        task = load_task(name)
+    for name in tasks or list_tasks(tasks_dir):
+        task = load_task(name, tasks_dir)
         validate_task(task)
         out.print(f"[green]ok[/green] {task.name} v{task.version} ({task.path})")
 
@@ -118,7 +137,7 @@ def validate(tasks: Annotated[list[str] | None, typer.Argument(help="task names 
 @app.command(epilog="Example: `bnnbench run --task digits-mlp --method map --seed 0..2`")
 def run(
     task: Annotated[str, typer.Option(help="task name (see `bnnbench list tasks`) or path to a .toml")],
-    method: Annotated[str, typer.Option(help="method name (see `bnnbench list methods`)")],
+    method: Annotated[str, typer.Option(help=METHOD_HELP)],
     seed: Annotated[list[str], typer.Option(help="seed, repeatable or a range such as 0..2")] = ["0"],  # noqa: B006
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     results_dir: Annotated[Path, typer.Option(help="where run directories are written")] = Path("results/runs"),
@@ -129,6 +148,7 @@ def run(
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     force: Annotated[bool, typer.Option(help="re-run seeds that already have an ok result")] = False,
+    tasks_dir: Annotated[list[Path], typer.Option(help=TASKS_DIR_HELP)] = [],  # noqa: B006
 ) -> None:
     """Fit one method on one task for each seed, evaluate it, and write tidy results. A seed whose run id
     already has an ok result is skipped, as in `sweep`; `--force` replaces it."""
@@ -140,7 +160,7 @@ def run(
     seeds = parse_seeds(seed)
     plan = prepare(task, method, overrides=parse_assignments(set_), budget_name=budget, epochs=epochs,
                    device=device, results_dir=results_dir, save_predictions=save_predictions,
-                   show_progress=not quiet, data_dir=data_dir)
+                   show_progress=not quiet, data_dir=data_dir, task_dirs=tasks_dir)
     failures = 0
     for value in seeds:
         run_id = run_id_of(plan, value)
@@ -173,7 +193,7 @@ class Executor(str, Enum):
 @app.command(epilog="Example: `bnnbench sweep --tasks digits-mlp --methods map,swag --seeds 0-4 --workers 2`")
 def sweep(
     tasks: Annotated[str, typer.Option(help="comma-separated task names")],
-    methods: Annotated[str, typer.Option(help="comma-separated method names")],
+    methods: Annotated[str, typer.Option(help="comma-separated method names (or package.module:attr)")],
     seeds: Annotated[str, typer.Option(help="seeds, e.g. 0-4 or 0,3")] = "0",
     set_: Annotated[list[str], typer.Option("--set", help="KEY=V1,V2,...: a grid axis (repeatable)")] = [],  # noqa: B006
     executor: Annotated[Executor, typer.Option(help="where runs execute")] = Executor.local,
@@ -192,6 +212,7 @@ def sweep(
     save_predictions: Annotated[bool, typer.Option(help="each run writes predictions.npz (for `bnnbench report`)")]
     = False,
     quiet: Annotated[bool, typer.Option(help="no live progress table")] = False,
+    tasks_dir: Annotated[list[Path], typer.Option(help=TASKS_DIR_HELP)] = [],  # noqa: B006
 ) -> None:
     """Run tasks x methods x seeds x grid; skips runs with an ok result, isolates failures, resumable."""
     from bnnbench.sweep import LocalPool, expand, parse_grid, run_local, run_ray
@@ -199,7 +220,8 @@ def sweep(
     if workers < 1 or (threads is not None and threads < 1):
         raise UsageError(f"--workers and --threads must be >= 1, got {workers} and {threads}")
     options = {"budget_name": budget, "epochs": epochs, "device": device, "results_dir": results_dir,
-               "data_dir": data_dir, "save_predictions": save_predictions}
+               "data_dir": data_dir, "save_predictions": save_predictions,
+               "task_dirs": list(tasks_dir)}
     names = ([t for t in tasks.split(",") if t], [m for m in methods.split(",") if m], parse_seeds([seeds]),
              parse_grid(set_), options)
     if executor is Executor.local:  # the first worker expands the sweep: this process never imports torch

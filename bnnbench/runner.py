@@ -14,6 +14,7 @@ import resource
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cache
@@ -98,21 +99,23 @@ def select_device(name: str):
 def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | None = None,
             budget_name: str | None = None, epochs: int | None = None, device: str = "auto",
             results_dir: Path = Path("results/runs"), save_predictions: bool = False,
-            show_progress: bool = True, data_dir: Path | None = None, load: bool = True) -> RunPlan:
+            show_progress: bool = True, data_dir: Path | None = None, task_dirs: Sequence[str | Path] = (),
+            load: bool = True) -> RunPlan:
     """Validate a run request; raises UsageError (and writes nothing) on any bad input, missing data
     files included (the data are loaded here, once, and shared by the seeds; `load=False` skips them, for
-    benchmarks on synthetic inputs)."""
+    benchmarks on synthetic inputs). `method_name` is a registered name or "package.module:attr"; task names
+    are looked up in `task_dirs` too (`--tasks-dir`)."""
     from bnnbench.data.files import data_root
     from bnnbench.data.splits import eval_plan
-    from bnnbench.methods import METHODS, build_method
+    from bnnbench.methods import build_method, find_method
     from bnnbench.models import check_pretrained_weights
 
-    task = load_task(task_name)
-    METHODS.check(method_name)
+    task = load_task(task_name, task_dirs)
+    spec, _ = find_method(method_name)
     method_overrides, model_overrides = split_overrides(task, method_name, overrides or {})
     if model_overrides:
         task = dataclasses.replace(task, model={**task.model, **model_overrides})
-    validate_task(task)
+    validate_task(task, (spec,))
     check_pretrained_weights(task.model, str(task.path))
     method = build_method(method_name, task, method_overrides)
     budget, budget_label = resolve_budget(task, budget_name, epochs)
@@ -128,6 +131,8 @@ def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | Non
         config["model_overrides"] = model_overrides
     if variant != "standard":  # official and generated CIFAR-10-C runs must not share a run id
         config["data_variant"] = variant
+    if method.origin is not None:  # another plugin release is other code: never the same run id (built-ins: no key)
+        config["method_origin"] = {"distribution": method.origin.distribution, "version": method.origin.version}
     hashed = config_hash(config)
     return RunPlan(task, method, budget, budget_label, device_name, Path(results_dir), hashed,
                    save_predictions, show_progress, root, variant)
@@ -274,7 +279,7 @@ def _base_record(plan: RunPlan, run_id: str, seed: int) -> dict[str, Any]:
     import torch
 
     sha, dirty = git_state()
-    return {
+    record = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "task": plan.task.name,
@@ -298,3 +303,6 @@ def _base_record(plan: RunPlan, run_id: str, seed: int) -> dict[str, Any]:
                      "python": platform.python_version()},
         "argv": sys.argv,
     }
+    if plan.method.origin is not None:  # a plugin's distribution and version, or the module it was loaded from
+        record["method_origin"] = dataclasses.asdict(plan.method.origin)
+    return record

@@ -12,13 +12,14 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import fields
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from bnnbench.errors import UsageError, unknown_choice
-from bnnbench.types import Budget, Resources, TaskSpec
+from bnnbench.types import Budget, MethodSpec, Resources, TaskSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,9 +27,11 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["MAX_INTEGER", "builtin_tasks_dir", "check_table", "list_tasks", "load_task", "range_problem",
-           "resources_for", "task_paths", "validate_task", "value_problem"]
+           "resources_for", "task_paths", "task_search_path", "validate_task", "value_problem"]
 
-TASK_PATH_ENV = "BNNBENCH_TASK_PATH"  # extra directories of task files, separated by os.pathsep
+# Extra directories of task files, separated by os.pathsep. BNNBENCH_TASKS_PATH is the documented name (plural,
+# like --tasks-dir); BNNBENCH_TASK_PATH, the first one, is still read, before it.
+TASKS_PATH_ENVS = ("BNNBENCH_TASK_PATH", "BNNBENCH_TASKS_PATH")
 _TOP_LEVEL = {"name", "version", "description", "likelihood", "include", "data", "model", "train", "budget",
               "eval", "methods", "resources"}
 _REQUIRED = ("name", "version", "description", "likelihood", "data", "model", "budget")
@@ -56,28 +59,44 @@ def builtin_tasks_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "tasks"
 
 
+def task_search_path(task_dirs: Sequence[str | Path] = ()) -> list[Path]:
+    """The directories tasks are looked up in, later ones overriding earlier ones on a name: the built-in tasks,
+    $BNNBENCH_TASK_PATH, $BNNBENCH_TASKS_PATH, then `task_dirs` (`--tasks-dir`). A directory named in a variable
+    but missing is skipped, as on $PATH; one named by `task_dirs` must exist."""
+    from_env = [Path(part) for variable in TASKS_PATH_ENVS
+                for part in os.environ.get(variable, "").split(os.pathsep) if part]
+    for directory in task_dirs:
+        if not Path(directory).is_dir():
+            raise UsageError(f"--tasks-dir '{directory}' is not a directory")
+    return [builtin_tasks_dir(), *from_env, *(Path(directory) for directory in task_dirs)]
+
+
+def task_paths(task_dirs: Sequence[str | Path] = ()) -> dict[str, Path]:
+    """Task name -> file, from `task_search_path(task_dirs)`."""
+    return _scan(tuple(task_search_path(task_dirs)))
+
+
 @cache
-def task_paths() -> dict[str, Path]:
-    """Task name -> file. Later directories (from $BNNBENCH_TASK_PATH) override built-in tasks."""
-    dirs = [builtin_tasks_dir()] + [Path(p) for p in os.environ.get(TASK_PATH_ENV, "").split(os.pathsep) if p]
+def _scan(directories: tuple[Path, ...]) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for directory in dirs:
+    for directory in directories:
         for path in sorted(directory.glob("*.toml")):
             if not path.name.startswith("_"):
                 found[path.stem] = path
     return found
 
 
-def list_tasks() -> list[str]:
+def list_tasks(task_dirs: Sequence[str | Path] = ()) -> list[str]:
     """Names of every task that can be run."""
-    return sorted(task_paths())
+    return sorted(task_paths(task_dirs))
 
 
-def load_task(name_or_path: str | Path) -> TaskSpec:
-    """Parse a task by name (or by path to a .toml file) and check its structure."""
+def load_task(name_or_path: str | Path, task_dirs: Sequence[str | Path] = ()) -> TaskSpec:
+    """Parse a task by name (looked up in `task_search_path(task_dirs)`) or by path to a .toml file, and check
+    its structure."""
     path = Path(name_or_path)
     if path.suffix != ".toml":
-        paths = task_paths()
+        paths = task_paths(task_dirs)
         if str(name_or_path) not in paths:
             raise unknown_choice("task", name_or_path, paths)
         path = paths[str(name_or_path)]
@@ -304,12 +323,14 @@ def _model_option_types(name: str, where: str) -> dict[str, Any]:
             if parameter.annotation is not inspect.Parameter.empty}
 
 
-def validate_task(task: TaskSpec) -> None:
-    """Check every name and key the task refers to (imports the data, model and method modules)."""
+def validate_task(task: TaskSpec, methods: Sequence[MethodSpec] = ()) -> None:
+    """Check every name and key the task refers to (imports the data, model and method modules). `methods` are
+    known besides the registered ones (a `--method package.module:attr`), so their [methods.X] tables are
+    checked too."""
     from bnnbench.data import check_data_config
     from bnnbench.data.splits import check_eval_config
     from bnnbench.likelihoods import check_likelihood_options, get_likelihood
-    from bnnbench.methods import METHODS, check_method_overrides
+    from bnnbench.methods import check_method_overrides, check_spec_overrides
     from bnnbench.metrics import metrics_for
     from bnnbench.models import check_model_config
     from bnnbench.reference import check_reference_config
@@ -333,7 +354,10 @@ def validate_task(task: TaskSpec) -> None:
     for name in task.eval.get("metrics", []):
         if name not in valid_metrics:
             raise unknown_choice("metric in eval.metrics", name, valid_metrics, where)
+    given = {spec.name: spec for spec in methods}
     for method, overrides in task.methods.items():
-        METHODS.check(method)
-        check_method_overrides(method, overrides, where)
+        if method in given:
+            check_spec_overrides(given[method], overrides, where)
+        else:
+            check_method_overrides(method, overrides, where)
     check_eval_config(task.eval, where)

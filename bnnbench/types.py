@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,8 @@ __all__ = [
     "FitContext",
     "FitInfo",
     "Method",
+    "MethodOrigin",
+    "MethodSpec",
     "Predictive",
     "Split",
     "TaskSpec",
@@ -140,9 +145,71 @@ class Predictive(Protocol):
 FitFn = Callable[["TaskSpec", "nn.Module", DataBundle, Budget, FitContext], tuple[Predictive, FitInfo]]
 
 
+# Method names are directory names and a dot-separated part of run ids: lower case, digits, '-' and '_'.
+METHOD_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Everything bnnbench needs to know about a method, declared once in the method's module (`SPEC`).
+
+    `hparams_class` is a frozen dataclass whose fields all have defaults (the documented settings); `fit(task,
+    model, data, budget, context, hparams=...)` trains and returns `(Predictive, FitInfo)`; `summary` is the line
+    `bnnbench list methods` shows. `likelihoods` names the task likelihoods the method can fit (None: any); a
+    task with another is refused before anything runs. Built-in methods and plugins declare the same object.
+    """
+
+    name: str
+    hparams_class: type
+    fit: Callable[..., tuple[Predictive, FitInfo]]
+    summary: str
+    likelihoods: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        # checked here, at the plugin's import, so that a mistake names the method instead of failing mid-run
+        if not isinstance(self.name, str) or not METHOD_NAME.fullmatch(self.name):
+            raise ValueError(f"method name {self.name!r} must match {METHOD_NAME.pattern} (it names directories "
+                             "and is part of run ids)")
+        hparams = self.hparams_class
+        if not (isinstance(hparams, type) and dataclasses.is_dataclass(hparams)
+                and hparams.__dataclass_params__.frozen):
+            raise TypeError(f"method '{self.name}': hparams_class must be a frozen dataclass, got {hparams!r}")
+        without_default = [f.name for f in dataclasses.fields(hparams) if f.default is dataclasses.MISSING]
+        if without_default:
+            raise TypeError(f"method '{self.name}': every hyper-parameter needs a plain default (it is what a task "
+                            f"may override and what --set is checked against); missing: {', '.join(without_default)}")
+        if not callable(self.fit) or "hparams" not in inspect.signature(self.fit).parameters:
+            raise TypeError(f"method '{self.name}': fit must be a function taking (task, model, data, budget, "
+                            "context, hparams)")
+        if not isinstance(self.summary, str):
+            raise TypeError(f"method '{self.name}': summary must be a string")
+        if self.likelihoods is not None and not (isinstance(self.likelihoods, tuple)
+                                                 and all(isinstance(name, str) for name in self.likelihoods)):
+            raise TypeError(f"method '{self.name}': likelihoods must be a tuple of likelihood names or None")
+
+
+@dataclass(frozen=True)
+class MethodOrigin:
+    """Where a method from outside bnnbench comes from: the distribution that installs it (None when its module
+    was only found on the import path) and that distribution's version (else the module's `__version__`, if
+    any), and the "module:attr" reference it was loaded from. Built-in methods have no origin."""
+
+    distribution: str | None
+    version: str | None
+    reference: str
+
+    @property
+    def label(self) -> str:
+        """"dist 1.2.0" for a plugin; the reference for a module found on the import path."""
+        if self.distribution is None:
+            return self.reference + (f" {self.version}" if self.version else "")
+        return f"{self.distribution} {self.version}"
+
+
 class Method(NamedTuple):
     """A method with its hyper-parameters bound: `fit(task, model, data, budget, context)`."""
 
     name: str
     hparams: Any  # the method's frozen hyper-parameter dataclass
     fit: FitFn
+    origin: MethodOrigin | None = None  # None for bnnbench's own methods

@@ -40,6 +40,18 @@ def test_local_sweep_runs_each_job_once_and_matches_bnnbench_run(cli, results_di
     assert swept.read_text() == alone.read_text()
 
 
+def test_a_sweep_finds_its_tasks_in_a_tasks_dir(cli, results_dir, tmp_path):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    digits = Path(__file__).resolve().parents[1] / "tasks" / "digits-mlp.toml"
+    (tasks / "digits-quick.toml").write_text(f'include = "{digits}"\nname = "digits-quick"\n[budget]\nmax_epochs = 1\n'
+                                             '[eval]\ncorruptions = "none"\n')
+    result = cli("sweep", "--tasks", "digits-quick", "--methods", "map", "--tasks-dir", str(tasks),
+                 "--results-dir", str(results_dir), "--quiet", *CPU)  # the spawned worker is told where to look
+    assert result.code == 0 and "1 runs: 1 ok" in result.stdout, result.stderr
+    assert len(list(results_dir.glob("digits-quick/map/*.s0/metrics.csv"))) == 1
+
+
 def test_unknown_method_in_a_sweep_fails_before_anything_runs(cli, results_dir):
     result = cli("sweep", "--tasks", "digits-mlp", "--methods", "map,nope", "--results-dir", str(results_dir), *CPU)
     assert result.code == 2 and "nope" in result.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from bnnbench.errors import UsageError
@@ -119,3 +121,27 @@ def test_include_loop_is_reported(tmp_path):
     write(tmp_path, 'include = "a.toml"\n' + GOOD.format(name="b"), name="b")
     with pytest.raises(UsageError, match="loops back"):
         load_task(tmp_path / "a.toml")
+
+
+def test_task_search_path_env_variables_and_tasks_dir(tmp_path, monkeypatch, cli):
+    """Both variable names are read, then --tasks-dir; on a clash of names the later directory wins."""
+    old, new, given = tmp_path / "old", tmp_path / "new", tmp_path / "given"
+    for directory, names in ((old, ("from-old", "shared")), (new, ("from-new",)), (given, ("from-given", "shared"))):
+        directory.mkdir()
+        for name in names:
+            text = GOOD.format(name=name).replace('"test task"', f'"{name} in {directory.name}"')
+            (directory / f"{name}.toml").write_text(text)
+    monkeypatch.setenv("BNNBENCH_TASK_PATH", str(old))
+    monkeypatch.setenv("BNNBENCH_TASKS_PATH", os.pathsep.join([str(tmp_path / "missing"), str(new)]))
+    assert {"from-old", "from-new", "shared", "digits-mlp"} <= set(list_tasks()) and "from-given" not in list_tasks()
+    assert load_task("shared").description == "shared in old"
+    assert load_task("shared", [given]).description == "shared in given"
+    assert {"from-old", "from-new", "from-given"} <= set(list_tasks([given]))
+
+    listed = cli("list", "tasks", "--tasks-dir", str(given))
+    assert listed.code == 0 and "from-given" in listed.stdout and "shared in given" in listed.stdout
+    validated = cli("validate", "from-given", "shared", "--tasks-dir", str(given))
+    assert validated.code == 0 and f"ok shared v1 ({given / 'shared.toml'})" in validated.stdout
+    missing = cli("validate", "--tasks-dir", str(tmp_path / "nowhere"))
+    assert missing.code == 2 and "--tasks-dir" in missing.stderr and "is not a directory" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bnnbench.errors import UsageError, unknown_choice
+from bnnbench.registry import Registry
 from bnnbench.tasks import check_table
 from bnnbench.types import DataBundle, Split
 
@@ -23,13 +24,12 @@ if TYPE_CHECKING:
 
 __all__ = ["DATA_SOURCES", "LoadedData", "OfficialCorruptions", "check_data_config", "load_data"]
 
-DATA_SOURCES = {  # source name -> module
-    "digits": "bnnbench.data.digits",
-    "diabetes": "bnnbench.data.diabetes",
-    "cifar10": "bnnbench.data.cifar",
-    "cifar100": "bnnbench.data.cifar",
-    "timeseries": "bnnbench.data.timeseries",
-}
+DATA_SOURCES: Registry[str] = Registry("data source")  # source name -> module, imported on use
+DATA_SOURCES.register("digits", "bnnbench.data.digits")
+DATA_SOURCES.register("diabetes", "bnnbench.data.diabetes")
+DATA_SOURCES.register("cifar10", "bnnbench.data.cifar")
+DATA_SOURCES.register("cifar100", "bnnbench.data.cifar")
+DATA_SOURCES.register("timeseries", "bnnbench.data.timeseries")
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,7 @@ class LoadedData:
 
 
 def _source_module(source: str, where: str):
-    if source not in DATA_SOURCES:
-        raise unknown_choice("data source", source, DATA_SOURCES, where)
-    return importlib.import_module(DATA_SOURCES[source])
+    return importlib.import_module(DATA_SOURCES.get(source, where))
 
 
 def _config(data: dict[str, Any], where: str):

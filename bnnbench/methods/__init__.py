@@ -1,5 +1,14 @@
-"""Method registry. Each family module defines `Hparams` (a frozen dataclass of documented defaults),
-`build(**hparams) -> Method` and a public `fit(task, model, data, budget, context)`.
+"""Method registry and the one `build`. Each method module declares its method once, as `SPEC =
+MethodSpec(name, Hparams, fit, summary)` (`bnnbench.types.MethodSpec`): `Hparams` a frozen dataclass of documented
+defaults, `fit(task, model, data, budget, context, hparams)` public. `build_method` binds the hyper-parameters for
+a task and returns the `Method` the runner calls.
+
+Methods come from three places, all as the same `MethodSpec`:
+- bnnbench's own, registered below as lazy "module:SPEC" references (listing them imports no torch);
+- installed plugins: entry points in group `bnnbench.methods` whose value is "module:attr" of a MethodSpec, found
+  the first time the registry is consulted. A plugin that clashes with a name already taken is refused, and one
+  that cannot be loaded is one warning line when listed (an error only when it is asked for);
+- `--method package.module:attr`: a MethodSpec in any importable module, installed or not.
 
 Hyper-parameters resolve in this order, later wins: the method's defaults, the task's [train] table
 (keys the method has), the task's [methods.<name>] table, then `--set key=value`.
@@ -7,44 +16,167 @@ Hyper-parameters resolve in this order, later wins: the method's defaults, the t
 
 from __future__ import annotations
 
-import importlib
+import functools
 import sys
 from dataclasses import fields
 from typing import Any
 
 from bnnbench.errors import UsageError, unknown_choice
-from bnnbench.registry import Registry
+from bnnbench.registry import Registry, import_reference
 from bnnbench.tasks import range_problem
-from bnnbench.types import Method, TaskSpec
+from bnnbench.types import METHOD_NAME, Method, MethodOrigin, MethodSpec, TaskSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["METHODS", "build_method", "check_method_overrides", "hparam_names", "parse_assignments"]
+__all__ = ["BUILT_IN", "METHODS", "PLUGIN_GROUP", "bind", "build_method", "check_likelihood", "check_method_overrides",
+           "check_spec_overrides", "find_method", "hparam_names", "method_registry", "origin_label",
+           "parse_assignments", "warn"]
 
-METHODS: Registry[str] = Registry("method")  # name -> module path, imported on use
-METHODS.register("map", "bnnbench.methods.map", "maximum a posteriori point estimate (AdamW = Gaussian prior)")
-METHODS.register("score-vi", "bnnbench.methods.vi.score", "proximal score-matching VI, diagonal Gaussian (Kim 2026)")
-METHODS.register("elbo-vi", "bnnbench.methods.vi.elbo", "mean-field Gaussian VI by the reparametrised ELBO (ADVI)")
-METHODS.register("laplace-ll", "bnnbench.methods.laplace.last_layer", "last-layer Laplace (laplace-torch)")
-METHODS.register("laplace-all", "bnnbench.methods.laplace.all_weights", "all-weights Laplace, diag/kron/full")
-METHODS.register("laplace-subnet", "bnnbench.methods.laplace.subnetwork",
-                 "subnetwork Laplace, full covariance over selected weights (Daxberger et al. 2021)")
-METHODS.register("sampled-laplace", "bnnbench.methods.laplace.sampled",
-                 "linearised Laplace samples by sample-then-optimise SGD, jvp/vjp only (Antoran et al. 2023)")
-METHODS.register("ensemble", "bnnbench.methods.ensemble",
-                 "deep ensemble, K independently initialised members trained in one vmapped pass")
-METHODS.register("mc-dropout", "bnnbench.methods.mc_dropout", "Monte Carlo dropout, kept on at test time")
-METHODS.register("swag", "bnnbench.methods.swag", "SWA-Gaussian, diagonal + rank-20 covariance from SGD iterates")
-METHODS.register("rank1", "bnnbench.methods.rank1",
-                 "rank-1 BNN, K-component mixture of rank-1 weight factors (Dusenberry et al. 2020)")
+PLUGIN_GROUP = "bnnbench.methods"
 
 
-def _module(name: str):
-    METHODS.check(name)
-    return importlib.import_module(METHODS.get(name))
+def _first_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+
+
+def warn(line: str) -> None:
+    """One line on stderr: a plugin problem must not stop a command that does not need the plugin."""
+    sys.stderr.write(f"warning: {line}\n")
+
+
+def _entry_point_origin(entry_point) -> MethodOrigin:
+    distribution = getattr(entry_point, "dist", None)
+    if distribution is None:  # entry points always come from a distribution's metadata; be safe all the same
+        return MethodOrigin(None, None, entry_point.value)
+    return MethodOrigin(distribution.name, distribution.version, entry_point.value)
+
+
+def _discover_plugins(registry: Registry[MethodSpec]) -> None:
+    """Register the installed plugins (entry points of group `bnnbench.methods`) without importing them."""
+    from importlib.metadata import entry_points
+
+    try:
+        found = entry_points(group=PLUGIN_GROUP)
+    except Exception as error:  # one distribution's malformed metadata must not take the built-ins down
+        warn(f"method plugins could not be listed: {_first_line(error)}")
+        return
+    for entry_point in sorted(found, key=lambda point: (point.name, _entry_point_origin(point).label)):
+        origin = _entry_point_origin(entry_point)
+        name = entry_point.name
+        if name in registry:
+            taken = registry.origin(name)
+            by = "a built-in method" if taken is None else f"the plugin from {taken.label}"
+            warn(f"method plugin '{name}' from {origin.label} is ignored: the name is taken by {by}")
+        elif not METHOD_NAME.fullmatch(name):
+            warn(f"method plugin '{name}' from {origin.label} is ignored: a method name must match "
+                 f"{METHOD_NAME.pattern}")
+        else:
+            registry.register(name, entry_point.value, origin=origin)
+
+
+# name, "module:SPEC", summary. The summary is the SPEC's, repeated so that listing imports no torch (a test keeps
+# the two equal).
+BUILT_IN = (
+    ("map", "bnnbench.methods.map:SPEC",
+     "maximum a posteriori point estimate (AdamW = Gaussian prior)"),
+    ("score-vi", "bnnbench.methods.vi.score:SPEC",
+     "proximal score-matching VI, diagonal Gaussian (Kim 2026)"),
+    ("elbo-vi", "bnnbench.methods.vi.elbo:SPEC",
+     "mean-field Gaussian VI by the reparametrised ELBO (ADVI)"),
+    ("laplace-ll", "bnnbench.methods.laplace.last_layer:SPEC",
+     "last-layer Laplace (laplace-torch)"),
+    ("laplace-all", "bnnbench.methods.laplace.all_weights:SPEC",
+     "all-weights Laplace, diag/kron/full"),
+    ("laplace-subnet", "bnnbench.methods.laplace.subnetwork:SPEC",
+     "subnetwork Laplace, full covariance over selected weights (Daxberger et al. 2021)"),
+    ("sampled-laplace", "bnnbench.methods.laplace.sampled:SPEC",
+     "linearised Laplace samples by sample-then-optimise SGD, jvp/vjp only (Antoran et al. 2023)"),
+    ("ensemble", "bnnbench.methods.ensemble:SPEC",
+     "deep ensemble, K independently initialised members trained in one vmapped pass"),
+    ("mc-dropout", "bnnbench.methods.mc_dropout:SPEC",
+     "Monte Carlo dropout, kept on at test time"),
+    ("swag", "bnnbench.methods.swag:SPEC",
+     "SWA-Gaussian, diagonal + rank-20 covariance from SGD iterates"),
+    ("rank1", "bnnbench.methods.rank1:SPEC",
+     "rank-1 BNN, K-component mixture of rank-1 weight factors (Dusenberry et al. 2020)"),
+)
+
+
+def method_registry() -> Registry[MethodSpec]:
+    """A registry of bnnbench's methods (name -> "module:SPEC"); installed plugins join it on its first lookup."""
+    registry: Registry[MethodSpec] = Registry("method", discover=_discover_plugins)
+    for name, reference, summary in BUILT_IN:
+        registry.register(name, reference, summary)
+    return registry
+
+
+METHODS = method_registry()
+
+
+def origin_label(origin: MethodOrigin | None) -> str:
+    """Where a method comes from, for `bnnbench list methods`: "built-in", or a plugin's "dist version"."""
+    return "built-in" if origin is None else origin.label
+
+
+def find_method(name: str, where: str = "") -> tuple[MethodSpec, MethodOrigin | None]:
+    """The spec of method `name` (a registered name, or "package.module:attr") and where it comes from (None
+    for bnnbench's own). Raises UsageError, one line, for an unknown name or a plugin that cannot be loaded."""
+    if ":" in name:
+        return _spec_from_reference(name)
+    METHODS.check(name, where)
+    origin = METHODS.origin(name)
+    if origin is None:  # bnnbench's own: a failure to import is a bug to see whole, not a usage error
+        return METHODS.get(name), None
+    try:
+        spec = METHODS.get(name)
+    except Exception as error:
+        raise UsageError(f"method plugin '{name}' from {origin.label} cannot be loaded from '{origin.reference}': "
+                         f"{_first_line(error)}") from None
+    if not isinstance(spec, MethodSpec):
+        raise UsageError(f"method plugin '{name}' from {origin.label}: '{origin.reference}' is a "
+                         f"{type(spec).__name__}, not a bnnbench.types.MethodSpec")
+    if spec.name != name:
+        raise UsageError(f"method plugin '{name}' from {origin.label}: its MethodSpec is named '{spec.name}'; "
+                         "the entry point's name and the spec's name must be the same")
+    return spec, origin
+
+
+def _spec_from_reference(reference: str) -> tuple[MethodSpec, MethodOrigin | None]:
+    """`--method package.module:attr`: a spec from any importable module, not registered."""
+    module, _, attribute = reference.partition(":")
+    if not module or not attribute or ":" in attribute:
+        raise UsageError(f"method '{reference}': expected a method name or package.module:attr")
+    try:
+        spec = import_reference(reference)
+    except Exception as error:
+        raise UsageError(f"method '{reference}' cannot be loaded: {_first_line(error)}") from None
+    if not isinstance(spec, MethodSpec):
+        raise UsageError(f"method '{reference}' is a {type(spec).__name__}, not a bnnbench.types.MethodSpec")
+    if spec.name in METHODS:  # results are filed by method name: two different methods must not share one
+        registered, origin = find_method(spec.name)
+        if registered is spec:  # the installed plugin itself, named by its module
+            return spec, origin
+        taken = "a built-in method" if origin is None else f"the plugin from {origin.label}"
+        raise UsageError(f"method '{reference}' is named '{spec.name}', which is taken by {taken}; rename it")
+    return spec, _module_origin(reference)
+
+
+def _module_origin(reference: str) -> MethodOrigin:
+    """The distribution that installs the reference's top-level package, if any; else the package's
+    `__version__`, if it has one."""
+    from importlib import metadata
+
+    package = reference.partition(":")[0].partition(".")[0]
+    for distribution in metadata.packages_distributions().get(package, []):
+        try:
+            return MethodOrigin(distribution, metadata.version(distribution), reference)
+        except metadata.PackageNotFoundError:
+            continue
+    version = getattr(sys.modules.get(package), "__version__", None)
+    return MethodOrigin(None, None if version is None else str(version), reference)
 
 
 def _coerce(method: str, key: str, value: Any, default: Any, where: str) -> Any:
@@ -71,17 +203,22 @@ def _coerce(method: str, key: str, value: Any, default: Any, where: str) -> Any:
 
 def hparam_names(name: str) -> list[str]:
     """The hyper-parameters of method `name`."""
-    return [f.name for f in fields(_module(name).Hparams)]
+    return [f.name for f in fields(find_method(name)[0].hparams_class)]
 
 
 def check_method_overrides(name: str, overrides: dict[str, Any], where: str) -> dict[str, Any]:
     """Validate and type-coerce hyper-parameter values for a method; returns the coerced values."""
-    defaults = {f.name: f.default for f in fields(_module(name).Hparams)}
+    return check_spec_overrides(find_method(name, where)[0], overrides, where)
+
+
+def check_spec_overrides(spec: MethodSpec, overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    """`check_method_overrides` for a method given by its spec."""
+    defaults = {f.name: f.default for f in fields(spec.hparams_class)}
     coerced = {}
     for key, value in overrides.items():
         if key not in defaults:
-            raise unknown_choice(f"hyper-parameter of method '{name}'", key, defaults, where)
-        coerced[key] = _coerce(name, key, value, defaults[key], where)
+            raise unknown_choice(f"hyper-parameter of method '{spec.name}'", key, defaults, where)
+        coerced[key] = _coerce(spec.name, key, value, defaults[key], where)
     return coerced
 
 
@@ -104,11 +241,27 @@ def parse_assignments(assignments: list[str]) -> dict[str, Any]:
     return parsed
 
 
+def bind(spec: MethodSpec, origin: MethodOrigin | None = None, **hparams: Any) -> Method:
+    """The one `build` of every method: its hyper-parameters bound into its fit. Unknown names raise TypeError
+    (`build_method` checks them first, with a did-you-mean message)."""
+    bound = spec.hparams_class(**hparams)
+    return Method(name=spec.name, hparams=bound, fit=functools.partial(spec.fit, hparams=bound), origin=origin)
+
+
+def check_likelihood(spec: MethodSpec, task: TaskSpec) -> None:
+    """Refuse, before anything runs, a task whose likelihood the method does not fit."""
+    if spec.likelihoods is not None and task.likelihood not in spec.likelihoods:
+        raise UsageError(f"{task.path}: method '{spec.name}' fits only {', '.join(spec.likelihoods)} likelihoods, "
+                         f"not '{task.likelihood}'")
+
+
 def build_method(name: str, task: TaskSpec, overrides: dict[str, Any] | None = None) -> Method:
-    """The method `name` with hyper-parameters resolved for `task` (see module docstring)."""
-    module = _module(name)
-    accepted = {f.name for f in fields(module.Hparams)}
+    """The method `name` (or "package.module:attr") with hyper-parameters resolved for `task` (see module
+    docstring)."""
+    spec, origin = find_method(name)
+    check_likelihood(spec, task)
+    accepted = {f.name for f in fields(spec.hparams_class)}
     values = {key: value for key, value in task.train.items() if key in accepted}
-    values |= check_method_overrides(name, task.methods.get(name, {}), str(task.path))
-    values |= check_method_overrides(name, overrides or {}, "--set")
-    return module.build(**values)
+    values |= check_spec_overrides(spec, task.methods.get(spec.name, {}), str(task.path))
+    values |= check_spec_overrides(spec, overrides or {}, "--set")
+    return bind(spec, origin, **values)

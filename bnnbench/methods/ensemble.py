@@ -16,7 +16,6 @@ loop's shuffle yields different mini-batches for each member; "shared" feeds eve
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +28,9 @@ from bnnbench.methods.map import train_map
 from bnnbench.models import create_model
 from bnnbench.params import StackedWeights, math_attention
 from bnnbench.train import TrainConfig, augment_images, autocast, train_loop
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Method, Split, TaskSpec
+from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, Split, TaskSpec
 
-__all__ = ["EnsemblePredictive", "Hparams", "build", "fit", "member_models"]
+__all__ = ["SPEC", "EnsemblePredictive", "Hparams", "fit", "member_models"]
 
 VECTORISE = ("auto", "vmap", "loop")
 DATA_ORDERS = ("independent", "shared")
@@ -53,12 +52,6 @@ class Hparams(TrainConfig):
             raise UsageError(f"unknown vectorise '{self.vectorise}'; valid choices: {', '.join(VECTORISE)}")
         if self.data_order not in DATA_ORDERS:
             raise UsageError(f"unknown data_order '{self.data_order}'; valid choices: {', '.join(DATA_ORDERS)}")
-
-
-def build(**hparams) -> Method:
-    """Bind hyper-parameters; unknown names raise TypeError."""
-    bound = Hparams(**hparams)
-    return Method(name="ensemble", hparams=bound, fit=functools.partial(fit, hparams=bound))
 
 
 def _member_seed(seed: int, member: int) -> int:
@@ -180,3 +173,7 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     reason = reason or ("vectorise=loop was asked for" if path == "loop" else "")
     extra = {"training_path": path, "loop_reason": reason, "epoch_losses": losses, "n_members": hparams.n_members}
     return predictive, FitInfo(steps=steps, epochs=epochs, seconds=seconds, extra=extra)
+
+
+SPEC = MethodSpec("ensemble", Hparams, fit,
+                  "deep ensemble, K independently initialised members trained in one vmapped pass")

@@ -6,7 +6,6 @@ a single "sample" (S = 1).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,20 +14,14 @@ from torch import Tensor, nn
 
 from bnnbench.likelihoods import Likelihood, get_likelihood
 from bnnbench.train import LoopResult, TrainConfig, autocast, train_loop
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Method, TaskSpec
+from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, TaskSpec
 
-__all__ = ["Hparams", "PointPredictive", "build", "fit", "gaussian_log_prior", "train_map"]
+__all__ = ["SPEC", "Hparams", "PointPredictive", "fit", "gaussian_log_prior", "train_map"]
 
 
 @dataclass(frozen=True)
 class Hparams(TrainConfig):
     """MAP has exactly the shared training settings (see `TrainConfig`)."""
-
-
-def build(**hparams) -> Method:
-    """Bind hyper-parameters; unknown names raise TypeError."""
-    bound = Hparams(**hparams)
-    return Method(name="map", hparams=bound, fit=functools.partial(fit, hparams=bound))
 
 
 class PointPredictive:
@@ -88,3 +81,6 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     info = FitInfo(steps=loop.steps, epochs=loop.epochs, seconds=loop.seconds,
                    extra={"epoch_losses": loop.epoch_losses})
     return PointPredictive(model, likelihood), info
+
+
+SPEC = MethodSpec("map", Hparams, fit, "maximum a posteriori point estimate (AdamW = Gaussian prior)")

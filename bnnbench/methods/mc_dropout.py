@@ -11,7 +11,6 @@ Everything else in the network (BatchNorm, LayerNorm) is in eval mode at test ti
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from torch import nn
@@ -21,9 +20,9 @@ from bnnbench.likelihoods import get_likelihood
 from bnnbench.methods.map import train_map
 from bnnbench.methods.stochastic import StochasticForwardPredictive
 from bnnbench.train import TrainConfig
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Method, TaskSpec
+from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, TaskSpec
 
-__all__ = ["Hparams", "build", "enable_dropout", "fit"]
+__all__ = ["SPEC", "Hparams", "enable_dropout", "fit"]
 
 PLACEMENTS = ("auto", "existing", "insert")
 
@@ -48,12 +47,6 @@ class Hparams(TrainConfig):
             raise UsageError(f"unknown placement '{self.placement}'; valid choices: {', '.join(PLACEMENTS)}")
         if self.n_samples < 0:
             raise UsageError(f"n_samples must be >= 0, got {self.n_samples}")
-
-
-def build(**hparams) -> Method:
-    """Bind hyper-parameters; unknown names raise TypeError."""
-    bound = Hparams(**hparams)
-    return Method(name="mc-dropout", hparams=bound, fit=functools.partial(fit, hparams=bound))
 
 
 def enable_dropout(model: nn.Module, rate: float, placement: str) -> tuple[list[nn.Dropout], dict]:
@@ -95,3 +88,6 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     info = FitInfo(steps=loop.steps, epochs=loop.epochs, seconds=loop.seconds,
                    extra={"dropout": where, "epoch_losses": loop.epoch_losses})
     return predictive, info
+
+
+SPEC = MethodSpec("mc-dropout", Hparams, fit, "Monte Carlo dropout, kept on at test time")

@@ -38,9 +38,9 @@ from bnnbench.errors import UsageError
 from bnnbench.likelihoods import get_likelihood
 from bnnbench.methods.stochastic import StochasticForwardPredictive
 from bnnbench.train import TrainConfig, planned_batches, train_loop
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Method, TaskSpec
+from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, TaskSpec
 
-__all__ = ["Hparams", "Rank1Factors", "build", "fit", "gaussian_kl"]
+__all__ = ["SPEC", "Hparams", "Rank1Factors", "fit", "gaussian_kl"]
 
 DISTRIBUTIONS = ("gaussian", "cauchy")
 KL_REDUCTIONS = ("sum", "mean")
@@ -84,12 +84,6 @@ class Hparams(TrainConfig):
         if self.random_sign_init > 1 or not 0 < self.kl_anneal_fraction <= 1 or self.factor_lr_scale <= 0:
             raise UsageError("rank1 needs random_sign_init <= 1, kl_anneal_fraction in (0, 1] and "
                              "factor_lr_scale > 0")
-
-
-def build(**hparams) -> Method:
-    """Bind hyper-parameters; unknown names raise TypeError."""
-    bound = Hparams(**hparams)
-    return Method(name="rank1", hparams=bound, fit=functools.partial(fit, hparams=bound))
 
 
 def gaussian_kl(loc: Tensor, scale: Tensor, prior_loc: float, prior_scale: float) -> Tensor:
@@ -276,3 +270,7 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
              "final_kl": float(factors.kl(hparams.kl_reduction).detach()) if hparams.distribution == "gaussian"
              else None}
     return predictive, FitInfo(steps=loop.steps, epochs=loop.epochs, seconds=loop.seconds, extra=extra)
+
+
+SPEC = MethodSpec("rank1", Hparams, fit,
+                  "rank-1 BNN, K-component mixture of rank-1 weight factors (Dusenberry et al. 2020)")

@@ -17,7 +17,6 @@ for every evaluation split (one posterior, scored everywhere). The SGD phase's w
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -29,9 +28,9 @@ from bnnbench.likelihoods import Likelihood, get_likelihood
 from bnnbench.methods.map import gaussian_log_prior, train_map
 from bnnbench.params import FlatParams, StackedWeights
 from bnnbench.train import TrainConfig, autocast, loop_config, split_budget
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Method, Split, TaskSpec
+from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, Split, TaskSpec
 
-__all__ = ["Hparams", "SwagMoments", "SwagPredictive", "build", "fit"]
+__all__ = ["SPEC", "Hparams", "SwagMoments", "SwagPredictive", "fit"]
 
 
 @dataclass(frozen=True)
@@ -64,12 +63,6 @@ class Hparams(TrainConfig):
             raise UsageError("swag needs rank >= 2, snapshots_per_epoch > 0, swa_lr > 0 and scale >= 0")
         if not 0 <= self.momentum < 1 or self.prior_precision < 0 or self.swa_weight_decay < 0:
             raise UsageError("swag needs momentum in [0, 1), prior_precision >= 0 and swa_weight_decay >= 0")
-
-
-def build(**hparams) -> Method:
-    """Bind hyper-parameters; unknown names raise TypeError."""
-    bound = Hparams(**hparams)
-    return Method(name="swag", hparams=bound, fit=functools.partial(fit, hparams=bound))
 
 
 class SwagMoments:
@@ -221,3 +214,6 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
              "swag_seconds": loop.seconds, "epoch_losses": loop.epoch_losses}
     return predictive, FitInfo(steps=steps + loop.steps, epochs=epochs + loop.epochs, seconds=seconds + loop.seconds,
                                extra=extra)
+
+
+SPEC = MethodSpec("swag", Hparams, fit, "SWA-Gaussian, diagonal + rank-20 covariance from SGD iterates")

@@ -8,33 +8,29 @@ methods that treat the last layer apart (last-layer Laplace); `last_layer_name` 
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
 
 from bnnbench.errors import UsageError, unknown_choice
+from bnnbench.registry import Registry
 
 __all__ = ["MODELS", "check_model_config", "check_pretrained_weights", "create_model", "last_layer_name",
            "model_options"]
 
-MODELS = {
-    "linear": "bnnbench.models.small:linear",
-    "mlp": "bnnbench.models.small:mlp",
-    "cnn": "bnnbench.models.small:cnn",
-    "vit": "bnnbench.models.vit:vit",
-    "resnet": "bnnbench.models.resnet:resnet",
-    "forecast-mlp": "bnnbench.models.forecast:forecast_mlp",
-    "dlinear": "bnnbench.models.forecast:dlinear",
-    "patchtst": "bnnbench.models.forecast:patchtst",
-}
+MODELS: Registry[Callable[..., Any]] = Registry("model")  # name -> "module:factory", imported on use
+MODELS.register("linear", "bnnbench.models.small:linear")
+MODELS.register("mlp", "bnnbench.models.small:mlp")
+MODELS.register("cnn", "bnnbench.models.small:cnn")
+MODELS.register("vit", "bnnbench.models.vit:vit")
+MODELS.register("resnet", "bnnbench.models.resnet:resnet")
+MODELS.register("forecast-mlp", "bnnbench.models.forecast:forecast_mlp")
+MODELS.register("dlinear", "bnnbench.models.forecast:dlinear")
+MODELS.register("patchtst", "bnnbench.models.forecast:patchtst")
 
 
 def _factory(name: str, where: str) -> Callable[..., Any]:
-    if name not in MODELS:
-        raise unknown_choice("model", name, MODELS, where)
-    module, attr = MODELS[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+    return MODELS.get(name, where)
 
 
 def model_options(name: str, where: str = "task") -> list[str]:

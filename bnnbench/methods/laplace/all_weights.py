@@ -9,13 +9,12 @@ one CPU thread, about 7 minutes for the 77 evaluation splits and as much again f
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from bnnbench.methods.laplace.common import LaplaceHparams, check_memory, fit_laplace, laplace_backend
-from bnnbench.types import Method
+from bnnbench.types import MethodSpec
 
-__all__ = ["Hparams", "build", "fit"]
+__all__ = ["SPEC", "Hparams", "fit"]
 
 
 @dataclass(frozen=True)
@@ -23,11 +22,6 @@ class Hparams(LaplaceHparams):
     hessian: str = "diag"
     pred_type: str = "nn"
     link_approx: str = "mc"  # the only link laplace-torch has for pred_type nn
-
-
-def build(**hparams) -> Method:
-    bound = Hparams(**hparams)
-    return Method(name="laplace-all", hparams=bound, fit=functools.partial(fit, hparams=bound))
 
 
 def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
@@ -42,3 +36,6 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
         return laplace, None
 
     return fit_laplace(task, model, data, budget, context, hparams, method="laplace-all", make_laplace=make)
+
+
+SPEC = MethodSpec("laplace-all", Hparams, fit, "all-weights Laplace, diag/kron/full")

@@ -7,7 +7,6 @@ every weight but the output layer's frozen (laplace-torch covers the parameters 
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from bnnbench.methods.laplace.common import (
@@ -19,19 +18,14 @@ from bnnbench.methods.laplace.common import (
     parameter_indices,
 )
 from bnnbench.models import last_layer_name
-from bnnbench.types import Method
+from bnnbench.types import MethodSpec
 
-__all__ = ["Hparams", "build", "fit"]
+__all__ = ["SPEC", "Hparams", "fit"]
 
 
 @dataclass(frozen=True)
 class Hparams(LaplaceHparams):
     hessian: str = "kron"
-
-
-def build(**hparams) -> Method:
-    bound = Hparams(**hparams)
-    return Method(name="laplace-ll", hparams=bound, fit=functools.partial(fit, hparams=bound))
 
 
 def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
@@ -58,3 +52,6 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
 
     return fit_laplace(task, model, data, budget, context, hparams, method="laplace-ll", make_laplace=make,
                        extra={"last_layer": name})
+
+
+SPEC = MethodSpec("laplace-ll", Hparams, fit, "last-layer Laplace (laplace-torch)")

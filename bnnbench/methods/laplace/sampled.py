@@ -38,7 +38,6 @@ Attention runs through PyTorch's math kernel here (`math_attention`), the one th
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from dataclasses import dataclass
@@ -53,9 +52,9 @@ from bnnbench.likelihoods import Categorical, Gaussian, Likelihood, get_likeliho
 from bnnbench.methods.laplace.common import LINK_APPROXIMATIONS, PRED_TYPES, train_map_phase
 from bnnbench.params import FlatParams, batchnorm_parameter_names, math_attention
 from bnnbench.train import TrainConfig
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Method, Split, TaskSpec
+from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, Split, TaskSpec
 
-__all__ = ["Hparams", "Linearisation", "OutputCurvature", "SampledLaplacePredictive", "build", "fit"]
+__all__ = ["SPEC", "Hparams", "Linearisation", "OutputCurvature", "SampledLaplacePredictive", "fit"]
 
 MACKAY_ESTIMATES = ("weight", "function")
 EVAL_ROWS = 512  # rows per jvp batch at prediction time and in the linear fit: K copies of the activations are alive
@@ -104,11 +103,6 @@ class Hparams(TrainConfig):
             raise UsageError("em_tol and linear_tol must be positive")
         if self.prior_precision <= 0 or self.lr_scale <= 0 or not 0 <= self.momentum < 1:
             raise UsageError("prior_precision and lr_scale must be positive and momentum in [0, 1)")
-
-
-def build(**hparams) -> Method:
-    bound = Hparams(**hparams)
-    return Method(name="sampled-laplace", hparams=bound, fit=functools.partial(fit, hparams=bound))
 
 
 class OutputCurvature:
@@ -464,3 +458,7 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
         info.extra["warnings"] = [f"sampled-laplace: EM did not converge in em_steps={hparams.em_steps} (last MacKay "
                                   f"proposal {proposals[-1]:.4g} for α = {alpha:.4g}, em_tol {hparams.em_tol:g})"]
     return SampledLaplacePredictive(lin, samples, likelihood, hparams.pred_type, hparams.link_approx), info
+
+
+SPEC = MethodSpec("sampled-laplace", Hparams, fit,
+                  "linearised Laplace samples by sample-then-optimise SGD, jvp/vjp only (Antoran et al. 2023)")

@@ -14,7 +14,6 @@ Selection (laplace-torch's masks), top `n_params` scores:
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +28,9 @@ from bnnbench.methods.laplace.common import (
     jacobian_rows,
     laplace_backend,
 )
-from bnnbench.types import Method
+from bnnbench.types import MethodSpec
 
-__all__ = ["Hparams", "SELECTIONS", "build", "fit"]
+__all__ = ["SPEC", "Hparams", "SELECTIONS", "fit"]
 
 SELECTIONS = ("largest-variance-swag", "largest-variance", "largest-magnitude", "random")
 
@@ -50,11 +49,6 @@ class Hparams(LaplaceHparams):
             raise UsageError(f"unknown selection '{self.selection}'; valid choices: {', '.join(SELECTIONS)}")
         if self.n_params < 1:
             raise UsageError(f"laplace-subnet: n_params must be >= 1, got {self.n_params}")
-
-
-def build(**hparams) -> Method:
-    bound = Hparams(**hparams)
-    return Method(name="laplace-subnet", hparams=bound, fit=functools.partial(fit, hparams=bound))
 
 
 def select_subnetwork(model, likelihood: str, selection: str, n_params: int, train, batch_size: int,
@@ -106,3 +100,7 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
                                    make_laplace=make)
     info.extra |= {"selection": hparams.selection, **chosen}
     return predictive, info
+
+
+SPEC = MethodSpec("laplace-subnet", Hparams, fit,
+                  "subnetwork Laplace, full covariance over selected weights (Daxberger et al. 2021)")

@@ -7,7 +7,6 @@ Defaults: one sample per mini-batch (`n_samples = 1`, as in Bayes-by-backprop), 
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -16,9 +15,9 @@ from torch import nn
 from bnnbench.errors import UsageError
 from bnnbench.methods.vi.common import GaussianPosteriorPredictive, VIHparams, fit_variational
 from bnnbench.methods.vi.objectives import NegativeELBO
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Method, TaskSpec
+from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, TaskSpec
 
-__all__ = ["Hparams", "build", "fit"]
+__all__ = ["SPEC", "Hparams", "fit"]
 
 
 @dataclass(frozen=True)
@@ -31,11 +30,6 @@ class Hparams(VIHparams):
             raise UsageError(f"kl_anneal_fraction must be in [0, 1], got {self.kl_anneal_fraction}")
 
 
-def build(**hparams) -> Method:
-    bound = Hparams(**hparams)
-    return Method(name="elbo-vi", hparams=bound, fit=functools.partial(fit, hparams=bound))
-
-
 def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
         hparams: Hparams = Hparams()) -> tuple[GaussianPosteriorPredictive, FitInfo]:
     def make_objective(q, prior, log_likelihood, total_steps):
@@ -44,3 +38,6 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
                             antithetic=hparams.antithetic)
 
     return fit_variational(task, model, data, budget, context, hparams, make_objective, "elbo-vi")
+
+
+SPEC = MethodSpec("elbo-vi", Hparams, fit, "mean-field Gaussian VI by the reparametrised ELBO (ADVI)")

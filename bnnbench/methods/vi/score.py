@@ -18,7 +18,6 @@ is small relative to its parameter count (the digits MLP and CNN on a CPU) the K
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from torch import nn
@@ -26,9 +25,9 @@ from torch import nn
 from bnnbench.errors import UsageError
 from bnnbench.methods.vi.common import GaussianPosteriorPredictive, VIHparams, fit_variational
 from bnnbench.methods.vi.objectives import WEIGHTINGS, ScoreMatching
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Method, TaskSpec
+from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, TaskSpec
 
-__all__ = ["Hparams", "build", "fit"]
+__all__ = ["SPEC", "Hparams", "fit"]
 
 
 @dataclass(frozen=True)
@@ -46,11 +45,6 @@ class Hparams(VIHparams):
             raise UsageError("inner_steps and refresh_every must be >= 1 and prox_weight >= 0")
 
 
-def build(**hparams) -> Method:
-    bound = Hparams(**hparams)
-    return Method(name="score-vi", hparams=bound, fit=functools.partial(fit, hparams=bound))
-
-
 def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
         hparams: Hparams = Hparams()) -> tuple[GaussianPosteriorPredictive, FitInfo]:
     def make_objective(q, prior, log_likelihood, total_steps):
@@ -60,3 +54,6 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
 
     return fit_variational(task, model, data, budget, context, hparams, make_objective, "score-vi",
                            inner_steps=hparams.inner_steps)
+
+
+SPEC = MethodSpec("score-vi", Hparams, fit, "proximal score-matching VI, diagonal Gaussian (Kim 2026)")
