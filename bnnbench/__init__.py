@@ -1,7 +1,8 @@
 """bnnbench: which posterior-inference method gives the best uncertainty for this network and data, at what cost.
 
 `bnnbench.run`, `bnnbench.compare` and `bnnbench.load_results` are the Python API (`bnnbench.api`); they are
-imported on first use, so `import bnnbench` stays as light as the command line needs."""
+imported on first use, so `import bnnbench` stays as light as the command line needs. (No submodule may share
+their names: importing it would replace the function on the package; hence `comparison.py`.)"""
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "compare", "load_results", "run"]

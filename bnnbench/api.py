@@ -53,7 +53,7 @@ def compare(results_dir: str | Path = "results/runs", task: str | Iterable[str] 
             metrics: Iterable[str] | None = None) -> pd.DataFrame:
     """The leaderboard `bnnbench compare` shows, as a long frame: one row per (task, method, column) with mean,
     stderr, n, best and the method's mean rank."""
-    from bnnbench.compare import aggregate, leaderboard
+    from bnnbench.comparison import aggregate, leaderboard
 
     runs, rows = load_results(results_dir)
     if task is not None and not runs.empty:

@@ -296,7 +296,7 @@ def compare(
     = Pivot.metric,
 ) -> None:
     """Leaderboards per task: mean ± stderr over seeds, best per column, mean rank, cost columns."""
-    from bnnbench.compare import TASK_KEY, aggregate, leaderboard
+    from bnnbench.comparison import TASK_KEY, aggregate, leaderboard
     from bnnbench.metrics import METRICS
     from bnnbench.results import load_results
 
@@ -364,8 +364,8 @@ def check(
     only_changed: Annotated[bool, typer.Option(help="hide unchanged rows")] = False,
 ) -> None:
     """Compare results with a baseline; exit 1 on a regression (+) or new failure (!) of a gated metric."""
-    from bnnbench.compare import aggregate, check_failed, load_baseline, load_check_config
-    from bnnbench.compare import check as check_results
+    from bnnbench.comparison import aggregate, check_failed, load_baseline, load_check_config
+    from bnnbench.comparison import check as check_results
     from bnnbench.render import check_table
     from bnnbench.results import load_results
 
@@ -394,7 +394,7 @@ def baseline_(
     results_dir: Annotated[Path, typer.Option(help="results to summarise")] = Path("results/runs"),
 ) -> None:
     """Write the seed-aggregated summary rows of a results directory as a baseline CSV."""
-    from bnnbench.compare import BASELINE_DIGITS, aggregate, summary_rows
+    from bnnbench.comparison import BASELINE_DIGITS, aggregate, summary_rows
     from bnnbench.results import check_output_file, load_results, write_text_atomic
 
     check_output_file(out_path)

@@ -137,7 +137,7 @@ def check_table(result: pd.DataFrame, config):
     from rich.markup import escape
     from rich.table import Table
 
-    from bnnbench.compare import MARKS
+    from bnnbench.comparison import MARKS
 
     colours = {"+": "red", "!": "red", "~": "yellow", "x": "magenta", "?": "magenta", "-": "green", "*": "green"}
     table = Table(title="check against baseline", header_style="bold",

@@ -83,7 +83,7 @@ def build_report(results_dir: Path, out: Path, tasks: list[str] | None = None,
     """Write `out`/index.html and `out`/figures/*.png for the runs under `results_dir` (only `tasks`, if given).
     Runs or prediction files that cannot be read are left out, with one line each naming the file to `warn`
     (see `load_results`)."""
-    from bnnbench.compare import TASK_KEY, aggregate, leaderboard, method_labels
+    from bnnbench.comparison import TASK_KEY, aggregate, leaderboard, method_labels
     from bnnbench.results import load_results, replace_directory
 
     runs, metrics = load_results(results_dir, warn)

@@ -371,7 +371,7 @@ def load_results(results_dir: Path, warn: Callable[[str], None] | None = None):
     runs = pd.DataFrame.from_records(records)
     metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
     if not runs.empty:  # attach the configuration hash so identical method names with other settings differ
-        from bnnbench.compare import with_variant
+        from bnnbench.comparison import with_variant
 
         runs = with_variant(runs)
         metrics = metrics.merge(runs[["run_id", "config_hash", "status", "data_variant"]], on="run_id", how="left")

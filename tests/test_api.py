@@ -38,3 +38,14 @@ def test_a_finished_seed_is_read_not_re_run_and_bad_input_raises(tmp_path, monke
         bnnbench.run("digits-mlp", "scorevi", results_dir=tmp_path)
     runs, metrics = bnnbench.load_results(tmp_path)
     assert len(runs) == 1 and len(metrics) == len(first)
+
+
+def test_the_api_functions_survive_every_submodule_import():
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.walk_packages(bnnbench.__path__, "bnnbench."):
+        if module.name.endswith("__main__"):
+            continue
+        importlib.import_module(module.name)
+    assert all(callable(getattr(bnnbench, name)) for name in ("run", "compare", "load_results"))

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bnnbench.compare import (
+from bnnbench.comparison import (
     DEFAULT_CHECK,
     CheckConfig,
     Tolerance,
@@ -191,7 +191,7 @@ def test_data_variants_never_mix_in_aggregates_or_the_check():
 def test_a_rerun_matches_a_baseline_rounded_to_its_written_digits():
     """A metric with no configured tolerance still matches its own re-run: the baseline file keeps 6 significant
     digits, and a difference inside that rounding is no change; one just outside is."""
-    from bnnbench.compare import Tolerance
+    from bnnbench.comparison import Tolerance
 
     assert Tolerance().of(14.7132) == pytest.approx(5e-5)
     assert Tolerance().of(0.000712345) == pytest.approx(5e-10)

@@ -109,7 +109,7 @@ def _gate_holds(results_dir: Path, task: str, methods: tuple[str, ...], expected
     """What `bnnbench check` promises, asserted on one group's baseline rows: every row is comparable (same task
     version and configuration, no run missing or failing) and no gated metric regressed. Bit equality is not
     asked for: vector units (AVX2, AVX-512) change float sums in the last bits, and tolerances judge that."""
-    from bnnbench.compare import aggregate, check, load_baseline, load_check_config
+    from bnnbench.comparison import aggregate, check, load_baseline, load_check_config
     from bnnbench.results import load_results
 
     baseline = load_baseline(BASELINE)
