@@ -31,9 +31,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["BUILT_IN", "METHODS", "PLUGIN_GROUP", "bind", "build_method", "check_likelihood", "check_method_overrides",
-           "check_spec_overrides", "find_method", "hparam_names", "method_registry", "origin_label",
-           "parse_assignments", "warn"]
+__all__ = ["BUILT_IN", "METHODS", "PLUGIN_GROUP", "bind", "bind_for_task", "build_method", "check_likelihood",
+           "check_method_overrides", "check_spec_overrides", "find_method", "hparam_names", "method_registry",
+           "origin_label", "parse_assignments", "warn"]
 
 PLUGIN_GROUP = "bnnbench.methods"
 
@@ -259,6 +259,12 @@ def build_method(name: str, task: TaskSpec, overrides: dict[str, Any] | None = N
     """The method `name` (or "package.module:attr") with hyper-parameters resolved for `task` (see module
     docstring)."""
     spec, origin = find_method(name)
+    return bind_for_task(spec, task, overrides, origin)
+
+
+def bind_for_task(spec: MethodSpec, task: TaskSpec, overrides: dict[str, Any] | None = None,
+                  origin: MethodOrigin | None = None) -> Method:
+    """`build_method` for a method given by its spec (what `bnnbench.testing.check_method` binds)."""
     check_likelihood(spec, task)
     accepted = {f.name for f in fields(spec.hparams_class)}
     values = {key: value for key, value in task.train.items() if key in accepted}
