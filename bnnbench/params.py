@@ -73,11 +73,6 @@ class StackedWeights:
         """One weight setting's outputs (the function vmap maps)."""
         return functional_call(self.base, (params, buffers), (x,))
 
-    def outputs_per_member(self, x: Tensor) -> Tensor:
-        """(K, B, ...) outputs of each weight setting k on its own rows x[k]."""
-        with math_attention():
-            return vmap(self.call, randomness="different")(self.params, self.buffers, x)
-
     def outputs_shared(self, x: Tensor) -> Tensor:
         """(K, B, ...) outputs of each weight setting on the same rows x."""
         if not self.vectorised:
