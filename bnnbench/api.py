@@ -23,8 +23,7 @@ def run(task: str, method: str, seeds: Iterable[int] = (0,), overrides: dict[str
     re-runs it), and bad input raises `bnnbench.errors.UsageError` before any work. A run that fails is
     written as a failed run and named in a warning; it has no rows. `method` may be "package.module:attr" of a
     MethodSpec; `task_dirs` are searched for task names, as `--tasks-dir`."""
-    from bnnbench.results import run_directory
-    from bnnbench.runner import finished_ok, prepare, run_id_of
+    from bnnbench.runner import finished_run, prepare
     from bnnbench.runner import run as run_seed
 
     plan = prepare(task, method, overrides=dict(overrides or {}), budget_name=budget, epochs=epochs, device=device,
@@ -32,12 +31,13 @@ def run(task: str, method: str, seeds: Iterable[int] = (0,), overrides: dict[str
                    data_dir=Path(data_dir) if data_dir else None, task_dirs=list(task_dirs))
     frames = []
     for seed in seeds:
-        directory = run_directory(plan.results_dir, plan.task.name, plan.method.name, run_id_of(plan, seed))
-        if force or not finished_ok(directory):
+        directory = None if force else finished_run(plan, seed)
+        if directory is None:
             outcome = run_seed(plan, seed)
             if outcome.status != "ok":
                 warnings.warn(f"{outcome.run_id} failed: {outcome.error}", stacklevel=2)
                 continue
+            directory = outcome.directory
         frames.append(pd.read_csv(directory / "metrics.csv", dtype={"corruption": str, "split": str}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

@@ -153,8 +153,7 @@ def run(
     """Fit one method on one task for each seed, evaluate it, and write tidy results. A seed whose run id
     already has an ok result is skipped, as in `sweep`; `--force` replaces it."""
     from bnnbench.methods import parse_assignments
-    from bnnbench.results import run_directory
-    from bnnbench.runner import finished_ok, prepare, run_id_of
+    from bnnbench.runner import finished_run, prepare
     from bnnbench.runner import run as run_seed
 
     seeds = parse_seeds(seed)
@@ -163,10 +162,9 @@ def run(
                    show_progress=not quiet, data_dir=data_dir, task_dirs=tasks_dir)
     failures = 0
     for value in seeds:
-        run_id = run_id_of(plan, value)
-        existing = run_directory(plan.results_dir, plan.task.name, plan.method.name, run_id)
-        if not force and finished_ok(existing):
-            out.print(f"skipped {run_id}: an ok result is already in {existing} (--force re-runs it)",
+        existing = None if force else finished_run(plan, value)
+        if existing:
+            out.print(f"skipped {existing.name}: an ok result is already in {existing} (--force re-runs it)",
                       markup=False, highlight=False)
             continue
         outcome = run_seed(plan, value)

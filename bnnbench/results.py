@@ -83,12 +83,8 @@ def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
         temporary = Path(handle.name)
-        try:
-            handle.write(text)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
     try:
+        temporary.write_text(text)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

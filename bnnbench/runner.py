@@ -36,7 +36,8 @@ from bnnbench.results import (
 from bnnbench.tasks import load_task, validate_task
 from bnnbench.types import Budget, Method, TaskSpec
 
-__all__ = ["RunOutcome", "RunPlan", "finished_ok", "prepare", "resolve_budget", "run", "run_id_of", "select_device"]
+__all__ = ["RunOutcome", "RunPlan", "finished_ok", "finished_run", "prepare", "resolve_budget", "run", "run_id_of",
+           "select_device"]
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,12 @@ def _load_cached(where: str, data_json: str, root: str | None):  # seeds of one 
 
 def run_id_of(plan: RunPlan, seed: int) -> str:
     return make_run_id(plan.task.name, plan.task.version, plan.method.name, plan.config_hash, seed)
+
+
+def finished_run(plan: RunPlan, seed: int) -> Path | None:
+    """The directory of this seed's run when it already ended ok (`bnnbench run` and the API skip it), else None."""
+    directory = run_directory(plan.results_dir, plan.task.name, plan.method.name, run_id_of(plan, seed))
+    return directory if finished_ok(directory) else None
 
 
 def finished_ok(directory: Path) -> bool:

@@ -35,13 +35,13 @@ def file_digest(path: Path) -> str:
 def fingerprint(paths: Iterable[Path], root: Path) -> dict[str, Any]:
     """{'sha256': digest over (name under root, content digest) of every file, 'files': how many}; names are
     relative to the data root, so the same files under another root give the same fingerprint."""
-    entries = sorted((str(Path(path).resolve().relative_to(Path(root).resolve())) if _under(path, root)
-                      else Path(path).name, file_digest(path)) for path in paths)
+    root = Path(root).resolve()
+    entries = sorted((_name(Path(path).resolve(), root), file_digest(path)) for path in paths)
     digest = hashlib.sha256()
     for name, content in entries:
         digest.update(f"{name}\0{content}\n".encode())
     return {"sha256": digest.hexdigest(), "files": len(entries)}
 
 
-def _under(path: Path, root: Path) -> bool:
-    return Path(path).resolve().is_relative_to(Path(root).resolve())
+def _name(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
