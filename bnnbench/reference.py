@@ -8,7 +8,7 @@ closed form. bnnbench computes it here, in float64, so that `w2_mean_err`, `var_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,18 +16,12 @@ from torch import Tensor
 
 from bnnbench.errors import UsageError, unknown_choice
 from bnnbench.likelihoods import Gaussian, Likelihood
-from bnnbench.types import Split
+from bnnbench.types import ParameterPosterior, Split
 
-__all__ = ["ExactLinearGaussian", "ParameterPosterior", "check_reference_config", "fidelity_metrics",
+__all__ = ["ExactLinearGaussian", "check_reference_config", "fidelity_metrics",
            "linear_gaussian_posterior", "reference_posterior"]
 
 _KINDS = ("linear-gaussian",)
-
-
-class ParameterPosterior(Protocol):
-    """A predictive that can state its posterior's mean and variance per model parameter (optional)."""
-
-    def parameter_moments(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]: ...
 
 
 @dataclass(frozen=True)
@@ -93,7 +87,7 @@ def fidelity_metrics(exact: ExactLinearGaussian, predictive: object, test_x: np.
     """`pred_var_ratio` always; `w2_mean_err` and `var_ratio` when the predictive states its parameter
     moments (`ParameterPosterior`), in the model's parameter order (weight, then bias)."""
     metrics = {"pred_var_ratio": float(np.mean(test_predictive_variance / exact.predictive_variance(test_x)))}
-    if hasattr(predictive, "parameter_moments"):
+    if isinstance(predictive, ParameterPosterior):
         means, variances = predictive.parameter_moments()
         mean, variance = _flat(means), _flat(variances)
         if mean.shape != exact.mean.shape:

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # torch is heavy: `bnnbench list` must not import it
     import torch
@@ -23,6 +23,7 @@ __all__ = [
     "Method",
     "MethodOrigin",
     "MethodSpec",
+    "ParameterPosterior",
     "Predictive",
     "Split",
     "TaskSpec",
@@ -140,6 +141,15 @@ class Predictive(Protocol):
     """
 
     def predict(self, x: Tensor, n_samples: int) -> Tensor: ...
+
+
+@runtime_checkable
+class ParameterPosterior(Protocol):
+    """A predictive that states its posterior's mean and variance per model parameter, keyed by the model's
+    parameter names: what the sanity tasks score against the exact posterior (`w2_mean_err`, `var_ratio`).
+    Optional: a predictive declares it by subclassing, and the evaluator asks with `isinstance`."""
+
+    def parameter_moments(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]: ...
 
 
 FitFn = Callable[["TaskSpec", "nn.Module", DataBundle, Budget, FitContext], tuple[Predictive, FitInfo]]

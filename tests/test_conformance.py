@@ -42,7 +42,7 @@ def test_method_fits_and_predicts_on_every_network(method, task_name):
 # settings that keep each method's contract check to seconds on 64 training rows and one epoch: swag needs two
 # snapshots in its SGD phase (4 steps of 16 rows), and the Laplace variants' defaults cost 20 s for no more coverage
 KIT_OVERRIDES = {"swag": {"batch_size": 16, "snapshots_per_epoch": 4.0},
-                 "sampled-laplace": {"em_steps": 1, "sample_epochs": 1, "n_samples": 2},
+                 "sampled-laplace": {"em_steps": 1, "sample_epochs": 1, "posterior_samples": 2},
                  "laplace-subnet": {"n_params": 100}}
 # method x network pairs whose kit run took over 20 s on one CPU thread (measured, see the report of issue 20)
 SLOW_KIT = {(method, network) for method in ("laplace-all", "laplace-subnet", "sampled-laplace")

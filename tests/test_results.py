@@ -48,3 +48,33 @@ def test_load_skips_directories_being_written(tmp_path):
     runs, metrics = load_results(tmp_path)
     assert list(runs["run_id"]) == ["r"]
     assert metrics["value"].tolist() == [0.1]
+
+
+def test_parameter_moments_are_scored_only_for_predictives_that_declare_them():
+    """`ParameterPosterior` is a declared protocol: a predictive with moments gets `w2_mean_err` and `var_ratio`
+    against the exact posterior (here: the exact one itself, so 0 and 1), one without gets `pred_var_ratio`."""
+    import torch
+
+    from bnnbench.methods.ensemble import EnsemblePredictive
+    from bnnbench.methods.map import PointPredictive
+    from bnnbench.reference import fidelity_metrics, linear_gaussian_posterior
+    from bnnbench.types import ParameterPosterior
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 3))
+    y = x @ np.array([1.0, -2.0, 0.5]) + 0.3 + 0.1 * rng.normal(size=50)
+    exact = linear_gaussian_posterior(x, y, noise_std=0.1, prior_std=1.0)
+
+    class ExactMoments(ParameterPosterior):
+        def parameter_moments(self):
+            as_tensor = torch.from_numpy
+            return ({"weight": as_tensor(exact.mean[:3]), "bias": as_tensor(exact.mean[3:])},
+                    {"weight": as_tensor(np.diag(exact.covariance)[:3]),
+                     "bias": as_tensor(np.diag(exact.covariance)[3:])})
+
+    exact_variance = exact.predictive_variance(x)
+    scored = fidelity_metrics(exact, ExactMoments(), x, exact_variance)
+    assert scored["w2_mean_err"] < 1e-12 and scored["pred_var_ratio"] == pytest.approx(1.0)
+    assert scored["var_ratio"] == pytest.approx(np.mean(np.diag(exact.covariance) * np.diag(exact.precision)))
+    assert set(fidelity_metrics(exact, object(), x, 2 * exact_variance)) == {"pred_var_ratio"}
+    assert issubclass(PointPredictive, ParameterPosterior) and not issubclass(EnsemblePredictive, ParameterPosterior)

@@ -93,7 +93,7 @@ def test_output_curvature_and_its_square_root(likelihood):
 
 def test_em_reaches_the_evidence_maximising_prior_precision_on_linear_regression():
     """MacKay's update from samples (weight-space γ) has the exact evidence maximiser as its fixed point."""
-    predictive, info, data = _fit_blr_with_info(em_steps=20, n_samples=500)
+    predictive, info, data = _fit_blr_with_info(em_steps=20, posterior_samples=500)
     design = np.concatenate([data.train.x.numpy(), np.ones((len(data.train), 1))], axis=1)
     targets = data.train.y.numpy()
 
@@ -119,7 +119,7 @@ def _small_digits_em(**overrides):
                       bundle.input_shape)
     torch.manual_seed(0)
     model = create_model({"name": "mlp", "hidden": [16]}, data.input_shape, data.num_outputs)
-    _, info = build_method("sampled-laplace", task, {"n_samples": 4, **overrides}).fit(
+    _, info = build_method("sampled-laplace", task, {"posterior_samples": 4, **overrides}).fit(
         task, model, data, Budget(max_epochs=30), FitContext(torch.device("cpu"), 0, False))
     return info.extra
 

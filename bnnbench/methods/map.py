@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from bnnbench.likelihoods import Likelihood, get_likelihood
 from bnnbench.train import LoopResult, TrainConfig, autocast, train_loop
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, TaskSpec
+from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, ParameterPosterior, TaskSpec
 
 __all__ = ["SPEC", "Hparams", "PointPredictive", "fit", "gaussian_log_prior", "train_map"]
 
@@ -24,7 +24,7 @@ class Hparams(TrainConfig):
     """MAP has exactly the shared training settings (see `TrainConfig`)."""
 
 
-class PointPredictive:
+class PointPredictive(ParameterPosterior):
     """The network at one weight setting; returns (1, B, C) log-probabilities whatever `n_samples` is."""
 
     def __init__(self, model: nn.Module, likelihood: Likelihood) -> None:

@@ -32,12 +32,12 @@ class Hparams(TrainConfig):
     """The shared training settings, plus dropout's.
 
     rate: the rate of inserted dropout (existing layers keep their own).
-    n_samples: stochastic passes at test time; 0 takes the evaluator's number (the budget's n_eval_samples).
+    test_passes: stochastic passes at test time; 0 takes the evaluator's number (the budget's n_eval_samples).
     """
 
     rate: float = 0.1
     placement: str = "auto"
-    n_samples: int = 0
+    test_passes: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -45,8 +45,8 @@ class Hparams(TrainConfig):
             raise UsageError(f"dropout rate must be in [0, 1), got {self.rate}")
         if self.placement not in PLACEMENTS:
             raise UsageError(f"unknown placement '{self.placement}'; valid choices: {', '.join(PLACEMENTS)}")
-        if self.n_samples < 0:
-            raise UsageError(f"n_samples must be >= 0, got {self.n_samples}")
+        if self.test_passes < 0:
+            raise UsageError(f"test_passes must be >= 0, got {self.test_passes}")
 
 
 def enable_dropout(model: nn.Module, rate: float, placement: str) -> tuple[list[nn.Dropout], dict]:
@@ -84,7 +84,7 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     model.eval()
     for dropout in dropouts:
         dropout.train()
-    predictive = StochasticForwardPredictive(model, likelihood, lambda n: hparams.n_samples or n)
+    predictive = StochasticForwardPredictive(model, likelihood, lambda n: hparams.test_passes or n)
     info = FitInfo(steps=loop.steps, epochs=loop.epochs, seconds=loop.seconds,
                    extra={"dropout": where, "epoch_losses": loop.epoch_losses})
     return predictive, info

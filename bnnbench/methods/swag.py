@@ -28,7 +28,7 @@ from bnnbench.likelihoods import Likelihood, get_likelihood
 from bnnbench.methods.map import gaussian_log_prior, train_map
 from bnnbench.params import FlatParams, StackedWeights
 from bnnbench.train import TrainConfig, autocast, loop_config, split_budget
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, Split, TaskSpec
+from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, ParameterPosterior, Split, TaskSpec
 
 __all__ = ["SPEC", "Hparams", "SwagMoments", "SwagPredictive", "fit"]
 
@@ -131,7 +131,7 @@ def update_batchnorm(model: nn.Module, train: Split, batch_size: int) -> dict[st
     return {name: value.clone() for name, value in model.named_buffers()}
 
 
-class SwagPredictive:
+class SwagPredictive(ParameterPosterior):
     """S weight samples from the SWAG posterior, drawn at the first prediction and reused; with BatchNorm,
     each sample has its own recomputed running statistics."""
 

@@ -31,7 +31,7 @@ from bnnbench.likelihoods import Categorical, Gaussian, Likelihood, get_likeliho
 from bnnbench.methods.map import gaussian_log_prior, train_map
 from bnnbench.params import math_attention
 from bnnbench.train import LoopResult, TrainConfig, loop_config
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Split, TaskSpec
+from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, ParameterPosterior, Split, TaskSpec
 
 __all__ = ["LaplaceHparams", "LaplacePredictive", "RegressionView", "check_memory", "curvature_bytes", "data_loader",
            "fit_laplace", "jacobian_rows", "laplace_backend", "parameter_indices", "train_map_phase"]
@@ -219,7 +219,7 @@ def check_memory(model: nn.Module, hessian: str, parameters: list[tuple[str, Ten
     return needed
 
 
-class LaplacePredictive:
+class LaplacePredictive(ParameterPosterior):
     """Per-sample predictives from a fitted laplace-torch posterior.
 
     glm + probit (classification): one closed-form predictive, S = 1. glm + mc and nn: S samples of the

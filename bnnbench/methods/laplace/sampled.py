@@ -52,7 +52,7 @@ from bnnbench.likelihoods import Categorical, Gaussian, Likelihood, get_likeliho
 from bnnbench.methods.laplace.common import LINK_APPROXIMATIONS, PRED_TYPES, train_map_phase
 from bnnbench.params import FlatParams, batchnorm_parameter_names, math_attention
 from bnnbench.train import TrainConfig
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, Split, TaskSpec
+from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, ParameterPosterior, Split, TaskSpec
 
 __all__ = ["SPEC", "Hparams", "Linearisation", "OutputCurvature", "SampledLaplacePredictive", "fit"]
 
@@ -65,7 +65,7 @@ LBFGS_ROUND = 10  # L-BFGS iterations between checks of the linear fit's toleran
 class Hparams(TrainConfig):
     """Settings of `sampled-laplace`; the MAP phase uses `TrainConfig`'s (and `batch_size` is the SGD batch).
 
-    n_samples: K, posterior samples kept (the authors' MNIST setting is 8).
+    posterior_samples: K, posterior samples kept (the authors' MNIST setting is 8).
     prior_precision: α, fixed when em_steps = 0, else EM's starting point.
     em_steps: at most this many MacKay updates of α, each followed by re-solving the samples; 0 keeps α fixed.
     em_tol: EM has converged when two consecutive MacKay proposals differ from α by less than this, relatively.
@@ -77,7 +77,7 @@ class Hparams(TrainConfig):
     pred_type, link_approx: the predictive (see the module docstring).
     """
 
-    n_samples: int = 8
+    posterior_samples: int = 8
     prior_precision: float = 1.0
     em_steps: int = 20
     em_tol: float = 0.01
@@ -97,8 +97,8 @@ class Hparams(TrainConfig):
                                     ("link_approx", self.link_approx, LINK_APPROXIMATIONS)):
             if value not in choices:
                 raise UsageError(f"unknown {key} '{value}'; valid choices: {', '.join(choices)}")
-        if self.n_samples < 1 or self.em_steps < 0 or self.sample_epochs < 1 or self.linear_max_iter < 1:
-            raise UsageError("n_samples, sample_epochs and linear_max_iter must be >= 1 and em_steps >= 0")
+        if self.posterior_samples < 1 or self.em_steps < 0 or self.sample_epochs < 1 or self.linear_max_iter < 1:
+            raise UsageError("posterior_samples, sample_epochs and linear_max_iter must be >= 1 and em_steps >= 0")
         if self.em_tol <= 0 or self.linear_tol <= 0:
             raise UsageError("em_tol and linear_tol must be positive")
         if self.prior_precision <= 0 or self.lr_scale <= 0 or not 0 <= self.momentum < 1:
@@ -356,7 +356,7 @@ def _em_converged(history: list[float], proposals: list[float], tol: float) -> b
     return all(abs(proposal / alpha - 1) < tol for proposal, alpha in pairs)
 
 
-class SampledLaplacePredictive:
+class SampledLaplacePredictive(ParameterPosterior):
     """Predictive from the K zero-mean samples `samples` (K, P) around the network's MAP."""
 
     def __init__(self, lin: Linearisation, samples: Tensor, likelihood: Likelihood, pred_type: str,
@@ -400,14 +400,14 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     lin = Linearisation(model)
     generator = torch.Generator(device=device).manual_seed(context.seed)
     cpu_generator = torch.Generator().manual_seed(context.seed)
-    n_train, shape = len(train), (hparams.n_samples, len(lin.theta))
+    n_train, shape = len(train), (hparams.posterior_samples, len(lin.theta))
 
     # One pass draws the data part Σ_i J_iᵀ L_i e_ik of every anchor; α only rescales it (and the prior part).
     prior_part = torch.randn(shape, generator=generator, device=device, dtype=lin.theta.dtype) * lin.mask
     data_part = torch.zeros_like(prior_part)
     for x in train.x.split(hparams.batch_size):
         outputs, pull = lin.pullback(x)
-        noise = torch.randn((hparams.n_samples, *outputs.shape), generator=generator, device=device,
+        noise = torch.randn((hparams.posterior_samples, *outputs.shape), generator=generator, device=device,
                             dtype=outputs.dtype)
         data_part += pull(OutputCurvature(likelihood, outputs).sqrt_product(noise))
 

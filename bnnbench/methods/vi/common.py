@@ -26,7 +26,7 @@ from bnnbench.methods.map import train_map
 from bnnbench.methods.vi.family import DiagonalGaussian, Params
 from bnnbench.methods.vi.objectives import LogLikelihood
 from bnnbench.train import TrainConfig, autocast, loop_config, split_budget, train_loop
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, TaskSpec
+from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, ParameterPosterior, TaskSpec
 
 __all__ = ["GaussianPosteriorPredictive", "VIHparams", "fit_variational"]
 
@@ -48,8 +48,8 @@ class VIHparams(TrainConfig):
     prior_centre: str = "zero"  # or "warmup": the prior's mean is the warm-up weights
     temperature: float = 1.0  # likelihood tempering, log p̃ = log p(θ) + log p(D | θ) / T
     variational_params: str = "*"
-    n_samples: int = 1  # S, posterior samples per mini-batch
-    antithetic: bool = False  # draw samples in pairs μ ± σε (variance reduction; needs an even n_samples)
+    train_samples: int = 1  # S, samples from q per mini-batch in the training objective
+    antithetic: bool = False  # draw samples in pairs μ ± σε (variance reduction; needs an even train_samples)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,10 +57,10 @@ class VIHparams(TrainConfig):
             raise UsageError(f"unknown prior_centre '{self.prior_centre}'; valid choices: {', '.join(PRIOR_CENTRES)}")
         if not 0 <= self.warmup_fraction < 1:
             raise UsageError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if min(self.vi_lr, self.init_std, self.prior_std, self.temperature) <= 0 or self.n_samples < 1:
-            raise UsageError("vi_lr, init_std, prior_std and temperature must be positive and n_samples >= 1")
-        if self.antithetic and self.n_samples % 2:
-            raise UsageError(f"antithetic sampling needs an even n_samples, got {self.n_samples}")
+        if min(self.vi_lr, self.init_std, self.prior_std, self.temperature) <= 0 or self.train_samples < 1:
+            raise UsageError("vi_lr, init_std, prior_std and temperature must be positive and train_samples >= 1")
+        if self.antithetic and self.train_samples % 2:
+            raise UsageError(f"antithetic sampling needs an even train_samples, got {self.train_samples}")
 
 
 def select_parameters(model: nn.Module, patterns: str) -> tuple[Params, Params]:
@@ -86,7 +86,7 @@ def network_log_likelihood(model: nn.Module, likelihood: Likelihood, fixed: Para
     return log_likelihood
 
 
-class GaussianPosteriorPredictive:
+class GaussianPosteriorPredictive(ParameterPosterior):
     """Draws θ ~ q and runs the network with it (functional_call); `n_samples = 0` uses the mean."""
 
     def __init__(self, model: nn.Module, posterior: DiagonalGaussian, fixed: Params, likelihood: Likelihood) -> None:

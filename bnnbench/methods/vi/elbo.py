@@ -1,7 +1,7 @@
 """`elbo-vi`: mean-field Gaussian VI by the reparametrised ELBO ("ADVI" / Bayes-by-backprop, Blundell et
 al. 2015), the baseline score-vi is compared with. Same family, prior, warm-up and predictive as score-vi.
 
-Defaults: one sample per mini-batch (`n_samples = 1`, as in Bayes-by-backprop), no KL annealing
+Defaults: one sample per mini-batch (`train_samples = 1`, as in Bayes-by-backprop), no KL annealing
 (`kl_anneal_fraction = 0`; a fraction of the VI steps over which the KL weight rises from 0 to 1).
 """
 
@@ -33,7 +33,7 @@ class Hparams(VIHparams):
 def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
         hparams: Hparams = Hparams()) -> tuple[GaussianPosteriorPredictive, FitInfo]:
     def make_objective(q, prior, log_likelihood, total_steps):
-        return NegativeELBO(q, prior, log_likelihood, n_data=len(data.train), n_samples=hparams.n_samples,
+        return NegativeELBO(q, prior, log_likelihood, n_data=len(data.train), train_samples=hparams.train_samples,
                             kl_anneal_steps=math.ceil(hparams.kl_anneal_fraction * total_steps),
                             antithetic=hparams.antithetic)
 

@@ -60,12 +60,12 @@ class ScoreMatching:
     """
 
     def __init__(self, q: DiagonalGaussian, prior: DiagonalGaussian, log_likelihood: LogLikelihood, *,
-                 n_samples: int, prox_weight: float, refresh_every: int, weighting: str,
+                 train_samples: int, prox_weight: float, refresh_every: int, weighting: str,
                  antithetic: bool = False) -> None:
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting '{weighting}'; valid choices: {', '.join(WEIGHTINGS)}")
         self.q, self.prior, self.log_likelihood = q, prior, log_likelihood
-        self.n_samples, self.prox_weight, self.antithetic = n_samples, prox_weight, antithetic
+        self.train_samples, self.prox_weight, self.antithetic = train_samples, prox_weight, antithetic
         self.refresh_every, self.weighting = refresh_every, weighting
         self.set_anchor(self.q.detached())
         self.samples: list[Params] = []
@@ -89,7 +89,7 @@ class ScoreMatching:
         self.batches += 1
         self.samples, self.scores = [], []
         with torch.no_grad():
-            draws = self.anchor.samples(self.n_samples, self.antithetic)
+            draws = self.anchor.samples(self.train_samples, self.antithetic)
         for theta in draws:
             score, log_likelihood = self.target_scores(theta, x, y)
             self.samples.append(theta)
@@ -122,7 +122,7 @@ class ScoreMatching:
         (μ_t − μ)²) σ⁻²). An inner step is element-wise work only, so its cost is the number of kernel
         launches: the closed form needs a third of the operations autograd would record, and `_foreach`
         ops take one launch per operation for all tensors instead of one per tensor (a ViT has ~150)."""
-        n_samples, lam = len(self.samples), self.prox_weight
+        train_samples, lam = len(self.samples), self.prox_weight
         names = self.q.names()
         means = [self.q.mean[name] for name in names]
         log_stds = [self.q.log_std[name] for name in names]
@@ -142,7 +142,7 @@ class ScoreMatching:
                     weighted = residual
                 torch._foreach_sub_(grad_mean, weighted)
                 torch._foreach_addcmul_(grad_log_std, weighted, diff, value=-2.0)
-            score_loss = torch.stack(residual_norms).square().sum() / n_samples
+            score_loss = torch.stack(residual_norms).square().sum() / train_samples
             shift = torch._foreach_sub(means, self._anchor_mean)
             spread = torch._foreach_mul(torch._foreach_addcmul(self._anchor_var, shift, shift), inv_var)
             # KL(q_t ‖ q) per coordinate, ω − ω_t + spread / 2 − 1/2, is >= 0: its 1-norm is its sum.
@@ -150,11 +150,11 @@ class ScoreMatching:
             torch._foreach_add_(kl_terms, torch._foreach_mul(spread, 0.5))
             torch._foreach_add_(kl_terms, -0.5)
             proximal = torch.stack(torch._foreach_norm(kl_terms, 1)).sum()
-            torch._foreach_mul_(grad_mean, 2.0 / n_samples)
+            torch._foreach_mul_(grad_mean, 2.0 / train_samples)
             torch._foreach_add_(grad_mean, shift, alpha=lam)
             torch._foreach_mul_(grad_mean, inv_var)
             torch._foreach_mul_(grad_log_std, inv_var)
-            torch._foreach_mul_(grad_log_std, 2.0 / n_samples)
+            torch._foreach_mul_(grad_log_std, 2.0 / train_samples)
             torch._foreach_add_(grad_log_std, spread, alpha=-lam)
             torch._foreach_add_(grad_log_std, lam)
         self.diagnostics.add("score_loss", score_loss)
@@ -190,9 +190,9 @@ class NegativeELBO:
     `kl_anneal_steps` optimiser steps (0: no annealing)."""
 
     def __init__(self, q: DiagonalGaussian, prior: DiagonalGaussian, log_likelihood: LogLikelihood, *,
-                 n_data: int, n_samples: int, kl_anneal_steps: int, antithetic: bool = False) -> None:
+                 n_data: int, train_samples: int, kl_anneal_steps: int, antithetic: bool = False) -> None:
         self.q, self.prior, self.log_likelihood = q, prior, log_likelihood
-        self.n_data, self.n_samples, self.kl_anneal_steps = n_data, n_samples, kl_anneal_steps
+        self.n_data, self.train_samples, self.kl_anneal_steps = n_data, train_samples, kl_anneal_steps
         self.antithetic = antithetic
         self.steps = 0
         self.diagnostics = _Diagnostics()
@@ -201,8 +201,8 @@ class NegativeELBO:
         return min(1.0, self.steps / self.kl_anneal_steps) if self.kl_anneal_steps else 1.0
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
-        draws = self.q.samples(self.n_samples, self.antithetic)
-        expected = sum(self.log_likelihood(theta, x, y) for theta in draws) / self.n_samples
+        draws = self.q.samples(self.train_samples, self.antithetic)
+        expected = sum(self.log_likelihood(theta, x, y) for theta in draws) / self.train_samples
         kl = kl_divergence(self.q, self.prior)
         self.diagnostics.add("neg_log_likelihood", -expected)
         self.steps += 1

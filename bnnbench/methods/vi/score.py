@@ -2,7 +2,7 @@
 ../shared/methods/score_vi.md). No reparametrised sampling: samples come from the frozen anchor q_t, their
 mini-batch scores are targets, and the family is fitted to them with a proximal KL(q_t ‖ q) penalty.
 
-Defaults and where they come from: S = 1 (`n_samples`; the spec's range is 1–4 and S = 1 is what the
+Defaults and where they come from: S = 1 (`train_samples`; the spec's range is 1–4 and S = 1 is what the
 cost target is stated for), K = 5 inner steps (`inner_steps`), λ = 1 (`prox_weight`), anchor refreshed
 every mini-batch (`refresh_every`; with K > 1 the proximal term then acts), residuals weighted by σ_t²
 (`weighting = "q_t"`; fixes the N² scale of the scores without biasing the gradient). The spec's
@@ -48,9 +48,9 @@ class Hparams(VIHparams):
 def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
         hparams: Hparams = Hparams()) -> tuple[GaussianPosteriorPredictive, FitInfo]:
     def make_objective(q, prior, log_likelihood, total_steps):
-        return ScoreMatching(q, prior, log_likelihood, n_samples=hparams.n_samples, prox_weight=hparams.prox_weight,
-                             refresh_every=hparams.refresh_every, weighting=hparams.weighting,
-                             antithetic=hparams.antithetic)
+        return ScoreMatching(q, prior, log_likelihood, train_samples=hparams.train_samples,
+                             prox_weight=hparams.prox_weight, refresh_every=hparams.refresh_every,
+                             weighting=hparams.weighting, antithetic=hparams.antithetic)
 
     return fit_variational(task, model, data, budget, context, hparams, make_objective, "score-vi",
                            inner_steps=hparams.inner_steps)
