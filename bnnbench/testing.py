@@ -9,6 +9,8 @@ What is checked, per task (an MLP, a CNN and a timm ViT by default):
 - two fits under one seed predict identically (with the global generator reset before predicting, as `runner.run`
   does, so sampling predictives draw the same samples);
 - a fit whose loss becomes NaN (NaN training inputs) raises bnnbench's failure error, not a NaN predictive;
+- a predictive that declares `ParameterPosterior` states moments keyed by the network's parameter names, of their
+  shapes, finite, with variances >= 0;
 and once: an unknown hyper-parameter, and a value of the wrong type for each one, are a `UsageError` when bound.
 
 A check that cannot apply to a method is skipped, with its reason, in the returned report, rather than passed.
@@ -28,7 +30,17 @@ import torch
 from bnnbench.errors import BnnbenchError, UsageError
 from bnnbench.methods import bind_for_task, check_spec_overrides, find_method
 from bnnbench.results import json_safe
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, Method, MethodSpec, Split, TaskSpec
+from bnnbench.types import (
+    Budget,
+    DataBundle,
+    FitContext,
+    FitInfo,
+    Method,
+    MethodSpec,
+    ParameterPosterior,
+    Split,
+    TaskSpec,
+)
 
 __all__ = ["DIGITS_TASKS", "ONE_EPOCH", "ConformanceReport", "check_method"]
 
@@ -127,6 +139,8 @@ def _check_task(method: Method, task: TaskSpec, bundle: DataBundle, budget: Budg
                   f"{type(predictive).__name__} has no predict(x, n_samples)")
     log_probs = _predict(predictive, x, n_samples, context.seed)
     _check_log_probs(log_probs, len(x), bundle.num_outputs, failure)
+    if isinstance(predictive, ParameterPosterior):
+        _check_moments(predictive, task, bundle, failure)
 
     again, _ = _fit(method, task, bundle, budget, context)
     repeated = _predict(again, x, n_samples, context.seed)
@@ -152,6 +166,24 @@ def _check_fit_info(info: Any, failure: _Failure) -> None:
         json.dumps(json_safe(info.extra), allow_nan=False)
     except (TypeError, ValueError) as error:
         failure.check(False, "FitInfo.extra", f"is not JSON-serialisable after bnnbench.results.json_safe: {error}")
+
+
+def _check_moments(predictive: ParameterPosterior, task: TaskSpec, bundle: DataBundle, failure: _Failure) -> None:
+    from bnnbench.models import create_model
+
+    shapes = {name: value.shape for name, value in
+              create_model(task.model, bundle.input_shape, bundle.num_outputs, str(task.path)).named_parameters()}
+    means, variances = predictive.parameter_moments()
+    failure.check(set(means) == set(variances) and set(means) <= set(shapes), "parameter_moments",
+                  "means and variances must have the same keys, each a parameter name of the network; got "
+                  f"{sorted(set(means) ^ set(variances)) or sorted(set(means) - set(shapes))} unmatched")
+    for name, mean in means.items():
+        variance = variances[name]
+        failure.check(mean.shape == variance.shape == shapes[name], "parameter_moments",
+                      f"'{name}': mean {tuple(mean.shape)} and variance {tuple(variance.shape)} must have the "
+                      f"parameter's shape {tuple(shapes[name])}")
+        failure.check(bool(torch.isfinite(mean).all() and torch.isfinite(variance).all() and (variance >= 0).all()),
+                      "parameter_moments", f"'{name}': moments must be finite, with variances >= 0")
 
 
 def _check_log_probs(log_probs: Any, rows: int, classes: int, failure: _Failure) -> None:

@@ -240,7 +240,11 @@ class LaplacePredictive(ParameterPosterior):
         mean = torch.cat([value.detach().reshape(-1) for _, value in named])
         variance = torch.zeros_like(mean)
         where = slice(None) if self.indices is None else self.indices
-        mean[where] = self.laplace.mean.detach().to(mean.dtype)
+        posterior_mean = self.laplace.mean.detach().reshape(-1).to(mean)
+        if posterior_mean.numel() == mean.numel():  # SubnetLaplace's mean is every parameter, its variance is not
+            mean = posterior_mean.clone()
+        else:
+            mean[where] = posterior_mean
         variance[where] = marginal_variance(self.laplace).detach().to(mean.dtype)
         sizes = [value.numel() for _, value in named]
 
