@@ -33,7 +33,7 @@ __all__ = ["MAX_INTEGER", "builtin_tasks_dir", "check_table", "list_tasks", "loa
 # like --tasks-dir); BNNBENCH_TASK_PATH, the first one, is still read, before it.
 TASKS_PATH_ENVS = ("BNNBENCH_TASK_PATH", "BNNBENCH_TASKS_PATH")
 _TOP_LEVEL = {"name", "version", "description", "likelihood", "include", "data", "model", "train", "budget",
-              "eval", "methods", "resources"}
+              "eval", "methods", "resources", "posterior"}
 _REQUIRED = ("name", "version", "description", "likelihood", "data", "model", "budget")
 # An including file's [model] and [data] replace the included ones: options only make sense with their name.
 _REPLACED_WHOLE = frozenset({"model", "data"})
@@ -42,6 +42,8 @@ _RESOURCE_KEYS = {f.name for f in fields(Resources)}
 # key -> the type its consumer reads (bnnbench.data.splits, runner, evaluate, reference), which check the values.
 _EVAL_TYPES = {"metrics": list[str], "corruptions": str | list[str], "severities": list[int], "batch_size": int,
                "corruption_seed": int, "corruption_source": str, "reference": dict}
+# [posterior]: a Gaussian prior N(0, prior_std² I) on every weight and the likelihood's temperature; HMC's target.
+_POSTERIOR_TYPES = {"prior_std": float, "temperature": float}
 # Integers in a task table or `--set` are sizes, counts, epochs and seeds: anything past int32 is a typo that would
 # only surface mid-run, as an overflow, an allocation that fails, or a job that never ends.
 MAX_INTEGER = 2**31 - 1
@@ -221,7 +223,7 @@ def _parse(raw: dict[str, Any], path: Path) -> TaskSpec:
     if not isinstance(raw["version"], int) or isinstance(raw["version"], bool) or raw["version"] < 1:
         raise UsageError(f"{where}: key 'version' must be a positive integer, got {raw['version']!r}")
     likelihood, likelihood_options = _likelihood(raw["likelihood"], where)
-    for section in ("data", "model", "train", "budget", "eval", "methods", "resources"):
+    for section in ("data", "model", "train", "budget", "eval", "methods", "resources", "posterior"):
         if not isinstance(raw.get(section, {}), dict):
             raise UsageError(f"{where}: key '{section}' must be a table")
     for section, key in (("data", "source"), ("model", "name")):
@@ -237,6 +239,7 @@ def _parse(raw: dict[str, Any], path: Path) -> TaskSpec:
     check_table(eval_section, _EVAL_TYPES, "eval", where)
     if eval_section.get("batch_size", 1) < 1:
         raise UsageError(f"{where}: key 'eval.batch_size' must be at least 1, got {eval_section['batch_size']}")
+    posterior = _posterior(raw.get("posterior", {}), where)
     return TaskSpec(
         name=raw["name"],
         version=raw["version"],
@@ -252,7 +255,25 @@ def _parse(raw: dict[str, Any], path: Path) -> TaskSpec:
         methods={name: dict(value) for name, value in raw.get("methods", {}).items()},
         path=path,
         resources=_resources(raw.get("resources", {}), list(named), where),
+        posterior=posterior,
     )
+
+
+def _posterior(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """`[posterior]` with `prior_std` (required) and `temperature` (default 1), both positive; {} when absent."""
+    if not table:
+        return {}
+    for key in table:
+        if key not in _POSTERIOR_TYPES:
+            raise unknown_choice("key", f"posterior.{key}", [f"posterior.{k}" for k in _POSTERIOR_TYPES], where)
+    check_table(table, _POSTERIOR_TYPES, "posterior", where)
+    if "prior_std" not in table:
+        raise UsageError(f"{where}: missing required key 'posterior.prior_std'")
+    posterior = {"prior_std": float(table["prior_std"]), "temperature": float(table.get("temperature", 1.0))}
+    for key, value in posterior.items():
+        if value <= 0:
+            raise UsageError(f"{where}: key 'posterior.{key}' must be positive, got {value!r}")
+    return posterior
 
 
 def _resources(table: dict[str, Any], budgets: list[str], where: str) -> dict[str, Resources]:

@@ -68,6 +68,8 @@ class TaskSpec:
     methods: dict[str, dict[str, Any]]  # per-method hyper-parameter overrides
     path: Path
     resources: dict[str, Resources] = field(default_factory=lambda: {"default": Resources()})  # per budget name
+    # [posterior]: the one posterior every method targets on a fidelity task (empty: each method's own prior)
+    posterior: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -145,3 +146,24 @@ def test_task_search_path_env_variables_and_tasks_dir(tmp_path, monkeypatch, cli
     missing = cli("validate", "--tasks-dir", str(tmp_path / "nowhere"))
     assert missing.code == 2 and "--tasks-dir" in missing.stderr and "is not a directory" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ("prior_std = 1", {"prior_std": 1.0, "temperature": 1.0}),
+        ("prior_std = 0.5\ntemperature = 2.0", {"prior_std": 0.5, "temperature": 2.0}),
+        ("prior_std = -1", "key 'posterior.prior_std' must be positive, got -1.0"),
+        ("temperature = 1.0", "missing required key 'posterior.prior_std'"),
+        ("prior_std = 'wide'", "key 'posterior.prior_std' must be a finite number, got 'wide'"),
+        ("prior_sd = 1", "unknown key 'posterior.prior_sd' (did you mean 'posterior.prior_std'?)"),
+    ],
+)
+def test_posterior_table_is_parsed_or_refused_by_name(tmp_path, table, expected):
+    path = write(tmp_path, GOOD.format(name="bad") + f"[posterior]\n{table}\n")
+    if isinstance(expected, dict):
+        assert load_task(path).posterior == expected
+    else:
+        with pytest.raises(UsageError, match=re.escape(expected)):
+            load_task(path)
+    assert load_task("digits-mlp").posterior == {}
