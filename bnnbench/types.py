@@ -168,7 +168,10 @@ class MethodSpec:
     `hparams_class` is a frozen dataclass whose fields all have defaults (the documented settings); `fit(task,
     model, data, budget, context, hparams=...)` trains and returns `(Predictive, FitInfo)`; `summary` is the line
     `bnnbench list methods` shows. `likelihoods` names the task likelihoods the method can fit (None: any); a
-    task with another is refused before anything runs. Built-in methods and plugins declare the same object.
+    task with another is refused before anything runs. `posterior_settings`, given a task's `[posterior]` table
+    ({"prior_std", "temperature"}), returns the hyper-parameter values that make the method target exactly that
+    posterior (or raises UsageError if it cannot); a method without it reads `task.posterior` in `fit`, or has no
+    prior of its own. Built-in methods and plugins declare the same object.
     """
 
     name: str
@@ -176,6 +179,7 @@ class MethodSpec:
     fit: Callable[..., tuple[Predictive, FitInfo]]
     summary: str
     likelihoods: tuple[str, ...] | None = None
+    posterior_settings: Callable[[dict[str, float]], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         # checked here, at the plugin's import, so that a mistake names the method instead of failing mid-run

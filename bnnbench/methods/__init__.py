@@ -268,6 +268,20 @@ def bind_for_task(spec: MethodSpec, task: TaskSpec, overrides: dict[str, Any] | 
     check_likelihood(spec, task)
     accepted = {f.name for f in fields(spec.hparams_class)}
     values = {key: value for key, value in task.train.items() if key in accepted}
-    values |= check_spec_overrides(spec, task.methods.get(spec.name, {}), str(task.path))
-    values |= check_spec_overrides(spec, overrides or {}, "--set")
+    chosen = check_spec_overrides(spec, task.methods.get(spec.name, {}), str(task.path))
+    chosen |= check_spec_overrides(spec, overrides or {}, "--set")
+    values |= chosen
+    if task.posterior and spec.posterior_settings is not None:
+        values |= _posterior_values(spec, task, chosen)
     return bind(spec, origin, **values)
+
+
+def _posterior_values(spec: MethodSpec, task: TaskSpec, chosen: dict[str, Any]) -> dict[str, Any]:
+    """The method's settings for the task's [posterior] table; a task table or --set that contradicts one is an
+    error rather than silently overruled: on a fidelity task every method targets that one posterior."""
+    forced = spec.posterior_settings(task.posterior)
+    for key, value in forced.items():
+        if key in chosen and chosen[key] != value:
+            raise UsageError(f"{task.path}: method '{spec.name}' setting {key} = {chosen[key]!r} contradicts the "
+                             f"task's [posterior] table, which fixes it to {value!r}")
+    return forced

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +25,7 @@ from torch.func import vmap
 
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Likelihood, get_likelihood
-from bnnbench.methods.map import train_map
+from bnnbench.methods.map import map_objective, train_map
 from bnnbench.models import create_model
 from bnnbench.params import StackedWeights, math_attention
 from bnnbench.train import TrainConfig, augment_images, autocast, train_loop
@@ -87,14 +88,17 @@ def _vmap_blocker(members: list[nn.Module], train: Split, config: Hparams) -> st
 
 
 def _train_vmapped(members: list[nn.Module], likelihood: Likelihood, data: DataBundle, orders: Tensor,
-                   hparams: Hparams, budget: Budget, context: FitContext,
+                   objective: dict[str, Any], budget: Budget, context: FitContext,
                    ) -> tuple[StackedWeights, list[float], int, int, float]:
+    """`objective` is `map_objective`'s: each member's loss is train_map's, summed over members."""
+    hparams, log_prior, temperature = objective["config"], objective.get("log_prior"), objective.get("temperature", 1.0)
     device = context.device
     stacked = StackedWeights.from_models([member.to(device).train() for member in members])
     x, y, orders = data.train.x.to(device), data.train.y.to(device), orders.to(device)
 
     def member_loss(params: dict[str, Tensor], buffers: dict[str, Tensor], x_member: Tensor, y_member: Tensor):
-        return -likelihood.log_likelihood(stacked.call(params, buffers, x_member), y_member).mean()
+        loss = -likelihood.log_likelihood(stacked.call(params, buffers, x_member), y_member).mean() / temperature
+        return loss if log_prior is None else loss - log_prior(params) / len(data.train)
 
     losses = vmap(member_loss, randomness="different")
 
@@ -121,13 +125,14 @@ def _train_vmapped(members: list[nn.Module], likelihood: Likelihood, data: DataB
 
 
 def _train_looped(members: list[nn.Module], likelihood: Likelihood, data: DataBundle, orders: Tensor,
-                  hparams: Hparams, budget: Budget, context: FitContext) -> tuple[list[float], int, int, float]:
+                  objective: dict[str, Any], budget: Budget,
+                  context: FitContext) -> tuple[list[float], int, int, float]:
     share = dataclasses.replace(budget, max_seconds=budget.max_seconds and budget.max_seconds / len(members))
     epoch_losses, steps, epochs, seconds = [], 0, 0, 0.0
     for k, (member, order) in enumerate(zip(members, orders, strict=True)):
         member_data = dataclasses.replace(data, train=Split(data.train.x[order], data.train.y[order]))
-        loop = train_map(member, likelihood, member_data, hparams, share, context,
-                         description=f"ensemble member {k + 1}/{len(members)}")
+        loop = train_map(member, likelihood, member_data, budget=share, context=context,
+                         description=f"ensemble member {k + 1}/{len(members)}", **objective)
         member.eval()
         epoch_losses.append(loop.epoch_losses)
         steps, epochs, seconds = steps + loop.steps, max(epochs, loop.epochs), seconds + loop.seconds
@@ -163,12 +168,13 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
         raise UsageError(f"ensemble: vectorise=vmap is not possible for this model ({reason}); "
                          "valid choices here: auto, loop")
     path = "loop" if hparams.vectorise == "loop" or reason else "vmap"
+    objective = map_objective(task, hparams)
     if path == "vmap":
-        stacked, losses, steps, epochs, seconds = _train_vmapped(members, likelihood, data, orders, hparams,
+        stacked, losses, steps, epochs, seconds = _train_vmapped(members, likelihood, data, orders, objective,
                                                                  budget, context)
         predictive = EnsemblePredictive(likelihood, stacked=stacked)
     else:
-        losses, steps, epochs, seconds = _train_looped(members, likelihood, data, orders, hparams, budget, context)
+        losses, steps, epochs, seconds = _train_looped(members, likelihood, data, orders, objective, budget, context)
         predictive = EnsemblePredictive(likelihood, members=members)
     reason = reason or ("vectorise=loop was asked for" if path == "loop" else "")
     extra = {"training_path": path, "loop_reason": reason, "epoch_losses": losses, "n_members": hparams.n_members}

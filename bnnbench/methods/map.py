@@ -6,17 +6,21 @@ a single "sample" (S = 1).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Likelihood, get_likelihood
 from bnnbench.train import LoopResult, TrainConfig, autocast, train_loop
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, ParameterPosterior, TaskSpec
 
-__all__ = ["SPEC", "Hparams", "PointPredictive", "fit", "gaussian_log_prior", "train_map"]
+__all__ = ["SPEC", "Hparams", "PointPredictive", "fit", "gaussian_log_prior", "map_objective",
+           "precision_prior_settings", "train_map"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,29 @@ def gaussian_log_prior(precision: float) -> Callable[[dict[str, Tensor]], Tensor
     return log_prior
 
 
+def map_objective(task: TaskSpec, config: TrainConfig) -> dict[str, Any]:
+    """`train_map`'s config, log_prior and temperature for `task`. A task's [posterior] table replaces AdamW's
+    decoupled weight decay (whose fixed point is not the mode of any stated prior) by its Gaussian prior as an
+    explicit loss term, and sets its temperature, so the optimum is that posterior's mode."""
+    if not task.posterior:
+        return {"config": config}
+    return {"config": dataclasses.replace(config, weight_decay=0.0),
+            "log_prior": gaussian_log_prior(task.posterior["prior_std"] ** -2),
+            "temperature": task.posterior["temperature"]}
+
+
+def precision_prior_settings(method: str, **fixed: Any) -> Callable[[dict[str, float]], dict[str, Any]]:
+    """`MethodSpec.posterior_settings` for a method whose prior is N(0, 1/prior_precision) at likelihood temperature
+    1: `prior_precision` = 1/prior_std², plus `fixed` (what turns its own prior tuning off)."""
+    def settings(posterior: dict[str, float]) -> dict[str, Any]:
+        if posterior["temperature"] != 1.0:
+            raise UsageError(f"method '{method}' has no likelihood temperature; the task's [posterior] table sets "
+                             f"temperature = {posterior['temperature']}")
+        return {"prior_precision": posterior["prior_std"] ** -2, **fixed}
+
+    return settings
+
+
 def train_map(model: nn.Module, likelihood: Likelihood, data: DataBundle, config: TrainConfig, budget: Budget,
               context: FitContext, description: str = "map",
               log_prior: Callable[[dict[str, Tensor]], Tensor] | None = None,
@@ -77,7 +104,7 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
         hparams: Hparams = Hparams()) -> tuple[PointPredictive, FitInfo]:
     """Train `model` to the MAP estimate on `data.train`."""
     likelihood = get_likelihood(task.likelihood, task.likelihood_options)
-    loop = train_map(model, likelihood, data, hparams, budget, context)
+    loop = train_map(model, likelihood, data, budget=budget, context=context, **map_objective(task, hparams))
     info = FitInfo(steps=loop.steps, epochs=loop.epochs, seconds=loop.seconds,
                    extra={"epoch_losses": loop.epoch_losses})
     return PointPredictive(model, likelihood), info

@@ -17,7 +17,7 @@ from torch import nn
 
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import get_likelihood
-from bnnbench.methods.map import train_map
+from bnnbench.methods.map import map_objective, train_map
 from bnnbench.methods.stochastic import StochasticForwardPredictive
 from bnnbench.train import TrainConfig
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, TaskSpec
@@ -80,7 +80,8 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     """Train with dropout to the MAP estimate, then keep dropout on in an otherwise eval-mode network."""
     likelihood = get_likelihood(task.likelihood, task.likelihood_options)
     dropouts, where = enable_dropout(model, hparams.rate, hparams.placement)
-    loop = train_map(model, likelihood, data, hparams, budget, context, description="mc-dropout")
+    loop = train_map(model, likelihood, data, budget=budget, context=context, description="mc-dropout",
+                     **map_objective(task, hparams))
     model.eval()
     for dropout in dropouts:
         dropout.train()

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import get_likelihood
+from bnnbench.methods.map import map_objective
 from bnnbench.methods.stochastic import StochasticForwardPredictive
 from bnnbench.train import TrainConfig, planned_batches, train_loop
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, TaskSpec
@@ -246,6 +247,10 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
                            hparams.random_sign_init, hparams.init_dropout_rate,
                            torch.Generator().manual_seed(context.seed))
     n_data, k = len(data.train), hparams.n_components
+    # a [posterior] table's Gaussian prior goes on the shared weights W and biases b_k; r and s keep their own
+    objective = map_objective(task, hparams)
+    log_prior, temperature = objective.get("log_prior"), objective.get("temperature", 1.0)
+    shared = {**dict(model.named_parameters()), "rank1_bias": factors.bias}
     anneal_steps = max(1.0, hparams.kl_anneal_fraction * planned_batches(n_data, hparams.batch_size, budget))
     step = 0
 
@@ -255,13 +260,14 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
             x, y = x.repeat(k, *([1] * (x.dim() - 1))), y.repeat(k, *([1] * (y.dim() - 1)))
         step += 1
         beta = min(1.0, step / anneal_steps)
-        nll = -likelihood.log_likelihood(model(x), y).mean()
-        return nll + beta * factors.kl(hparams.kl_reduction) / n_data
+        nll = -likelihood.log_likelihood(model(x), y).mean() / temperature
+        loss = nll + beta * factors.kl(hparams.kl_reduction) / n_data
+        return loss if log_prior is None else loss - log_prior(shared) / n_data
 
     groups = [{"params": [*model.parameters(), factors.bias]},
               {"params": [factors.loc, factors.rho], "weight_decay": 0.0,
                "lr": hparams.lr * hparams.factor_lr_scale}]
-    loop = train_loop(groups, loss_fn, data.train, hparams, budget, context, description=f"rank1 K={k}")
+    loop = train_loop(groups, loss_fn, data.train, objective["config"], budget, context, description=f"rank1 K={k}")
     model.eval()
     n_rank1 = factors.loc.numel() + factors.rho.numel() + factors.bias.numel()
     predictive = StochasticForwardPredictive(model, likelihood, lambda n: k * math.ceil(n / k), group=k)

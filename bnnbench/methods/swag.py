@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Likelihood, get_likelihood
-from bnnbench.methods.map import gaussian_log_prior, train_map
+from bnnbench.methods.map import gaussian_log_prior, precision_prior_settings, train_map
 from bnnbench.params import FlatParams, StackedWeights
 from bnnbench.train import TrainConfig, autocast, loop_config, split_budget
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, ParameterPosterior, Split, TaskSpec
@@ -216,4 +216,5 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
                                extra=extra)
 
 
-SPEC = MethodSpec("swag", Hparams, fit, "SWA-Gaussian, diagonal + rank-20 covariance from SGD iterates")
+SPEC = MethodSpec("swag", Hparams, fit, "SWA-Gaussian, diagonal + rank-20 covariance from SGD iterates",
+                  posterior_settings=precision_prior_settings("swag"))

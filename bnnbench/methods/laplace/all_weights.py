@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bnnbench.methods.laplace.common import LaplaceHparams, check_memory, fit_laplace, laplace_backend
+from bnnbench.methods.map import precision_prior_settings
 from bnnbench.types import MethodSpec
 
 __all__ = ["SPEC", "Hparams", "fit"]
@@ -38,4 +39,5 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
     return fit_laplace(task, model, data, budget, context, hparams, method="laplace-all", make_laplace=make)
 
 
-SPEC = MethodSpec("laplace-all", Hparams, fit, "all-weights Laplace, diag/kron/full")
+SPEC = MethodSpec("laplace-all", Hparams, fit, "all-weights Laplace, diag/kron/full",
+                  posterior_settings=precision_prior_settings("laplace-all", tune="none"))

@@ -17,6 +17,7 @@ from bnnbench.methods.laplace.common import (
     laplace_backend,
     parameter_indices,
 )
+from bnnbench.methods.map import precision_prior_settings
 from bnnbench.models import last_layer_name
 from bnnbench.types import MethodSpec
 
@@ -54,4 +55,5 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
                        extra={"last_layer": name})
 
 
-SPEC = MethodSpec("laplace-ll", Hparams, fit, "last-layer Laplace (laplace-torch)")
+SPEC = MethodSpec("laplace-ll", Hparams, fit, "last-layer Laplace (laplace-torch)",
+                  posterior_settings=precision_prior_settings("laplace-ll", tune="none"))

@@ -50,6 +50,7 @@ from torch.func import functional_call, jvp, vjp, vmap
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Categorical, Gaussian, Likelihood, get_likelihood
 from bnnbench.methods.laplace.common import LINK_APPROXIMATIONS, PRED_TYPES, train_map_phase
+from bnnbench.methods.map import precision_prior_settings
 from bnnbench.params import FlatParams, batchnorm_parameter_names, math_attention
 from bnnbench.train import TrainConfig
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, ParameterPosterior, Split, TaskSpec
@@ -461,4 +462,5 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
 
 
 SPEC = MethodSpec("sampled-laplace", Hparams, fit,
-                  "linearised Laplace samples by sample-then-optimise SGD, jvp/vjp only (Antoran et al. 2023)")
+                  "linearised Laplace samples by sample-then-optimise SGD, jvp/vjp only (Antoran et al. 2023)",
+                  posterior_settings=precision_prior_settings("sampled-laplace", em_steps=0))

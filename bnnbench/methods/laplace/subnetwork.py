@@ -28,6 +28,7 @@ from bnnbench.methods.laplace.common import (
     jacobian_rows,
     laplace_backend,
 )
+from bnnbench.methods.map import precision_prior_settings
 from bnnbench.types import MethodSpec
 
 __all__ = ["SPEC", "Hparams", "SELECTIONS", "fit"]
@@ -103,4 +104,5 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
 
 
 SPEC = MethodSpec("laplace-subnet", Hparams, fit,
-                  "subnetwork Laplace, full covariance over selected weights (Daxberger et al. 2021)")
+                  "subnetwork Laplace, full covariance over selected weights (Daxberger et al. 2021)",
+                  posterior_settings=precision_prior_settings("laplace-subnet", tune="none"))

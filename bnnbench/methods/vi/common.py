@@ -63,6 +63,11 @@ class VIHparams(TrainConfig):
             raise UsageError(f"antithetic sampling needs an even train_samples, got {self.train_samples}")
 
 
+def vi_posterior_settings(posterior: dict[str, float]) -> dict[str, Any]:
+    """`MethodSpec.posterior_settings` of both VI methods: the prior N(0, prior_std² I) centred at zero, tempered."""
+    return {"prior_std": posterior["prior_std"], "temperature": posterior["temperature"], "prior_centre": "zero"}
+
+
 def select_parameters(model: nn.Module, patterns: str) -> tuple[Params, Params]:
     """(variational, fixed) parameters of `model` by glob patterns over their names."""
     globs = [pattern.strip() for pattern in patterns.split(",") if pattern.strip()]

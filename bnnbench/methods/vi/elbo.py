@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from bnnbench.errors import UsageError
-from bnnbench.methods.vi.common import GaussianPosteriorPredictive, VIHparams, fit_variational
+from bnnbench.methods.vi.common import GaussianPosteriorPredictive, VIHparams, fit_variational, vi_posterior_settings
 from bnnbench.methods.vi.objectives import NegativeELBO
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, TaskSpec
 
@@ -40,4 +40,5 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     return fit_variational(task, model, data, budget, context, hparams, make_objective, "elbo-vi")
 
 
-SPEC = MethodSpec("elbo-vi", Hparams, fit, "mean-field Gaussian VI by the reparametrised ELBO (ADVI)")
+SPEC = MethodSpec("elbo-vi", Hparams, fit, "mean-field Gaussian VI by the reparametrised ELBO (ADVI)",
+                  posterior_settings=vi_posterior_settings)

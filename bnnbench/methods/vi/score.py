@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from bnnbench.errors import UsageError
-from bnnbench.methods.vi.common import GaussianPosteriorPredictive, VIHparams, fit_variational
+from bnnbench.methods.vi.common import GaussianPosteriorPredictive, VIHparams, fit_variational, vi_posterior_settings
 from bnnbench.methods.vi.objectives import WEIGHTINGS, ScoreMatching
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, TaskSpec
 
@@ -56,4 +56,5 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
                            inner_steps=hparams.inner_steps)
 
 
-SPEC = MethodSpec("score-vi", Hparams, fit, "proximal score-matching VI, diagonal Gaussian (Kim 2026)")
+SPEC = MethodSpec("score-vi", Hparams, fit, "proximal score-matching VI, diagonal Gaussian (Kim 2026)",
+                  posterior_settings=vi_posterior_settings)
