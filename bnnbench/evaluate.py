@@ -5,7 +5,7 @@ mixture over samples (log space for classes, all components for Gaussians), and 
 registry. Aggregates over corruptions (mean of each metric over corruption types, per severity and over
 all severities) are added as rows with `corruption = "mean"`; severity 0 on such a row means "all
 severities". Tasks with an exact reference posterior also get posterior-fidelity rows on the clean test
-split.
+split, and fidelity tasks their predictive's agreement with an HMC reference there.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 
 from bnnbench.data.splits import EvalPlan
 from bnnbench.likelihoods import Likelihood, mixture_moments
-from bnnbench.metrics import METRICS, OOD_METRICS, POSTERIOR_METRICS
-from bnnbench.reference import ExactLinearGaussian, fidelity_metrics
+from bnnbench.metrics import HMC_METRICS, METRICS, OOD_METRICS, POSTERIOR_METRICS
+from bnnbench.reference import ExactLinearGaussian, PredictiveReference, fidelity_metrics, predictive_fidelity
 from bnnbench.train import progress_bar
 from bnnbench.types import EvalSplit, Predictive, Split
 
@@ -70,11 +70,14 @@ def _predict(predictive: Predictive, likelihood: Likelihood, data: Split, n_samp
 
 def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], metric_names: list[str],
              likelihood: Likelihood, n_samples: int, batch_size: int, device: torch.device,
-             reference: ExactLinearGaussian | None = None, show_progress: bool = True) -> Evaluation:
+             reference: ExactLinearGaussian | None = None, show_progress: bool = True,
+             predictive_reference: PredictiveReference | None = None) -> Evaluation:
     """Score `predictive` on each split of `splits`; empty splits (a task without validation data) are
     skipped. OOD splits must come after the clean test split (EvalPlan's order)."""
-    metrics = [METRICS.get(name) for name in metric_names if name not in POSTERIOR_METRICS]
+    against_hmc = {name for names in HMC_METRICS.values() for name in names}
+    metrics = [METRICS.get(name) for name in metric_names if name not in POSTERIOR_METRICS and name not in against_hmc]
     wanted_fidelity = [name for name in metric_names if name in POSTERIOR_METRICS]
+    wanted_hmc = [name for name in metric_names if name in against_hmc]
     evaluation = Evaluation(rows=[])
     test_scores: dict[str, np.ndarray] = {}
     start = time.perf_counter()
@@ -103,6 +106,9 @@ def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], met
                     fidelity = fidelity_metrics(reference, predictive, split.data.x.double().numpy(),
                                                 mixture_moments(mixture)[1])
                     values |= {name: fidelity[name] for name in wanted_fidelity if name in fidelity}
+                if predictive_reference is not None and wanted_hmc:
+                    fidelity = predictive_fidelity(predictive_reference, likelihood.name, mixture)
+                    values |= {name: fidelity[name] for name in wanted_hmc if name in fidelity}
             evaluation.rows += [{"split": split.split, "corruption": split.corruption, "severity": split.severity,
                                  "metric": name, "value": value} for name, value in values.items()]
     evaluation.rows += _corruption_means(evaluation.rows)

@@ -15,7 +15,11 @@ Forecasting (Gaussian mixtures over windows, in series units; `bnnbench.forecast
 Out-of-distribution detection (`auroc_*`, `aupr_*`) scores how well an uncertainty score (`entropy` of the
 mixture, or `mi`, its epistemic part) separates OOD inputs (the positive class) from the clean test split.
 Posterior fidelity (`w2_mean_err`, `var_ratio`, `pred_var_ratio`) compares a method's parameter posterior
-with an exact one; the evaluator computes them (`bnnbench.reference`) for tasks that have one.
+with an exact one; the evaluator computes them (`bnnbench.reference`) for tasks that have one. Predictive
+fidelity against an HMC reference (tasks with a `[posterior]` table; Wilson, Izmailov et al., NeurIPS 2021
+competition): `agreement`, the share of test points whose top class is the reference's; `tv`, the mean over
+test points of the total variation ½ Σ_c |p_c − p_ref,c|; `w2` (regression), the mean over test points and
+outputs of the 2-Wasserstein distance between the Gaussians with the two predictives' means and variances.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ from bnnbench.registry import Registry
 from bnnbench.types import Windows
 
 __all__ = ["METRICS", "OOD_METRICS", "Metric", "accuracy", "aupr", "auroc", "brier_score",
-           "expected_calibration_error", "gaussian_mse", "gaussian_nll", "metrics_for", "negative_log_likelihood",
-           "reliability_bins"]
+           "expected_calibration_error", "gaussian_mse", "gaussian_nll", "gaussian_w2", "metrics_for",
+           "negative_log_likelihood", "reliability_bins", "top_class_agreement", "total_variation"]
 
 ECE_BINS = 15
 
@@ -156,6 +160,23 @@ def aupr(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     return float(np.sum(precision * recall_gain))
 
 
+def top_class_agreement(log_probs: np.ndarray, reference_probs: np.ndarray) -> float:
+    """Share of examples whose most probable class is the reference predictive's."""
+    return float(np.mean(log_probs.argmax(axis=1) == reference_probs.argmax(axis=1)))
+
+
+def total_variation(log_probs: np.ndarray, reference_probs: np.ndarray) -> float:
+    """Mean over examples of ½ Σ_c |p_c − p_ref,c|, in [0, 1]."""
+    return float(np.mean(0.5 * np.abs(np.exp(log_probs) - reference_probs).sum(axis=1)))
+
+
+def gaussian_w2(mean: np.ndarray, variance: np.ndarray, reference_mean: np.ndarray,
+                reference_variance: np.ndarray) -> float:
+    """Mean of W2(N(m, v), N(m_ref, v_ref)) = sqrt((m − m_ref)² + (√v − √v_ref)²) over examples and outputs."""
+    return float(np.mean(np.sqrt((mean - reference_mean) ** 2
+                                 + (np.sqrt(variance) - np.sqrt(reference_variance)) ** 2)))
+
+
 def _real(fn: Callable[..., float]) -> dict[str, Callable[..., float]]:
     """One function for both real-valued likelihoods (their mixtures share the (mean, log scale[, df]) layout)."""
     return {"gaussian": fn, "student-t": fn}
@@ -191,18 +212,28 @@ for _metric, _summary in (
     (Metric("w2_mean_err", False), "||mu - m|| / ||m|| against the exact posterior mean"),
     (Metric("var_ratio", False, optimum=1.0), "mean over parameters of var / exact diagonal variance"),
     (Metric("pred_var_ratio", False, optimum=1.0), "mean over test points of predictive var / exact"),
+    (Metric("agreement", True), "share of test points whose top class is the HMC reference's"),
+    (Metric("tv", False), "mean total variation distance to the HMC reference predictive"),
+    (Metric("w2", False), "mean 2-Wasserstein distance to the HMC reference predictive (Gaussian moments)"),
 ):
     _direction = "closer to 1 is better" if _metric.optimum is not None else (
         f"{'higher' if _metric.higher_is_better else 'lower'} is better")
     METRICS.register(_metric.name, _metric, f"{_summary}; {_direction}")
 
 POSTERIOR_METRICS = ("w2_mean_err", "var_ratio", "pred_var_ratio")  # need an exact reference posterior
+HMC_METRICS = {"categorical": ("agreement", "tv"), "gaussian": ("w2",)}  # need an HMC reference predictive
 OOD_METRICS = {"auroc": auroc, "aupr": aupr}  # each of a likelihood's uncertainty scores: f"{name}_{score}"
 
 
-def metrics_for(likelihood: str, with_reference: bool = False, forecasting: bool = False) -> list[str]:
+def metrics_for(likelihood: str, with_reference: bool = False, forecasting: bool = False,
+                with_hmc: bool = False) -> list[str]:
     """Names of the metrics defined for a likelihood (and the posterior-fidelity ones when the task has an
-    exact reference posterior, the forecasting ones when its data are forecasting windows)."""
+    exact reference posterior, the predictive-fidelity ones when it has an HMC reference, the forecasting ones
+    when its data are forecasting windows)."""
     names = [name for name in METRICS.names() if likelihood in METRICS.get(name).fns
              and (forecasting or not METRICS.get(name).needs_windows)]
-    return names + list(POSTERIOR_METRICS) if with_reference else names
+    if with_reference:
+        names += list(POSTERIOR_METRICS)
+    if with_hmc:
+        names += list(HMC_METRICS.get(likelihood, ()))
+    return names

@@ -1,13 +1,22 @@
-"""Exact posteriors for the sanity tasks, and how far a method's posterior is from them.
+"""Reference posteriors, and how far a method's posterior is from them.
 
 A linear model with a Gaussian likelihood of known noise and a Gaussian prior has a Gaussian posterior in
 closed form. bnnbench computes it here, in float64, so that `w2_mean_err`, `var_ratio` and
 `pred_var_ratio` measure a method's posterior itself rather than only its predictions.
+
+A network's posterior has no closed form: a fidelity task (one with a `[posterior]` table) is scored against an
+HMC reference predictive (`bnnbench reference hmc`, `bnnbench.hmc`), a versioned file
+`<task>.v<version>.npz` with its JSON beside it, found on the references search path. A reference made for
+another task version or another posterior (`task_posterior_key`) is refused, never silently used.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,10 +25,11 @@ from torch import Tensor
 
 from bnnbench.errors import UsageError, unknown_choice
 from bnnbench.likelihoods import Gaussian, Likelihood
-from bnnbench.types import ParameterPosterior, Split
+from bnnbench.types import ParameterPosterior, Split, TaskSpec
 
-__all__ = ["ExactLinearGaussian", "check_reference_config", "fidelity_metrics",
-           "linear_gaussian_posterior", "reference_posterior"]
+__all__ = ["REFERENCES_PATH_ENV", "ExactLinearGaussian", "PredictiveReference", "check_reference_config",
+           "fidelity_metrics", "find_predictive_reference", "linear_gaussian_posterior", "predictive_fidelity",
+           "reference_posterior", "reference_search_path", "task_posterior_key"]
 
 _KINDS = ("linear-gaussian",)
 
@@ -95,3 +105,87 @@ def fidelity_metrics(exact: ExactLinearGaussian, predictive: object, test_x: np.
         metrics["w2_mean_err"] = float(np.linalg.norm(mean - exact.mean) / np.linalg.norm(exact.mean))
         metrics["var_ratio"] = float(np.mean(variance * np.diag(exact.precision)))
     return metrics
+
+
+REFERENCES_PATH_ENV = "BNNBENCH_REFERENCES_PATH"  # extra folders of reference files, separated by os.pathsep
+
+
+def task_posterior_key(task: TaskSpec) -> str:
+    """sha256 of everything that decides a task's posterior predictive: likelihood, data, model and prior. A
+    reference whose key differs was sampled from another posterior."""
+    decisive = {"likelihood": task.likelihood, "likelihood_options": task.likelihood_options, "data": task.data,
+                "model": task.model, "posterior": task.posterior}
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class PredictiveReference:
+    """An HMC reference predictive on a task's test split: `probs` (N, C) for classification, `mean` and `var`
+    (N, ...) for regression, plus its diagnostics (`meta`, the JSON written beside it) and the file's sha256."""
+
+    path: Path
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any]
+    sha256: str
+
+
+def reference_search_path() -> list[Path]:
+    """Where reference files are looked for, first match wins: `$BNNBENCH_REFERENCES_PATH`, then
+    `results/references` under the working directory, then the committed ones of a bnnbench checkout."""
+    from bnnbench.tasks import builtin_tasks_dir
+
+    extra = [Path(part) for part in os.environ.get(REFERENCES_PATH_ENV, "").split(os.pathsep) if part]
+    return [*extra, Path("results/references"), builtin_tasks_dir().parent / "results" / "references"]
+
+
+def find_predictive_reference(task: TaskSpec) -> PredictiveReference:
+    """The HMC reference of a fidelity task; UsageError when there is none, or when the one found was made for
+    another version or posterior of the task (the fix is the same: make it again)."""
+    make = f"make one with `bnnbench reference hmc --task {task.name}`"
+    filename = f"{task.name}.v{task.version}.npz"
+    found = next((folder / filename for folder in reference_search_path() if (folder / filename).is_file()), None)
+    if found is None:
+        where = ", ".join(str(folder) for folder in reference_search_path())
+        raise UsageError(f"task '{task.name}' has a [posterior] table but no HMC reference {filename} (looked in "
+                         f"{where}); {make}")
+    meta_path = found.with_suffix(".json")
+    try:
+        meta = json.loads(meta_path.read_text())
+        with np.load(found, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{found}: cannot read the HMC reference ({type(error).__name__}: {error}); {make}") from None
+    if not isinstance(meta, dict):
+        raise UsageError(f"{meta_path}: expected a JSON object; {make}")
+    if meta.get("task") != task.name or meta.get("task_version") != task.version:
+        raise UsageError(f"{found} was made for task '{meta.get('task')}' version {meta.get('task_version')}, not "
+                         f"'{task.name}' version {task.version}; {make}")
+    if meta.get("task_key") != task_posterior_key(task):
+        raise UsageError(f"{found} was made for another posterior of task '{task.name}' v{task.version} (its "
+                         f"likelihood, data, model or [posterior] table changed since); {make}")
+    needed = ("probs",) if task.likelihood == "categorical" else ("mean", "var")
+    missing = [name for name in needed if name not in arrays]
+    if missing:
+        raise UsageError(f"{found}: a {task.likelihood} reference needs arrays {', '.join(needed)}; missing "
+                         f"{', '.join(missing)}")
+    digest = hashlib.sha256(found.read_bytes()).hexdigest()
+    return PredictiveReference(found, arrays, meta, digest)
+
+
+def predictive_fidelity(reference: PredictiveReference, likelihood: str, mixture: np.ndarray) -> dict[str, float]:
+    """`agreement` and `tv` (classification: `mixture` is (N, C) log-probabilities) or `w2` (regression:
+    (N, S, ..., 2) mixture components) of a method's clean-test predictive against the reference's."""
+    from bnnbench.likelihoods import mixture_moments
+    from bnnbench.metrics import gaussian_w2, top_class_agreement, total_variation
+
+    rows = len(mixture)
+    expected = len(reference.arrays["probs" if likelihood == "categorical" else "mean"])
+    if rows != expected:
+        raise UsageError(f"{reference.path} holds {expected} test points, the task's test split {rows}; make the "
+                         "reference again")
+    if likelihood == "categorical":
+        probs = reference.arrays["probs"]
+        return {"agreement": top_class_agreement(mixture, probs), "tv": total_variation(mixture, probs)}
+    mean, variance = mixture_moments(mixture)
+    return {"w2": gaussian_w2(mean, variance, reference.arrays["mean"].reshape(mean.shape),
+                              reference.arrays["var"].reshape(variance.shape))}

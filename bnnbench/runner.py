@@ -55,6 +55,7 @@ class RunPlan:
     show_progress: bool = True
     data_root: Path | None = None
     data_variant: str = "standard"  # see EvalPlan.variant
+    predictive_reference: Any = None  # a fidelity task's HMC reference (bnnbench.reference.PredictiveReference)
 
 
 @dataclass(frozen=True)
@@ -134,9 +135,15 @@ def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | Non
         config["data_variant"] = variant
     if method.origin is not None:  # another plugin release is other code: never the same run id (built-ins: no key)
         config["method_origin"] = {"distribution": method.origin.distribution, "version": method.origin.version}
+    hmc_reference = None
+    if task.posterior:  # the scores depend on the reference: another reference, another run id
+        from bnnbench.reference import find_predictive_reference
+
+        hmc_reference = find_predictive_reference(task)
+        config["hmc_reference"] = hmc_reference.sha256
     hashed = config_hash(config)
     return RunPlan(task, method, budget, budget_label, device_name, Path(results_dir), hashed,
-                   save_predictions, show_progress, root, variant)
+                   save_predictions, show_progress, root, variant, hmc_reference)
 
 
 def split_overrides(task: TaskSpec, method_name: str, overrides: dict[str, Any]) -> tuple[dict, dict]:
@@ -229,7 +236,7 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
                      if "reference" in task.eval else None)
         evaluation = evaluate(predictive, plan_splits, metric_names(task),
                               likelihood, plan.budget.n_eval_samples, int(task.eval.get("batch_size", 1024)),
-                              device, reference, plan.show_progress)
+                              device, reference, plan.show_progress, plan.predictive_reference)
         record["eval_seconds"] = evaluation.seconds
         keys = {"run_id": run_id, "task": task.name, "task_version": task.version,
                 "method": plan.method.name, "seed": seed}
@@ -278,7 +285,7 @@ def metric_names(task: TaskSpec) -> list[str]:
     from bnnbench.tasks import is_forecasting
 
     return task.eval.get("metrics") or metrics_for(task.likelihood, with_reference="reference" in task.eval,
-                                                   forecasting=is_forecasting(task))
+                                                   forecasting=is_forecasting(task), with_hmc=bool(task.posterior))
 
 
 def _base_record(plan: RunPlan, run_id: str, seed: int) -> dict[str, Any]:

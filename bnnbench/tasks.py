@@ -371,7 +371,7 @@ def validate_task(task: TaskSpec, methods: Sequence[MethodSpec] = ()) -> None:
             raise unknown_choice("key", f"train.{key}", [f"train.{k}" for k in train_types], where)
     check_table(task.train, train_types, "train", where)
     valid_metrics = metrics_for(task.likelihood, with_reference="reference" in task.eval,
-                                forecasting=is_forecasting(task))
+                                forecasting=is_forecasting(task), with_hmc=bool(task.posterior))
     for name in task.eval.get("metrics", []):
         if name not in valid_metrics:
             raise unknown_choice("metric in eval.metrics", name, valid_metrics, where)

@@ -73,3 +73,115 @@ def test_map_training_finds_the_mode_of_the_tasks_posterior_not_weight_decays(tm
     design = np.concatenate([x.double().numpy(), np.ones((len(x), 1))], axis=1)
     assert np.abs(fitted - design @ exact.mean).max() < 2e-3
     assert np.abs(design @ wide.mean - design @ exact.mean).max() > 10 * 2e-3  # the test can tell the priors apart
+
+
+# --- predictive fidelity against an HMC reference -------------------------------------------------------------------
+
+def test_agreement_and_total_variation_match_hand_computed_values():
+    from bnnbench.metrics import top_class_agreement, total_variation
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=30)
+    reference = rng.dirichlet(np.ones(4), size=30)
+    agree = sum(int(np.argmax(p) == np.argmax(r)) for p, r in zip(probs, reference, strict=True)) / 30
+    distance = sum(0.5 * sum(abs(a - b) for a, b in zip(p, r, strict=True))
+                   for p, r in zip(probs, reference, strict=True)) / 30
+    assert top_class_agreement(np.log(probs), reference) == pytest.approx(agree, abs=1e-12)
+    assert total_variation(np.log(probs), reference) == pytest.approx(distance, abs=1e-12)
+    assert top_class_agreement(np.log(reference), reference) == 1.0 and total_variation(np.log(reference),
+                                                                                        reference) < 1e-12
+
+
+def test_w2_of_gaussian_predictives_matches_the_quantile_integral():
+    """W2² between 1-D laws is ∫ (F⁻¹(u) − G⁻¹(u))² du; computed here by quadrature on scipy's quantiles."""
+    from scipy import integrate, stats
+
+    from bnnbench.metrics import gaussian_w2
+
+    mean, var = np.array([[0.3], [-1.0]]), np.array([[0.5], [2.0]])
+    ref_mean, ref_var = np.array([[0.0], [-0.2]]), np.array([[1.5], [0.1]])
+    by_quadrature = [math_sqrt(integrate.quad(lambda u, i=i: (stats.norm.ppf(u, mean[i, 0], var[i, 0] ** 0.5)
+                                                              - stats.norm.ppf(u, ref_mean[i, 0], ref_var[i, 0] ** 0.5))
+                                              ** 2, 0, 1, limit=200)[0]) for i in range(2)]
+    assert gaussian_w2(mean, var, ref_mean, ref_var) == pytest.approx(np.mean(by_quadrature), rel=1e-6)
+
+
+def math_sqrt(value: float) -> float:
+    return float(np.sqrt(value))
+
+
+DIGITS_FIDELITY = """
+name = "tiny-fidelity"
+version = {version}
+description = "digits MLP with a fixed prior (test task)"
+likelihood = "categorical"
+[data]
+source = "digits"
+[model]
+name = "mlp"
+hidden = [16]
+[budget]
+max_epochs = 3
+n_eval_samples = 4
+[eval]
+corruptions = "none"
+[posterior]
+prior_std = {prior_std}
+"""
+
+
+def _write_reference(folder: Path, task, probs: np.ndarray, **meta_changes) -> Path:
+    """A reference file in the format `bnnbench reference hmc` writes, with chosen contents."""
+    import json
+
+    from bnnbench.reference import task_posterior_key
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{task.name}.v{task.version}.npz"
+    np.savez(path, probs=probs, chain_probs=probs[None])
+    meta = {"format": 1, "task": task.name, "task_version": task.version, "task_key": task_posterior_key(task)}
+    path.with_suffix(".json").write_text(json.dumps(meta | meta_changes))
+    return path
+
+
+def test_a_fidelity_run_scores_agreement_and_tv_and_refuses_a_stale_reference(tmp_path, cli, monkeypatch):
+    """With the test labels' one-hot vectors as the 'reference', agreement must equal the accuracy and tv must be
+    1 − mean p(true class), computed from the run's saved predictions: the numbers go through the evaluator."""
+    from bnnbench.data import load_data
+
+    tasks, references, results = tmp_path / "tasks", tmp_path / "refs", tmp_path / "results"
+    tasks.mkdir()
+    (tasks / "tiny-fidelity.toml").write_text(DIGITS_FIDELITY.format(version=1, prior_std=1.0))
+    task = load_task(tasks / "tiny-fidelity.toml")
+    labels = load_data(task.data, str(task.path)).test.y.numpy()
+    monkeypatch.setenv("BNNBENCH_REFERENCES_PATH", str(references))
+
+    missing = cli("run", "--task", str(task.path), "--method", "map", "--results-dir", str(results))
+    assert missing.code == 2 and "has a [posterior] table but no HMC reference tiny-fidelity.v1.npz" in missing.stderr
+    assert not results.exists()
+
+    _write_reference(references, task, np.eye(10)[labels])
+    ran = cli("run", "--task", str(task.path), "--method", "map", "--quiet", "--save-predictions",
+              "--results-dir", str(results))
+    assert ran.code == 0, ran.stderr
+    [run_dir] = (results / "tiny-fidelity" / "map").iterdir()
+    import pandas as pd
+
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    test = metrics[(metrics.split == "test") & (metrics.corruption == "none")].set_index("metric")["value"]
+    saved = np.load(run_dir / "predictions.npz")
+    assert test["agreement"] == pytest.approx(test["acc"], abs=1e-12)
+    assert test["tv"] == pytest.approx(1 - saved["probs"][np.arange(len(labels)), labels].mean(), abs=1e-6)
+
+    # a reference of another task version, or of another prior, is refused before any work
+    (tasks / "tiny-fidelity.toml").write_text(DIGITS_FIDELITY.format(version=2, prior_std=1.0))
+    _write_reference(references, load_task(tasks / "tiny-fidelity.toml"), np.eye(10)[labels], task_version=1)
+    stale = cli("run", "--task", str(tasks / "tiny-fidelity.toml"), "--method", "map", "--results-dir",
+                str(tmp_path / "none"))
+    assert stale.code == 2 and "was made for task 'tiny-fidelity' version 1, not 'tiny-fidelity' version 2" \
+        in stale.stderr and not (tmp_path / "none").exists()
+    _write_reference(references, load_task(tasks / "tiny-fidelity.toml"), np.eye(10)[labels])  # v2, prior std 1
+    (tasks / "tiny-fidelity.toml").write_text(DIGITS_FIDELITY.format(version=2, prior_std=0.5))
+    other_prior = cli("run", "--task", str(tasks / "tiny-fidelity.toml"), "--method", "map", "--results-dir",
+                      str(tmp_path / "none"))
+    assert other_prior.code == 2 and "was made for another posterior" in other_prior.stderr
