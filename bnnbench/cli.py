@@ -292,13 +292,15 @@ def compare(
     format_: Annotated[Format, typer.Option("--format", help="table, markdown, csv, json or latex")] = Format.table,
     pivot: Annotated[Pivot, typer.Option(help="metric: a table per task; task: one --metric, tasks as columns")]
     = Pivot.metric,
+    rank_by: Annotated[str | None, typer.Option(help="rank by this clean-test column alone (e.g. agreement) instead "
+                                                     "of the mean rank over all quality columns")] = None,
 ) -> None:
     """Leaderboards per task: mean ± stderr over seeds, best per column, mean rank, cost columns."""
     from bnnbench.comparison import TASK_KEY, aggregate, leaderboard
     from bnnbench.metrics import METRICS
     from bnnbench.results import load_results
 
-    for name in metric:
+    for name in [*metric, *([rank_by] if rank_by else [])]:
         METRICS.check(name)
     if pivot is Pivot.task and len(metric) != 1:
         raise UsageError(f"--pivot task shows one metric across tasks: give exactly one --metric, not {len(metric)}")
@@ -316,11 +318,11 @@ def compare(
         raise typer.Exit(1)
     table = aggregate(runs, metrics)
     there = sorted(set(table.loc[table["n"] > 0, "metric"]))
-    for name in metric:
+    for name in [*metric, *([rank_by] if rank_by else [])]:
         if name not in there:
             raise UsageError(f"metric '{name}' does not apply to these results; metrics there: "
                              f"{', '.join(there) or 'none'}")
-    board = leaderboard(runs, table, metric or None)
+    board = leaderboard(runs, table, metric or None, rank_by)
     if pivot is Pivot.task:
         from bnnbench.render import pivot_tasks
 

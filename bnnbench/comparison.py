@@ -218,11 +218,13 @@ def check_failed(result: pd.DataFrame) -> bool:
     return bool((result["gated"] & result["mark"].isin(["+", "!"])).any())
 
 
-def leaderboard(runs: pd.DataFrame, table: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
+def leaderboard(runs: pd.DataFrame, table: pd.DataFrame, metrics: list[str] | None = None,
+                rank_by: str | None = None) -> pd.DataFrame:
     """A long leaderboard: one row per (task, version, variant, method label, column) with mean, stderr, n,
     rank and best. Columns are each metric on the clean test split, its mean over corruptions
     ("<metric> corrupted", when present), OOD detection averaged over the OOD sets ("<metric> ood"), fit
-    seconds and peak memory; `rank` is the method's mean rank over the quality columns (1 is best)."""
+    seconds and peak memory; `rank` is the method's mean rank over the quality columns (1 is best), or its rank
+    in the column `rank_by` alone (a fidelity leaderboard ranks by `agreement` with the HMC reference)."""
     if table.empty:
         return pd.DataFrame(columns=[*TASK_KEY, "method", "column", "mean", "stderr", "n",
                                      "higher_is_better", "best", "rank"])
@@ -250,8 +252,8 @@ def leaderboard(runs: pd.DataFrame, table: pd.DataFrame, metrics: list[str] | No
         score = rows["score"].to_numpy()
         board.loc[rows.index, "best"] = score == score.min()
         board.loc[rows.index, "column_rank"] = pd.Series(score, index=rows.index).rank(method="min")
-    mean_rank = (board[board["kind"] == "quality"].groupby([*TASK_KEY, "method"])["column_rank"]
-                 .mean().rename("rank").reset_index())
+    ranked = board[board["kind"] == "quality"] if rank_by is None else board[board["column"] == rank_by]
+    mean_rank = ranked.groupby([*TASK_KEY, "method"])["column_rank"].mean().rename("rank").reset_index()
     board = board.drop(columns=["rank"]).merge(mean_rank, on=[*TASK_KEY, "method"], how="left")
     order = {name: i for i, name in enumerate(METRICS.names())}
     board["column_order"] = [(kind != "quality", column.endswith(" corrupted"), column.endswith(" ood"),

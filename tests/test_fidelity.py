@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -165,13 +167,25 @@ def test_a_fidelity_run_scores_agreement_and_tv_and_refuses_a_stale_reference(tm
               "--results-dir", str(results))
     assert ran.code == 0, ran.stderr
     [run_dir] = (results / "tiny-fidelity" / "map").iterdir()
-    import pandas as pd
 
     metrics = pd.read_csv(run_dir / "metrics.csv")
     test = metrics[(metrics.split == "test") & (metrics.corruption == "none")].set_index("metric")["value"]
     saved = np.load(run_dir / "predictions.npz")
     assert test["agreement"] == pytest.approx(test["acc"], abs=1e-12)
     assert test["tv"] == pytest.approx(1 - saved["probs"][np.arange(len(labels)), labels].mean(), abs=1e-6)
+
+    # the fidelity leaderboard ranks by agreement alone when asked
+    assert cli("run", "--task", str(task.path), "--method", "mc-dropout", "--quiet", "--results-dir",
+               str(results)).code == 0
+    board = cli("compare", "--results-dir", str(results), "--rank-by", "agreement", "--format", "csv")
+    assert board.code == 0, board.stderr
+    table = pd.read_csv(io.StringIO(board.stdout))
+    agreement = table[table.column == "agreement"].set_index("method")
+    assert set(agreement.index) == {"map", "mc-dropout"}
+    best = agreement["mean"].idxmax()
+    assert agreement.loc[best, "rank"] == 1 and agreement["rank"].max() == (2 if agreement["mean"].nunique() == 2
+                                                                             else 1)
+    assert cli("compare", "--results-dir", str(results), "--rank-by", "no-such").code == 2
 
     # a reference of another task version, or of another prior, is refused before any work
     (tasks / "tiny-fidelity.toml").write_text(DIGITS_FIDELITY.format(version=2, prior_std=1.0))
