@@ -145,6 +145,7 @@ def _task_section(group: _Group, results_dir: Path, staging: Path, report: Repor
         parts.append(f'<details><summary>failed runs</summary><ul>{items}</ul></details>')
     subsections = [
         ("leaderboard", "Leaderboard", _leaderboard),
+        ("fidelity", "Fidelity to the HMC reference", _fidelity),
         ("reliability", "Reliability diagrams", _reliability),
         ("severity", "Metrics against corruption severity", _severity),
         ("cost", "Loss against cost", _cost),
@@ -190,6 +191,32 @@ def _leaderboard(group: _Group, results_dir: Path, png: Path) -> str | _Skipped:
     caption = ("Mean ± standard error over seeds; bold is the best of each column; rank is the mean rank over the "
                "quality columns (costs excluded); n is the number of seeds.")
     return f'<div class="scroll">{leaderboard_html(group.board)}</div><p class="caption">{caption}</p>'
+
+
+def _fidelity(group: _Group, results_dir: Path, png: Path) -> str | None:
+    """Methods ranked by agreement with the HMC reference (regression: by W2 to it), with the reference's
+    convergence as the runs recorded it; None for tasks without a reference."""
+    from bnnbench.render import leaderboard_html
+
+    columns = [name for name in ("agreement", "tv", "w2", "nll", "ece") if name in set(group.board["column"])]
+    if not {"agreement", "w2"} & set(columns):
+        return None
+    rank_by = "agreement" if "agreement" in columns else "w2"
+    board = group.board[group.board["column"].isin(columns)]
+    by_method = board[board["column"] == rank_by].set_index("method")["mean"]
+    board = board.assign(rank=board["method"].map(by_method.rank(ascending=rank_by == "w2", method="min")))
+    board = board.sort_values(["rank", "method"], kind="stable")
+    recorded = [value for value in group.runs.get("hmc_reference", pd.Series(dtype=object)) if isinstance(value, dict)]
+    about = ""
+    if recorded:
+        ref = recorded[0]
+        about = (f"Reference <code>{html.escape(Path(str(ref.get('path'))).name)}</code>: {ref.get('chains')} chains "
+                 f"× {ref.get('samples')} samples after {ref.get('warmup')} warm-up, split-R̂ max "
+                 f"{ref.get('rhat_max')}, 99th percentile {ref.get('rhat_p99')}, bulk ESS min "
+                 f"{ref.get('ess_bulk_min')}. ")
+    caption = (f"{about}Rank is by {rank_by} alone ({'higher' if rank_by == 'agreement' else 'lower'} is better): "
+               "how close each method's predictive is to full-batch HMC on the same posterior.")
+    return f'<div class="scroll">{leaderboard_html(board)}</div><p class="caption">{caption}</p>'
 
 
 def _prediction_files(group: _Group, results_dir: Path, needs: tuple[str, ...]) -> dict[str, list[tuple[int, dict]]]:

@@ -319,4 +319,10 @@ def _base_record(plan: RunPlan, run_id: str, seed: int) -> dict[str, Any]:
     }
     if plan.method.origin is not None:  # a plugin's distribution and version, or the module it was loaded from
         record["method_origin"] = dataclasses.asdict(plan.method.origin)
+    if plan.predictive_reference is not None:  # what agreement/tv were scored against, and how converged it was
+        meta = plan.predictive_reference.meta
+        record["hmc_reference"] = {"path": str(plan.predictive_reference.path),
+                                   "sha256": plan.predictive_reference.sha256,
+                                   **{key: meta.get(key) for key in ("chains", "samples", "warmup", "rhat_max",
+                                                                     "rhat_p99", "ess_bulk_min", "wall_seconds")}}
     return record

@@ -186,6 +186,13 @@ def test_a_fidelity_run_scores_agreement_and_tv_and_refuses_a_stale_reference(tm
     assert agreement.loc[best, "rank"] == 1 and agreement["rank"].max() == (2 if agreement["mean"].nunique() == 2
                                                                              else 1)
     assert cli("compare", "--results-dir", str(results), "--rank-by", "no-such").code == 2
+    report = cli("report", "--results-dir", str(results), "--out", str(tmp_path / "report"))
+    assert report.code == 0, report.stderr
+    page = (tmp_path / "report" / "index.html").read_text()
+    fidelity = page[page.index('id="tiny-fidelity-v1-fidelity"'):]
+    fidelity = fidelity[:fidelity.index("</section>")]
+    assert "Rank is by agreement alone" in fidelity and "tiny-fidelity.v1.npz" in fidelity
+    assert fidelity.index(best) < fidelity.index({"map", "mc-dropout"}.difference({best}).pop())
 
     # a reference of another task version, or of another prior, is refused before any work
     (tasks / "tiny-fidelity.toml").write_text(DIGITS_FIDELITY.format(version=2, prior_std=1.0))
