@@ -1,6 +1,6 @@
 """The HMC reference engine: NUTS recovers a posterior known in closed form (Bayesian linear regression, through
 the same task-file path a real reference takes), split-R̂ and ESS behave on synthetic chains, references
-round-trip through their files."""
+round-trip through their files, and `bnnbench reference hmc` refuses bad input in one line, writing nothing."""
 
 from __future__ import annotations
 
@@ -189,6 +189,41 @@ def test_load_reference_never_unpickles(blr_task, tmp_path):
     (tmp_path / "evil.json").write_text(json.dumps({"format": 1}))
     with pytest.raises(UsageError, match="cannot read the reference"):
         load_reference(tmp_path / "evil.npz")
+
+
+def _assert_one_line_usage_error(result, *fragments):
+    assert result.code == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_cli_refuses_a_task_without_posterior(cli, tmp_path):
+    out_dir = tmp_path / "refs"
+    result = cli("reference", "hmc", "--task", "sanity-blr", "--out-dir", str(out_dir))
+    _assert_one_line_usage_error(result, "sanity-blr", "[posterior]")
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize(("option", "value"), [("--chains", "0"), ("--samples", "0"), ("--samples", "-3"),
+                                               ("--warmup", "0"), ("--workers", "0"), ("--max-tree-depth", "0"),
+                                               ("--max-tree-depth", "16"), ("--seed", "-1"), ("--chains", "300")])
+def test_cli_refuses_bad_settings_before_any_work(cli, tmp_path, blr_task, option, value):
+    out_dir = tmp_path / "refs"
+    result = cli("reference", "hmc", "--task", str(blr_task.path), "--out-dir", str(out_dir), option, value)
+    _assert_one_line_usage_error(result, option, value)
+    assert not out_dir.exists()
+
+
+def test_cli_writes_a_reference_and_summarises_it(cli, tmp_path, blr_task):
+    out_dir = tmp_path / "refs"
+    result = cli("reference", "hmc", "--task", str(blr_task.path), "--out-dir", str(out_dir), "--chains", "2",
+                 "--samples", "6", "--warmup", "6", "--workers", "1", "--init-steps", "0", "--quiet")
+    assert result.code == 0, result.stderr
+    assert "split-R̂ max / p99" in result.stdout and "blr-hmc.v3.npz" in result.stdout
+    arrays, meta = load_reference(out_dir / "blr-hmc.v3.npz")
+    assert meta["chains"] == 2 and meta["samples"] == 6 and arrays["chain_mean"].shape[0] == 2
 
 
 @pytest.mark.slow
