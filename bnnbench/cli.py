@@ -29,6 +29,8 @@ TASKS_DIR_HELP = "a folder of task .toml files, searched after the built-in task
 METHOD_HELP = "method name (see `bnnbench list methods`), or package.module:attr of a MethodSpec"
 data_app = typer.Typer(no_args_is_help=True, help="Get the data sets that need a download.")
 app.add_typer(data_app, name="data")
+reference_app = typer.Typer(no_args_is_help=True, help="Reference posteriors that fidelity tasks score methods with.")
+app.add_typer(reference_app, name="reference")
 
 
 class Listable(str, Enum):
@@ -460,6 +462,69 @@ def data_download(
 
     path = download(name, data_root(data_dir), progress=err.is_terminal)
     out.print(f"[green]ok[/green] {name} -> {path}")
+
+
+@reference_app.command("hmc", epilog="Example: `bnnbench reference hmc --task digits-fidelity --chains 4 --workers 2`")
+def reference_hmc(
+    task: Annotated[str, typer.Option(help="task name or path to a .toml; it needs a [posterior] table")],
+    chains: Annotated[int, typer.Option(help="independent NUTS chains (split-R̂ compares them)")] = 4,
+    samples: Annotated[int, typer.Option(help="kept samples per chain, after warm-up")] = 1000,
+    warmup: Annotated[int, typer.Option(help="warm-up iterations per chain (step size and mass matrix adapt)")]
+    = 1000,
+    workers: Annotated[int | None, typer.Option(help="processes, one thread each (default min(chains, CPUs))")]
+    = None,
+    seed: Annotated[int, typer.Option(help="chain c uses seed + c")] = 0,
+    out_dir: Annotated[Path, typer.Option(help="where TASK.vVERSION.npz and .json are written")]
+    = Path("results/references"),
+    max_tree_depth: Annotated[int, typer.Option(help="NUTS tree depth limit (2**depth - 1 gradients a sample)")]
+    = 10,
+    init_steps: Annotated[int, typer.Option(help="full-batch Adam steps from each chain's prior draw")] = 300,
+    quiet: Annotated[bool, typer.Option(help="no progress output")] = False,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    tasks_dir: Annotated[list[Path], typer.Option(help=TASKS_DIR_HELP)] = [],  # noqa: B006
+) -> None:
+    """Sample a task's posterior with full-batch NUTS and save its test predictive as the task's reference."""
+    from bnnbench.hmc import HmcSettings, check_settings, check_task, sample_reference, save_reference
+    from bnnbench.results import check_writable
+    from bnnbench.tasks import load_task, validate_task
+
+    settings = HmcSettings(chains=chains, samples=samples, warmup=warmup, seed=seed, max_tree_depth=max_tree_depth,
+                           init_steps=init_steps)
+    workers = min(chains, os.cpu_count() or 1) if workers is None else workers
+    check_settings(settings, workers)
+    spec = load_task(task, tasks_dir)
+    check_task(spec)
+    validate_task(spec)
+    check_writable(out_dir, what="--out-dir")
+    workers = min(workers, chains)
+    if not quiet:
+        _say(f"{spec.name} v{spec.version}: {chains} chains x ({warmup} warm-up + {samples} samples) on "
+             f"{workers} worker{'s' * (workers > 1)}")
+    arrays, meta = sample_reference(spec, settings, workers=workers, data_dir=data_dir,
+                                    report=None if quiet else _say, progress_bar=not quiet and err.is_terminal)
+    npz_path, json_path = save_reference(out_dir, spec, arrays, meta)
+    _print_reference_summary(meta, npz_path)
+
+
+def _print_reference_summary(meta: dict, npz_path: Path) -> None:
+    from rich.table import Table
+
+    def numbers(values: list[float], form: str) -> str:
+        return " ".join(format(value, form) for value in values)
+
+    table = Table(title=f"HMC reference {meta['task']} v{meta['task_version']}", show_header=False)
+    table.add_column(justify="right")
+    table.add_column()
+    table.add_row("split-R̂ max / p99", f"{meta['rhat_max']:.3f} / {meta['rhat_p99']:.3f}")
+    table.add_row("ESS min / median", f"{meta['ess_bulk_min']:.0f} / {meta['ess_bulk_median']:.0f} "
+                  f"(of {meta['chains'] * meta['samples']} samples)")
+    table.add_row("acceptance per chain", numbers(meta["accept_rate"], ".2f"))
+    table.add_row("step size per chain", numbers(meta["step_size"], ".3g"))
+    table.add_row("mean tree depth per chain", numbers(meta["mean_tree_depth"], ".1f"))
+    table.add_row("divergences per chain", numbers(meta["divergences"], "d"))
+    table.add_row("seconds (wall)", f"{meta['wall_seconds']:.0f}")
+    table.add_row("written", escape(str(npz_path)))
+    out.print(table)
 
 
 @app.command("bench", epilog="Example: `bnnbench bench --task cifar10-vit --method score-vi --device cuda`")
