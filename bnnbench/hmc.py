@@ -35,7 +35,6 @@ test point's predictive quantity across chains.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import math
 import multiprocessing
@@ -56,6 +55,7 @@ from torch.func import functional_call
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Categorical, Likelihood, get_likelihood
 from bnnbench.params import FlatParams
+from bnnbench.reference import task_posterior_key
 from bnnbench.types import DataBundle, Split, TaskSpec
 
 __all__ = ["FORMAT", "SUPPORTED_LIKELIHOODS", "ChainResult", "HmcSettings", "PosteriorTarget", "build_target",
@@ -66,14 +66,6 @@ __all__ = ["FORMAT", "SUPPORTED_LIKELIHOODS", "ChainResult", "HmcSettings", "Pos
 FORMAT = 1  # of the saved reference files; bump on any change a reader must know about
 SUPPORTED_LIKELIHOODS = ("categorical", "gaussian")
 INIT_LEARNING_RATE = 1e-2  # Adam's, for the short MAP run that starts each chain (weights are O(prior_std))
-
-
-def task_posterior_key(task: TaskSpec) -> str:
-    """sha256 of everything that fixes a task's posterior: likelihood, data, model and [posterior]. A reference
-    whose key differs from its task's was computed for another posterior and must not be used."""
-    fixed = {"likelihood": task.likelihood, "likelihood_options": task.likelihood_options, "data": task.data,
-             "model": task.model, "posterior": task.posterior}
-    return hashlib.sha256(json.dumps(fixed, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

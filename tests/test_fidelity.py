@@ -67,7 +67,7 @@ def test_map_training_finds_the_mode_of_the_tasks_posterior_not_weight_decays(tm
     data = load_data(task.data, str(task.path)).bundle
     torch.manual_seed(0)
     model = create_model(task.model, data.input_shape, data.num_outputs, str(task.path))
-    predictive, _ = bound.fit(task, model, data, Budget(max_epochs=3000), FitContext(torch.device("cpu"), 0, False))
+    predictive, _ = bound.fit(task, model, data, Budget(max_epochs=1000), FitContext(torch.device("cpu"), 0, False))
     exact = linear_gaussian_posterior(data.train.x.double().numpy(), data.train.y.double().numpy(), 0.7, 0.5)
     wide = linear_gaussian_posterior(data.train.x.double().numpy(), data.train.y.double().numpy(), 0.7, 1.0)
     x = data.train.x[:50]
