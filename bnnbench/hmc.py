@@ -13,18 +13,21 @@ samples it: step size by dual averaging towards 0.8 mean acceptance and a diagon
 in the warm-up, then frozen. Each chain is one process with one torch thread (`run_chains`), so a chain's
 numbers do not depend on how many workers ran beside it.
 
-**Initialisation.** Each chain starts from its own prior draw followed by `init_steps` full-batch Adam steps on
-the log posterior (a short MAP run). A raw prior draw of a ReLU network sits far in the posterior's tail (the
-logits scale with the width, the potential is orders of magnitude above the typical set's), where NUTS's
-warm-up would spend its iterations on the transient and adapt the step size and mass matrix to curvature that
-the chain then leaves behind. The optimisation moves each chain into a high-density region of its own basin;
-starting from different prior draws keeps the chains in different basins, so the between-chain R̂ still sees
-whether they agree in function space instead of hiding it behind a common start. This is the common practice
-for BNN HMC (chains initialised at SGD/MAP solutions); warm-up then moves from near the mode to the typical set.
+**Initialisation.** Each chain starts from its own prior draw followed by `init_steps` (default 300) full-batch
+Adam steps up the log posterior: a short climb, deliberately not all the way to the MAP. A raw prior draw sits far
+in the posterior's tail, where NUTS's warm-up would spend its iterations on the transient and adapt the step size
+and mass matrix to curvature the chain then leaves behind; the MAP is far off too, in the other direction. On
+digits (MLP 64-16-10, prior N(0, 1)) the training log-likelihood is -16,730 at a prior draw, -154 after 300 steps
+and -28 after 3,000; the mean squared weight is 0.98, 0.54 and 0.15, while the posterior's samples have 1.06: the
+weights the data do not pin down spread back to the prior's scale, and the MAP's weight decay has shrunk them.
+Different prior draws per chain keep the chains in different basins, so the between-chain R̂ still sees whether
+they agree in function space instead of hiding it behind a common start (chains initialised from separately
+optimised networks are the common practice for BNN HMC).
 
-**Precision.** float64 by default: the energy error that decides acceptance is a difference of two sums over
-all training rows, which float32 rounding makes noisy at the step sizes a converged chain uses. Measured on
-digits, MLP 64-50-10, one thread: see docs/design.md's entry for issue 21 for the cost.
+**Precision.** float64: a ground truth should not leave rounding to be argued about, and it costs little. A
+full-batch gradient of the digits log posterior (1,257 rows, MLP 64-h-10, one thread) took 5% (h = 16), 9%
+(h = 32) and 17% (h = 50) longer than in float32, and inside NUTS pyro's own bookkeeping, about 1 ms per
+leapfrog step, dilutes that further (docs/design.md, issue 21).
 
 **What is kept.** Per kept sample, the test split's per-sample predictive (class probabilities, or a Gaussian's
 mean and variance), never the weights: that is what a method is compared with, and a BNN's weights are only
@@ -431,33 +434,47 @@ def reference_paths(out_dir: str | Path, task_name: str, task_version: int) -> t
     return Path(out_dir) / f"{stem}.npz", Path(out_dir) / f"{stem}.json"
 
 
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """`write(handle)` into a temporary file beside `path`, then one rename: a reader never sees half a file."""
+def _staged(path: Path, write: Callable[[Any], None]) -> Path:
+    """A temporary file beside `path` holding what `write(handle)` wrote, with the mode a plain `open` would give
+    (a temporary file's own is 0600: a shared reference should be readable by the group that computed it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    umask = os.umask(0)
+    os.umask(umask)
     with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
         temporary = Path(handle.name)
-        try:
-            write(handle)
-        except BaseException:
-            handle.close()
-            temporary.unlink(missing_ok=True)
-            raise
     try:
-        os.replace(temporary, path)
+        with temporary.open("wb") as handle:
+            write(handle)
+        temporary.chmod(0o666 & ~umask)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    return temporary
 
 
 def save_reference(out_dir: str | Path, task: TaskSpec, arrays: dict[str, np.ndarray],
                    meta: dict[str, Any]) -> tuple[Path, Path]:
-    """Write `<out_dir>/<task>.v<version>.npz` (the arrays) and `.json` (meta), each atomically; the npz first,
-    so a JSON on disk always describes a whole npz beside it."""
-    from bnnbench.results import json_safe, write_text_atomic
+    """Write `<out_dir>/<task>.v<version>.npz` (the arrays) and `.json` (meta). Both are written in full under
+    temporary names first; then the old JSON goes, the npz is renamed into place and the JSON last, so a JSON on
+    disk always describes the npz beside it (a crash between renames leaves an npz without JSON, which
+    `load_reference` refuses) and nothing half-written is ever visible."""
+    from bnnbench.results import json_safe
 
     npz_path, json_path = reference_paths(out_dir, task.name, task.version)
-    _write_atomic(npz_path, lambda handle: np.savez(handle, **arrays))
-    write_text_atomic(json_path, json.dumps(json_safe(meta), indent=2, sort_keys=True) + "\n")
+    text = json.dumps(json_safe(meta), indent=2, sort_keys=True) + "\n"
+    staged_npz = _staged(npz_path, lambda handle: np.savez(handle, **arrays))
+    try:
+        staged_json = _staged(json_path, lambda handle: handle.write(text.encode()))
+    except BaseException:
+        staged_npz.unlink(missing_ok=True)
+        raise
+    try:
+        json_path.unlink(missing_ok=True)
+        os.replace(staged_npz, npz_path)
+        os.replace(staged_json, json_path)
+    finally:
+        staged_npz.unlink(missing_ok=True)
+        staged_json.unlink(missing_ok=True)
     return npz_path, json_path
 
 

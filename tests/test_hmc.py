@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -173,6 +174,9 @@ def test_save_and_load_round_trip(blr_task, tmp_path):
     npz_path, json_path = save_reference(tmp_path / "refs", blr_task, arrays, meta)
     assert (npz_path.name, json_path.name) == ("blr-hmc.v3.npz", "blr-hmc.v3.json")
     assert sorted(path.name for path in npz_path.parent.iterdir()) == ["blr-hmc.v3.json", "blr-hmc.v3.npz"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert npz_path.stat().st_mode & 0o777 == json_path.stat().st_mode & 0o777 == 0o666 & ~umask
     loaded_arrays, loaded_meta = load_reference(npz_path)
     assert loaded_arrays.keys() == arrays.keys() == {"mean", "var", "chain_mean", "chain_var", "targets"}
     for name, value in arrays.items():
@@ -182,6 +186,13 @@ def test_save_and_load_round_trip(blr_task, tmp_path):
     assert loaded_meta["seed"] == 3 and len(loaded_meta["step_size"]) == len(loaded_meta["accept_rate"]) == 2
     assert loaded_meta["test_rows"] == len(arrays["mean"]) == 442 - 60
     assert loaded_meta["versions"].keys() == {"torch", "pyro-ppl", "bnnbench"}
+    save_reference(tmp_path / "refs", blr_task, {**arrays, "mean": arrays["mean"] + 1}, {**meta, "seed": 4})
+    replaced_arrays, replaced_meta = load_reference(npz_path)  # a new reference replaces the old one, both files
+    assert replaced_meta["seed"] == 4 and np.array_equal(replaced_arrays["mean"], arrays["mean"] + 1)
+    assert sorted(path.name for path in npz_path.parent.iterdir()) == ["blr-hmc.v3.json", "blr-hmc.v3.npz"]
+    json_path.unlink()
+    with pytest.raises(UsageError, match="cannot read the reference"):  # an npz whose JSON is gone is refused
+        load_reference(npz_path)
 
 
 def test_load_reference_never_unpickles(blr_task, tmp_path):
