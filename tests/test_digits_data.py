@@ -90,3 +90,13 @@ def test_a_train_fraction_that_leaves_a_class_out_is_refused_before_a_run(cli, t
     assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1, result
     assert "data.train_fraction = 0.005 keeps 6 of 1257" in result.stderr
     assert not results_dir.exists()
+
+
+def test_digits_overconfident_validates_and_is_scored_as_digits_mlp(cli):
+    from bnnbench.tasks import load_task
+
+    assert cli("validate", "digits-overconfident").code == 0
+    task, mlp = load_task("digits-overconfident"), load_task("digits-mlp")
+    assert task.eval == mlp.eval
+    assert {k: v for k, v in task.data.items() if k != "train_fraction"} == mlp.data  # same val and test images
+    assert task.train["weight_decay"] == 0
