@@ -74,7 +74,7 @@ metrics = ["acc"
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["--task", "nope", "--method", "map"], ["unknown task 'nope'", "digits-mlp, digits-vit"]),
+        (["--task", "nope", "--method", "map"], ["unknown task 'nope'", "valid choices: ", "digits-mlp", "digits-vit"]),
         (["--task", "digits-mlp", "--method", "mpa"], ["unknown method 'mpa'", "did you mean 'map'", "map"]),
         (["--task", "digits-mlp", "--method", "map", "--set", "lrr=0.1"],
          ["unknown hyper-parameter of method 'map' 'lrr'", "did you mean 'lr'", "weight_decay"]),
