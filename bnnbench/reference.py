@@ -148,15 +148,12 @@ def find_predictive_reference(task: TaskSpec) -> PredictiveReference:
         where = ", ".join(str(folder) for folder in reference_search_path())
         raise UsageError(f"task '{task.name}' has a [posterior] table but no HMC reference {filename} (looked in "
                          f"{where}); {make}")
-    meta_path = found.with_suffix(".json")
+    from bnnbench.hmc import load_reference  # the writer's own reader: one file format, read in one place
+
     try:
-        meta = json.loads(meta_path.read_text())
-        with np.load(found, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError) as error:
-        raise UsageError(f"{found}: cannot read the HMC reference ({type(error).__name__}: {error}); {make}") from None
-    if not isinstance(meta, dict):
-        raise UsageError(f"{meta_path}: expected a JSON object; {make}")
+        arrays, meta = load_reference(found)
+    except UsageError as error:
+        raise UsageError(f"{error}; {make}") from None
     if meta.get("task") != task.name or meta.get("task_version") != task.version:
         raise UsageError(f"{found} was made for task '{meta.get('task')}' version {meta.get('task_version')}, not "
                          f"'{task.name}' version {task.version}; {make}")
