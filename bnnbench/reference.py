@@ -141,15 +141,15 @@ def reference_search_path() -> list[Path]:
 def find_predictive_reference(task: TaskSpec) -> PredictiveReference:
     """The HMC reference of a fidelity task; UsageError when there is none, or when the one found was made for
     another version or posterior of the task (the fix is the same: make it again)."""
-    make = f"make one with `bnnbench reference hmc --task {task.name}`"
-    filename = f"{task.name}.v{task.version}.npz"
-    found = next((folder / filename for folder in reference_search_path() if (folder / filename).is_file()), None)
-    if found is None:
-        where = ", ".join(str(folder) for folder in reference_search_path())
-        raise UsageError(f"task '{task.name}' has a [posterior] table but no HMC reference {filename} (looked in "
-                         f"{where}); {make}")
-    from bnnbench.hmc import load_reference  # the writer's own reader: one file format, read in one place
+    from bnnbench.hmc import load_reference, reference_paths  # the writer's own naming and reader: one format
 
+    make = f"make one with `bnnbench reference hmc --task {task.name}`"
+    candidates = [reference_paths(folder, task.name, task.version)[0] for folder in reference_search_path()]
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        where = ", ".join(str(path.parent) for path in candidates)
+        raise UsageError(f"task '{task.name}' has a [posterior] table but no HMC reference {candidates[0].name} "
+                         f"(looked in {where}); {make}")
     try:
         arrays, meta = load_reference(found)
     except UsageError as error:

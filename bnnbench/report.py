@@ -196,16 +196,15 @@ def _leaderboard(group: _Group, results_dir: Path, png: Path) -> str | _Skipped:
 def _fidelity(group: _Group, results_dir: Path, png: Path) -> str | None:
     """Methods ranked by agreement with the HMC reference (regression: by W2 to it), with the reference's
     convergence as the runs recorded it; None for tasks without a reference."""
+    from bnnbench.comparison import leaderboard
     from bnnbench.render import leaderboard_html
 
     columns = [name for name in ("agreement", "tv", "w2", "nll", "ece") if name in set(group.board["column"])]
     if not {"agreement", "w2"} & set(columns):
         return None
     rank_by = "agreement" if "agreement" in columns else "w2"
-    board = group.board[group.board["column"].isin(columns)]
-    by_method = board[board["column"] == rank_by].set_index("method")["mean"]
-    board = board.assign(rank=board["method"].map(by_method.rank(ascending=rank_by == "w2", method="min")))
-    board = board.sort_values(["rank", "method"], kind="stable")
+    board = leaderboard(group.runs, group.table, columns, rank_by)
+    board = board[board["column"].isin(columns)]
     recorded = [value for value in group.runs.get("hmc_reference", pd.Series(dtype=object)) if isinstance(value, dict)]
     about = ""
     if recorded:

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from assertions import assert_usage_error
 
 COMMANDS = ["list", "validate", "run", "compare", "check", "baseline"]
 
@@ -46,14 +47,6 @@ def test_validate_all_tasks(cli):
     result = cli("validate")
     assert result.code == 0
     assert "ok digits-vit v1" in result.stdout
-
-
-def assert_usage_error(result, *fragments):
-    assert result.code == 2, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 BAD_TASK = """name = "broken"

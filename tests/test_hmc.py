@@ -13,6 +13,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from assertions import assert_usage_error
 
 from bnnbench.errors import UsageError
 from bnnbench.hmc import (
@@ -202,18 +203,10 @@ def test_load_reference_never_unpickles(blr_task, tmp_path):
         load_reference(tmp_path / "evil.npz")
 
 
-def _assert_one_line_usage_error(result, *fragments):
-    assert result.code == 2, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def test_cli_refuses_a_task_without_posterior(cli, tmp_path):
     out_dir = tmp_path / "refs"
     result = cli("reference", "hmc", "--task", "sanity-blr", "--out-dir", str(out_dir))
-    _assert_one_line_usage_error(result, "sanity-blr", "[posterior]")
+    assert_usage_error(result, "sanity-blr", "[posterior]")
     assert not out_dir.exists()
 
 
@@ -223,7 +216,7 @@ def test_cli_refuses_a_task_without_posterior(cli, tmp_path):
 def test_cli_refuses_bad_settings_before_any_work(cli, tmp_path, blr_task, option, value):
     out_dir = tmp_path / "refs"
     result = cli("reference", "hmc", "--task", str(blr_task.path), "--out-dir", str(out_dir), option, value)
-    _assert_one_line_usage_error(result, option, value)
+    assert_usage_error(result, option, value)
     assert not out_dir.exists()
 
 
