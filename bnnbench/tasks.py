@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bnnbench.errors import UsageError, unknown_choice
-from bnnbench.types import Budget, MethodSpec, Resources, TaskSpec
+from bnnbench.types import Budget, Dimension, MethodSpec, Resources, TaskSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,7 +33,7 @@ __all__ = ["MAX_INTEGER", "builtin_tasks_dir", "check_table", "list_tasks", "loa
 # like --tasks-dir); BNNBENCH_TASK_PATH, the first one, is still read, before it.
 TASKS_PATH_ENVS = ("BNNBENCH_TASK_PATH", "BNNBENCH_TASKS_PATH")
 _TOP_LEVEL = {"name", "version", "description", "likelihood", "include", "data", "model", "train", "budget",
-              "eval", "methods", "resources", "posterior"}
+              "eval", "methods", "resources", "posterior", "tune"}
 _REQUIRED = ("name", "version", "description", "likelihood", "data", "model", "budget")
 # An including file's [model] and [data] replace the included ones: options only make sense with their name.
 _REPLACED_WHOLE = frozenset({"model", "data"})
@@ -223,7 +223,7 @@ def _parse(raw: dict[str, Any], path: Path) -> TaskSpec:
     if not isinstance(raw["version"], int) or isinstance(raw["version"], bool) or raw["version"] < 1:
         raise UsageError(f"{where}: key 'version' must be a positive integer, got {raw['version']!r}")
     likelihood, likelihood_options = _likelihood(raw["likelihood"], where)
-    for section in ("data", "model", "train", "budget", "eval", "methods", "resources", "posterior"):
+    for section in ("data", "model", "train", "budget", "eval", "methods", "resources", "posterior", "tune"):
         if not isinstance(raw.get(section, {}), dict):
             raise UsageError(f"{where}: key '{section}' must be a table")
     for section, key in (("data", "source"), ("model", "name")):
@@ -256,7 +256,31 @@ def _parse(raw: dict[str, Any], path: Path) -> TaskSpec:
         path=path,
         resources=_resources(raw.get("resources", {}), list(named), where),
         posterior=posterior,
+        tune=_tune(raw.get("tune", {}), where),
     )
+
+
+def _tune(table: dict[str, Any], where: str) -> dict[str, dict[str, Dimension]]:
+    """`[tune.<method>]`: per method, hyper-parameter -> {distribution, low, high} or {distribution =
+    "categorical", choices}, a search-space dimension that replaces the method's own (`bnnbench tune`). Whether the
+    method has that hyper-parameter is checked where the method is known (`validate_task`)."""
+    spaces: dict[str, dict[str, Dimension]] = {}
+    for method, entries in table.items():
+        if not isinstance(entries, dict):
+            raise UsageError(f"{where}: key 'tune.{method}' must be a table of hyper-parameter = {{distribution, "
+                             "low, high}} or {distribution = \"categorical\", choices}")
+        spaces[method] = {}
+        for name, entry in entries.items():
+            key = f"tune.{method}.{name}"
+            if not isinstance(entry, dict) or set(entry) - {"distribution", "low", "high", "choices"}:
+                raise UsageError(f"{where}: key '{key}' must be a table with keys distribution and low/high or "
+                                 "choices")
+            dimension = Dimension(name, entry.get("distribution", "categorical" if "choices" in entry else ""),
+                                  entry.get("low"), entry.get("high"), tuple(entry.get("choices", ())))
+            if dimension.problem():
+                raise UsageError(f"{where}: key '{key}': {dimension.problem()}")
+            spaces[method][name] = dimension
+    return spaces
 
 
 def _posterior(table: dict[str, Any], where: str) -> dict[str, Any]:
@@ -351,7 +375,7 @@ def validate_task(task: TaskSpec, methods: Sequence[MethodSpec] = ()) -> None:
     from bnnbench.data import check_data_config
     from bnnbench.data.splits import check_eval_config
     from bnnbench.likelihoods import check_likelihood_options, get_likelihood
-    from bnnbench.methods import check_method_overrides, check_spec_overrides
+    from bnnbench.methods import check_method_overrides, check_spec_overrides, find_method
     from bnnbench.metrics import metrics_for
     from bnnbench.models import check_model_config
     from bnnbench.reference import check_reference_config
@@ -381,4 +405,10 @@ def validate_task(task: TaskSpec, methods: Sequence[MethodSpec] = ()) -> None:
             check_spec_overrides(given[method], overrides, where)
         else:
             check_method_overrides(method, overrides, where)
+    for method, dimensions in task.tune.items():
+        spec = given.get(method) or find_method(method, where)[0]
+        names = [item.name for item in fields(spec.hparams_class)]
+        for name in dimensions:
+            if name not in names:
+                raise unknown_choice(f"hyper-parameter of method '{method}' in tune.{method}", name, names, where)
     check_eval_config(task.eval, where)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # torch is heavy: `bnnbench list` must not import it
 __all__ = [
     "Budget",
     "DataBundle",
+    "Dimension",
     "EvalSplit",
     "FitContext",
     "FitInfo",
@@ -70,6 +71,8 @@ class TaskSpec:
     resources: dict[str, Resources] = field(default_factory=lambda: {"default": Resources()})  # per budget name
     # [posterior]: the one posterior every method targets on a fidelity task (empty: each method's own prior)
     posterior: dict[str, Any] = field(default_factory=dict)
+    # [tune.<method>]: search-space dimensions replacing a method's own for `bnnbench tune` (name -> Dimension)
+    tune: dict[str, dict[str, Dimension]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,42 @@ class ParameterPosterior(Protocol):
 FitFn = Callable[["TaskSpec", "nn.Module", DataBundle, Budget, FitContext], tuple[Predictive, FitInfo]]
 
 
+DISTRIBUTIONS = ("log-uniform", "uniform", "categorical")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One axis of a method's hyper-parameter search space (`bnnbench tune`): `name` is a field of the method's
+    Hparams; "log-uniform" and "uniform" draw from [low, high] (integers for an int field), "categorical" one of
+    `choices`. Declared beside the Hparams in the method's module; a task's `[tune.<method>]` table overrides it."""
+
+    name: str
+    distribution: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    def problem(self) -> str:
+        """What is wrong with this dimension, or "" (the one-line reason for a UsageError)."""
+        if self.distribution not in DISTRIBUTIONS:
+            return f"unknown distribution '{self.distribution}'; valid choices: {', '.join(DISTRIBUTIONS)}"
+        if self.distribution == "categorical":
+            return "" if self.choices and self.low is None and self.high is None else \
+                "a categorical dimension takes a non-empty `choices` list and no low/high"
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (self.low, self.high))
+        if not numbers or self.choices or not self.low < self.high:
+            return f"a {self.distribution} dimension takes numbers low < high and no choices"
+        if self.distribution == "log-uniform" and self.low <= 0:
+            return "a log-uniform dimension needs low > 0"
+        return ""
+
+    def as_table(self) -> dict[str, Any]:
+        """The dimension as a task file writes it in `[tune.<method>]`."""
+        if self.distribution == "categorical":
+            return {"distribution": self.distribution, "choices": list(self.choices)}
+        return {"distribution": self.distribution, "low": self.low, "high": self.high}
+
+
 # Method names are directory names and a dot-separated part of run ids: lower case, digits, '-' and '_'.
 METHOD_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 
@@ -180,6 +219,7 @@ class MethodSpec:
     summary: str
     likelihoods: tuple[str, ...] | None = None
     posterior_settings: Callable[[dict[str, float]], dict[str, Any]] | None = None
+    search_space: tuple[Dimension, ...] = ()
 
     def __post_init__(self) -> None:
         # checked here, at the plugin's import, so that a mistake names the method instead of failing mid-run
@@ -199,6 +239,14 @@ class MethodSpec:
                             "context, hparams)")
         if not isinstance(self.summary, str):
             raise TypeError(f"method '{self.name}': summary must be a string")
+        names = {f.name for f in dataclasses.fields(hparams)}
+        for dimension in self.search_space:
+            if not isinstance(dimension, Dimension):
+                reason = "not a Dimension"
+            else:
+                reason = dimension.problem() or ("" if dimension.name in names else "not one of its hyper-parameters")
+            if reason:
+                raise TypeError(f"method '{self.name}': search_space entry {dimension!r}: {reason}")
         if self.likelihoods is not None and not (isinstance(self.likelihoods, tuple)
                                                  and all(isinstance(name, str) for name in self.likelihoods)):
             raise TypeError(f"method '{self.name}': likelihoods must be a tuple of likelihood names or None")

@@ -25,7 +25,7 @@ from torch.func import vmap
 
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Likelihood, get_likelihood
-from bnnbench.methods.map import map_objective, train_map
+from bnnbench.methods.map import LR, WEIGHT_DECAY, map_objective, train_map
 from bnnbench.models import create_model
 from bnnbench.params import StackedWeights, math_attention
 from bnnbench.train import TrainConfig, augment_images, autocast, train_loop
@@ -182,4 +182,5 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
 
 
 SPEC = MethodSpec("ensemble", Hparams, fit,
-                  "deep ensemble, K independently initialised members trained in one vmapped pass")
+                  "deep ensemble, K independently initialised members trained in one vmapped pass",
+                  search_space=(LR, WEIGHT_DECAY))

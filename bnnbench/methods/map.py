@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Likelihood, get_likelihood
 from bnnbench.train import LoopResult, TrainConfig, autocast, train_loop
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, ParameterPosterior, TaskSpec
+from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, MethodSpec, ParameterPosterior, TaskSpec
 
 __all__ = ["SPEC", "Hparams", "PointPredictive", "fit", "gaussian_log_prior", "map_objective",
            "precision_prior_settings", "train_map"]
@@ -110,4 +110,9 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     return PointPredictive(model, likelihood), info
 
 
-SPEC = MethodSpec("map", Hparams, fit, "maximum a posteriori point estimate (AdamW = Gaussian prior)")
+# What `bnnbench tune` searches for the methods that train the network themselves (map, ensemble, mc-dropout).
+LR = Dimension("lr", "log-uniform", 1e-4, 1e-2)
+WEIGHT_DECAY = Dimension("weight_decay", "log-uniform", 1e-6, 1e-2)
+
+SPEC = MethodSpec("map", Hparams, fit, "maximum a posteriori point estimate (AdamW = Gaussian prior)",
+                  search_space=(LR, WEIGHT_DECAY))

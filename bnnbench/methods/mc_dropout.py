@@ -17,10 +17,10 @@ from torch import nn
 
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import get_likelihood
-from bnnbench.methods.map import map_objective, train_map
+from bnnbench.methods.map import LR, WEIGHT_DECAY, map_objective, train_map
 from bnnbench.methods.stochastic import StochasticForwardPredictive
 from bnnbench.train import TrainConfig
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, TaskSpec
+from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, MethodSpec, TaskSpec
 
 __all__ = ["SPEC", "Hparams", "enable_dropout", "fit"]
 
@@ -91,4 +91,5 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     return predictive, info
 
 
-SPEC = MethodSpec("mc-dropout", Hparams, fit, "Monte Carlo dropout, kept on at test time")
+SPEC = MethodSpec("mc-dropout", Hparams, fit, "Monte Carlo dropout, kept on at test time",
+                  search_space=(Dimension("rate", "uniform", 0.01, 0.5), LR, WEIGHT_DECAY))

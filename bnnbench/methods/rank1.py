@@ -36,10 +36,10 @@ from torch import Tensor, nn
 
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import get_likelihood
-from bnnbench.methods.map import map_objective
+from bnnbench.methods.map import LR, map_objective
 from bnnbench.methods.stochastic import StochasticForwardPredictive
 from bnnbench.train import TrainConfig, planned_batches, train_loop
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, TaskSpec
+from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, MethodSpec, TaskSpec
 
 __all__ = ["SPEC", "Hparams", "Rank1Factors", "fit", "gaussian_kl"]
 
@@ -279,4 +279,6 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
 
 
 SPEC = MethodSpec("rank1", Hparams, fit,
-                  "rank-1 BNN, K-component mixture of rank-1 weight factors (Dusenberry et al. 2020)")
+                  "rank-1 BNN, K-component mixture of rank-1 weight factors (Dusenberry et al. 2020)",
+                  search_space=(LR, Dimension("prior_std", "log-uniform", 0.01, 1.0),
+                                Dimension("factor_lr_scale", "log-uniform", 1.0, 100.0)))

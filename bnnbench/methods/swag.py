@@ -28,7 +28,17 @@ from bnnbench.likelihoods import Likelihood, get_likelihood
 from bnnbench.methods.map import gaussian_log_prior, precision_prior_settings, train_map
 from bnnbench.params import FlatParams, StackedWeights
 from bnnbench.train import TrainConfig, autocast, loop_config, split_budget
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, ParameterPosterior, Split, TaskSpec
+from bnnbench.types import (
+    Budget,
+    DataBundle,
+    Dimension,
+    FitContext,
+    FitInfo,
+    MethodSpec,
+    ParameterPosterior,
+    Split,
+    TaskSpec,
+)
 
 __all__ = ["SPEC", "Hparams", "SwagMoments", "SwagPredictive", "fit"]
 
@@ -217,4 +227,7 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
 
 
 SPEC = MethodSpec("swag", Hparams, fit, "SWA-Gaussian, diagonal + rank-20 covariance from SGD iterates",
-                  posterior_settings=precision_prior_settings("swag"))
+                  posterior_settings=precision_prior_settings("swag"),
+                  search_space=(Dimension("swa_lr", "log-uniform", 1e-3, 3.0),
+                                Dimension("swa_weight_decay", "log-uniform", 1e-6, 1e-2),
+                                Dimension("scale", "categorical", choices=(0.5, 1.0))))

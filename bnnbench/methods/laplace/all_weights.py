@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from bnnbench.methods.laplace.common import LaplaceHparams, check_memory, fit_laplace, laplace_backend
 from bnnbench.methods.map import precision_prior_settings
-from bnnbench.types import MethodSpec
+from bnnbench.types import Dimension, MethodSpec
 
 __all__ = ["SPEC", "Hparams", "fit"]
 
@@ -40,4 +40,6 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
 
 
 SPEC = MethodSpec("laplace-all", Hparams, fit, "all-weights Laplace, diag/kron/full",
-                  posterior_settings=precision_prior_settings("laplace-all", tune="none"))
+                  posterior_settings=precision_prior_settings("laplace-all", tune="none"),
+                  search_space=(Dimension("hessian", "categorical", choices=("diag", "kron")),
+                                Dimension("tune", "categorical", choices=("val", "marglik"))))

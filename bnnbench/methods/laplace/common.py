@@ -31,10 +31,10 @@ from bnnbench.likelihoods import Categorical, Gaussian, Likelihood, get_likeliho
 from bnnbench.methods.map import gaussian_log_prior, train_map
 from bnnbench.params import math_attention
 from bnnbench.train import LoopResult, TrainConfig, loop_config
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, ParameterPosterior, Split, TaskSpec
+from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, ParameterPosterior, Split, TaskSpec
 
-__all__ = ["LaplaceHparams", "LaplacePredictive", "RegressionView", "check_memory", "curvature_bytes", "data_loader",
-           "fit_laplace", "jacobian_rows", "laplace_backend", "parameter_indices", "train_map_phase"]
+__all__ = ["LINK", "LaplaceHparams", "LaplacePredictive", "RegressionView", "check_memory", "curvature_bytes",
+           "data_loader", "fit_laplace", "jacobian_rows", "laplace_backend", "parameter_indices", "train_map_phase"]
 
 PRED_TYPES = ("glm", "nn")
 LINK_APPROXIMATIONS = ("probit", "mc")
@@ -44,6 +44,7 @@ JACOBIAN_BYTES = 2**28
 GLM_ROWS = 16
 VAL_GRID_LOG10 = (-4.0, 8.0)  # wide on purpose: a minimum on a bound is recorded as a warning
 FLAT_NLL = 1e-4  # relative: a bound within this of the minimum ties it
+LINK = Dimension("link_approx", "categorical", choices=LINK_APPROXIMATIONS)  # what `bnnbench tune` searches
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bnnbench.methods.laplace.common import (
+    LINK,
     LaplaceHparams,
     RegressionView,
     check_memory,
@@ -19,7 +20,7 @@ from bnnbench.methods.laplace.common import (
 )
 from bnnbench.methods.map import precision_prior_settings
 from bnnbench.models import last_layer_name
-from bnnbench.types import MethodSpec
+from bnnbench.types import Dimension, MethodSpec
 
 __all__ = ["SPEC", "Hparams", "fit"]
 
@@ -56,4 +57,5 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
 
 
 SPEC = MethodSpec("laplace-ll", Hparams, fit, "last-layer Laplace (laplace-torch)",
-                  posterior_settings=precision_prior_settings("laplace-ll", tune="none"))
+                  posterior_settings=precision_prior_settings("laplace-ll", tune="none"),
+                  search_space=(Dimension("hessian", "categorical", choices=("kron", "full")), LINK))

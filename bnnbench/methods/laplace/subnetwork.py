@@ -20,6 +20,7 @@ import torch
 
 from bnnbench.errors import UsageError
 from bnnbench.methods.laplace.common import (
+    LINK,
     LaplaceHparams,
     RegressionView,
     check_memory,
@@ -29,7 +30,7 @@ from bnnbench.methods.laplace.common import (
     laplace_backend,
 )
 from bnnbench.methods.map import precision_prior_settings
-from bnnbench.types import MethodSpec
+from bnnbench.types import Dimension, MethodSpec
 
 __all__ = ["SPEC", "Hparams", "SELECTIONS", "fit"]
 
@@ -105,4 +106,6 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
 
 SPEC = MethodSpec("laplace-subnet", Hparams, fit,
                   "subnetwork Laplace, full covariance over selected weights (Daxberger et al. 2021)",
-                  posterior_settings=precision_prior_settings("laplace-subnet", tune="none"))
+                  posterior_settings=precision_prior_settings("laplace-subnet", tune="none"),
+                  search_space=(Dimension("n_params", "categorical", choices=(100, 300, 1000)),
+                                Dimension("selection", "categorical", choices=SELECTIONS), LINK))

@@ -26,9 +26,12 @@ from bnnbench.methods.map import train_map
 from bnnbench.methods.vi.family import DiagonalGaussian, Params
 from bnnbench.methods.vi.objectives import LogLikelihood
 from bnnbench.train import TrainConfig, autocast, loop_config, split_budget, train_loop
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, ParameterPosterior, TaskSpec
+from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, ParameterPosterior, TaskSpec
 
-__all__ = ["GaussianPosteriorPredictive", "VIHparams", "fit_variational"]
+__all__ = ["VI_SEARCH_SPACE", "GaussianPosteriorPredictive", "VIHparams", "fit_variational"]
+
+# What `bnnbench tune` searches for both VI methods (each adds its own); prior_std leaves the space on fidelity tasks.
+VI_SEARCH_SPACE = (Dimension("vi_lr", "log-uniform", 1e-4, 1e-2), Dimension("prior_std", "log-uniform", 0.1, 10.0))
 
 PRIOR_CENTRES = ("zero", "warmup")
 

@@ -13,9 +13,15 @@ from dataclasses import dataclass
 from torch import nn
 
 from bnnbench.errors import UsageError
-from bnnbench.methods.vi.common import GaussianPosteriorPredictive, VIHparams, fit_variational, vi_posterior_settings
+from bnnbench.methods.vi.common import (
+    VI_SEARCH_SPACE,
+    GaussianPosteriorPredictive,
+    VIHparams,
+    fit_variational,
+    vi_posterior_settings,
+)
 from bnnbench.methods.vi.objectives import NegativeELBO
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, TaskSpec
+from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, MethodSpec, TaskSpec
 
 __all__ = ["SPEC", "Hparams", "fit"]
 
@@ -41,4 +47,6 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
 
 
 SPEC = MethodSpec("elbo-vi", Hparams, fit, "mean-field Gaussian VI by the reparametrised ELBO (ADVI)",
-                  posterior_settings=vi_posterior_settings)
+                  posterior_settings=vi_posterior_settings,
+                  search_space=(*VI_SEARCH_SPACE, Dimension("init_std", "log-uniform", 1e-4, 1e-1),
+                                Dimension("kl_anneal_fraction", "uniform", 0.0, 0.5)))

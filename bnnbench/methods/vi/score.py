@@ -23,9 +23,15 @@ from dataclasses import dataclass
 from torch import nn
 
 from bnnbench.errors import UsageError
-from bnnbench.methods.vi.common import GaussianPosteriorPredictive, VIHparams, fit_variational, vi_posterior_settings
+from bnnbench.methods.vi.common import (
+    VI_SEARCH_SPACE,
+    GaussianPosteriorPredictive,
+    VIHparams,
+    fit_variational,
+    vi_posterior_settings,
+)
 from bnnbench.methods.vi.objectives import WEIGHTINGS, ScoreMatching
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, TaskSpec
+from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, MethodSpec, TaskSpec
 
 __all__ = ["SPEC", "Hparams", "fit"]
 
@@ -57,4 +63,6 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
 
 
 SPEC = MethodSpec("score-vi", Hparams, fit, "proximal score-matching VI, diagonal Gaussian (Kim 2026)",
-                  posterior_settings=vi_posterior_settings)
+                  posterior_settings=vi_posterior_settings,
+                  search_space=(*VI_SEARCH_SPACE, Dimension("inner_steps", "categorical", choices=(1, 2, 5, 10)),
+                                Dimension("prox_weight", "log-uniform", 0.1, 10.0)))
