@@ -8,8 +8,13 @@ outputs and the prior N(0, I/α) is a conjugate Gaussian linear model: its poste
     ½ Σ_i ‖J_i z‖²_{H_i} + ½ α ‖z − z0_k‖²,    z0_k = θ0_k + α⁻¹ Σ_i J_iᵀ L_i e_ik,
 
 with θ0_k ~ N(0, I/α), L_i L_iᵀ = H_i and e_ik ~ N(0, I): the target noise sits in z0, so minibatch gradients carry
-none. The K objectives are minimised together by minibatch SGD (Nesterov momentum, step lr_scale / λ_max of the
-objective's Hessian, found by power iteration, decayed linearly to 0). The network is only touched through
+none. The minimiser solves (Σ_i J_iᵀ H_i J_i + αI) z_k = α z0_k. By default the K systems are solved together by
+conjugate gradients (full-batch products, Jacobi-preconditioned) to a stated residual (`sample_tol`); the authors'
+minibatch SGD (Nesterov momentum, step lr_scale / λ_max of the objective's Hessian, found by power iteration, decayed
+linearly to 0) is `solver = "sgd"`, for data too large for full-batch passes. SGD has no stopping test, and its
+budget is the danger: on digits-fidelity, 10 epochs left the samples' output variance at 0.30 of the exact
+linearised posterior's (explicit GGN, float64), 100 epochs at 0.63 and 400 at 0.91, so the predictive was narrow
+for want of convergence; conjugate gradients reached 0.985 (256 samples). The network is only touched through
 Jacobian-vector products (forward mode, `torch.func.jvp`) and vector-Jacobian products (reverse mode): no Jacobian,
 GGN or covariance is formed, so memory is K·P floats and a step costs about K × (1 jvp + 1 vjp).
 
@@ -23,14 +28,20 @@ The EM runs to the update's fixed point, not for a fixed count. The authors run 
 epochs of SGD (spec §4.1). Measured on digits-mlp (ci budget, seed 0) with 5 SGD epochs for w_lin, α went
 1 → 87 → 9.9 → 122 → 28 → 165: an under-fitted w_lin (its first update moved from 87 to 180 between 5 and 200
 epochs) and an update that overshoots. So here w_lin is the linear model's MAP to a stated tolerance (full-batch
-L-BFGS on the convex objective, warm-started across steps), and a step that reverses the previous one's direction
-halves the step in log α (log α ← log α + β (log α_MacKay − log α)) and one that keeps it doubles β back towards 1:
-the fixed point is MacKay's, only the path to it is damped. EM stops when two consecutive MacKay proposals are
-within `em_tol` of α, or after `em_steps`.
+L-BFGS on the convex objective, warm-started across steps), and the fixed point of α ↦ MacKay(α) is found as a root
+in log α (`MacKaySearch`): plain MacKay steps while they keep one direction, and once two proposals have bracketed
+the fixed point (one above its α, one below), Illinois false position inside the bracket. The fixed point is
+MacKay's; only the path to it differs. A damped step is not enough: on digits-overconfident (189 training rows,
+an interpolating network) log MacKay(α) falls with slope about -4.5 in log α near its fixed point, so every step
+of size above 0.36 overshoots, and a step size that halves on a reversal and doubles back cycled α through
+0.19 → 2.4 → 1.4 → 0.6 → 0.19 for all 20 steps. EM stops when a proposal is within `em_tol` of its α, or when the
+bracket is narrower than `em_tol` (relative), or after `em_steps`.
 
 Predictive: MAP outputs + J(x) z_k (`pred_type = "glm"`), mixed by the evaluator (`link_approx = "mc"`) or in
-closed form with the samples' output variance (`"probit"`: softmax(f / √(1 + π/8 · v)) for classification, the
-Gaussian N(f, v + σ²) for regression); or the network at θ* + z_k (`"nn"`). w_lin is used by the M-step only.
+closed form with the samples' output variance (`"probit"`, the default: softmax(f / √(1 + π/8 · v)) for
+classification, the Gaussian N(f, v + σ²) for regression); or the network at θ* + z_k (`"nn"`). Neither link wins
+everywhere with K = 8 (test NLL, mixed against probit): digits-mlp seed 0 0.232 against 0.290; digits-overconfident
+seeds 2 and 3 0.628 and 0.556 against 0.513 and 0.382. w_lin is used by the M-step only.
 
 BatchNorm affine parameters are left out of the linear model (zero tangents), as in the authors' code.
 Attention runs through PyTorch's math kernel here (`math_attention`), the one that has forward-mode derivatives.
@@ -53,11 +64,22 @@ from bnnbench.methods.laplace.common import LINK_APPROXIMATIONS, PRED_TYPES, tra
 from bnnbench.methods.map import precision_prior_settings
 from bnnbench.params import FlatParams, batchnorm_parameter_names, math_attention
 from bnnbench.train import TrainConfig
-from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, ParameterPosterior, Split, TaskSpec
+from bnnbench.types import (
+    Budget,
+    DataBundle,
+    Dimension,
+    FitContext,
+    FitInfo,
+    MethodSpec,
+    ParameterPosterior,
+    Split,
+    TaskSpec,
+)
 
-__all__ = ["SPEC", "Hparams", "Linearisation", "OutputCurvature", "SampledLaplacePredictive", "fit"]
+__all__ = ["SPEC", "Hparams", "Linearisation", "MacKaySearch", "OutputCurvature", "SampledLaplacePredictive", "fit"]
 
 MACKAY_ESTIMATES = ("weight", "function")
+SOLVERS = ("cg", "sgd")
 EVAL_ROWS = 512  # rows per jvp batch at prediction time and in the linear fit: K copies of the activations are alive
 LBFGS_ROUND = 10  # L-BFGS iterations between checks of the linear fit's tolerance
 
@@ -69,9 +91,14 @@ class Hparams(TrainConfig):
     posterior_samples: K, posterior samples kept (the authors' MNIST setting is 8).
     prior_precision: α, fixed when em_steps = 0, else EM's starting point.
     em_steps: at most this many MacKay updates of α, each followed by re-solving the samples; 0 keeps α fixed.
-    em_tol: EM has converged when two consecutive MacKay proposals differ from α by less than this, relatively.
+    em_tol: EM has converged when a MacKay proposal is within this of its α (relative), or the fixed point is
+        bracketed that closely.
     mackay: how γ is estimated from the samples, "weight" or "function" (see the module docstring).
-    sample_epochs: SGD epochs per solve of the K samples.
+    solver: how the K sample objectives are minimised: "cg" (full-batch conjugate gradients, Jacobi-preconditioned,
+        until every sample's residual is below sample_tol of its right-hand side, or sample_max_iter iterations of
+        one pass over the data each) or "sgd" (the authors' minibatch SGD for sample_epochs epochs, no stopping
+        test: for data too large for full-batch passes).
+    sample_epochs: SGD epochs per solve of the K samples (solver "sgd").
     linear_tol, linear_max_iter: w_lin is fitted by full-batch L-BFGS until its gradient norm is below linear_tol
         times the norm at w = 0, or for at most linear_max_iter iterations (each about one pass over the data).
     lr_scale: SGD step = lr_scale / λ_max(objective Hessian per data point); momentum: Nesterov momentum.
@@ -83,6 +110,9 @@ class Hparams(TrainConfig):
     em_steps: int = 20
     em_tol: float = 0.01
     mackay: str = "weight"
+    solver: str = "cg"
+    sample_tol: float = 1e-3
+    sample_max_iter: int = 300
     sample_epochs: int = 10
     linear_tol: float = 1e-4
     linear_max_iter: int = 100
@@ -93,15 +123,15 @@ class Hparams(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key, value, choices in (("mackay", self.mackay, MACKAY_ESTIMATES),
+        for key, value, choices in (("mackay", self.mackay, MACKAY_ESTIMATES), ("solver", self.solver, SOLVERS),
                                     ("pred_type", self.pred_type, PRED_TYPES),
                                     ("link_approx", self.link_approx, LINK_APPROXIMATIONS)):
             if value not in choices:
                 raise UsageError(f"unknown {key} '{value}'; valid choices: {', '.join(choices)}")
         if self.posterior_samples < 1 or self.em_steps < 0 or self.sample_epochs < 1 or self.linear_max_iter < 1:
             raise UsageError("posterior_samples, sample_epochs and linear_max_iter must be >= 1 and em_steps >= 0")
-        if self.em_tol <= 0 or self.linear_tol <= 0:
-            raise UsageError("em_tol and linear_tol must be positive")
+        if self.em_tol <= 0 or self.linear_tol <= 0 or self.sample_tol <= 0 or self.sample_max_iter < 1:
+            raise UsageError("em_tol, linear_tol and sample_tol must be positive and sample_max_iter >= 1")
         if self.prior_precision <= 0 or self.lr_scale <= 0 or not 0 <= self.momentum < 1:
             raise UsageError("prior_precision and lr_scale must be positive and momentum in [0, 1)")
 
@@ -238,13 +268,10 @@ class _Sgd:
         self.optimizer = torch.optim.SGD([self.parameter], lr=preconditioner.lr, momentum=momentum,
                                          nesterov=momentum > 0)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: max(0.0, 1 - step / steps))
-        self.first_norm = self.last_norm = None
 
     def step(self, gradient: Tensor) -> None:
         if not torch.isfinite(gradient).all():
             raise UsageError("sampled-laplace: SGD diverged (non-finite gradient); lower lr_scale")
-        self.last_norm = (gradient * self.preconditioner.scale).norm().item()
-        self.first_norm = self.first_norm or self.last_norm
         self.parameter.grad = self.preconditioner.direction(gradient)
         self.optimizer.step()
         self.schedule.step()
@@ -253,17 +280,30 @@ class _Sgd:
     def result(self) -> Tensor:
         return self.parameter.detach()
 
-    @property
-    def gradient_ratio(self) -> float:
-        """Last minibatch gradient norm over the first (in the preconditioned metric): how far SGD got."""
-        return self.last_norm / self.first_norm if self.first_norm else 0.0
+
+def _system(lin: Linearisation, likelihood: Likelihood, train: Split, alpha: float):
+    """v -> (M + αI) v for K stacked vectors, M = Σ_i J_iᵀ H_i J_i over the whole training split (masked)."""
+    def product(vectors: Tensor) -> Tensor:
+        result = alpha * vectors * lin.mask
+        for rows in torch.arange(len(train), device=train.x.device).split(EVAL_ROWS):
+            x = train.x[rows]
+            outputs, pull = lin.pullback(x)
+            result += pull(OutputCurvature(likelihood, outputs).product(lin.jvp(x, vectors)))
+        return result
+    return product
+
+
+def _relative_residual(residual: Tensor, target_norm: Tensor) -> float:
+    """The largest ‖residual_k‖ / ‖α anchors_k‖ over the samples: how far a solve is from the exact samples."""
+    return (residual.norm(dim=1) / target_norm).max().item()
 
 
 def _solve_samples(lin: Linearisation, likelihood: Likelihood, train: Split, start: Tensor, anchors: Tensor,
                    alpha: float, hparams: Hparams, preconditioner: _Preconditioner,
                    generator: torch.Generator) -> tuple[Tensor, float]:
-    """Minimise, for each row k, (1/N)[½ Σ_i ‖J_i z_k‖²_{H_i} + ½ α ‖z_k − anchors_k‖²] by minibatch SGD;
-    returns the samples and the final gradient ratio."""
+    """Minimise, for each row k, (1/N)[½ Σ_i ‖J_i z_k‖²_{H_i} + ½ α ‖z_k − anchors_k‖²] by minibatch SGD for
+    sample_epochs; returns the samples and their relative residual (one more full-batch pass, to report how far
+    SGD got: it has no stopping test)."""
     n_train = len(train)
     steps = hparams.sample_epochs * math.ceil(n_train / hparams.batch_size)
     sgd = _Sgd(start, preconditioner, hparams.momentum, steps)
@@ -275,7 +315,43 @@ def _solve_samples(lin: Linearisation, likelihood: Likelihood, train: Split, sta
             samples = sgd.result
             gradient = pull(curvature.product(lin.jvp(x, samples))) / len(x)
             sgd.step(gradient + alpha / n_train * (samples - anchors) * lin.mask)
-    return sgd.result, sgd.gradient_ratio
+    target = alpha * anchors * lin.mask
+    residual = target - _system(lin, likelihood, train, alpha)(sgd.result)
+    return sgd.result, _relative_residual(residual, target.norm(dim=1).clamp_min(torch.finfo(target.dtype).tiny))
+
+
+def _solve_samples_cg(lin: Linearisation, likelihood: Likelihood, train: Split, start: Tensor, anchors: Tensor,
+                      alpha: float, hparams: Hparams, diag_ggn: Tensor) -> tuple[Tensor, float, int]:
+    """The same minimisers as `_solve_samples`, (M + αI) z_k = α anchors_k, by conjugate gradients on all K
+    right-hand sides at once, Jacobi-preconditioned by diag(M) + α, each product one full-batch pass (K jvps and
+    vjps). Stops when every ‖residual_k‖ ≤ sample_tol · ‖α anchors_k‖ or after sample_max_iter; returns the
+    samples, the largest relative residual and the iterations."""
+    mask = lin.mask
+    product = _system(lin, likelihood, train, alpha)
+    inverse_diagonal = mask / (diag_ggn + alpha)
+    target = alpha * anchors * mask
+    target_norm = target.norm(dim=1).clamp_min(torch.finfo(target.dtype).tiny)
+    samples = start * mask
+    residual = target - product(samples)
+    preconditioned = residual * inverse_diagonal
+    direction = preconditioned.clone()
+    inner = (residual * preconditioned).sum(1)
+    ratio = _relative_residual(residual, target_norm)
+    iterations = 0
+    while ratio > hparams.sample_tol and iterations < hparams.sample_max_iter:
+        iterations += 1
+        curvature_direction = product(direction)
+        step = inner / (direction * curvature_direction).sum(1)
+        samples = samples + step[:, None] * direction
+        residual = residual - step[:, None] * curvature_direction
+        ratio = _relative_residual(residual, target_norm)
+        if not math.isfinite(ratio):
+            raise UsageError("sampled-laplace: conjugate gradients diverged (non-finite residual)")
+        preconditioned = residual * inverse_diagonal
+        following = (residual * preconditioned).sum(1)
+        direction = preconditioned + (following / inner)[:, None] * direction
+        inner = following
+    return samples, ratio, iterations
 
 
 class LinearFit(NamedTuple):
@@ -348,13 +424,51 @@ def _effective_dimension(lin: Linearisation, likelihood: Likelihood, train: Spli
     return min(max(gamma, 1.0), d - 1.0)
 
 
-def _em_converged(history: list[float], proposals: list[float], tol: float) -> bool:
-    """The last two MacKay proposals each within `tol` (relative) of the α it was computed at (proposal i at
-    history[i])."""
-    if len(proposals) < 2:
-        return False
-    pairs = zip(proposals[-2:], history[len(proposals) - 2:len(proposals)], strict=True)
-    return all(abs(proposal / alpha - 1) < tol for proposal, alpha in pairs)
+class MacKaySearch:
+    """The fixed point of α ↦ MacKay(α) as the root of g(u) = log MacKay(e^u) − u.
+
+    `propose(α, proposal)` returns the next α to try, or None when the search has converged: the proposal is within
+    `tol` of α, or the bracket around the root is narrower than `tol` (relative). Until a proposal above its α and
+    one below it bracket the root, the next α is the proposal itself (MacKay's plain step); then it is Illinois
+    false position inside the bracket, which converges on any continuous g, however steep, where a fixed-point
+    iteration with slope g' < −2 diverges."""
+
+    def __init__(self, tol: float) -> None:
+        self.tol = tol
+        self.below: tuple[float, float] | None = None  # (u, g) with g > 0: the root lies above u
+        self.above: tuple[float, float] | None = None  # (u, g) with g < 0: the root lies below u
+        self.last_side = 0
+        self.converged = False
+
+    def propose(self, alpha: float, proposal: float) -> float | None:
+        if abs(proposal / alpha - 1) < self.tol:
+            self.converged = True
+            return None
+        u, g = math.log(alpha), math.log(proposal / alpha)
+        side = 1 if g > 0 else -1
+        if side > 0:
+            self.below = (u, g)
+        else:
+            self.above = (u, g)
+        if self.below is None or self.above is None:
+            return proposal
+        if side == self.last_side:  # Illinois: the same end moved twice, so halve the other end's weight
+            if side > 0:
+                self.above = (self.above[0], self.above[1] / 2)
+            else:
+                self.below = (self.below[0], self.below[1] / 2)
+        self.last_side = side
+        (u_low, g_low), (u_high, g_high) = self.below, self.above
+        if abs(u_high - u_low) < math.log1p(self.tol):
+            self.converged = True
+            return None
+        return math.exp(u_low - g_low * (u_high - u_low) / (g_high - g_low))
+
+    def bracket(self) -> list[float] | None:
+        """The α interval known to hold the fixed point, once there is one."""
+        if self.below is None or self.above is None:
+            return None
+        return sorted(math.exp(end[0]) for end in (self.below, self.above))
 
 
 class SampledLaplacePredictive(ParameterPosterior):
@@ -425,42 +539,57 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
         return anchors(alpha) * alpha / (diag_ggn + alpha)
 
     alpha = hparams.prior_precision
-    samples, gradient_ratio = _solve_samples(lin, likelihood, train, jacobi_start(alpha), anchors(alpha), alpha,
-                                             hparams, preconditioner(alpha), cpu_generator)
+    solver_iterations = []
+
+    def solve(alpha: float, start: Tensor) -> tuple[Tensor, float]:
+        if hparams.solver == "cg":
+            samples, residual, iterations = _solve_samples_cg(lin, likelihood, train, start, anchors(alpha), alpha,
+                                                              hparams, diag_ggn)
+            solver_iterations.append(iterations)
+            return samples, residual
+        return _solve_samples(lin, likelihood, train, start, anchors(alpha), alpha, hparams, preconditioner(alpha),
+                              cpu_generator)
+
+    samples, residual = solve(alpha, jacobi_start(alpha))
     weights, history, proposals, linear_fits = lin.theta * lin.mask, [alpha], [], []
-    step_size, last_move = 1.0, 0.0
+    search = MacKaySearch(hparams.em_tol)
     for _ in range(hparams.em_steps):
         linear = _fit_linear_map(lin, likelihood, train, weights, alpha, hparams, preconditioner(alpha))
         weights = linear.weights
         linear_fits.append({"iterations": linear.iterations, "gradient_ratio": linear.gradient_ratio})
         gamma = _effective_dimension(lin, likelihood, train, samples, alpha, hparams.mackay, hparams.batch_size)
-        proposal = gamma / (weights ** 2).sum().item()
-        proposals.append(proposal)
-        if _em_converged(history, proposals, hparams.em_tol):
+        proposals.append(gamma / (weights ** 2).sum().item())
+        following = search.propose(alpha, proposals[-1])
+        if following is None:
             break
-        move = math.log(proposal / alpha)
-        if move * last_move < 0:  # the update reversed the previous step: damp it (same fixed point)
-            step_size /= 2
-        elif last_move:  # the same direction again: let the damped step grow back
-            step_size = min(1.0, 2 * step_size)
-        last_move = step_size * move
-        alpha = alpha * math.exp(last_move)
+        alpha = following
         history.append(alpha)
-        samples, gradient_ratio = _solve_samples(lin, likelihood, train, jacobi_start(alpha), anchors(alpha), alpha,
-                                                 hparams, preconditioner(alpha), cpu_generator)
-    converged = hparams.em_steps == 0 or _em_converged(history, proposals, hparams.em_tol)
+        samples, residual = solve(alpha, jacobi_start(alpha))
+    converged = hparams.em_steps == 0 or search.converged
     seconds = time.perf_counter() - start
     info = FitInfo(steps=loop.steps, epochs=loop.epochs, seconds=loop.seconds + seconds,
                    extra={"map_seconds": loop.seconds, "laplace_seconds": seconds, "prior_precision": alpha,
                           "prior_precision_history": history, "mackay_proposals": proposals,
-                          "em_converged": converged, "em_step_size": step_size, "linear_fits": linear_fits,
-                          "n_posterior_params": lin.n_params, "sample_gradient_ratio": gradient_ratio})
+                          "em_converged": converged, "em_bracket": search.bracket(), "linear_fits": linear_fits,
+                          "n_posterior_params": lin.n_params, "sample_residual": residual,
+                          **({"sample_cg_iterations": solver_iterations} if solver_iterations else {})})
+    warnings = []
+    if residual > hparams.sample_tol:
+        stopped = (f"conjugate gradients stopped at sample_max_iter={hparams.sample_max_iter}" if hparams.solver == "cg"
+                   else f"SGD stopped after sample_epochs={hparams.sample_epochs}")
+        warnings.append(f"sampled-laplace: {stopped} with the samples' relative residual {residual:.3g} > sample_tol "
+                        f"{hparams.sample_tol:g}: they are not yet posterior samples")
     if not converged:
-        info.extra["warnings"] = [f"sampled-laplace: EM did not converge in em_steps={hparams.em_steps} (last MacKay "
-                                  f"proposal {proposals[-1]:.4g} for α = {alpha:.4g}, em_tol {hparams.em_tol:g})"]
+        warnings.append(f"sampled-laplace: EM did not converge in em_steps={hparams.em_steps} (last MacKay "
+                                  f"proposal {proposals[-1]:.4g} for α = {alpha:.4g}, em_tol {hparams.em_tol:g})")
+    if warnings:
+        info.extra["warnings"] = warnings
     return SampledLaplacePredictive(lin, samples, likelihood, hparams.pred_type, hparams.link_approx), info
 
 
 SPEC = MethodSpec("sampled-laplace", Hparams, fit,
-                  "linearised Laplace samples by sample-then-optimise SGD, jvp/vjp only (Antoran et al. 2023)",
-                  posterior_settings=precision_prior_settings("sampled-laplace", em_steps=0))
+                  "linearised Laplace samples by sample-then-optimise, jvp/vjp only (Antoran et al. 2023)",
+                  posterior_settings=precision_prior_settings("sampled-laplace", em_steps=0),
+                  search_space=(Dimension("prior_precision", "log-uniform", 1e-2, 1e3),
+                                Dimension("mackay", "categorical", choices=MACKAY_ESTIMATES),
+                                Dimension("link_approx", "categorical", choices=LINK_APPROXIMATIONS)))
