@@ -151,6 +151,8 @@ def run(
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     force: Annotated[bool, typer.Option(help="re-run seeds that already have an ok result")] = False,
     tasks_dir: Annotated[list[Path], typer.Option(help=TASKS_DIR_HELP)] = [],  # noqa: B006
+    tuned: Annotated[Path | None, typer.Option(help="apply the method's settings from a `bnnbench tune` file "
+                                                     "(tuned/<task>.toml); --set still wins")] = None,
 ) -> None:
     """Fit one method on one task for each seed, evaluate it, and write tidy results. A seed whose run id
     already has an ok result is skipped, as in `sweep`; `--force` replaces it."""
@@ -161,7 +163,7 @@ def run(
     seeds = parse_seeds(seed)
     plan = prepare(task, method, overrides=parse_assignments(set_), budget_name=budget, epochs=epochs,
                    device=device, results_dir=results_dir, save_predictions=save_predictions,
-                   show_progress=not quiet, data_dir=data_dir, task_dirs=tasks_dir)
+                   show_progress=not quiet, data_dir=data_dir, task_dirs=tasks_dir, tuned=tuned)
     failures = 0
     for value in seeds:
         existing = None if force else finished_run(plan, value)
@@ -213,6 +215,8 @@ def sweep(
     = False,
     quiet: Annotated[bool, typer.Option(help="no live progress table")] = False,
     tasks_dir: Annotated[list[Path], typer.Option(help=TASKS_DIR_HELP)] = [],  # noqa: B006
+    tuned: Annotated[Path | None, typer.Option(help="apply each method's settings from a `bnnbench tune` file; "
+                                                     "--set values still win")] = None,
 ) -> None:
     """Run tasks x methods x seeds x grid; skips runs with an ok result, isolates failures, resumable."""
     from bnnbench.sweep import LocalPool, expand, parse_grid, run_local, run_ray
@@ -221,7 +225,7 @@ def sweep(
         raise UsageError(f"--workers and --threads must be >= 1, got {workers} and {threads}")
     options = {"budget_name": budget, "epochs": epochs, "device": device, "results_dir": results_dir,
                "data_dir": data_dir, "save_predictions": save_predictions,
-               "task_dirs": list(tasks_dir)}
+               "task_dirs": list(tasks_dir), **({"tuned": tuned} if tuned is not None else {})}
     names = ([t for t in tasks.split(",") if t], [m for m in methods.split(",") if m], parse_seeds([seeds]),
              parse_grid(set_), options)
     if executor is Executor.local:  # the first worker expands the sweep: this process never imports torch
@@ -284,6 +288,72 @@ class _SweepProgress:
                       str(statuses.count("skipped")), str(remaining), f"{elapsed:.0f}",
                       "?" if eta != eta else f"{eta:.0f}")
         return table
+
+
+@app.command(epilog="Example: `bnnbench tune --task digits-mlp --methods map,score-vi --trials 24 --budget ci "
+                     "--workers 2`")
+def tune(
+    task: Annotated[str, typer.Option(help="task name (see `bnnbench list tasks`) or path to a .toml")],
+    methods: Annotated[str, typer.Option(help="comma-separated method names")],
+    trials: Annotated[int, typer.Option(help="trials per method: the same budget for each")] = 24,
+    seeds: Annotated[str, typer.Option(help="seeds each trial runs (its value is their mean), e.g. 0 or 0-2")] = "0",
+    objective: Annotated[str, typer.Option(help="a metric of the task's validation split, e.g. nll or ece")] = "nll",
+    executor: Annotated[Executor, typer.Option(help="where trial runs execute")] = Executor.local,
+    workers: Annotated[int, typer.Option(help="trials in flight; worker processes (local), CPUs of a Ray "
+                                              "started here (ray)")] = 1,
+    study_dir: Annotated[Path, typer.Option(help="the Optuna studies (<task>.db, SQLite) and trial runs")]
+    = Path("studies"),
+    out_file: Annotated[Path | None, typer.Option("--out", help="the tuned settings file (default "
+                                                                "tuned/<task>.toml)")] = None,
+    budget_seconds: Annotated[float | None, typer.Option(help="also stop a method's study once its runs took "
+                                                              "this many seconds (an equal wall-clock budget)")]
+    = None,
+    sampler_seed: Annotated[int, typer.Option(help="seed of the TPE samplers")] = 0,
+    budget: Annotated[str | None, typer.Option(help="a named budget of the task for the trials, e.g. ci")] = None,
+    epochs: Annotated[int | None, typer.Option(help="override the budget's epochs")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="torch threads per worker (local, default 1); ray: CPUs and "
+                                                     "threads per run")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="ray: join this cluster (auto or HOST:PORT)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    quiet: Annotated[bool, typer.Option(help="no line per trial")] = False,
+    tasks_dir: Annotated[list[Path], typer.Option(help=TASKS_DIR_HELP)] = [],  # noqa: B006
+) -> None:
+    """Tune each method with the same number of trials (Optuna TPE, seeded) on the task's validation split only;
+    trials run on the sweep executors and resume after a kill. Writes tuned/<task>.toml for `run --tuned`."""
+    from bnnbench.sweep import LocalPool, run_local, run_ray
+    from bnnbench.tasks import load_task
+    from bnnbench.tune import tune as run_tune
+    from bnnbench.tune import write_tuned
+
+    if workers < 1 or (threads is not None and threads < 1):
+        raise UsageError(f"--workers and --threads must be >= 1, got {workers} and {threads}")
+    spec = load_task(task, tasks_dir)
+    names = [name for name in methods.split(",") if name]
+    options = {"budget_name": budget, "epochs": epochs, "device": device, "data_dir": data_dir,
+               "task_dirs": list(tasks_dir)}
+
+    def run_jobs(jobs, on_done):
+        if executor is Executor.ray:
+            return run_ray(jobs, address=ray_address, cpus=workers, cpus_per_run=threads, on_done=on_done)
+        return run_local(jobs, pool=LocalPool(workers, threads or 1), on_done=on_done)
+
+    def report(method: str, number: int, state: str, value: float | None) -> None:
+        if not quiet:
+            shown = "failed" if value is None else f"{value:.4f}"
+            _say(f"tune {spec.name} {method} trial {number}: {objective} {shown}")
+
+    outcome = run_tune(spec, names, trials, parse_seeds([seeds]), objective, study_dir, options, run_jobs, workers,
+                       sampler_seed, budget_seconds, report)
+    path = out_file or Path("tuned") / f"{spec.name}.toml"
+    write_tuned(path, spec, outcome)
+    for method in names:
+        summary = outcome.summaries[method]
+        best = summary.get("best_value")
+        out.print(f"{method}: {summary['complete']} complete, {summary['failed']} failed of {trials} trials; best "
+                  f"{objective} {'-' if best is None else f'{best:.4f}'} {outcome.best.get(method, {})}",
+                  markup=False, highlight=False)
+    out.print(f"wrote {path}", markup=False, highlight=False)
 
 
 @app.command(epilog="Example: `bnnbench compare --task digits-mlp --format markdown`")

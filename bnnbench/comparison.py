@@ -261,7 +261,27 @@ def leaderboard(runs: pd.DataFrame, table: pd.DataFrame, metrics: list[str] | No
                              for kind, column in zip(board["kind"], board["column"], strict=True)]
     board = board.sort_values([*TASK_KEY, "rank", "method", "column_order"], ignore_index=True)
     columns = [*TASK_KEY, "method", "column", "mean", "stderr", "n", "higher_is_better", "best", "rank"]
+    tuning = _tuning(runs, labels)
+    if tuning:  # some runs took their settings from `bnnbench tune`: say for each method where its settings came from
+        board["tuning"] = [tuning.get((task, method), "hand") for task, method in zip(board["task"], board["method"],
+                                                                                      strict=True)]
+        columns.append("tuning")
     return board[columns]
+
+
+def _tuning(runs: pd.DataFrame, labels: dict[tuple[str, str, str], str]) -> dict[tuple[str, str], str]:
+    """{(task, method label): "24 trials (ci)"} for configurations whose runs applied a `bnnbench tune` file."""
+    if "tuned" not in runs:
+        return {}
+    tuning = {}
+    for row in runs.itertuples():
+        record = row.tuned
+        if isinstance(record, dict):
+            label = labels.get((row.task, row.method, row.config_hash), row.method)
+            seconds = record.get("seconds")
+            spent = f", {seconds:.0f} s" if isinstance(seconds, int | float) else ""
+            tuning[(row.task, label)] = f"{record.get('trials')} trials ({record.get('budget')}{spent})"
+    return tuning
 
 
 def method_labels(table: pd.DataFrame) -> dict[tuple[str, str, str], str]:

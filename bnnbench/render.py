@@ -33,7 +33,12 @@ def wide(board: pd.DataFrame) -> tuple[list[str], list[str], dict[tuple[str, str
     for method in methods:
         cells[(method, "n")] = (str(int(seeds[method])), False)
         cells[(method, "rank")] = (f"{ranks[method]:.2f}" if not math.isnan(ranks[method]) else "", False)
-    return methods, [*columns, "rank", "n"], cells
+    if "tuning" not in board:
+        return methods, [*columns, "rank", "n"], cells
+    tuning = board.groupby("method")["tuning"].first()
+    for method in methods:
+        cells[(method, "tuning")] = (tuning[method], False)
+    return methods, [*columns, "rank", "n", "tuning"], cells
 
 
 def leaderboard_table(board: pd.DataFrame, title: str):

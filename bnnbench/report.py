@@ -151,6 +151,7 @@ def _task_section(group: _Group, results_dir: Path, staging: Path, report: Repor
         ("cost", "Loss against cost", _cost),
         ("forecast", "Forecast fan charts", _forecast),
         ("convergence", "Convergence of score-vi and elbo-vi", _convergence),
+        ("tuning", "Tuning studies", _tuning),
     ]
     for key, heading, draw in subsections:
         section_id = f"{group.slug}-{key}"
@@ -346,6 +347,63 @@ def _convergence(group: _Group, results_dir: Path, png: Path) -> _Figure | None:
         return None
     return _Figure(png, "Negative ELBO (same estimator for both methods) against wall-clock seconds since the fit "
                         "started, one line per run.")
+
+
+def _tuning(group: _Group, results_dir: Path, png: Path) -> _Figure | _Skipped | None:
+    """Per tuned method, Optuna's optimisation history and parameter importances (its matplotlib backend), read
+    from the study named in the tuned file the runs applied; None where no run was tuned."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+
+    from bnnbench.tune import load_tuned
+
+    records = {}
+    for row in group.runs.itertuples():
+        tuned = getattr(row, "tuned", None)
+        if isinstance(tuned, dict):
+            records[row.method] = tuned
+    if not records:
+        return None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    panels, missing = [], []
+    for method, record in sorted(records.items()):
+        try:
+            data = load_tuned(Path(record["path"]))
+            study = optuna.load_study(study_name=data["summary"][method]["study"], storage=data["storage"])
+        except Exception as error:  # a moved tuned file or study: say so, draw the others
+            missing.append(f"{method} ({type(error).__name__})")
+            continue
+        panels.append((method, study))
+    if not panels:
+        return _Skipped(f"the tuning studies could not be read: {', '.join(missing)}")
+    figure, axes = plt.subplots(len(panels), 2, figsize=(12, 3.4 * len(panels)), squeeze=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        for index, (method, study) in enumerate(panels):
+            for column, plot in enumerate((optuna.visualization.matplotlib.plot_optimization_history,
+                                           optuna.visualization.matplotlib.plot_param_importances)):
+                target = axes[index][column]
+                target.axis("off")
+                try:
+                    drawn = plot(study)
+                except Exception as error:  # importances need two parameters and finished trials
+                    target.text(0.5, 0.5, f"{method}: {type(error).__name__}", ha="center", va="center")
+                    continue
+                part = Path(scratch) / f"{index}-{column}.png"
+                drawn.figure.savefig(part, dpi=90, bbox_inches="tight")
+                plt.close(drawn.figure)
+                target.imshow(plt.imread(part))
+                target.set_title(method, fontsize=10)
+        figure.tight_layout()
+        figure.savefig(png, dpi=100)
+        plt.close(figure)
+    caption = ("Per tuned method: the validation objective of each trial with the best so far (left), and each "
+               "setting's importance by Optuna's fANOVA evaluator (right).")
+    if missing:
+        caption += f" Studies not found: {html.escape(', '.join(missing))}."
+    return _Figure(png, caption)
 
 
 STYLE = """

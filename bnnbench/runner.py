@@ -56,6 +56,8 @@ class RunPlan:
     data_root: Path | None = None
     data_variant: str = "standard"  # see EvalPlan.variant
     predictive_reference: Any = None  # a fidelity task's HMC reference (bnnbench.reference.PredictiveReference)
+    validation_only: bool = False  # evaluate the validation split alone (`bnnbench tune`'s trials)
+    tuning: dict[str, Any] | None = None  # the tuned file the settings came from (`run --tuned`), for run.json
 
 
 @dataclass(frozen=True)
@@ -102,11 +104,13 @@ def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | Non
             budget_name: str | None = None, epochs: int | None = None, device: str = "auto",
             results_dir: Path = Path("results/runs"), save_predictions: bool = False,
             show_progress: bool = True, data_dir: Path | None = None, task_dirs: Sequence[str | Path] = (),
-            load: bool = True) -> RunPlan:
+            load: bool = True, validation_only: bool = False, tuned: Path | None = None) -> RunPlan:
     """Validate a run request; raises UsageError (and writes nothing) on any bad input, missing data
     files included (the data are loaded here, once, and shared by the seeds; `load=False` skips them, for
     benchmarks on synthetic inputs). `method_name` is a registered name or "package.module:attr"; task names
-    are looked up in `task_dirs` too (`--tasks-dir`)."""
+    are looked up in `task_dirs` too (`--tasks-dir`). `validation_only` runs score the validation split alone and
+    never touch the test split (tuning); they are another configuration (run id) than full runs. `tuned` is a
+    `bnnbench tune` file whose settings for the method apply under `overrides` (run.json records which file)."""
     from bnnbench.data.files import data_root
     from bnnbench.data.splits import eval_plan
     from bnnbench.methods import build_method, find_method
@@ -114,6 +118,12 @@ def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | Non
 
     task = load_task(task_name, task_dirs)
     spec, _ = find_method(method_name)
+    tuning = None
+    if tuned is not None:
+        from bnnbench.tune import tuned_overrides
+
+        settings, tuning = tuned_overrides(Path(tuned), task, spec.name)
+        overrides = {**settings, **(overrides or {})}
     method_overrides, model_overrides = split_overrides(task, method_name, overrides or {})
     if model_overrides:
         task = dataclasses.replace(task, model={**task.model, **model_overrides})
@@ -125,6 +135,8 @@ def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | Non
     check_writable(results_dir, task.name, method.name)
     root = data_root(data_dir)
     loaded = _load(task, root) if load else None
+    if validation_only and loaded and len(loaded.bundle.val) == 0:
+        raise UsageError(f"task '{task.name}' has no validation split, which tuning scores; set data.val_fraction")
     variant = eval_plan(task.eval, loaded, str(task.path)).variant if loaded else "standard"
     config = {"hparams": dataclasses.asdict(method.hparams), "budget": dataclasses.asdict(budget)}
     if loaded and "data_fingerprint" in loaded.info:  # other files, other experiment: never the same run id
@@ -135,6 +147,10 @@ def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | Non
         config["data_variant"] = variant
     if method.origin is not None:  # another plugin release is other code: never the same run id (built-ins: no key)
         config["method_origin"] = {"distribution": method.origin.distribution, "version": method.origin.version}
+    if validation_only:
+        config["validation_only"] = True
+    if tuning is not None:  # settings from a tune file are that study's result, even where a hand value equals them
+        config["tuned"] = tuning["sha256"]
     hmc_reference = None
     if task.posterior:  # the scores depend on the reference: another reference, another run id
         from bnnbench.reference import find_predictive_reference
@@ -143,7 +159,7 @@ def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | Non
         config["hmc_reference"] = hmc_reference.sha256
     hashed = config_hash(config)
     return RunPlan(task, method, budget, budget_label, device_name, Path(results_dir), hashed,
-                   save_predictions, show_progress, root, variant, hmc_reference)
+                   save_predictions, show_progress, root, variant, hmc_reference, validation_only, tuning)
 
 
 def split_overrides(task: TaskSpec, method_name: str, overrides: dict[str, Any]) -> tuple[dict, dict]:
@@ -223,7 +239,7 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
     try:
         torch.manual_seed(seed)
         loaded = _load(task, plan.data_root)
-        plan_splits = eval_plan(task.eval, loaded, str(task.path))
+        plan_splits = eval_plan(task.eval, loaded, str(task.path), plan.validation_only)
         record.update(corruption_source=plan_splits.corruption_source, data_info=loaded.info)
         model = create_model(task.model, loaded.bundle.input_shape, loaded.bundle.num_outputs, str(task.path))
         record["n_params"] = sum(p.numel() for p in model.parameters())
@@ -305,6 +321,7 @@ def _base_record(plan: RunPlan, run_id: str, seed: int) -> dict[str, Any]:
         "budget": dataclasses.asdict(plan.budget),
         "budget_name": plan.budget_name,
         "config_hash": plan.config_hash,
+        "evaluated": "val" if plan.validation_only else "all",
         "status": "ok",
         "error": "",
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -317,6 +334,8 @@ def _base_record(plan: RunPlan, run_id: str, seed: int) -> dict[str, Any]:
                      "python": platform.python_version()},
         "argv": sys.argv,
     }
+    if plan.tuning is not None:  # which study chose these settings, and with what budget
+        record["tuned"] = plan.tuning
     if plan.method.origin is not None:  # a plugin's distribution and version, or the module it was loaded from
         record["method_origin"] = dataclasses.asdict(plan.method.origin)
     if plan.predictive_reference is not None:  # what agreement/tv were scored against, and how converged it was

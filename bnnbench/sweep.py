@@ -229,11 +229,15 @@ class LocalPool:
                 worker.process.join()
 
 
+OnDone = Callable[[str, str, str], list[Job]]  # (run_id, status, error) of a finished run -> more jobs to run
+
+
 def run_local(jobs: list[Job], workers: int = 1, force: bool = False, threads: int = 1,
               on_update: Callable[[SweepResult, int], None] | None = None,
-              pool: LocalPool | None = None) -> SweepResult:
+              pool: LocalPool | None = None, on_done: OnDone | None = None) -> SweepResult:
     """Run `jobs` on `workers` processes (or on `pool`, started earlier, which this closes); `on_update(result,
-    running)` is called whenever something changes."""
+    running)` is called whenever something changes; `on_done`, when given, after each run that ran, and the jobs
+    it returns join the queue (how `bnnbench tune` asks for its next trial while others still run)."""
     result, start = SweepResult(), time.perf_counter()
     pending = _to_run(jobs, force, result)
     if pool is None:
@@ -256,8 +260,11 @@ def run_local(jobs: list[Job], workers: int = 1, force: bool = False, threads: i
             except queue.Empty:
                 for index, worker in enumerate(pool.workers):
                     if worker.job is not None and not worker.process.is_alive():
-                        result.record(worker.job.run_id, "failed", f"worker process died (exit code "
-                                      f"{worker.process.exitcode}) during the run; nothing was written for it", 0.0)
+                        died = (f"worker process died (exit code {worker.process.exitcode}) during the run; nothing "
+                                "was written for it")
+                        result.record(worker.job.run_id, "failed", died, 0.0)
+                        if on_done is not None:
+                            pending.extend(_to_run(on_done(worker.job.run_id, "failed", died), force, result))
                         pool.workers[index] = pool.start_worker()
                         notify()
                 continue
@@ -265,6 +272,8 @@ def run_local(jobs: list[Job], workers: int = 1, force: bool = False, threads: i
                 if worker.job is not None and worker.job.run_id == run_id:
                     worker.job = None
             result.record(run_id, status, error, seconds)
+            if on_done is not None:
+                pending.extend(_to_run(on_done(run_id, status, error), force, result))
             notify()
     finally:
         pool.close()
@@ -292,11 +301,12 @@ def _ray_execute(job: Job, threads: int) -> tuple[str, str, float]:
 
 def run_ray(jobs: list[Job], address: str | None = None, cpus: int | None = None, cpus_per_run: float | None = None,
             gpus_per_run: float | None = None, force: bool = False,
-            on_update: Callable[[SweepResult, int], None] | None = None) -> SweepResult:
+            on_update: Callable[[SweepResult, int], None] | None = None,
+            on_done: OnDone | None = None) -> SweepResult:
     """Run `jobs` as Ray tasks: on the cluster at `address` ("auto" or HOST:PORT), else on a local Ray started
     with `cpus` CPUs. Each task asks for its job's CPUs and GPUs (the task's [resources]) unless `cpus_per_run` /
     `gpus_per_run` say otherwise, uses that many torch threads, and writes its run to the shared results
-    directory; a task whose worker dies fails only its run."""
+    directory; a task whose worker dies fails only its run. `on_done` as in `run_local`."""
     try:
         import ray
     except ImportError:
@@ -314,17 +324,27 @@ def run_ray(jobs: list[Job], address: str | None = None, cpus: int | None = None
             ray.init(num_cpus=cpus, log_to_driver=False, include_dashboard=False)
     remote = ray.remote(max_retries=0)(_ray_execute)
     try:
-        _check_feasible(ray.cluster_resources(), asks, pending)
-        futures = {}
-        for job in pending:
-            job_cpus, job_gpus = asks[job.run_id]
-            threads = max(1, int(job_cpus))
-            env = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
-            call = remote.options(num_cpus=job_cpus, num_gpus=job_gpus, runtime_env=env)
-            futures[call.remote(job, threads)] = job
+        futures: dict[Any, Job] = {}
+
+        def submit(new_jobs: list[Job]) -> list[Any]:
+            for job in new_jobs:
+                asks.setdefault(job.run_id, (job.cpus if cpus_per_run is None else cpus_per_run,
+                                             job.gpus if gpus_per_run is None else gpus_per_run))
+            _check_feasible(ray.cluster_resources(), asks, new_jobs)
+            submitted = []
+            for job in new_jobs:
+                job_cpus, job_gpus = asks[job.run_id]
+                threads = max(1, int(job_cpus))
+                env = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
+                call = remote.options(num_cpus=job_cpus, num_gpus=job_gpus, runtime_env=env)
+                future = call.remote(job, threads)
+                futures[future] = job
+                submitted.append(future)
+            return submitted
+
+        waiting = submit(pending)
         if on_update is not None:
-            on_update(result, len(futures))
-        waiting = list(futures)
+            on_update(result, len(waiting))
         while waiting:
             done, waiting = ray.wait(waiting, num_returns=1)
             job = futures[done[0]]
@@ -333,6 +353,8 @@ def run_ray(jobs: list[Job], address: str | None = None, cpus: int | None = None
             except ray.exceptions.RayError as failure:  # the worker died, or Ray could not run the task
                 status, error, seconds = "failed", f"{type(failure).__name__}: {str(failure).splitlines()[0]}", 0.0
             result.record(job.run_id, status, error, seconds)
+            if on_done is not None:
+                waiting += submit(_to_run(on_done(job.run_id, status, error), force, result))
             if on_update is not None:
                 on_update(result, len(waiting))
     finally:

@@ -119,6 +119,7 @@ class EvalPlan:
     severities: tuple[int, ...]
     seed: int
     corruption_source: str = "generated"
+    validation_only: bool = False  # `bnnbench tune`: the validation split alone; the test split is never touched
 
     @property
     def variant(self) -> str:
@@ -130,10 +131,14 @@ class EvalPlan:
         return f"{official.label}-{self.corruption_source}"
 
     def __len__(self) -> int:
+        if self.validation_only:
+            return 1
         return 2 + len(self.corruptions) * len(self.severities) + len(self.loaded.ood)
 
     def __iter__(self) -> Iterator[EvalSplit]:
         yield EvalSplit("val", "none", 0, self.loaded.bundle.val)
+        if self.validation_only:
+            return
         test = self.loaded.test
         yield EvalSplit("test", "none", 0, test)
         if self.corruptions:
@@ -158,9 +163,11 @@ class EvalPlan:
                 yield EvalSplit("test", name, severity, Split(x, test.y))
 
 
-def eval_plan(eval_config: dict[str, Any], loaded: LoadedData, where: str = "task") -> EvalPlan:
+def eval_plan(eval_config: dict[str, Any], loaded: LoadedData, where: str = "task",
+              validation_only: bool = False) -> EvalPlan:
     """The splits a task's [eval] table asks for, with the corruption source resolved against the files
-    at hand; raises UsageError when "official" files are asked for and some are missing."""
+    at hand; raises UsageError when "official" files are asked for and some are missing. `validation_only`:
+    the validation split alone (what tuning scores)."""
     check_eval_config(eval_config, where)
     corruptions = tuple(_corruption_names(eval_config.get("corruptions", "none"), where))
     wanted = eval_config.get("corruption_source", "auto")
@@ -177,4 +184,5 @@ def eval_plan(eval_config: dict[str, Any], loaded: LoadedData, where: str = "tas
         source = "official" if wanted != "generated" and not missing else "generated"
     return EvalPlan(loaded=loaded, corruptions=corruptions,
                     severities=tuple(_severities(eval_config.get("severities", [1, 2, 3, 4, 5]), where)),
-                    seed=int(eval_config.get("corruption_seed", 0)), corruption_source=source)
+                    seed=int(eval_config.get("corruption_seed", 0)), corruption_source=source,
+                    validation_only=validation_only)

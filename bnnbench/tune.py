@@ -1,0 +1,429 @@
+"""`bnnbench tune`: the same hyper-parameter search budget for every method, scored on the validation split only.
+
+One Optuna study per (task, method) in an SQLite file of the study directory (`<task>.db`), sampled by seeded TPE
+over the method's declared search space (`MethodSpec.search_space`, replaced key by key by the task's
+`[tune.<method>]`). A trial is one run per seed, executed by the sweep executors (`sweep.run_local`, `run_ray`)
+with `validation_only` plans: the evaluator scores the validation split and the test split is never read. The
+objective is the mean over seeds of one validation metric. Every method gets `trials` trials (and, with
+`budget_seconds`, no new trial once its runs have used that many seconds), asked round-robin so that an
+interrupted tune leaves the methods equally far.
+
+Resuming: trial runs live in `<study dir>/runs` under their run ids, so a trial asked again with the same settings
+reuses its finished runs. A trial left RUNNING by a tune process that no longer exists (killed) is re-run with its
+settings and told; one whose process is alive (another tune on the same study) is counted and left alone.
+Output: `tuned/<task>.toml` (`write_tuned`), each method's best settings and its study's summary, which
+`bnnbench run --tuned` applies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bnnbench.errors import UsageError, unknown_choice
+from bnnbench.types import Dimension, MethodSpec, TaskSpec
+
+__all__ = ["TUNED_FORMAT", "TuneOutcome", "load_tuned", "search_space", "study_name", "tune", "tuned_overrides",
+           "write_tuned"]
+
+TUNED_FORMAT = 1
+STUDY_FILE = "{task}.db"
+
+
+def study_name(task: TaskSpec, method: str) -> str:
+    return f"{task.name}.v{task.version}:{method}"
+
+
+def search_space(spec: MethodSpec, task: TaskSpec) -> list[Dimension]:
+    """The method's declared dimensions, each replaced or joined by the task's `[tune.<method>]`, less the ones a
+    fidelity task's `[posterior]` fixes (they are the posterior, not a setting). UsageError when nothing is left."""
+    dimensions = {dimension.name: dimension for dimension in spec.search_space}
+    dimensions.update(task.tune.get(spec.name, {}))
+    if task.posterior and spec.posterior_settings is not None:
+        for name in spec.posterior_settings(task.posterior):
+            dimensions.pop(name, None)
+    if not dimensions:
+        raise UsageError(f"method '{spec.name}' has no search space on task '{task.name}'; declare one in the "
+                         f"task's [tune.{spec.name}] table")
+    return list(dimensions.values())
+
+
+def _suggest(trial: Any, dimension: Dimension, kind: type) -> Any:
+    if dimension.distribution == "categorical":
+        return trial.suggest_categorical(dimension.name, list(dimension.choices))
+    log = dimension.distribution == "log-uniform"
+    if kind is int:
+        return trial.suggest_int(dimension.name, int(dimension.low), int(dimension.high), log=log)
+    return trial.suggest_float(dimension.name, float(dimension.low), float(dimension.high), log=log)
+
+
+def _direction(metric: str, task: TaskSpec) -> str:
+    """Optuna's direction for a validation metric of the task; UsageError for one the validation split lacks."""
+    from bnnbench.metrics import HMC_METRICS, METRICS, POSTERIOR_METRICS
+    from bnnbench.runner import metric_names
+
+    test_only = set(POSTERIOR_METRICS) | {name for names in HMC_METRICS.values() for name in names}
+    valid = [name for name in metric_names(task) if name not in test_only]
+    if metric not in valid:
+        raise unknown_choice(f"objective for task '{task.name}' (a metric of its validation split)", metric, valid,
+                             "--objective")
+    definition = METRICS.get(metric)
+    if definition.optimum is not None:
+        raise UsageError(f"--objective {metric} has an optimum ({definition.optimum:g}), not a direction; choose "
+                         f"one of: {', '.join(name for name in valid if METRICS.get(name).optimum is None)}")
+    return "maximize" if definition.higher_is_better else "minimize"
+
+
+@dataclass
+class _Trial:
+    method: str
+    number: int
+    params: dict[str, Any]
+    jobs: list[Any]
+    waiting: set[str]
+    executed: set[str] = field(default_factory=set)  # the runs this trial submitted (a shared run costs once)
+    error: str = ""
+
+
+@dataclass
+class TuneOutcome:
+    """What a tune did: per method the study's summary (what `tuned/<task>.toml` records)."""
+
+    task: str
+    objective: str
+    direction: str
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)
+    storage: str = ""
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_gone(owner: str | None) -> bool:
+    """Whether the tune process that holds a RUNNING trial is known to be dead (same host, no such process)."""
+    if not owner:
+        return True
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return False  # another machine's tune: it may well be alive
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
+
+
+def _storage(study_dir: Path, task: TaskSpec):
+    import optuna
+
+    study_dir.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{(study_dir / STUDY_FILE.format(task=task.name)).resolve()}"
+    # two tune processes on one file wait for each other's writes instead of failing at once
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+
+
+def tune(task: TaskSpec, methods: list[str], trials: int, seeds: list[int], objective: str, study_dir: Path,
+         options: dict[str, Any], run_jobs: Callable[..., Any], workers: int, sampler_seed: int = 0,
+         budget_seconds: float | None = None, on_trial: Callable[[str, int, str, float | None], None] | None = None,
+         ) -> TuneOutcome:
+    """Run the studies of `methods` on `task` until each has `trials` finished trials (or `budget_seconds` of its
+    runs' time). `options` are `runner.prepare`'s keyword arguments for the trial runs (budget, device, ...);
+    `run_jobs(jobs, on_done=...)` executes jobs (`sweep.run_local` or `run_ray`, bound to their pool); `workers`
+    trials are in flight at once. `on_trial(method, number, state, value)` reports each trial that ends."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from bnnbench.methods import find_method
+    from bnnbench.sweep import expand, finished_ok
+    from bnnbench.tasks import validate_task
+
+    if trials < 1 or workers < 1:
+        raise UsageError(f"--trials and --workers must be >= 1, got {trials} and {workers}")
+    specs = {name: find_method(name)[0] for name in methods}
+    validate_task(task, list(specs.values()))
+    direction = _direction(objective, task)
+    spaces = {name: search_space(spec, task) for name, spec in specs.items()}
+    kinds = {name: typing.get_type_hints(spec.hparams_class) for name, spec in specs.items()}
+    options = {**options, "results_dir": study_dir / "runs", "validation_only": True}
+    for name in methods:  # every configuration must load before anything runs: bad names fail here, exit 2
+        defaults = {dimension.name: _default(specs[name], dimension) for dimension in spaces[name]}
+        expand([str(task.path)], [name], seeds[:1], [defaults], options)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _storage(study_dir, task)
+    studies = {}
+    for name in methods:
+        studies[name] = optuna.create_study(study_name=study_name(task, name), storage=storage, direction=direction,
+                                            load_if_exists=True)
+        # seeded by the method and by how far its study got: a resumed study must not draw its first settings again
+        already = len(studies[name].get_trials(deepcopy=False))
+        studies[name].sampler = optuna.samplers.TPESampler(seed=_sampler_seed(sampler_seed, name, already))
+        studies[name].set_user_attr("objective", objective)
+        studies[name].set_user_attr("seeds", seeds)
+        studies[name].set_user_attr("search_space", {d.name: d.as_table() for d in spaces[name]})
+    study_ids = {name: storage.get_study_id_from_name(study_name(task, name)) for name in methods}
+    in_flight: dict[str, list[_Trial]] = {}  # run_id -> the trials waiting for it (a repeated setting shares a run)
+    open_trials: list[_Trial] = []
+
+    def jobs_for(name: str, params: dict[str, Any]) -> list[Any]:
+        return expand([str(task.path)], [name], seeds, [params], options)
+
+    def spent(name: str) -> tuple[int, float]:
+        """Trials of the method that count against its budget (finished, or running in a live process) and
+        the seconds its finished trials' runs took."""
+        count, seconds = 0, 0.0
+        for frozen in studies[name].get_trials(deepcopy=False):
+            if frozen.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED):
+                count += 1
+                seconds += float(frozen.user_attrs.get("seconds", 0.0))
+            elif frozen.state == TrialState.RUNNING and not _owner_gone(frozen.user_attrs.get("owner")):
+                count += 1
+        return count, seconds
+
+    def start(name: str, number: int, params: dict[str, Any]) -> list[Any]:
+        jobs = jobs_for(name, params)
+        trial = _Trial(name, number, params, jobs, {job.run_id for job in jobs})
+        submit = []
+        for job in jobs:
+            if finished_ok(job):  # a resumed or repeated configuration: its run is already there
+                trial.waiting.discard(job.run_id)
+            elif job.run_id in in_flight:  # another trial with these settings is running it
+                in_flight[job.run_id].append(trial)
+            else:
+                in_flight[job.run_id] = [trial]
+                trial.executed.add(job.run_id)
+                submit.append(job)
+        open_trials.append(trial)
+        return submit
+
+    def ask(name: str) -> list[Any]:
+        trial = studies[name].ask()
+        trial.set_user_attr("owner", _owner())
+        params = {d.name: _suggest(trial, d, kinds[name][d.name]) for d in spaces[name]}
+        return start(name, trial.number, params)
+
+    def wants_more(name: str) -> bool:
+        count, seconds = spent(name)
+        return count < trials and (budget_seconds is None or seconds < budget_seconds)
+
+    def next_jobs() -> list[Any]:
+        """Ask trials round-robin until `workers` are in flight or every budget is spent; settle the ones whose
+        runs all exist already (a repeated configuration) at once."""
+        jobs: list[Any] = []
+        while len(open_trials) < workers:
+            candidates = [name for name in methods if wants_more(name)]
+            if not candidates:
+                break
+            counts = {name: spent(name)[0] for name in candidates}
+            jobs += ask(min(candidates, key=lambda name: (counts[name], methods.index(name))))
+            settle()
+        return jobs
+
+    def settle() -> None:
+        for trial in [t for t in open_trials if not t.waiting]:
+            open_trials.remove(trial)
+            _tell(studies[trial.method], storage, study_ids[trial.method], trial, objective, on_trial)
+
+    def on_done(run_id: str, status: str, error: str) -> list[Any]:
+        for trial in in_flight.pop(run_id, []):
+            trial.waiting.discard(run_id)
+            if status != "ok" and not trial.error:
+                trial.error = error or status
+        settle()
+        return next_jobs()
+
+    first: list[Any] = []
+    for name in methods:  # trials a killed tune left RUNNING: run their settings again, then tell them
+        for frozen in studies[name].get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if _owner_gone(frozen.user_attrs.get("owner")):
+                trial_id = storage.get_trial_id_from_study_id_trial_number(study_ids[name], frozen.number)
+                if set(frozen.params) != {dimension.name for dimension in spaces[name]}:  # killed mid-ask
+                    storage.set_trial_user_attr(trial_id, "error", "interrupted before its settings were drawn")
+                    studies[name].tell(frozen.number, state=TrialState.FAIL)
+                    continue
+                storage.set_trial_user_attr(trial_id, "owner", _owner())
+                first += start(name, frozen.number, dict(frozen.params))
+    settle()
+    first += next_jobs()
+    if first:
+        run_jobs(first, on_done=on_done)
+    settle()
+    outcome = TuneOutcome(task.name, objective, direction, storage=str(storage.url))
+    for name in methods:
+        outcome.summaries[name], outcome.best[name] = _summary(studies[name], spaces[name], seeds, options)
+    return outcome
+
+
+def _sampler_seed(seed: int, method: str, trials_before: int) -> int:
+    """The TPE seed of a method's study in this process: the same for the same (seed, method, progress), different
+    when a study resumes (a sampler seeded as before would repeat the settings it drew first)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}:{method}:{trials_before}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _default(spec: MethodSpec, dimension: Dimension) -> Any:
+    """A value inside the dimension, for checking that the method's configurations load before any trial."""
+    if dimension.distribution == "categorical":
+        return dimension.choices[0]
+    value = math.sqrt(dimension.low * dimension.high) if dimension.distribution == "log-uniform" else \
+        (dimension.low + dimension.high) / 2
+    kind = typing.get_type_hints(spec.hparams_class)[dimension.name]
+    return round(value) if kind is int else value
+
+
+def _tell(study: Any, storage: Any, study_id: int, trial: _Trial, objective: str, on_trial) -> None:
+    """The trial's value, the mean over its seeds of the validation metric read from its runs, or FAIL."""
+    from optuna.trial import TrialState
+
+    seconds, values = 0.0, []
+    for job in trial.jobs:
+        directory = Path(job.directory)
+        try:
+            record = json.loads((directory / "run.json").read_text())
+        except (OSError, ValueError):
+            trial.error = trial.error or f"run {job.run_id} wrote no run.json"
+            continue
+        if job.run_id in trial.executed:
+            seconds += float(record.get("duration_s", 0.0))
+        if record.get("status") != "ok":
+            trial.error = trial.error or record.get("error", "failed")
+            continue
+        values.append(_validation_value(directory, objective))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    storage.set_trial_user_attr(trial_id, "seconds", seconds)
+    storage.set_trial_user_attr(trial_id, "run_ids", [job.run_id for job in trial.jobs])
+    if trial.error or not values or not all(math.isfinite(v) for v in values):
+        storage.set_trial_user_attr(trial_id, "error", trial.error or "no finite validation value")
+        study.tell(trial.number, state=TrialState.FAIL)
+        if on_trial is not None:
+            on_trial(trial.method, trial.number, "failed", None)
+        return
+    value = sum(values) / len(values)
+    study.tell(trial.number, value)
+    if on_trial is not None:
+        on_trial(trial.method, trial.number, "complete", value)
+
+
+def _validation_value(directory: Path, metric: str) -> float:
+    """The validation value of `metric` in a run's metrics.csv (the only split a tuning run has)."""
+    import csv
+
+    with open(directory / "metrics.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["split"] == "val" and row["corruption"] == "none" and row["metric"] == metric:
+                return float(row["value"])
+    return math.nan
+
+
+def _summary(study: Any, space: list[Dimension], seeds: list[int], options: dict[str, Any],
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    from optuna.trial import TrialState
+
+    from bnnbench import __version__
+
+    frozen = study.get_trials(deepcopy=False)
+    complete = [t for t in frozen if t.state == TrialState.COMPLETE]
+    summary = {"study": study.study_name, "trials": len(complete) + sum(t.state == TrialState.FAIL for t in frozen),
+               "complete": len(complete), "failed": sum(t.state == TrialState.FAIL for t in frozen),
+               "seconds": round(sum(float(t.user_attrs.get("seconds", 0.0)) for t in frozen), 1),
+               "seeds": list(seeds), "budget": options.get("budget_name") or "default", "sampler": "TPE",
+               "search_space": {d.name: d.as_table() for d in space}, "bnnbench_version": __version__}
+    if not complete:
+        return summary, {}
+    best = study.best_trial
+    summary.update(best_value=best.value, best_trial=best.number)
+    return summary, dict(best.params)
+
+
+# --- tuned/<task>.toml ---------------------------------------------------------------------------------------------
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{value!r} has no TOML form")
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise ValueError(f"{value!r} has no TOML form")
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def write_tuned(path: Path, task: TaskSpec, outcome: TuneOutcome) -> None:
+    """`tuned/<task>.toml`: `[tuned.<method>]` the best settings, `[summary.<method>]` the study (atomically)."""
+    from bnnbench.results import write_text_atomic
+
+    lines = [f"# Written by `bnnbench tune`: each method's best settings on task {task.name} v{task.version} by the",
+             f"# mean validation {outcome.objective} over the seeds, and its study. `bnnbench run --tuned {path}` "
+             "applies them.",
+             f"format = {TUNED_FORMAT}", f"task = {_toml_value(task.name)}", f"task_version = {task.version}",
+             f"objective = {_toml_value(outcome.objective)}", f"direction = {_toml_value(outcome.direction)}",
+             f"storage = {_toml_value(outcome.storage)}", ""]
+    for method, best in outcome.best.items():
+        if not best:
+            continue
+        lines.append(f"[tuned.{_toml_key(method)}]")
+        lines += [f"{_toml_key(key)} = {_toml_value(value)}" for key, value in best.items()]
+        lines.append("")
+    for method, summary in outcome.summaries.items():
+        lines.append(f"[summary.{_toml_key(method)}]")
+        lines += [f"{_toml_key(key)} = {_toml_value(value)}" for key, value in summary.items()]
+        lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def load_tuned(path: Path) -> dict[str, Any]:
+    """A tuned file, checked: UsageError (one line) when it is missing, not TOML or not one `write_tuned` wrote."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as error:
+        raise UsageError(f"--tuned {path}: cannot read it ({error.strerror or error})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"--tuned {path}: not a TOML file ({error})") from None
+    if data.get("format") != TUNED_FORMAT or not isinstance(data.get("task"), str) or \
+            not isinstance(data.get("tuned", {}), dict) or not isinstance(data.get("summary", {}), dict):
+        raise UsageError(f"--tuned {path}: not a tuned file of format {TUNED_FORMAT} (write one with `bnnbench tune`)")
+    return data
+
+
+def tuned_overrides(path: Path, task: TaskSpec, method: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the method's tuned settings, what run.json records of them) from a tuned file made for this task version.
+    UsageError when it was made for another task or version, or does not tune this method."""
+    import hashlib
+
+    data = load_tuned(path)
+    if data["task"] != task.name or data.get("task_version") != task.version:
+        raise UsageError(f"--tuned {path} was made for task '{data['task']}' v{data.get('task_version')}, not "
+                         f"'{task.name}' v{task.version}")
+    tuned = data.get("tuned", {})
+    if method not in tuned:
+        raise unknown_choice(f"method in --tuned {path}", method, sorted(tuned), "--method")
+    summary = data.get("summary", {}).get(method, {})
+    record = {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+              "objective": data.get("objective"), "trials": summary.get("trials"), "seconds": summary.get("seconds"),
+              "budget": summary.get("budget"), "best_value": summary.get("best_value"), "settings": tuned[method]}
+    return dict(tuned[method]), record
+
