@@ -168,3 +168,35 @@ def test_a_minimum_on_the_grid_bound_is_a_warning_in_the_fit_record():
     _, info, _ = _overfitted_digits_fit("laplace-ll", grid_size=2)
     assert info.extra["prior_precision"] == pytest.approx(1e8)
     assert len(info.extra["warnings"]) == 1 and "upper bound" in info.extra["warnings"][0]
+
+
+def test_glm_samples_of_a_subnetwork_that_leaves_outputs_untouched():
+    """A subnetwork over one logit's last-layer weights: the other logits have zero variance, where laplace-torch's
+    own sampler (a Cholesky factor) fails; `_glm_samples` draws the same Gaussian, N(f_μ, J Σ Jᵀ), by eigh."""
+    from laplace import Laplace
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from bnnbench.likelihoods import Categorical
+    from bnnbench.methods.laplace.common import LaplacePredictive
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x, y = torch.randn(64, 4, dtype=torch.float64), torch.randint(0, 3, (64,))
+    first_row = torch.arange(4 * 8 + 8, 4 * 8 + 8 + 8)  # the last layer's weights into logit 0
+    laplace = Laplace(model, "classification", subset_of_weights="subnetwork", hessian_structure="full",
+                      subnetwork_indices=first_row, prior_precision=1.0)
+    laplace.fit(DataLoader(TensorDataset(x, y), batch_size=64))
+    mean, covariance = laplace._glm_predictive_distribution(x[:5])
+    assert torch.all(covariance[:, 1:, 1:] == 0) and torch.all(covariance[:, 0, 0] > 0)
+    with pytest.raises(RuntimeError):
+        laplace.functional_samples(x[:5], pred_type="glm", n_samples=10)
+    predictive = LaplacePredictive(laplace, model, first_row, Categorical(), "glm", "mc")
+    torch.manual_seed(1)
+    samples = predictive._glm_samples(x[:5], 20000)
+    torch.testing.assert_close(samples.mean(0), mean, atol=4 * covariance.diagonal(dim1=1, dim2=2).max().sqrt()
+                               / 20000 ** 0.5, rtol=0)
+    centred = samples - mean
+    empirical = torch.einsum("sbi,sbj->bij", centred, centred) / len(samples)
+    torch.testing.assert_close(empirical, covariance, atol=0.05 * covariance.abs().max(), rtol=0)
+    assert torch.isfinite(predictive.predict(x[:5], 16)).all()
