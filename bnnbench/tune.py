@@ -6,7 +6,8 @@ over the method's declared search space (`MethodSpec.search_space`, replaced key
 with `validation_only` plans: the evaluator scores the validation split and the test split is never read. The
 objective is the mean over seeds of one validation metric. Every method gets `trials` trials (and, with
 `budget_seconds`, no new trial once its runs have used that many seconds), asked round-robin so that an
-interrupted tune leaves the methods equally far.
+interrupted tune leaves the methods equally far; a method whose space is all categorical with fewer settings than
+that tries each setting once instead.
 
 Resuming: trial runs live in `<study dir>/runs` under their run ids, so a trial asked again with the same settings
 reuses its finished runs. A trial left RUNNING by a tune process that no longer exists (killed) is re-run with its
@@ -171,6 +172,15 @@ def tune(task: TaskSpec, methods: list[str], trials: int, seeds: list[int], obje
         studies[name].set_user_attr("objective", objective)
         studies[name].set_user_attr("seeds", seeds)
         studies[name].set_user_attr("search_space", {d.name: d.as_table() for d in spaces[name]})
+    targets = {name: trials for name in methods}
+    for name in methods:  # a categorical space no larger than the budget: each setting once, not TPE's repeats
+        grid = _grid(spaces[name])
+        if grid is not None and len(grid) <= trials:
+            targets[name] = len(grid)
+            tried = {json.dumps(t.params, sort_keys=True) for t in studies[name].get_trials(deepcopy=False)}
+            for params in grid:
+                if json.dumps(params, sort_keys=True) not in tried:
+                    studies[name].enqueue_trial(params)
     study_ids = {name: storage.get_study_id_from_name(study_name(task, name)) for name in methods}
     in_flight: dict[str, list[_Trial]] = {}  # run_id -> the trials waiting for it (a repeated setting shares a run)
     open_trials: list[_Trial] = []
@@ -214,7 +224,7 @@ def tune(task: TaskSpec, methods: list[str], trials: int, seeds: list[int], obje
 
     def wants_more(name: str) -> bool:
         count, seconds = spent(name)
-        return count < trials and (budget_seconds is None or seconds < budget_seconds)
+        return count < targets[name] and (budget_seconds is None or seconds < budget_seconds)
 
     def next_jobs() -> list[Any]:
         """Ask trials round-robin until `workers` are in flight or every budget is spent; settle the ones whose
@@ -262,6 +272,18 @@ def tune(task: TaskSpec, methods: list[str], trials: int, seeds: list[int], obje
     for name in methods:
         outcome.summaries[name], outcome.best[name] = _summary(studies[name], spaces[name], seeds, options)
     return outcome
+
+
+def _grid(space: list[Dimension]) -> list[dict[str, Any]] | None:
+    """Every setting of an all-categorical space, in order; None when some dimension is continuous. (TPE repeats
+    settings of a small categorical space: measured on digits-mlp, laplace-subnet spent 10 of its 24 trials on one
+    failing setting, and Optuna's BruteForceSampler calls `study.stop()`, which ask-and-tell does not allow.)"""
+    import itertools
+
+    if any(dimension.distribution != "categorical" for dimension in space):
+        return None
+    names = [dimension.name for dimension in space]
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*(d.choices for d in space))]
 
 
 def _sampler_seed(seed: int, method: str, trials_before: int) -> int:

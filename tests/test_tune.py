@@ -202,3 +202,17 @@ def test_a_resumed_study_draws_new_settings(tmp_path):
     study = optuna.load_study(study_name=study_name(task, "map"),
                               storage=f"sqlite:///{tmp_path / 'studies' / 'digits-mlp.db'}")
     assert len({trial.params["lr"] for trial in study.trials}) == 4
+
+
+def test_a_small_categorical_space_is_tried_once_per_setting(tmp_path):
+    """A space of 2 x 2 settings with 6 trials allowed gets those 4, each once (TPE would repeat some)."""
+    task_file = tmp_path / "digits-mlp.toml"
+    task_file.write_text(load_task("digits-mlp").path.read_text() + "\n[tune.map]\nlr = { choices = [1e-3, 2e-3] }\n"
+                         "weight_decay = { choices = [0.0, 1e-4] }\n")
+    task = load_task(str(task_file))
+    outcome = tune(task, ["map"], 6, [0], "nll", tmp_path / "studies", OPTIONS, run_serial, 1)
+    study = optuna.load_study(study_name=study_name(task, "map"),
+                              storage=f"sqlite:///{tmp_path / 'studies' / 'digits-mlp.db'}")
+    settings = sorted((t.params["lr"], t.params["weight_decay"]) for t in study.trials)
+    assert settings == [(1e-3, 0.0), (1e-3, 1e-4), (2e-3, 0.0), (2e-3, 1e-4)]
+    assert outcome.summaries["map"]["complete"] == 4
