@@ -144,14 +144,24 @@ class _Expand:
     options: dict[str, Any]
 
 
-def _worker(inbox, outbox, threads: int) -> None:
+def _worker(inbox, outbox, threads: int, supervisor: int) -> None:
+    """A long-lived worker: runs the jobs sent on `inbox`; exits when told (None) or when `supervisor`, the
+    process that started it, is gone (killed before it could say so, even during this worker's start-up)."""
     try:
         import torch
 
         import bnnbench.runner  # noqa: F401  (each worker warms up while the first one expands the sweep)
 
         torch.set_num_threads(threads)
-        while (message := inbox.get()) is not None:
+        while True:
+            try:
+                message = inbox.get(timeout=1.0)
+            except queue.Empty:
+                if os.getppid() != supervisor:  # the supervisor was killed: nothing more will come, do not linger
+                    os._exit(0)  # at once: a normal exit would wait to flush the queue to a reader that is gone
+                continue
+            if message is None:
+                break
             if isinstance(message, _Expand):
                 try:
                     outbox.put(("expanded", expand(message.tasks, message.methods, message.seeds, message.grid,
@@ -185,7 +195,8 @@ class LocalPool:
         inbox = self.context.Queue()
         env_threads = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = str(self.threads)  # inherited by the spawned interpreter
-        process = self.context.Process(target=_worker, args=(inbox, self.outbox, self.threads), daemon=True)
+        process = self.context.Process(target=_worker, args=(inbox, self.outbox, self.threads, os.getpid()),
+                                       daemon=True)
         process.start()
         if env_threads is None:
             del os.environ["OMP_NUM_THREADS"]

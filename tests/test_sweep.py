@@ -98,6 +98,26 @@ def test_a_worker_killed_mid_training_fails_only_its_run_and_the_rerun_completes
     assert len(list(results.glob("digits-mlp/map/*/metrics.csv"))) == 1
 
 
+def test_workers_of_a_killed_sweep_do_not_outlive_it(tmp_path):
+    """SIGKILL to the supervisor (`kill -9`, an OOM kill): its workers finish the run in hand (written whole, so a
+    resumed sweep or tune reuses it) and exit, instead of waiting on their queue for ever."""
+    command = [sys.executable, "-m", "bnnbench", "sweep", "--tasks", "digits-mlp", "--methods", "map", "--seeds",
+               "0", "--epochs", "3", "--results-dir", str(tmp_path / "results"), "--quiet", *CPU]
+    sweep = subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (workers := _workers(sweep.pid)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert workers, "no worker process appeared"
+    sweep.kill()
+    sweep.wait(timeout=30)
+    deadline = time.time() + 60
+    while any(Path(f"/proc/{pid}").exists() and "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+              for pid in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert time.time() < deadline, "a worker outlived its killed sweep"
+
+
 def _interruptible() -> None:
     """In the child: the session of its own (so the test can signal its process group as a terminal would) and
     SIGINT at its default, which pytest's workers may have set to ignore."""
