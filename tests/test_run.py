@@ -91,6 +91,9 @@ def test_set_overrides_change_the_run_id(cli, results_dir):
 # (task, methods, baseline rows per method): digits 4 metrics x 8 (split, severity) summaries; ts-co2-mlp 9
 # metrics x (val, test).
 DIGITS_ROWS, FORECAST_ROWS = 32, 18
+FIDELITY_ROWS = 10  # test: acc, nll, ece, brier, agreement, tv; val: the first four (no reference there)
+METHODS = ("map", "elbo-vi", "score-vi", "laplace-ll", "laplace-all", "sampled-laplace", "laplace-subnet",
+           "ensemble", "mc-dropout", "swag", "rank1")
 CI_GATES = [("digits-mlp", ("map", "elbo-vi", "score-vi"), DIGITS_ROWS),
             ("digits-mlp", ("laplace-ll", "laplace-all", "sampled-laplace"), DIGITS_ROWS),
             ("digits-mlp", ("ensemble", "mc-dropout", "swag", "rank1"), DIGITS_ROWS),
@@ -99,7 +102,10 @@ CI_GATES = [("digits-mlp", ("map", "elbo-vi", "score-vi"), DIGITS_ROWS),
             ("ts-co2-mlp", ("map", "elbo-vi", "score-vi", "ensemble", "mc-dropout", "swag", "rank1"), FORECAST_ROWS),
             ("ts-co2-mlp", ("laplace-ll", "laplace-all", "sampled-laplace"), FORECAST_ROWS),
             pytest.param("ts-co2-mlp", ("laplace-subnet",), FORECAST_ROWS,
-                         marks=pytest.mark.slow)]  # with it the ts-co2 Laplace group took 231 s
+                         marks=pytest.mark.slow),  # with it the ts-co2 Laplace group took 231 s
+            # the fidelity tasks' gate: in `make check` and `make test-all`; make test's 10 minutes have no room
+            *(pytest.param(task, METHODS, rows, marks=pytest.mark.slow)
+              for task, rows in (("digits-fidelity", FIDELITY_ROWS), ("digits-overconfident", DIGITS_ROWS)))]
 
 
 COMPARABLE = {" ", "~", "-", "+"}  # a mark on a row whose new and baseline runs both exist and both succeeded
