@@ -35,6 +35,7 @@ __all__ = ["TUNED_FORMAT", "TuneOutcome", "load_tuned", "search_space", "study_n
            "write_tuned"]
 
 TUNED_FORMAT = 1
+TIE = 1e-3  # relative: trials whose objectives differ by less than this are a tie
 STUDY_FILE = "{task}.db"
 
 
@@ -145,7 +146,7 @@ def tune(task: TaskSpec, methods: list[str], trials: int, seeds: list[int], obje
     import optuna
     from optuna.trial import TrialState
 
-    from bnnbench.methods import find_method
+    from bnnbench.methods import build_method, find_method
     from bnnbench.sweep import expand, finished_ok
     from bnnbench.tasks import validate_task
 
@@ -270,7 +271,8 @@ def tune(task: TaskSpec, methods: list[str], trials: int, seeds: list[int], obje
     settle()
     outcome = TuneOutcome(task.name, objective, direction, storage=str(storage.url))
     for name in methods:
-        outcome.summaries[name], outcome.best[name] = _summary(studies[name], spaces[name], seeds, options)
+        defaults = {d.name: getattr(build_method(name, task).hparams, d.name) for d in spaces[name]}
+        outcome.summaries[name], outcome.best[name] = _summary(studies[name], spaces[name], seeds, options, defaults)
     return outcome
 
 
@@ -350,7 +352,9 @@ def _validation_value(directory: Path, metric: str) -> float:
 
 
 def _summary(study: Any, space: list[Dimension], seeds: list[int], options: dict[str, Any],
-             ) -> tuple[dict[str, Any], dict[str, Any]]:
+             defaults: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The study's record for the tuned file, and its best settings: the best trial's, or, when the method's own
+    setting (`defaults`) was tried and ties the best within `TIE` (relative), that one."""
     from optuna.trial import TrialState
 
     from bnnbench import __version__
@@ -365,7 +369,12 @@ def _summary(study: Any, space: list[Dimension], seeds: list[int], options: dict
     if not complete:
         return summary, {}
     best = study.best_trial
-    summary.update(best_value=best.value, best_trial=best.number)
+    tied = [t for t in complete if abs(t.value - best.value) <= TIE * abs(best.value)]
+    default = next((t for t in tied if t.params == defaults), None)
+    if default is not None:  # a flat objective says nothing: keep the method's own setting rather than a tie's luck
+        best = default
+    summary.update(best_value=best.value, best_trial=best.number, tied_trials=len(tied),
+                   chose_default=default is not None)
     return summary, dict(best.params)
 
 

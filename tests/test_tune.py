@@ -216,3 +216,17 @@ def test_a_small_categorical_space_is_tried_once_per_setting(tmp_path):
     settings = sorted((t.params["lr"], t.params["weight_decay"]) for t in study.trials)
     assert settings == [(1e-3, 0.0), (1e-3, 1e-4), (2e-3, 0.0), (2e-3, 1e-4)]
     assert outcome.summaries["map"]["complete"] == 4
+
+
+def test_a_tie_keeps_the_methods_own_setting(tmp_path):
+    """Settings that do not change the numbers (a gradient clip far above any gradient norm, in laplace-ll's MAP
+    phase) tie; the tuned file then keeps the method's own setting (no clipping), not whichever tie came first."""
+    task_file = tmp_path / "digits-mlp.toml"
+    table = ('[tune.laplace-ll]\nhessian = { choices = ["kron"] }\nlink_approx = { choices = ["probit"] }\n'
+             'grad_clip = { choices = [1e9, 0.0] }\n')
+    task_file.write_text(load_task("digits-mlp").path.read_text() + "\n" + table)
+    task = load_task(str(task_file))
+    outcome = tune(task, ["laplace-ll"], 2, [0], "nll", tmp_path / "studies", OPTIONS, run_serial, 1)
+    summary = outcome.summaries["laplace-ll"]
+    assert summary["tied_trials"] == 2 and summary["chose_default"] and summary["best_trial"] == 1
+    assert outcome.best["laplace-ll"] == {"hessian": "kron", "link_approx": "probit", "grad_clip": 0.0}
