@@ -178,10 +178,11 @@ def tune(task: TaskSpec, methods: list[str], trials: int, seeds: list[int], obje
         grid = _grid(spaces[name])
         if grid is not None and len(grid) <= trials:
             targets[name] = len(grid)
-            tried = {json.dumps(t.params, sort_keys=True) for t in studies[name].get_trials(deepcopy=False)}
-            for params in grid:
-                if json.dumps(params, sort_keys=True) not in tried:
-                    studies[name].enqueue_trial(params)
+            existing = studies[name].get_trials(deepcopy=False)
+            tried = {json.dumps(t.params, sort_keys=True) for t in existing}
+            untried = [params for params in grid if json.dumps(params, sort_keys=True) not in tried]
+            for params in untried[:max(0, len(grid) - len(existing))]:  # never past the budget a study already spent
+                studies[name].enqueue_trial(params)
     study_ids = {name: storage.get_study_id_from_name(study_name(task, name)) for name in methods}
     in_flight: dict[str, list[_Trial]] = {}  # run_id -> the trials waiting for it (a repeated setting shares a run)
     open_trials: list[_Trial] = []
