@@ -93,7 +93,7 @@ BUILT_IN = (
     ("laplace-subnet", "bnnbench.methods.laplace.subnetwork:SPEC",
      "subnetwork Laplace, full covariance over selected weights (Daxberger et al. 2021)"),
     ("sampled-laplace", "bnnbench.methods.laplace.sampled:SPEC",
-     "linearised Laplace samples by sample-then-optimise SGD, jvp/vjp only (Antoran et al. 2023)"),
+     "linearised Laplace samples by sample-then-optimise, jvp/vjp only (Antoran et al. 2023)"),
     ("ensemble", "bnnbench.methods.ensemble:SPEC",
      "deep ensemble, K independently initialised members trained in one vmapped pass"),
     ("mc-dropout", "bnnbench.methods.mc_dropout:SPEC",
