@@ -230,3 +230,15 @@ def test_a_tie_keeps_the_methods_own_setting(tmp_path):
     summary = outcome.summaries["laplace-ll"]
     assert summary["tied_trials"] == 2 and summary["chose_default"] and summary["best_trial"] == 1
     assert outcome.best["laplace-ll"] == {"hessian": "kron", "link_approx": "probit", "grad_clip": 0.0}
+
+
+def test_the_sampler_seed_makes_a_fresh_study_repeatable(tmp_path):
+    """Seeded per (seed, task, method, trial number): two fresh studies draw the same settings, another seed others."""
+    def settings(folder, seed=0):
+        task = load_task("digits-mlp")
+        tune(task, ["map"], 2, [0], "nll", folder, OPTIONS, run_serial, 1, sampler_seed=seed)
+        study = optuna.load_study(study_name=study_name(task, "map"), storage=f"sqlite:///{folder / 'digits-mlp.db'}")
+        return [trial.params for trial in study.trials]
+
+    first = settings(tmp_path / "a")
+    assert settings(tmp_path / "b") == first and settings(tmp_path / "c", seed=1) != first
