@@ -159,7 +159,7 @@ def tune(task: TaskSpec, methods: list[str], trials: int, seeds: list[int], obje
     kinds = {name: typing.get_type_hints(spec.hparams_class) for name, spec in specs.items()}
     options = {**options, "results_dir": study_dir / "runs", "validation_only": True}
     for name in methods:  # every configuration must load before anything runs: bad names fail here, exit 2
-        defaults = {dimension.name: _default(specs[name], dimension) for dimension in spaces[name]}
+        defaults = {dimension.name: _default(dimension, kinds[name][dimension.name]) for dimension in spaces[name]}
         expand([str(task.path)], [name], seeds[:1], [defaults], options)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = _storage(study_dir, task)
@@ -167,9 +167,6 @@ def tune(task: TaskSpec, methods: list[str], trials: int, seeds: list[int], obje
     for name in methods:
         studies[name] = optuna.create_study(study_name=study_name(task, name), storage=storage, direction=direction,
                                             load_if_exists=True)
-        studies[name].set_user_attr("objective", objective)
-        studies[name].set_user_attr("seeds", seeds)
-        studies[name].set_user_attr("search_space", {d.name: d.as_table() for d in spaces[name]})
     targets = {name: trials for name in methods}
     for name in methods:  # a categorical space no larger than the budget: each setting once, not TPE's repeats
         grid = _grid(spaces[name])
@@ -225,20 +222,17 @@ def tune(task: TaskSpec, methods: list[str], trials: int, seeds: list[int], obje
         params = {d.name: _suggest(trial, d, kinds[name][d.name]) for d in spaces[name]}
         return start(name, trial.number, params)
 
-    def wants_more(name: str) -> bool:
-        count, seconds = spent(name)
-        return count < targets[name] and (budget_seconds is None or seconds < budget_seconds)
-
     def next_jobs() -> list[Any]:
         """Ask trials round-robin until `workers` are in flight or every budget is spent; settle the ones whose
         runs all exist already (a repeated configuration) at once."""
         jobs: list[Any] = []
         while len(open_trials) < workers:
-            candidates = [name for name in methods if wants_more(name)]
+            used = {name: spent(name) for name in methods}  # one read of each study per trial asked
+            candidates = [name for name in methods if used[name][0] < targets[name]
+                          and (budget_seconds is None or used[name][1] < budget_seconds)]
             if not candidates:
                 break
-            counts = {name: spent(name)[0] for name in candidates}
-            jobs += ask(min(candidates, key=lambda name: (counts[name], methods.index(name))))
+            jobs += ask(min(candidates, key=lambda name: (used[name][0], methods.index(name))))
             settle()
         return jobs
 
@@ -300,13 +294,13 @@ def _sampler_seed(seed: int, study: str, trial_number: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def _default(spec: MethodSpec, dimension: Dimension) -> Any:
-    """A value inside the dimension, for checking that the method's configurations load before any trial."""
+def _default(dimension: Dimension, kind: type) -> Any:
+    """A value inside the dimension (of a `kind` field), to check that the method's configurations load before any
+    trial."""
     if dimension.distribution == "categorical":
         return dimension.choices[0]
     value = math.sqrt(dimension.low * dimension.high) if dimension.distribution == "log-uniform" else \
         (dimension.low + dimension.high) / 2
-    kind = typing.get_type_hints(spec.hparams_class)[dimension.name]
     return round(value) if kind is int else value
 
 

@@ -541,16 +541,17 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     alpha = hparams.prior_precision
     solver_iterations = []
 
-    def solve(alpha: float, start: Tensor) -> tuple[Tensor, float]:
+    def solve(alpha: float) -> tuple[Tensor, float]:
+        """The K samples at α from the Jacobi start, and their relative residual."""
         if hparams.solver == "cg":
-            samples, residual, iterations = _solve_samples_cg(lin, likelihood, train, start, anchors(alpha), alpha,
-                                                              hparams, diag_ggn)
+            samples, residual, iterations = _solve_samples_cg(lin, likelihood, train, jacobi_start(alpha),
+                                                              anchors(alpha), alpha, hparams, diag_ggn)
             solver_iterations.append(iterations)
             return samples, residual
-        return _solve_samples(lin, likelihood, train, start, anchors(alpha), alpha, hparams, preconditioner(alpha),
-                              cpu_generator)
+        return _solve_samples(lin, likelihood, train, jacobi_start(alpha), anchors(alpha), alpha, hparams,
+                              preconditioner(alpha), cpu_generator)
 
-    samples, residual = solve(alpha, jacobi_start(alpha))
+    samples, residual = solve(alpha)
     weights, history, proposals, linear_fits = lin.theta * lin.mask, [alpha], [], []
     search = MacKaySearch(hparams.em_tol)
     for _ in range(hparams.em_steps):
@@ -564,7 +565,7 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
             break
         alpha = following
         history.append(alpha)
-        samples, residual = solve(alpha, jacobi_start(alpha))
+        samples, residual = solve(alpha)
     converged = hparams.em_steps == 0 or search.converged
     seconds = time.perf_counter() - start
     info = FitInfo(steps=loop.steps, epochs=loop.epochs, seconds=loop.seconds + seconds,
@@ -581,7 +582,7 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
                         f"{hparams.sample_tol:g}: they are not yet posterior samples")
     if not converged:
         warnings.append(f"sampled-laplace: EM did not converge in em_steps={hparams.em_steps} (last MacKay "
-                                  f"proposal {proposals[-1]:.4g} for α = {alpha:.4g}, em_tol {hparams.em_tol:g})")
+                        f"proposal {proposals[-1]:.4g} for α = {alpha:.4g}, em_tol {hparams.em_tol:g})")
     if warnings:
         info.extra["warnings"] = warnings
     return SampledLaplacePredictive(lin, samples, likelihood, hparams.pred_type, hparams.link_approx), info
