@@ -22,10 +22,10 @@ def math_attention():
 
 
 class FlatParams:
-    """The layout of `model.named_parameters()` in one flat vector (in that order)."""
+    """The layout of `model.named_parameters()` (or of a dict of named tensors) in one flat vector, in that order."""
 
-    def __init__(self, model: nn.Module) -> None:
-        named = list(model.named_parameters())
+    def __init__(self, model: nn.Module | dict[str, Tensor]) -> None:
+        named = list(model.items() if isinstance(model, dict) else model.named_parameters())
         self.names = [name for name, _ in named]
         self.shapes = [value.shape for _, value in named]
 

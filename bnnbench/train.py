@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
+from torch.optim.adamw import adamw as functional_adamw
 
 from bnnbench.errors import DivergenceError, UsageError
 from bnnbench.types import Budget, FitContext, Split
@@ -150,9 +151,39 @@ def adamw(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
 
 
+def _schedule(kind: str, total_steps: int) -> Callable[[int], float]:
+    """The learning rate's factor at optimiser step `step` (0-based): cosine decay to 0 over `total_steps`, or 1."""
+    if kind == "cosine":
+        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    return lambda step: 1.0
+
+
+class ClosedFormAdamW:
+    """AdamW for parameters whose gradients come in closed form (no backward pass), as a few flat vectors
+    stepped several times per mini-batch (score-vi's inner steps): torch's functional AdamW with its fused
+    kernel, one per tensor, the rate set by the loop's schedule. torch.optim.Optimizer's per-step bookkeeping
+    (hooks, state lookups, the scheduler) costs more than such an update; the algorithm and the defaults
+    (betas 0.9, 0.999, eps 1e-8) are AdamW's, and so are the results up to rounding."""
+
+    def __init__(self, parameters: list[Tensor], config: TrainConfig) -> None:
+        self.parameters, self.config = parameters, config
+        self.exp_avgs = [torch.zeros_like(p) for p in parameters]
+        self.exp_avg_sqs = [torch.zeros_like(p) for p in parameters]
+        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in parameters]
+
+    def step(self, gradients: list[Tensor], lr: float) -> None:
+        if self.config.grad_clip > 0:  # as clip_grad_norm_: scale by max_norm / (norm + 1e-6) when above
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in gradients]))
+            torch._foreach_mul_(gradients, (self.config.grad_clip / (norm + 1e-6)).clamp(max=1.0))
+        with torch.no_grad():
+            functional_adamw(self.parameters, gradients, self.exp_avgs, self.exp_avg_sqs, [], self.steps,
+                                    fused=True, amsgrad=False, beta1=0.9, beta2=0.999, lr=lr,
+                                    weight_decay=self.config.weight_decay, eps=1e-8, maximize=False)
+
+
 def train_loop(
     parameters: Iterable[Tensor] | Iterable[dict],
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | Callable[[Tensor, Tensor], tuple[Tensor, list[Tensor]]],
     data: Split,
     config: TrainConfig,
     budget: Budget,
@@ -163,6 +194,7 @@ def train_loop(
     inner_steps: int = 1,
     on_epoch: Callable[[], dict[str, float]] | None = None,
     make_optimizer: Callable[[list[dict], TrainConfig], torch.optim.Optimizer] = adamw,
+    closed_form: bool = False,
 ) -> LoopResult:
     """Minimise `loss_fn(x_batch, y_batch)` over `parameters` within `budget`.
 
@@ -173,6 +205,8 @@ def train_loop(
     Shuffling uses a generator seeded from `context.seed`, so CPU runs repeat exactly.
     `parameters` are tensors or optimiser parameter groups (dicts, e.g. with their own weight decay);
     `make_optimizer(groups, config)` builds the optimiser (AdamW unless a method's phase needs another).
+    With `closed_form`, `loss_fn` returns the loss and the gradients of `parameters` (in order), so a step
+    needs no backward pass.
 
     Raises:
         DivergenceError: the mean loss of an epoch is not finite.
@@ -186,12 +220,15 @@ def train_loop(
     n = len(y)
     total_batches = planned_batches(n, config.batch_size, budget)
     total_steps = total_batches * inner_steps
-    optimizer = make_optimizer(groups, config)
-    if config.schedule == "cosine":
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    factor = _schedule(config.schedule, total_steps)
+    if closed_form:
+        if len(groups) != 1 or set(groups[0]) != {"params"}:
+            raise ValueError("closed-form gradients take plain parameters, not parameter groups")
+        optimizer = ClosedFormAdamW(parameters, config)
     else:
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        optimizer = make_optimizer(groups, config)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    optimizer_steps = 0
     generator = torch.Generator().manual_seed(context.seed)
     augment_generator = torch.Generator(device).manual_seed(context.seed)
     result = LoopResult(steps=0, epochs=0, seconds=0.0)
@@ -214,12 +251,17 @@ def train_loop(
                 for _ in range(inner_steps):
                     with autocast(device):
                         loss = loss_fn(x_batch, y_batch)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if config.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-                    optimizer.step()
-                    schedule.step()
+                    if closed_form:
+                        loss, gradients = loss
+                        optimizer.step(gradients, config.lr * factor(optimizer_steps))
+                    else:
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        if config.grad_clip > 0:
+                            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+                        optimizer.step()
+                        schedule.step()
+                    optimizer_steps += 1
                     loss_sum += loss.detach().float()
                     losses += 1
                 result.steps += 1

@@ -81,3 +81,27 @@ def test_a_warm_up_limit_that_rounds_to_zero_means_no_warm_up():
     assert split_budget(Budget(max_epochs=1, max_steps=20), 0.5) == (None, Budget(max_epochs=1, max_steps=20))
     warm, rest = split_budget(Budget(max_epochs=4, max_steps=20), 0.5)
     assert (warm.max_epochs, warm.max_steps, rest.max_epochs, rest.max_steps) == (2, 10, 2, 10)
+
+
+@pytest.mark.parametrize(("schedule", "grad_clip", "weight_decay"), [("cosine", 0.0, 0.0), ("cosine", 0.5, 0.01),
+                                                                     ("constant", 0.0, 0.0)])
+def test_closed_form_gradients_take_the_same_adamw_steps(schedule, grad_clip, weight_decay):
+    """A loss handed in with its gradient (no backward pass, `ClosedFormAdamW`) must follow the path of the
+    same loss through autograd and torch.optim.AdamW with the scheduler: same schedule, clipping, decay and
+    several optimiser steps per mini-batch."""
+    data = regression_data()
+    config = TrainConfig(lr=0.05, weight_decay=weight_decay, batch_size=32, schedule=schedule, grad_clip=grad_clip)
+    paths = []
+    for closed_form in (False, True):
+        weight, bias = torch.zeros(5, requires_grad=True), torch.zeros(1, requires_grad=True)
+        autograd_loss = least_squares([weight, bias])
+
+        def with_gradients(x, y, weight=weight, bias=bias):
+            residual = (x @ weight + bias - y).detach()
+            return (residual**2).mean(), [2 * x.T @ residual / len(y), 2 * residual.mean().reshape(1)]
+
+        train_loop([weight, bias], with_gradients if closed_form else autograd_loss, data, config,
+                   Budget(max_epochs=5), CONTEXT, inner_steps=3, closed_form=closed_form)
+        paths.append(torch.cat([weight.detach(), bias.detach()]))
+    torch.testing.assert_close(paths[1], paths[0], rtol=1e-5, atol=1e-6)
+    assert paths[0].abs().min() > 0.3  # every parameter moved well away from its start at 0

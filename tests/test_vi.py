@@ -25,10 +25,11 @@ def random_gaussian(dim: int, seed: int, dtype=torch.float64, trainable: bool = 
             "b": torch.randn(2, 3, generator=generator, dtype=dtype)}
     log_std = {name: 0.3 * torch.randn(value.shape, generator=generator, dtype=dtype) - 1.0
                for name, value in mean.items()}
+    gaussian = DiagonalGaussian.from_named(mean, log_std)
     if trainable:
-        for value in (*mean.values(), *log_std.values()):
+        for value in gaussian.parameters():
             value.requires_grad_(True)
-    return DiagonalGaussian(mean, log_std)
+    return gaussian
 
 
 def gradients(loss: torch.Tensor, q: DiagonalGaussian) -> list[torch.Tensor]:
@@ -38,7 +39,7 @@ def gradients(loss: torch.Tensor, q: DiagonalGaussian) -> list[torch.Tensor]:
 def test_kl_closed_form_matches_monte_carlo():
     a, b = random_gaussian(4, 0), random_gaussian(4, 1)
     torch.manual_seed(0)
-    draws = a.samples(20000)
+    draws = a.draws(20000)
     estimate = torch.stack([a.log_prob(theta) - b.log_prob(theta) for theta in draws]).mean()
     assert kl_divergence(a, b).item() == pytest.approx(estimate.item(), rel=0.03)
     assert kl_divergence(a, a).item() == pytest.approx(0.0, abs=1e-12)
@@ -51,9 +52,8 @@ def test_score_loss_closed_form_gradient_equals_autograd(weighting):
                               refresh_every=1, weighting=weighting)
     objective.set_anchor(random_gaussian(5, 1))  # q_t ≠ q, so the proximal term has a gradient
     torch.manual_seed(0)
-    objective.samples = objective.anchor.samples(3)
-    objective.scores = [{name: torch.randn_like(value) for name, value in theta.items()}
-                        for theta in objective.samples]
+    objective.samples = list(objective.anchor.draws(3))
+    objective.scores = [torch.randn_like(theta) for theta in objective.samples]
     score_loss, proximal = objective.reference_loss()
     reference = score_loss + 0.7 * proximal
     closed_form = objective.loss()
@@ -80,16 +80,14 @@ def test_score_gradient_is_unbiased_under_minibatch_noise():
     init = {name: value.detach() for name, value in model.named_parameters()}
     q = DiagonalGaussian.trainable(init, init_std=0.05)
     with torch.no_grad():
-        for value in q.mean.values():
-            value.add_(0.1)  # off the anchor: the proximal term contributes too
-        for value in q.log_std.values():
-            value.add_(0.2)
+        q.mean.add_(0.1)  # off the anchor: the proximal term contributes too
+        q.log_std.add_(0.2)
     prior = DiagonalGaussian.isotropic({n: torch.zeros_like(v) for n, v in init.items()}, 1.0)
     objective = ScoreMatching(q, prior, log_likelihood, train_samples=2, prox_weight=1.0, refresh_every=1,
                               weighting="q_t")
     objective.set_anchor(DiagonalGaussian.isotropic(init, 0.05))
     torch.manual_seed(0)
-    samples = objective.anchor.samples(2)
+    samples = list(objective.anchor.draws(2))
 
     def gradient_on(rows: slice, biased: bool = False) -> list[torch.Tensor]:
         objective.samples = samples
@@ -97,9 +95,8 @@ def test_score_gradient_is_unbiased_under_minibatch_noise():
         if not biased:
             return gradients(objective.loss(), q)
         variance = q.variance()  # depends on φ: the loss is no longer linear in the scores' noise
-        loss = sum(((score - target[name]) ** 2 * variance[name]).sum()
-                   for theta, target in zip(samples, objective.scores, strict=True)
-                   for name, score in q.score(theta).items())
+        loss = sum(((q.score(theta) - target) ** 2 * variance).sum()
+                   for theta, target in zip(samples, objective.scores, strict=True))
         return gradients(loss, q)
 
     batches = [slice(begin, begin + 10) for begin in range(0, 60, 10)]
@@ -155,8 +152,8 @@ def _fit_gaussian_target(method: str, precision: torch.Tensor, mean: torch.Tenso
                TrainConfig(lr=lr, weight_decay=0.0, batch_size=batch), Budget(max_epochs=epochs), CPU,
                on_batch=getattr(objective, "on_batch", None), inner_steps=inner_steps,
                on_epoch=objective.epoch_diagnostics)
-    fitted_mean = q.mean["t"].detach().double()
-    ratio = (q.variance()["t"].detach().double() * torch.diag(precision)).numpy()
+    fitted_mean = q.mean.detach().double()
+    ratio = (q.variance().detach().double() * torch.diag(precision)).numpy()
     return ((fitted_mean - mean).norm() / mean.norm()).item(), ratio
 
 

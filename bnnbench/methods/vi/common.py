@@ -23,8 +23,10 @@ from torch.func import functional_call
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Likelihood, get_likelihood
 from bnnbench.methods.map import train_map
+from bnnbench.methods.stochastic import MAX_ROWS
 from bnnbench.methods.vi.family import DiagonalGaussian, Params
 from bnnbench.methods.vi.objectives import LogLikelihood
+from bnnbench.params import StackedWeights
 from bnnbench.train import TrainConfig, autocast, loop_config, split_budget, train_loop
 from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, ParameterPosterior, TaskSpec
 
@@ -95,31 +97,44 @@ def network_log_likelihood(model: nn.Module, likelihood: Likelihood, fixed: Para
 
 
 class GaussianPosteriorPredictive(ParameterPosterior):
-    """Draws θ ~ q and runs the network with it (functional_call); `n_samples = 0` uses the mean."""
+    """Draws θ ~ q and runs the network with them (`n_samples = 0` uses the mean). The draws are stacked and
+    run in one vmapped `functional_call` (`StackedWeights`), at most `MAX_ROWS` rows (draws x batch) a pass:
+    a few wide passes instead of S narrow ones, as for the other sampling methods. Where vmap cannot run the
+    network, the same draws go through a loop (the first batch decides)."""
 
     def __init__(self, model: nn.Module, posterior: DiagonalGaussian, fixed: Params, likelihood: Likelihood) -> None:
         self.model, self.posterior, self.fixed, self.likelihood = model.eval(), posterior, fixed, likelihood
+        self.stack = StackedWeights(model, {}, {})
+        self.checked = False
 
     @torch.no_grad()
     def predict(self, x: Tensor, n_samples: int) -> Tensor:
-        draws = [self.posterior.sample() for _ in range(n_samples)] or [self.posterior.mean]
-        outputs = []
-        for theta in draws:
-            with autocast(x.device):
-                outputs.append(self.likelihood.log_predictive(
-                    functional_call(self.model, {**self.fixed, **theta}, (x,))))
-        return torch.stack(outputs)
+        draws = self.posterior.draws(n_samples) if n_samples else self.posterior.mean.unsqueeze(0)
+        per_pass = max(1, MAX_ROWS // max(len(x), 1))
+        return torch.cat([self.outputs(x, rows) for rows in draws.split(per_pass)])
+
+    def outputs(self, x: Tensor, draws: Tensor) -> Tensor:
+        """The likelihood's log predictive (K, B, ...) of the network at each row θ_k of `draws` (K, P)."""
+        k = len(draws)
+        self.stack.params = {name: value.expand(k, *value.shape) for name, value in self.fixed.items()}
+        self.stack.params |= self.posterior.named_rows(draws)
+        self.stack.buffers = {name: value.expand(k, *value.shape) for name, value in self.model.named_buffers()}
+        with autocast(x.device):
+            if not self.checked:
+                self.checked = True
+                self.stack.vmap_blocker(x[:2], training=False)
+            return self.likelihood.log_predictive(self.stack.outputs_shared(x))
 
     def parameter_moments(self) -> tuple[Params, Params]:
         """Mean and variance of every model parameter (variance 0 for those kept fixed), in model order."""
-        variances = self.posterior.variance()
-        means, variance = {}, {}
+        means, variances = self.posterior.named(self.posterior.mean), self.posterior.named(self.posterior.variance())
+        moments: tuple[Params, Params] = ({}, {})
         for name, _ in self.model.named_parameters():
-            if name in self.posterior.mean:
-                means[name], variance[name] = self.posterior.mean[name], variances[name]
+            if name in means:
+                moments[0][name], moments[1][name] = means[name], variances[name]
             else:
-                means[name], variance[name] = self.fixed[name], torch.zeros_like(self.fixed[name])
-        return means, variance
+                moments[0][name], moments[1][name] = self.fixed[name], torch.zeros_like(self.fixed[name])
+        return moments
 
 
 def _warm_up(model: nn.Module, likelihood: Likelihood, data: DataBundle, hparams: VIHparams, budget: Budget,
@@ -160,9 +175,10 @@ def fit_variational(task: TaskSpec, model: nn.Module, data: DataBundle, budget: 
     batches = math.ceil(len(data.train) / hparams.batch_size)
     vi_steps = min(s for s in (vi_budget.max_steps, vi_budget.max_epochs and vi_budget.max_epochs * batches) if s)
     objective = make_objective(q, prior, log_likelihood, vi_steps * inner_steps)
-    loop = train_loop(q.parameters(), objective.loss, data.train, vi_config, vi_budget, context, name,
-                      on_batch=getattr(objective, "on_batch", None), inner_steps=inner_steps,
-                      on_epoch=objective.epoch_diagnostics)
+    closed_form = hasattr(objective, "loss_and_gradients")
+    loop = train_loop(q.parameters(), objective.loss_and_gradients if closed_form else objective.loss, data.train,
+                      vi_config, vi_budget, context, name, on_batch=getattr(objective, "on_batch", None),
+                      inner_steps=inner_steps, on_epoch=objective.epoch_diagnostics, closed_form=closed_form)
     warm_seconds = warm.seconds if warm else 0.0
     extra = {
         "warmup_epochs": warm.epochs if warm else 0,

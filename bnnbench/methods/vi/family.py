@@ -1,16 +1,20 @@
 """The diagonal Gaussian that score-vi and elbo-vi share: variational family, prior and proximal anchor.
 
-Parameters are kept per tensor, keyed by the model's parameter names (never one flat vector), so the
-same code serves an MLP, a CNN or a timm ViT. The closed forms follow ../shared/methods/score_vi.md.
+Mean μ and ω = log σ are each one flat vector over all the variational parameters, laid out by the model's
+parameter names (`FlatParams`), so the same code serves an MLP, a CNN or a timm ViT. Flat, because the
+methods' work outside the network is element-wise: one kernel over every coordinate per operation, where
+per-tensor storage costs one per tensor (a ViT has ~150), and the optimiser updates two tensors. The network
+sees named views (`named`). The closed forms follow ../shared/methods/score_vi.md.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import torch
 from torch import Tensor
+
+from bnnbench.params import FlatParams
 
 __all__ = ["DiagonalGaussian", "kl_divergence"]
 
@@ -23,99 +27,101 @@ def _master(value: Tensor) -> Tensor:
 
 
 class DiagonalGaussian:
-    """N(mean, diag(exp(log_std))²) over named tensors. `log_std` (ω) keeps σ positive without
-    constraints, as the score-vi closed forms are written in ω."""
+    """N(mean, diag(exp(log_std))²), `mean` and `log_std` (ω) flat vectors in `layout`. ω keeps σ positive
+    without constraints, as the score-vi closed forms are written in ω."""
 
-    def __init__(self, mean: Params, log_std: Params) -> None:
+    def __init__(self, layout: FlatParams, mean: Tensor, log_std: Tensor) -> None:
+        if mean.shape != (layout.size,) or log_std.shape != mean.shape:
+            raise ValueError(f"mean and log_std must be flat vectors of {layout.size} values")
+        self.layout, self.mean, self.log_std = layout, mean, log_std
+
+    @classmethod
+    def from_named(cls, mean: Params, log_std: Params) -> DiagonalGaussian:
+        """From named tensors (copied into the flat layout)."""
         if mean.keys() != log_std.keys():
             raise ValueError("mean and log_std must name the same tensors")
-        self.mean, self.log_std = mean, log_std
+        layout = FlatParams(mean)
+        return cls(layout, layout.flatten(mean), layout.flatten(log_std))
 
     @classmethod
     def trainable(cls, init_mean: Params, init_std: float) -> DiagonalGaussian:
-        """A family member to optimise: mean at `init_mean`, every σ at `init_std`; leaves need grad."""
-        mean = {name: _master(value).requires_grad_(True) for name, value in init_mean.items()}
-        log_std = {name: torch.full_like(value, math.log(init_std)).requires_grad_(True)
-                   for name, value in mean.items()}
-        return cls(mean, log_std)
+        """A family member to optimise: mean at `init_mean`, every σ at `init_std`; the two leaves need grad."""
+        layout = FlatParams(init_mean)
+        mean = _master(layout.flatten(init_mean)).requires_grad_(True)
+        return cls(layout, mean, torch.full_like(mean, math.log(init_std)).requires_grad_(True))
 
     @classmethod
     def isotropic(cls, mean: Params, std: float) -> DiagonalGaussian:
         """A fixed N(mean, std² I), e.g. the prior."""
-        mean = {name: _master(value) for name, value in mean.items()}
-        return cls(mean, {name: torch.full_like(value, math.log(std)) for name, value in mean.items()})
+        layout = FlatParams(mean)
+        flat = _master(layout.flatten(mean))
+        return cls(layout, flat, torch.full_like(flat, math.log(std)))
 
     def names(self) -> list[str]:
-        return list(self.mean)
+        return self.layout.names
+
+    def named(self, flat: Tensor) -> Params:
+        """Views of a flat vector in this layout, keyed and shaped like the model's parameters."""
+        return self.layout.unflatten(flat)
+
+    def named_rows(self, rows: Tensor) -> Params:
+        """Rows (K, P) of flat vectors as named tensors (K, *shape): K weight settings stacked for vmap."""
+        parts = rows.split([shape.numel() for shape in self.layout.shapes], dim=1)
+        return {name: part.reshape(len(rows), *shape)
+                for name, part, shape in zip(self.layout.names, parts, self.layout.shapes, strict=True)}
 
     def parameters(self) -> list[Tensor]:
-        return [*self.mean.values(), *self.log_std.values()]
+        return [self.mean, self.log_std]
 
     def numel(self) -> int:
-        return sum(value.numel() for value in self.mean.values())
+        return self.layout.size
 
     def detached(self) -> DiagonalGaussian:
         """A frozen copy (the proximal anchor q_t, or the fitted posterior)."""
-        return DiagonalGaussian({n: v.detach().clone() for n, v in self.mean.items()},
-                                {n: v.detach().clone() for n, v in self.log_std.items()})
+        return DiagonalGaussian(self.layout, self.mean.detach().clone(), self.log_std.detach().clone())
 
-    def variance(self) -> Params:
-        return {name: torch.exp(2 * value) for name, value in self.log_std.items()}
+    def variance(self) -> Tensor:
+        return torch.exp(2 * self.log_std)
 
-    def sample(self) -> Params:
-        """θ = μ + σ ⊙ ε, ε ~ N(0, I) from torch's global generator; differentiable in (μ, ω)."""
-        return self.samples(1)[0]
-
-    def samples(self, n: int, antithetic: bool = False) -> list[Params]:
-        """`n` draws; with `antithetic`, in pairs μ ± σ ⊙ ε (n must be even). A pair cancels the part of an
+    def draws(self, n: int, antithetic: bool = False) -> Tensor:
+        """`n` draws θ = μ + σ ⊙ ε as rows (n, P), ε ~ N(0, I) from torch's global generator; differentiable
+        in (μ, ω). With `antithetic`, in pairs μ ± σ ⊙ ε (n must be even): a pair cancels the part of an
         estimator that is odd in ε, e.g. all the noise of a linear score, at no extra cost per draw."""
         if antithetic and n % 2:
             raise ValueError(f"antithetic sampling needs an even number of samples, got {n}")
-        names, means = self.names(), list(self.mean.values())
-        stds = torch._foreach_exp(list(self.log_std.values()))
-        draws = []
-        for _ in range(n // 2 if antithetic else n):
-            # One normal draw for all tensors, viewed per tensor: a launch per draw, not per tensor.
-            flat = torch.randn(self.numel(), dtype=means[0].dtype, device=means[0].device)
-            epsilon = [part.view_as(mean) for part, mean in zip(flat.split(self._sizes()), means, strict=True)]
-            noise = torch._foreach_mul(stds, epsilon)
-            draws.append(dict(zip(names, torch._foreach_add(means, noise), strict=True)))
-            if antithetic:
-                draws.append(dict(zip(names, torch._foreach_sub(means, noise), strict=True)))
-        return draws
+        # one normal vector per draw (pair), as torch's generator hands them out one call at a time: the draws
+        # are then the same whatever n, so a run's stream does not depend on how many are asked for at once
+        epsilon = torch.stack([torch.randn(self.numel(), dtype=self.mean.dtype, device=self.mean.device)
+                               for _ in range(n // 2 if antithetic else n)])
+        noise = torch.exp(self.log_std) * epsilon
+        if antithetic:  # rows μ + σε₁, μ − σε₁, μ + σε₂, ...
+            noise = torch.stack([noise, -noise], dim=1).reshape(n, -1)
+        return self.mean + noise
 
-    def _sizes(self) -> list[int]:
-        return [value.numel() for value in self.mean.values()]
+    def samples(self, n: int, antithetic: bool = False) -> list[Params]:
+        """`n` draws (see `draws`) as named tensors, for `functional_call`."""
+        return [self.named(row) for row in self.draws(n, antithetic)]
 
-    def score(self, theta: Params) -> Params:
-        """∇_θ log q(θ) = −(θ − μ) ⊙ σ⁻²."""
-        names = self.names()
-        diff = torch._foreach_sub(list(self.mean.values()), [theta[name] for name in names])
-        inv_var = torch._foreach_exp(torch._foreach_mul(list(self.log_std.values()), -2.0))
-        return dict(zip(names, torch._foreach_mul(diff, inv_var), strict=True))
+    def sample(self) -> Params:
+        return self.samples(1)[0]
 
-    def log_prob(self, theta: Params) -> Tensor:
-        """log q(θ), summed over every coordinate."""
-        total = 0.0
-        for name, mean in self.mean.items():
-            log_std = self.log_std[name]
-            total = total + (-0.5 * ((theta[name] - mean) * torch.exp(-log_std)) ** 2 - log_std).sum()
-        return total - 0.5 * math.log(2 * math.pi) * self.numel()
+    def score(self, theta: Tensor) -> Tensor:
+        """∇_θ log q(θ) = −(θ − μ) ⊙ σ⁻², θ flat."""
+        return (self.mean - theta) * torch.exp(-2 * self.log_std)
+
+    def log_prob(self, theta: Tensor) -> Tensor:
+        """log q(θ) of a flat θ, summed over every coordinate."""
+        standardised = (theta - self.mean) * torch.exp(-self.log_std)
+        return (-0.5 * standardised.square() - self.log_std).sum() - 0.5 * math.log(2 * math.pi) * self.numel()
 
     def mean_std(self) -> dict[str, float]:
         """Mean σ per tensor (a diagnostic)."""
-        return {name: torch.exp(value.detach()).mean().item() for name, value in self.log_std.items()}
+        return {name: torch.exp(value.detach()).mean().item() for name, value in self.named(self.log_std).items()}
 
 
-def kl_divergence(a: DiagonalGaussian, b: DiagonalGaussian, names: Iterable[str] | None = None) -> Tensor:
+def kl_divergence(a: DiagonalGaussian, b: DiagonalGaussian) -> Tensor:
     """KL(a ‖ b) = Σ_d [ω_b − ω_a + (σ_a² + (μ_a − μ_b)²) / (2σ_b²) − ½], summed over coordinates."""
-    names = list(names or a.names())
-    log_std_a, log_std_b = [a.log_std[name] for name in names], [b.log_std[name] for name in names]
-    shift = torch._foreach_sub([a.mean[name] for name in names], [b.mean[name] for name in names])
-    spread = torch._foreach_addcmul(torch._foreach_exp(torch._foreach_mul(log_std_a, 2.0)), shift, shift)
-    terms = torch._foreach_sub(log_std_b, log_std_a)
-    inv_var_b = torch._foreach_exp(torch._foreach_mul(log_std_b, -2.0))
-    terms = torch._foreach_add(terms, torch._foreach_mul(spread, inv_var_b), alpha=0.5)
-    terms = torch._foreach_add(terms, -0.5)
-    # Each coordinate's term is a KL divergence, so >= 0: its 1-norm is its sum, one launch for all tensors.
-    return torch.stack(torch._foreach_norm(terms, 1)).sum()
+    if a.names() != b.names():
+        raise ValueError("KL divergence of Gaussians over different parameters")
+    spread = torch.exp(2 * a.log_std) + (a.mean - b.mean).square()
+    return (b.log_std - a.log_std + 0.5 * spread * torch.exp(-2 * b.log_std) - 0.5).sum()
