@@ -5,7 +5,10 @@ and peak memory is the process's own. Seconds per epoch are those of the VI phas
 for the VI methods and of the whole fit for map, on the same task, data, batch size and thread count.
 Prints medians over repeats and the ratios to map.
 
-    python benchmarks/vi_cost.py --task digits-mlp --epochs 10 --repeats 3
+    python benchmarks/vi_cost.py --task digits-mlp --epochs 10 --repeats 3 [--peer-python scratch/bin/python]
+
+With --peer-python, bayesian-torch's reparameterisation and flipout layers on the same MLP are measured in
+the same run (that interpreter needs bayesian-torch; bnnbench does not depend on it).
 """
 
 from __future__ import annotations
@@ -60,6 +63,17 @@ def measure(task: str, method: str, epochs: int, device: str, overrides: dict) -
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+PEER_LAYERS = ("reparameterization", "flipout")
+
+
+def measure_peer(python: str, task: str, layer: str, epochs: int) -> dict:
+    """bayesian-torch's mean-field layers on the same MLP (benchmarks/peer_bayesian_torch.py, run by `python`)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_bayesian_torch.py")
+    result = subprocess.run([python, script, "--task", task, "--layer", layer, "--epochs", str(epochs)], check=True,
+                            capture_output=True, text=True, env=os.environ)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="digits-mlp")
@@ -69,6 +83,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE",
                         help="hyper-parameter override for one method, e.g. score-vi:inner_steps=1")
+    parser.add_argument("--peer-python", metavar="PATH", help="an interpreter with bayesian-torch installed: its "
+                        "mean-field layers on the same MLP join the table (benchmarks/peer_bayesian_torch.py)")
     args = parser.parse_args()
     overrides: dict[str, dict] = {method: {} for method in METHODS}
     for item in args.set:
@@ -82,6 +98,9 @@ def main() -> None:
         epochs = args.epochs if method == "map" else 2 * args.epochs
         runs = [measure(args.task, method, epochs, args.device, method_overrides) for _ in range(args.repeats)]
         results[label] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    for layer in PEER_LAYERS if args.peer_python else ():
+        runs = [measure_peer(args.peer_python, args.task, layer, args.epochs) for _ in range(args.repeats)]
+        results[f"bayesian-torch {layer[:7]}"] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     print_ratios(results, f"task {args.task}, device {args.device}, median of {args.repeats} runs, "
                  f"{args.epochs} epochs timed")
 
@@ -90,11 +109,11 @@ def print_ratios(results: dict[str, dict], title: str) -> None:
     """Seconds per epoch and fit peak memory of each labelled method, and their ratios to "map"'s."""
     base = results["map"]
     print(f"{title}, threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
-    print(f"{'method':18} {'s/epoch':>9} {'x map':>7} {'fit peak MB':>12} {'x map':>7}")
+    print(f"{'method':24} {'s/epoch':>9} {'x map':>7} {'fit peak MB':>12} {'x map':>7}")
     for method, values in results.items():
         time_ratio = values["seconds_per_epoch"] / base["seconds_per_epoch"]
         memory_ratio = values["fit_peak_mb"] / max(base["fit_peak_mb"], 1e-9)
-        print(f"{method:18} {values['seconds_per_epoch']:9.4f} {time_ratio:7.2f} {values['fit_peak_mb']:12.1f} "
+        print(f"{method:24} {values['seconds_per_epoch']:9.4f} {time_ratio:7.2f} {values['fit_peak_mb']:12.1f} "
               f"{memory_ratio:7.2f}")
 
 if __name__ == "__main__":
