@@ -5,13 +5,17 @@ architecture run together by a vmapped `torch.func.functional_call` (ensembles, 
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["FlatParams", "StackedWeights", "batchnorm_parameter_names", "math_attention"]
+from bnnbench.errors import UsageError
+
+__all__ = ["SAMPLE_PASSES", "FlatParams", "StackedWeights", "batched_passes", "batchnorm_parameter_names",
+           "math_attention"]
 
 
 def math_attention():
@@ -51,6 +55,22 @@ def batchnorm_parameter_names(model: nn.Module) -> set[str]:
             for name, _ in module.named_parameters(recurse=False)}
 
 
+SAMPLE_PASSES = ("auto", "batched", "loop")
+
+
+def batched_passes(device: torch.device) -> bool:
+    """Whether K weight settings predict in one vmapped pass (True) or a loop of K passes; the two agree to
+    1e-5 (tests/test_batched_samples.py), so this is a matter of speed only. Measured on a CPU (issue 23, eight
+    samples, one thread): the loop is as fast for the digits MLP and faster for the digits CNN (2x: batched
+    weights make convolutions grouped ones) and the ViTs (1.5x on digits-vit, 1.2x on cifar10-vit: vmap needs
+    the math attention kernel), so "auto" loops on the CPU and batches on CUDA, where batching saves kernel
+    launches. BNNBENCH_SAMPLE_PASSES=batched|loop overrides it; the GPU check measures both."""
+    choice = os.environ.get("BNNBENCH_SAMPLE_PASSES", "auto")
+    if choice not in SAMPLE_PASSES:
+        raise UsageError(f"unknown BNNBENCH_SAMPLE_PASSES '{choice}'; valid choices: {', '.join(SAMPLE_PASSES)}")
+    return choice == "batched" or (choice == "auto" and device.type == "cuda")
+
+
 class StackedWeights:
     """K weight settings of one architecture: parameters and buffers stacked along a leading K axis, run in
     one vmapped `functional_call` (a step or a prediction costs one pass of K-times-wider tensors)."""
@@ -74,13 +94,18 @@ class StackedWeights:
         return functional_call(self.base, (params, buffers), (x,))
 
     def outputs_shared(self, x: Tensor) -> Tensor:
-        """(K, B, ...) outputs of each weight setting on the same rows x."""
-        if not self.vectorised:
-            return torch.stack([self.call({name: value[k] for name, value in self.params.items()},
-                                          {name: value[k] for name, value in self.buffers.items()}, x)
-                                for k in range(len(self))])
+        """(K, B, ...) outputs of each weight setting on the same rows x: one vmapped pass where vmap runs the
+        network and `batched_passes` says it pays on x's device, else a loop of K passes."""
+        return self.outputs_batched(x) if self.vectorised and batched_passes(x.device) else self.outputs_looped(x)
+
+    def outputs_batched(self, x: Tensor) -> Tensor:
         with math_attention():
             return vmap(self.call, in_dims=(0, 0, None), randomness="different")(self.params, self.buffers, x)
+
+    def outputs_looped(self, x: Tensor) -> Tensor:
+        return torch.stack([self.call({name: value[k] for name, value in self.params.items()},
+                                      {name: value[k] for name, value in self.buffers.items()}, x)
+                            for k in range(len(self))])
 
     def vmap_blocker(self, x: Tensor, training: bool) -> str:
         """Why these weights cannot run under vmap ("" when they can), for training (a backward pass, and
@@ -92,7 +117,7 @@ class StackedWeights:
         else:
             try:
                 with torch.set_grad_enabled(training):
-                    outputs = self.outputs_shared(x)
+                    outputs = self.outputs_batched(x)
                     if training:
                         outputs.float().square().sum().backward()
             except (RuntimeError, NotImplementedError, TypeError) as error:

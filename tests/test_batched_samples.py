@@ -1,6 +1,7 @@
 """Posterior samples run in one batched forward (vmap over stacked weights) must give what a loop of one forward
 per sample gives, to 1e-5 in float32, on every network family the digits tasks use (MLP, CNN with BatchNorm,
-timm ViT): the VI predictive, the stacked weights behind ensembles and SWAG, and sampled Laplace's linearisation."""
+timm ViT): the VI predictive, the stacked weights behind ensembles and SWAG, and sampled Laplace's linearisation.
+Which of the two runs is a matter of speed (`params.batched_passes`: the loop on a CPU, batched on CUDA)."""
 
 from __future__ import annotations
 
@@ -37,16 +38,19 @@ def _posterior(model: torch.nn.Module, std: float) -> tuple[DiagonalGaussian, di
 
 
 @pytest.mark.parametrize("task_name", TASKS)
-def test_vi_predictive_batched_equals_loop(task_name):
+def test_vi_predictive_batched_equals_loop(task_name, monkeypatch):
     model, x, likelihood = _network(task_name)
     posterior, fixed = _posterior(model, 0.05)
     predictive = common.GaussianPosteriorPredictive(model, posterior, fixed, likelihood)
     torch.manual_seed(1)
     draws = posterior.draws(6)
+    monkeypatch.setenv("BNNBENCH_SAMPLE_PASSES", "batched")
     batched = predictive.outputs(x, draws)
     assert predictive.stack.vectorised, "vmap should run these networks"
-    predictive.stack.vectorised = False
+    monkeypatch.setenv("BNNBENCH_SAMPLE_PASSES", "loop")
     looped = predictive.outputs(x, draws)
+    monkeypatch.setenv("BNNBENCH_SAMPLE_PASSES", "auto")  # on the CPU: the loop
+    torch.testing.assert_close(predictive.outputs(x, draws), looped, rtol=0, atol=0)
     assert batched.shape == (6, len(x), 10)
     torch.testing.assert_close(batched, looped, **TOLERANCE)
     # and each row is the network at that draw, run on its own
@@ -58,6 +62,7 @@ def test_vi_predictive_batched_equals_loop(task_name):
 
 def test_vi_predict_splits_samples_into_passes_without_changing_them(monkeypatch):
     """More draws than fit in one pass go in several; the same draws (same seed) give the same predictive."""
+    monkeypatch.setenv("BNNBENCH_SAMPLE_PASSES", "batched")
     model, x, likelihood = _network("digits-mlp")
     posterior, fixed = _posterior(model, 0.05)
     predictive = common.GaussianPosteriorPredictive(model, posterior, fixed, likelihood)
@@ -76,9 +81,8 @@ def test_stacked_weights_batched_equals_loop(task_name):
     x = _network(task_name)[1]
     stacked = StackedWeights.from_models(members)
     with torch.no_grad():
-        batched = stacked.outputs_shared(x)
-        stacked.vectorised = False
-        looped = stacked.outputs_shared(x)
+        batched = stacked.outputs_batched(x)
+        looped = stacked.outputs_looped(x)
         direct = torch.stack([member(x) for member in members])
     torch.testing.assert_close(batched, looped, **TOLERANCE)
     torch.testing.assert_close(batched, direct, **TOLERANCE)
@@ -96,3 +100,14 @@ def test_sampled_laplace_linearisation_batched_equals_loop(task_name):
     pushed = lin.jvp(x, offsets)
     one_by_one = torch.stack([lin.jvp(x, offset[None])[0] for offset in offsets])
     torch.testing.assert_close(pushed, one_by_one, **TOLERANCE)
+
+
+def test_sample_passes_setting_is_checked(monkeypatch):
+    from bnnbench.errors import UsageError
+    from bnnbench.params import batched_passes
+
+    assert not batched_passes(torch.device("cpu")) and batched_passes(torch.device("cuda"))
+    monkeypatch.setenv("BNNBENCH_SAMPLE_PASSES", "vmap")
+    with pytest.raises(UsageError, match="unknown BNNBENCH_SAMPLE_PASSES 'vmap'; valid choices: auto, batched, loop"):
+        batched_passes(torch.device("cpu"))
+

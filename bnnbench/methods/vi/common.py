@@ -97,10 +97,10 @@ def network_log_likelihood(model: nn.Module, likelihood: Likelihood, fixed: Para
 
 
 class GaussianPosteriorPredictive(ParameterPosterior):
-    """Draws θ ~ q and runs the network with them (`n_samples = 0` uses the mean). The draws are stacked and
-    run in one vmapped `functional_call` (`StackedWeights`), at most `MAX_ROWS` rows (draws x batch) a pass:
-    a few wide passes instead of S narrow ones, as for the other sampling methods. Where vmap cannot run the
-    network, the same draws go through a loop (the first batch decides)."""
+    """Draws θ ~ q and runs the network with them (`n_samples = 0` uses the mean), as `StackedWeights`: on
+    CUDA the draws run stacked in one vmapped `functional_call`, at most `MAX_ROWS` rows (draws x batch) a pass,
+    a few wide passes instead of S narrow ones; on a CPU, where that was measured slower, and where vmap cannot
+    run the network (the first batch decides), a loop over the same draws (`params.batched_passes`)."""
 
     def __init__(self, model: nn.Module, posterior: DiagonalGaussian, fixed: Params, likelihood: Likelihood) -> None:
         self.model, self.posterior, self.fixed, self.likelihood = model.eval(), posterior, fixed, likelihood
