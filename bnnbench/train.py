@@ -206,7 +206,7 @@ def train_loop(
     `parameters` are tensors or optimiser parameter groups (dicts, e.g. with their own weight decay);
     `make_optimizer(groups, config)` builds the optimiser (AdamW unless a method's phase needs another).
     With `closed_form`, `loss_fn` returns the loss and the gradients of `parameters` (in order), so a step
-    needs no backward pass.
+    needs no backward pass; its loss may be None (left out of the epoch's mean loss), but not at every step.
 
     Raises:
         DivergenceError: the mean loss of an epoch is not finite.
@@ -262,8 +262,9 @@ def train_loop(
                         optimizer.step()
                         schedule.step()
                     optimizer_steps += 1
-                    loss_sum += loss.detach().float()
-                    losses += 1
+                    if loss is not None:  # a closed-form step may leave its value out (a diagnostic)
+                        loss_sum += loss.detach().float()
+                        losses += 1
                 result.steps += 1
                 progress.advance(bar)
             if losses == 0:  # the deadline passed between the epoch check and its first batch

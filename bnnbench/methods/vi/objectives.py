@@ -61,10 +61,11 @@ class ScoreMatching:
 
     def __init__(self, q: DiagonalGaussian, prior: DiagonalGaussian, log_likelihood: LogLikelihood, *,
                  train_samples: int, prox_weight: float, refresh_every: int, weighting: str,
-                 antithetic: bool = False) -> None:
+                 antithetic: bool = False, inner_steps: int = 1) -> None:
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting '{weighting}'; valid choices: {', '.join(WEIGHTINGS)}")
         self.q, self.prior, self.log_likelihood = q, prior, log_likelihood
+        self.inner_steps, self._steps_left = inner_steps, inner_steps
         self.train_samples, self.prox_weight, self.antithetic = train_samples, prox_weight, antithetic
         self.refresh_every, self.weighting = refresh_every, weighting
         self._prior_precision = prior.variance().reciprocal()
@@ -86,6 +87,7 @@ class ScoreMatching:
         if self.batches % self.refresh_every == 0:
             self.set_anchor(self.q.detached())
         self.batches += 1
+        self._steps_left = self.inner_steps
         self.samples, self.scores = [], []
         with torch.no_grad():
             draws = self.anchor.draws(self.train_samples, self.antithetic)
@@ -109,7 +111,15 @@ class ScoreMatching:
                          for theta, target in zip(self.samples, self.scores, strict=True))
         return score_loss / len(self.samples), kl_divergence(self.anchor, self.q)
 
-    def loss_and_gradients(self, x: Tensor | None = None, y: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
+    def loss_and_gradients(self, x: Tensor | None = None,
+                           y: Tensor | None = None) -> tuple[Tensor | None, list[Tensor]]:
+        """The gradient of L_t with respect to (μ, ω), and L_t(φ) itself at the last of the mini-batch's
+        `inner_steps` steps only (None before it: the value is a diagnostic, the steps need only the gradient).
+        """
+        self._steps_left -= 1
+        return self._closed_form(with_value=self._steps_left <= 0)
+
+    def _closed_form(self, with_value: bool) -> tuple[Tensor | None, list[Tensor]]:
         """L_t(φ) and its gradient with respect to (μ, ω) in closed form (score_vi.md): r_s = −(θ_s − μ) σ⁻² − ĝ_s,
         ∂/∂μ = (2/S) Σ_s w r_s σ⁻² + λ (μ − μ_t) σ⁻², ∂/∂ω = (4/S) Σ_s w r_s (θ_s − μ) σ⁻² + λ (1 − (σ_t² +
         (μ_t − μ)²) σ⁻²). An inner step is element-wise work on the two flat vectors only, so its cost is the
@@ -119,30 +129,36 @@ class ScoreMatching:
         mean, log_std, anchor = self.q.mean.detach(), self.q.log_std.detach(), self.anchor
         with torch.no_grad():
             inv_var = torch.exp(log_std * -2.0)
-            score_loss, weighted_sum, weighted_spread = 0.0, 0.0, 0.0
+            score_loss, weighted_sum, weighted_spread = 0.0, None, None
             for theta, target in zip(self.samples, self.scores, strict=True):
                 diff = theta - mean
                 residual = torch.addcmul(target, diff, inv_var)  # = −r_s
                 weighted = residual * self._anchor_var if self.weighting == "q_t" else residual
-                score_loss = score_loss + torch.dot(residual, weighted)  # Σ_d w r²
-                weighted_sum = weighted_sum + weighted
-                weighted_spread = weighted_spread + weighted * diff
-            score_loss = score_loss / train_samples
+                if with_value:
+                    score_loss = score_loss + torch.dot(residual, weighted) / train_samples  # Σ_d w r²
+                if weighted_sum is None:
+                    weighted_sum, weighted_spread = weighted, weighted * diff
+                else:
+                    weighted_sum.add_(weighted)
+                    weighted_spread.addcmul_(weighted, diff)
             shift = mean - anchor.mean
             spread = torch.addcmul(self._anchor_var, shift, shift).mul_(inv_var)  # (σ_t² + (μ − μ_t)²) σ⁻²
-            # KL(q_t ‖ q) = Σ_d ω − ω_t + (spread − 1) / 2, summed per coordinate: the two halves are each about
-            # P / 2 (P up to millions), their difference small, and float32 keeps 7 digits
-            proximal = (log_std - anchor.log_std).add_(spread, alpha=0.5).sub_(0.5).sum()
+            value = None
+            if with_value:
+                # KL(q_t ‖ q) = Σ_d ω − ω_t + (spread − 1) / 2, summed per coordinate: the two halves are each
+                # about P / 2 (P up to millions), their difference small, and float32 keeps 7 digits
+                proximal = (log_std - anchor.log_std).add_(spread, alpha=0.5).sub_(0.5).sum()
+                self.diagnostics.add("score_loss", score_loss)
+                self.diagnostics.add("prox_kl", proximal)
+                value = score_loss + lam * proximal
             grad_mean = shift.mul_(lam).sub_(weighted_sum, alpha=2.0 / train_samples).mul_(inv_var)
             grad_log_std = spread.mul_(-lam).add_(lam).addcmul_(weighted_spread, inv_var, value=-4.0 / train_samples)
-        self.diagnostics.add("score_loss", score_loss)
-        self.diagnostics.add("prox_kl", proximal)
-        return score_loss + lam * proximal, [grad_mean, grad_log_std]
+        return value, [grad_mean, grad_log_std]
 
     def loss(self, x: Tensor | None = None, y: Tensor | None = None) -> Tensor:
         """L_t(φ) as a tensor whose backward pass hands (μ, ω) the closed-form gradient (for callers that use
         autograd; the training loop takes `loss_and_gradients` and skips it)."""
-        value, gradients = self.loss_and_gradients(x, y)
+        value, gradients = self._closed_form(with_value=True)
         return _with_gradients(value, self.q.parameters(), gradients)
 
     def epoch_diagnostics(self) -> dict[str, float]:

@@ -56,7 +56,8 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     def make_objective(q, prior, log_likelihood, total_steps):
         return ScoreMatching(q, prior, log_likelihood, train_samples=hparams.train_samples,
                              prox_weight=hparams.prox_weight, refresh_every=hparams.refresh_every,
-                             weighting=hparams.weighting, antithetic=hparams.antithetic)
+                             weighting=hparams.weighting, antithetic=hparams.antithetic,
+                             inner_steps=hparams.inner_steps)
 
     return fit_variational(task, model, data, budget, context, hparams, make_objective, "score-vi",
                            inner_steps=hparams.inner_steps)
