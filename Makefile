@@ -13,7 +13,7 @@ CI_RUN = for task in $(CI_TASKS); do for method in $(CI_METHODS); do OMP_NUM_THR
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install run test test-all report-check lint fmt baseline check bench clean
+.PHONY: install run test test-all report-check lint fmt baseline check bench gpu-check clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,9 @@ bench: install  ## cost per epoch (VI, ensembles, dropout, SWAG, rank-1) and of 
 		OMP_NUM_THREADS=1 $(BIN)/python benchmarks/others_cost.py --task $$task --epochs 5 --repeats 3 || exit 1; done
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/sweep_overhead.py --budget ci --repeats 5
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/sweep_overhead.py --budget default --repeats 3
+
+gpu-check: install  ## the GPU check on a CUDA machine (<= 8 min), report in docs/gpu.md; ARGS="--device cpu --tiny" anywhere
+	$(BIN)/bnnbench doctor --gpu $(ARGS)
 
 clean:
 	rm -rf $(CI_RUNS) results/runs .pytest_cache report report-check

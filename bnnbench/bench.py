@@ -4,13 +4,20 @@ Overhead is reported as a ratio, so a method's cost is separated from the networ
 - train: the method's training steps (its whole fit, setup excluded: the time of a fit of `warmup + steps`
   mini-batches minus that of a fit of `warmup` mini-batches, both after an untimed fit that pays the
   process's first-call costs) against plain forward, backward and AdamW steps
-  of the bare network at the same batch size, under the same autocast.
+  of the bare network at the same batch size, under the same autocast. A method that reports its training
+  steps' own seconds (the Laplace methods' `map_seconds`) is timed by those: its post-hoc work, seconds that
+  do not depend on the step count, would otherwise swamp the difference with its jitter.
 - eval: the method's predictive on evaluation batches with `n_samples` posterior samples, counted in
   network forward passes (images x samples) per second, against the bare network's forward pass at the
   same batch size and precision, the two timed call by call in alternation, each at its fastest call.
 
 `synthetic` uses random images of the task's shape: throughput does not depend on pixel values, and it lets
-a GPU machine without the data sets measure the same code.
+a GPU machine without the data sets measure the same code. Its validation split is one training batch, so the
+methods that tune on validation data (Laplace's `tune = "val"`) run as they would on the task.
+
+`compile` compiles every network built here, the method's and the bare one (`bnnbench.compiler`), so the ratios
+stay method against network on equal terms and the images/s against an eager bench say what compiling buys.
+The untimed first fit pays the compilation.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ class BenchResult:
     method_eval: float
     bare_eval: float
     peak_cuda_mb: float | None
+    compile: bool = False  # asked for with --compile
+    compile_error: str | None = None  # why compiling fell back to eager, if it did
 
     @property
     def train_ratio(self) -> float:
@@ -57,19 +66,23 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _synthetic(bundle_shape: tuple[int, ...], n_classes: int, n: int) -> Split:
-    generator = torch.Generator().manual_seed(0)
+def _synthetic(bundle_shape: tuple[int, ...], n_classes: int, n: int, seed: int = 0) -> Split:
+    generator = torch.Generator().manual_seed(seed)
     return Split(torch.rand(n, *bundle_shape, generator=generator),
                  torch.randint(0, n_classes, (n,), generator=generator))
 
 
+STEP_SECONDS = "map_seconds"  # FitInfo.extra key of a post-hoc method's training-loop seconds
+
+
 def _timed_fit(task, method, data: DataBundle, steps: int, device: torch.device, build_model):
+    """(predictive, seconds of the fit's training steps: its whole fit, or the steps' own when it reports them)."""
     model = build_model()
     _synchronize(device)
     start = time.perf_counter()
-    predictive, _ = method.fit(task, model, data, Budget(max_steps=steps), FitContext(device, 0, False))
+    predictive, info = method.fit(task, model, data, Budget(max_steps=steps), FitContext(device, 0, False))
     _synchronize(device)
-    return predictive, time.perf_counter() - start
+    return predictive, info.extra.get(STEP_SECONDS, time.perf_counter() - start)
 
 
 def _bare_train(model: torch.nn.Module, likelihood, x: torch.Tensor, y: torch.Tensor, steps: int,
@@ -118,8 +131,9 @@ def _seconds(forward, x: torch.Tensor) -> float:
 def bench(task_name: str, method_name: str, device: str = "auto", *, steps: int = 50, warmup: int = 10,
           eval_repeats: int = 5, n_samples: int | None = None, eval_batch: int | None = None,
           overrides: dict[str, Any] | None = None, synthetic: bool = False,
-          data_dir: Path | None = None) -> BenchResult:
+          data_dir: Path | None = None, compile: bool = False) -> BenchResult:
     """Measure `method_name` on `task_name` against its bare network (see the module docstring)."""
+    from bnnbench.compiler import ModelCompiler
     from bnnbench.data import load_data
     from bnnbench.likelihoods import get_likelihood
     from bnnbench.models import create_model
@@ -135,14 +149,16 @@ def bench(task_name: str, method_name: str, device: str = "auto", *, steps: int 
     if synthetic:
         shape, classes = _task_shape(task)
         train = _synthetic(shape, classes, train_batch * (warmup + steps))
-        data = DataBundle(train=train, val=_synthetic(shape, classes, 0), num_outputs=classes, input_shape=shape)
+        data = DataBundle(train=train, val=_synthetic(shape, classes, train_batch, seed=1), num_outputs=classes,
+                          input_shape=shape)
     else:
         data = load_data(task.data, str(task.path), plan.data_root).bundle
     likelihood = get_likelihood(task.likelihood, task.likelihood_options, str(task.path))
+    compiler = ModelCompiler(compile)
 
     def build_model() -> torch.nn.Module:
         torch.manual_seed(0)
-        return create_model(task.model, data.input_shape, data.num_outputs, str(task.path))
+        return compiler(create_model(task.model, data.input_shape, data.num_outputs, str(task.path)))
 
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
@@ -167,7 +183,7 @@ def bench(task_name: str, method_name: str, device: str = "auto", *, steps: int 
                                                               bare_forward, eval_x, eval_repeats)
     peak = torch.cuda.max_memory_allocated(torch_device) / 2**20 if torch_device.type == "cuda" else None
     return BenchResult(plan.device_name, train_batch, eval_batch, n_samples, method_train, bare_train,
-                       method_eval, bare_eval, peak)
+                       method_eval, bare_eval, peak, compile, compiler.error)
 
 
 def _task_shape(task) -> tuple[tuple[int, ...], int]:

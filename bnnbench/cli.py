@@ -27,6 +27,7 @@ SET_HELP = "method hyper-parameter key=value; model.KEY=value (or a bare KEY the
 DATA_DIR_HELP = "where data sets live (default $BNNBENCH_DATA, else ~/.cache/bnnbench/data)"
 TASKS_DIR_HELP = "a folder of task .toml files, searched after the built-in tasks and $BNNBENCH_TASKS_PATH (repeatable)"
 METHOD_HELP = "method name (see `bnnbench list methods`), or package.module:attr of a MethodSpec"
+COMPILE_HELP = "torch.compile the network (eager again, with a warning, if compiling fails)"
 data_app = typer.Typer(no_args_is_help=True, help="Get the data sets that need a download.")
 app.add_typer(data_app, name="data")
 reference_app = typer.Typer(no_args_is_help=True, help="Reference posteriors that fidelity tasks score methods with.")
@@ -153,6 +154,7 @@ def run(
     tasks_dir: Annotated[list[Path], typer.Option(help=TASKS_DIR_HELP)] = [],  # noqa: B006
     tuned: Annotated[Path | None, typer.Option(help="apply the method's settings from a `bnnbench tune` file "
                                                      "(tuned/<task>.toml); --set still wins")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)] = False,
 ) -> None:
     """Fit one method on one task for each seed, evaluate it, and write tidy results. A seed whose run id
     already has an ok result is skipped, as in `sweep`; `--force` replaces it."""
@@ -163,7 +165,7 @@ def run(
     seeds = parse_seeds(seed)
     plan = prepare(task, method, overrides=parse_assignments(set_), budget_name=budget, epochs=epochs,
                    device=device, results_dir=results_dir, save_predictions=save_predictions,
-                   show_progress=not quiet, data_dir=data_dir, task_dirs=tasks_dir, tuned=tuned)
+                   show_progress=not quiet, data_dir=data_dir, task_dirs=tasks_dir, tuned=tuned, compile=compile_)
     failures = 0
     for value in seeds:
         existing = None if force else finished_run(plan, value)
@@ -609,6 +611,7 @@ def bench_(
     synthetic: Annotated[bool, typer.Option(help="random images of the task's shape (no data files)")] = False,
     set_: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP + "; the bare network's too")] = False,
 ) -> None:
     """Images/s of a method's training steps and evaluation against the bare network's, as ratios."""
     from rich.table import Table
@@ -619,8 +622,9 @@ def bench_(
     if steps < 1 or warmup < 1:
         raise UsageError(f"--steps and --warmup must be at least 1, got {steps} and {warmup}")
     result = bench(task, method, device, steps=steps, warmup=warmup, n_samples=samples, eval_batch=eval_batch,
-                   overrides=parse_assignments(set_), synthetic=synthetic, data_dir=data_dir)
-    table = Table(title=f"{task} / {method} on {result.device}", header_style="bold")
+                   overrides=parse_assignments(set_), synthetic=synthetic, data_dir=data_dir, compile=compile_)
+    compiled = " (compiled)" if compile_ and result.compile_error is None else ""
+    table = Table(title=f"{task} / {method} on {result.device}{compiled}", header_style="bold")
     for column in ("", "batch", method, "bare network", "ratio"):
         table.add_column(column, justify="right")
     table.add_row("train images/s", str(result.train_batch), f"{result.method_train:,.0f}",
@@ -631,6 +635,48 @@ def bench_(
     out.print(f"eval images/s: {result.method_eval / max(result.n_samples, 1):,.0f}; train step x bare: "
               f"{1 / result.train_ratio:.2f}" + (f"; peak CUDA memory {result.peak_cuda_mb:,.0f} MB"
                                                 if result.peak_cuda_mb is not None else ""))
+
+
+@app.command(epilog="Example: `bnnbench doctor --gpu` on a CUDA machine; `--device cpu --tiny` anywhere (the tests)")
+def doctor(
+    gpu: Annotated[bool, typer.Option("--gpu", help="run the GPU check and write its report")] = False,
+    device: Annotated[str, typer.Option(help="cuda, or cpu (with --tiny: the tests' run of the same stages)")]
+    = "cuda",
+    tiny: Annotated[bool, typer.Option(help="tiny data sets, networks and step counts: every stage in seconds")]
+    = False,
+    out_path: Annotated[Path, typer.Option("--out", help="the report (Markdown), rewritten after every stage")]
+    = Path("docs/gpu.md"),
+    data_root: Annotated[Path | None, typer.Option(help="where the temporary data root is made (default: the "
+                                                        "system's temporary folder); it is removed afterwards")]
+    = None,
+    budget_seconds: Annotated[float, typer.Option(help="time for the whole check; stages not begun within it "
+                                                       "are skipped")] = 420.0,
+    method: Annotated[list[str], typer.Option(help="bench only these methods (repeatable; default: every "
+                                                   "built-in one)")] = [],  # noqa: B006
+) -> None:
+    """Without --gpu: torch, CUDA and the devices this machine shows. With --gpu: the GPU check (bench of every
+    method on cifar10-vit and cifar10-resnet18, a real epoch and a full evaluation of map and score-vi, compile),
+    written to docs/gpu.md; exit 2 at once when no CUDA device is visible, 1 when a stage failed."""
+    from bnnbench.doctor import CheckOptions, check_device, environment, gpu_check
+
+    if not gpu:
+        import torch
+
+        for key, value in environment(torch.device("cpu")).items():
+            if key != "GPU":
+                out.print(f"{key}: {value}", markup=False, highlight=False, soft_wrap=True)
+        for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+            out.print(f"cuda:{index}: {torch.cuda.get_device_name(index)}", markup=False, highlight=False)
+        return
+    check_device(device)  # no CUDA: one line and exit 2, before anything else
+    options = CheckOptions(device=device, tiny=tiny, out=out_path, data_parent=data_root,
+                           budget_seconds=budget_seconds, methods=tuple(method))
+    report = gpu_check(options, say=lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True))
+    out.print(f"wrote {out_path}", markup=False, highlight=False, soft_wrap=True)
+    for stage in report.failed:
+        _say(f"failed: {stage.name}: {stage.reason}")
+    if report.failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

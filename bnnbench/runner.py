@@ -58,6 +58,9 @@ class RunPlan:
     predictive_reference: Any = None  # a fidelity task's HMC reference (bnnbench.reference.PredictiveReference)
     validation_only: bool = False  # evaluate the validation split alone (`bnnbench tune`'s trials)
     tuning: dict[str, Any] | None = None  # the tuned file the settings came from (`run --tuned`), for run.json
+    # torch.compile the network (`--compile`). Like the device, it is where and how the run executes, not what it
+    # measures, so it stays out of the config hash; run.json records it (and a fallback to eager).
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,13 +107,15 @@ def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | Non
             budget_name: str | None = None, epochs: int | None = None, device: str = "auto",
             results_dir: Path = Path("results/runs"), save_predictions: bool = False,
             show_progress: bool = True, data_dir: Path | None = None, task_dirs: Sequence[str | Path] = (),
-            load: bool = True, validation_only: bool = False, tuned: Path | None = None) -> RunPlan:
+            load: bool = True, validation_only: bool = False, tuned: Path | None = None,
+            compile: bool = False) -> RunPlan:
     """Validate a run request; raises UsageError (and writes nothing) on any bad input, missing data
     files included (the data are loaded here, once, and shared by the seeds; `load=False` skips them, for
     benchmarks on synthetic inputs). `method_name` is a registered name or "package.module:attr"; task names
     are looked up in `task_dirs` too (`--tasks-dir`). `validation_only` runs score the validation split alone and
     never touch the test split (tuning); they are another configuration (run id) than full runs. `tuned` is a
-    `bnnbench tune` file whose settings for the method apply under `overrides` (run.json records which file)."""
+    `bnnbench tune` file whose settings for the method apply under `overrides` (run.json records which file).
+    `compile` runs the network through torch.compile (`bnnbench.compiler`)."""
     from bnnbench.data.files import data_root
     from bnnbench.data.splits import eval_plan
     from bnnbench.methods import build_method, find_method
@@ -159,7 +164,7 @@ def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | Non
         config["hmc_reference"] = hmc_reference.sha256
     hashed = config_hash(config)
     return RunPlan(task, method, budget, budget_label, device_name, Path(results_dir), hashed,
-                   save_predictions, show_progress, root, variant, hmc_reference, validation_only, tuning)
+                   save_predictions, show_progress, root, variant, hmc_reference, validation_only, tuning, compile)
 
 
 def split_overrides(task: TaskSpec, method_name: str, overrides: dict[str, Any]) -> tuple[dict, dict]:
@@ -220,6 +225,7 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
     import numpy as np
     import torch
 
+    from bnnbench.compiler import ModelCompiler
     from bnnbench.data.splits import eval_plan
     from bnnbench.evaluate import evaluate
     from bnnbench.likelihoods import get_likelihood
@@ -232,6 +238,7 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
     record = _base_record(plan, run_id, seed)
     rows: list[dict[str, Any]] = []
     predictions, extra_files = None, {}
+    compiler = ModelCompiler(plan.compile)
     start = time.perf_counter()
     _reset_peak_rss()
     if device.type == "cuda":
@@ -241,7 +248,8 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
         loaded = _load(task, plan.data_root)
         plan_splits = eval_plan(task.eval, loaded, str(task.path), plan.validation_only)
         record.update(corruption_source=plan_splits.corruption_source, data_info=loaded.info)
-        model = create_model(task.model, loaded.bundle.input_shape, loaded.bundle.num_outputs, str(task.path))
+        model = compiler(create_model(task.model, loaded.bundle.input_shape, loaded.bundle.num_outputs,
+                                      str(task.path)))
         record["n_params"] = sum(p.numel() for p in model.parameters())
         context = FitContext(device=device, seed=seed, show_progress=plan.show_progress)
         predictive, info = plan.method.fit(task, model, loaded.bundle, plan.budget, context)
@@ -266,6 +274,8 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
         if not isinstance(error, BnnbenchError):  # ours carry their own explanation; anything else needs the trace
             extra_files["traceback.txt"] = traceback.format_exc()
         rows, predictions = [], None
+    if compiler.error is not None:  # compiling fell back to eager during the run: the timings are eager ones
+        record["compile_error"] = compiler.error
     record["duration_s"] = time.perf_counter() - start
     record["peak_rss_mb"] = _peak_rss_mb()
     if device.type == "cuda":
@@ -326,6 +336,7 @@ def _base_record(plan: RunPlan, run_id: str, seed: int) -> dict[str, Any]:
         "error": "",
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": plan.device_name,
+        "compile": plan.compile,
         "threads": torch.get_num_threads(),
         "machine": machine_name(),
         "git_sha": sha,

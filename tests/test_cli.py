@@ -12,7 +12,7 @@ import pytest
 import torch
 from assertions import assert_usage_error
 
-COMMANDS = ["list", "validate", "run", "compare", "check", "baseline"]
+COMMANDS = ["list", "validate", "run", "compare", "check", "baseline", "bench", "doctor"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

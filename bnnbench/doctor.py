@@ -1,0 +1,452 @@
+"""`bnnbench doctor --gpu`: the GPU check, one prepared command for a short window on a CUDA machine.
+
+It writes CIFAR-10 (50,000 + 10,000), the 15 official CIFAR-10-C files (15 x 5 x 10,000), CIFAR-100 and SVHN test
+sets of random pixels into a temporary data root (removed afterwards), then runs its stages, most wanted first:
+1. `bench` of map and score-vi on cifar10-vit: train and eval throughput against the bare timm step and forward;
+2. one real epoch of cifar10-vit for map and score-vi, at the task's settings;
+3. a full evaluation (clean test, 15 x 5 CIFAR-10-C, OOD) of those two posteriors with 8 samples;
+4. `bench` of the other methods on cifar10-vit, and of those and map and score-vi on cifar10-resnet18;
+5. `bench --compile` of map and score-vi on cifar10-vit, set against their eager bench;
+6. `bench` of the post-hoc methods (Laplace) on both tasks, last: they take longest and train as map does.
+
+GPU windows are short and a check that dies takes its figures with it, so every stage is isolated: it is timed
+with its peak CUDA memory; one that raises is recorded as failed with its one-line reason and the check goes on;
+one that would run past its cap or the check's time budget is interrupted (SIGALRM) and recorded as timed out,
+keeping what it had measured; stages not begun within the budget are listed as skipped. The report
+(`bnnbench.doctor_report`) is rewritten after every stage, so a window that closes mid-check leaves every figure
+measured so far. `--tiny` runs the same stages on a few images and small networks, for CPU tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bnnbench.data.synthetic_files import REAL_SIZES, TINY_SIZES, ImageSetSizes
+from bnnbench.errors import UsageError, unknown_choice
+
+__all__ = ["CheckOptions", "CheckReport", "Stage", "check_device", "environment", "gpu_check"]
+
+EPOCH_TASK = "cifar10-vit"  # the task the issue's targets are about
+BENCH_TASKS = (EPOCH_TASK, "cifar10-resnet18")
+KEY_METHODS = ("map", "score-vi")  # trained for an epoch, evaluated in full, compiled
+# Benched last: each of their three bench fits pays post-hoc curvature or solves (up to the stage cap), and their
+# training steps are map's, so in a short window the other methods' figures come first.
+POST_HOC_METHODS = ("laplace-ll", "laplace-all", "laplace-subnet", "sampled-laplace")
+N_SAMPLES = 8  # posterior samples of every evaluation here
+NO_CUDA = ("no CUDA device is visible (torch.cuda.is_available() is False); run on a GPU machine or pass "
+           "--device cpu --tiny")
+
+
+@dataclass(frozen=True)
+class CheckSizes:
+    """How big one check is: its data sets, bench steps, evaluation batch, caps per stage kind, and `--set`
+    values per task (tiny: small networks and batches, so a CPU runs every stage in seconds)."""
+
+    images: ImageSetSizes
+    bench_steps: int
+    bench_warmup: int
+    eval_repeats: int
+    eval_batch: int | None  # None: the task's [eval] batch_size
+    stage_seconds: dict[str, float]
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+STAGE_CAPS = {"data": 180.0, "bench": 60.0, "epoch": 120.0, "evaluation": 150.0, "compile": 180.0}
+FULL = CheckSizes(REAL_SIZES, bench_steps=50, bench_warmup=10, eval_repeats=5, eval_batch=None,
+                  stage_seconds=STAGE_CAPS)
+# Tiny: a one-block ViT of width 16, and timm's own test ResNet (same ResNet class, BatchNorm, 0.4 M weights; its
+# stem is a Sequential, which the CIFAR stem would replace, so the stem stays). Three warm-up steps: swag's shortest
+# fit must have two SGD steps, each a snapshot (see `bench_settings`); 8 timed steps, so that the steps' milliseconds
+# stand out of the jitter of the fits they are the difference of. Stages get longer caps: a CPU's seconds.
+TINY = CheckSizes(TINY_SIZES, bench_steps=8, bench_warmup=3, eval_repeats=1, eval_batch=16,
+                  stage_seconds=dict.fromkeys(STAGE_CAPS, 300.0),
+                  settings={"cifar10-vit": {"batch_size": 8, "model.patch_size": 8, "model.embed_dim": 16,
+                                            "model.depth": 1, "model.num_heads": 2},
+                            "cifar10-resnet18": {"batch_size": 8, "model.architecture": "test_resnet",
+                                                 "model.cifar_stem": False}})
+
+
+def bench_settings(method: str, sizes: CheckSizes) -> dict[str, Any]:
+    """Method settings for its bench only. `bench` times a method's training steps and its predictive, and fits
+    three times (the post-hoc part cancels out of the ratio), so post-hoc work that would take minutes on its
+    synthetic set is bounded: sampled-laplace keeps its prior fixed and stops its solves early (its predictive's
+    cost does not depend on them). swag snapshots every step: its shortest fit has a few SGD steps, short of the
+    epoch its default snapshot needs."""
+    if method == "sampled-laplace":
+        return {"em_steps": 0, "sample_max_iter": 3}
+    if method == "swag":
+        return {"snapshots_per_epoch": float(sizes.bench_warmup + sizes.bench_steps)}  # a bench epoch's batches
+    return {}
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """What `bnnbench doctor --gpu` was asked for."""
+
+    device: str = "cuda"
+    tiny: bool = False
+    out: Path = Path("docs/gpu.md")
+    data_parent: Path | None = None  # where the temporary data root is made (default: the system's temp folder)
+    budget_seconds: float = 420.0
+    methods: tuple[str, ...] = ()  # methods to bench; empty: every built-in one
+
+
+@dataclass
+class Stage:
+    """One isolated step of the check and what it measured."""
+
+    kind: str  # data, bench, epoch, evaluation, compile
+    task: str = ""
+    method: str = ""
+    status: str = "pending"  # pending, running, ok, failed, timed out, skipped
+    seconds: float | None = None
+    peak_cuda_mb: float | None = None
+    figures: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+    @property
+    def name(self) -> str:
+        return " ".join(part for part in (self.kind, self.task, self.method) if part)
+
+
+@dataclass
+class CheckReport:
+    """Everything `docs/gpu.md` shows: where and how the check ran, and its stages so far."""
+
+    device: str
+    tiny: bool
+    environment: dict[str, str]
+    command: str
+    started: str
+    budget_seconds: float
+    sizes: CheckSizes
+    stages: list[Stage]
+    wall_seconds: float = 0.0
+
+    def stage(self, kind: str, task: str = "", method: str = "") -> Stage | None:
+        return next((s for s in self.stages if (s.kind, s.task, s.method) == (kind, task, method)), None)
+
+    @property
+    def failed(self) -> list[Stage]:
+        return [stage for stage in self.stages if stage.status == "failed"]
+
+
+class StageTimeout(BaseException):
+    """Raised by SIGALRM inside a stage past its time. A BaseException, so that a method's own `except
+    Exception` (a fallback path) cannot swallow it and carry on past the limit."""
+
+
+def check_device(name: str):
+    """The torch device the check runs on; no visible CUDA device for `cuda` is a usage error (exit 2)."""
+    import torch
+
+    if name not in ("cuda", "cpu"):
+        raise unknown_choice("device", name, ["cuda", "cpu"])
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError(NO_CUDA)
+    return torch.device(name)
+
+
+def nvidia_driver() -> str:
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (done.stdout.strip().splitlines() or ["unknown"])[0]
+
+
+def environment(device) -> dict[str, str]:
+    """What the figures were measured on: GPU, driver, torch and CUDA versions, CPU, bnnbench's commit."""
+    import platform
+
+    import torch
+
+    from bnnbench import __version__
+    from bnnbench.results import git_state, machine_name
+
+    sha, dirty = git_state()
+    info = {}
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        info["GPU"] = f"{torch.cuda.get_device_name(device)} ({properties.total_memory / 2**30:.0f} GiB)"
+    else:
+        info["GPU"] = "none (CPU)"
+    info |= {"driver": nvidia_driver(), "torch": torch.__version__,
+             "CUDA (torch.version.cuda)": str(torch.version.cuda),
+             "CUDA devices visible": str(torch.cuda.device_count()) if torch.cuda.is_available() else "0",
+             "CPU": machine_name(), "torch threads": str(torch.get_num_threads()),
+             "python": platform.python_version(), "bnnbench": f"{__version__} ({sha[:12]}{', dirty' if dirty else ''})"}
+    return info
+
+
+def plan_stages(methods: tuple[str, ...]) -> list[Stage]:
+    """The stages in the order they run: what the issue's targets need first, the post-hoc methods' bench last."""
+    key = [method for method in KEY_METHODS if method in methods]
+    others = [method for method in methods if method not in key and method not in POST_HOC_METHODS]
+    post_hoc = [method for method in methods if method in POST_HOC_METHODS]
+    stages = [Stage("data")]
+    stages += [Stage("bench", EPOCH_TASK, method) for method in key]
+    stages += [Stage("epoch", EPOCH_TASK, method) for method in KEY_METHODS]
+    stages += [Stage("evaluation", EPOCH_TASK, method) for method in KEY_METHODS]
+    stages += [Stage("bench", EPOCH_TASK, method) for method in others]
+    stages += [Stage("bench", BENCH_TASKS[1], method) for method in key + others]
+    stages += [Stage("compile", EPOCH_TASK, method) for method in key]
+    stages += [Stage("bench", task, method) for task in BENCH_TASKS for method in post_hoc]
+    return stages
+
+
+def gpu_check(options: CheckOptions, say: Callable[[str], None] = print) -> CheckReport:
+    """Run the check and write its report to `options.out` after every stage; see the module docstring."""
+    from bnnbench.doctor_report import render
+    from bnnbench.methods import BUILT_IN
+    from bnnbench.results import check_output_file, write_text_atomic
+
+    device = check_device(options.device)
+    built_in = tuple(name for name, _, _ in BUILT_IN)
+    for method in options.methods:
+        if method not in built_in:
+            raise unknown_choice("method", method, built_in, "--method")
+    if options.budget_seconds <= 0:
+        raise UsageError(f"--budget-seconds must be positive, got {options.budget_seconds}")
+    check_output_file(options.out)
+    if options.data_parent is not None and not Path(options.data_parent).is_dir():
+        raise UsageError(f"--data-root '{options.data_parent}' is not a directory")
+    sizes = TINY if options.tiny else FULL
+    methods = tuple(name for name in built_in if not options.methods or name in options.methods)
+    report = CheckReport(device=str(device), tiny=options.tiny, environment=environment(device),
+                         command=shlex.join(["bnnbench", *sys.argv[1:]]),
+                         started=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                         budget_seconds=options.budget_seconds, sizes=sizes, stages=plan_stages(methods))
+    start = time.perf_counter()
+    deadline = start + options.budget_seconds
+
+    def publish() -> None:
+        report.wall_seconds = time.perf_counter() - start
+        write_text_atomic(options.out, render(report))
+
+    publish()
+    with tempfile.TemporaryDirectory(prefix="bnnbench-doctor-", dir=options.data_parent) as root:
+        work = _Work(Path(root), device, sizes)
+        for stage in report.stages:
+            left = deadline - time.perf_counter()
+            if left < 1.0:
+                stage.status = "skipped"
+                stage.reason = f"the check's time budget of {options.budget_seconds:.0f} s was spent"
+            else:
+                stage.status = "running"  # what a killed check was doing when it died
+                publish()
+                _run_stage(stage, work, min(left, sizes.stage_seconds[stage.kind]), device)
+            say(_stage_line(stage))
+            publish()
+    publish()
+    return report
+
+
+def _stage_line(stage: Stage) -> str:
+    took = f" ({stage.seconds:.1f} s)" if stage.seconds is not None else ""
+    reason = f": {stage.reason}" if stage.reason else ""
+    return f"{stage.status:9} {stage.name}{took}{reason}"
+
+
+def _run_stage(stage: Stage, work: _Work, limit: float, device) -> None:
+    import torch
+
+    start = time.perf_counter()
+    try:
+        if device.type == "cuda":  # inside: a CUDA error left by the stage before is this stage's failure too
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        torch.manual_seed(0)
+        with _time_limit(limit):
+            getattr(work, stage.kind)(stage)
+        stage.status = "ok"
+    except StageTimeout:
+        stage.status, stage.reason = "timed out", f"stopped after {limit:.0f} s (its cap, or the budget left)"
+    except Exception as error:  # one stage's failure is its own: the check goes on to the next
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        stage.status, stage.reason = "failed", f"{type(error).__name__}: {first_line}"
+    stage.seconds = time.perf_counter() - start
+    if device.type == "cuda":
+        with contextlib.suppress(Exception):  # a broken CUDA context has no peak to give; the stage says why
+            stage.peak_cuda_mb = torch.cuda.max_memory_allocated(device) / 2**20
+            torch.cuda.empty_cache()  # a stage that failed out of memory must not leave the next one short
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise StageTimeout in this thread after `seconds`; only the main thread can take signals, so
+    elsewhere the limit is not enforced (the budget is still checked between stages)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise StageTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class _Work:
+    """The stages' bodies and what they hand each other (the loaded data, the trained posteriors). Each writes its
+    figures into `stage.figures` as it goes, so a stage that times out keeps what it had."""
+
+    def __init__(self, root: Path, device, sizes: CheckSizes) -> None:
+        self.root, self.device, self.sizes = root, device, sizes
+        self.loaded = None
+        self.predictives: dict[str, Any] = {}
+
+    def data(self, stage: Stage) -> None:
+        from bnnbench.data import load_data
+        from bnnbench.data.synthetic_files import write_image_sets
+        from bnnbench.tasks import load_task
+
+        start = time.perf_counter()
+        write_image_sets(self.root / "data", self.sizes.images)
+        stage.figures["write_seconds"] = time.perf_counter() - start
+        stage.figures["written_gb"] = sum(path.stat().st_size for path in (self.root / "data").rglob("*")
+                                          if path.is_file()) / 1e9
+        task = load_task(EPOCH_TASK)
+        start = time.perf_counter()
+        self.loaded = load_data(task.data, str(task.path), self.root / "data")
+        stage.figures["load_seconds"] = time.perf_counter() - start
+        official = self.loaded.official_corruptions
+        stage.figures |= {"train": len(self.loaded.bundle.train), "val": len(self.loaded.bundle.val),
+                          "test": len(self.loaded.test), "ood": {name: len(split) for name, split in
+                                                                 self.loaded.ood.items()},
+                          "cifar10c_files": len(official.names) if official else 0}
+
+    def bench(self, stage: Stage, compile: bool = False) -> None:
+        from bnnbench.bench import bench
+
+        sizes = self.sizes
+        result = bench(stage.task, stage.method, self.device.type, steps=sizes.bench_steps, warmup=sizes.bench_warmup,
+                       eval_repeats=sizes.eval_repeats, n_samples=N_SAMPLES, eval_batch=sizes.eval_batch,
+                       overrides={**sizes.settings.get(stage.task, {}), **bench_settings(stage.method, sizes)},
+                       synthetic=True, compile=compile)
+        stage.figures |= {"train_batch": result.train_batch, "eval_batch": result.eval_batch,
+                          "n_samples": result.n_samples, "method_train": result.method_train,
+                          "bare_train": result.bare_train, "train_ratio": result.train_ratio,
+                          "method_eval": result.method_eval, "bare_eval": result.bare_eval,
+                          "eval_ratio": result.eval_ratio}
+        if result.compile_error is not None:
+            stage.figures["compile_error"] = result.compile_error
+
+    def compile(self, stage: Stage) -> None:
+        self.bench(stage, compile=True)
+
+    def epoch(self, stage: Stage) -> None:
+        """One epoch of map; for a VI method, the fewest epochs that give one warm-up epoch (when it has a
+        warm-up) and then at least one VI epoch, whose seconds are what is timed."""
+        from bnnbench.models import create_model
+        from bnnbench.runner import prepare
+        from bnnbench.train import split_budget
+        from bnnbench.types import Budget, FitContext
+
+        bundle = self._loaded().bundle
+        plan = prepare(stage.task, stage.method, overrides=self.sizes.settings.get(stage.task), device=self.device.type,
+                       results_dir=self.root / "runs", show_progress=False, data_dir=self.root / "data", load=False)
+        fraction = getattr(plan.method.hparams, "warmup_fraction", 0.0)
+        epochs = 1
+        while fraction > 0 and split_budget(Budget(max_epochs=epochs), fraction)[0] is None:
+            epochs += 1  # the warm-up's share rounds to no epoch yet; the VI phase always gets the rest (>= 1)
+        model = create_model(plan.task.model, bundle.input_shape, bundle.num_outputs, str(plan.task.path))
+        batch = plan.method.hparams.batch_size
+        stage.figures |= {"epochs": epochs, "batch": batch, "train_images": len(bundle.train),
+                          "steps_per_epoch": math.ceil(len(bundle.train) / batch),
+                          "augment": plan.method.hparams.augment}
+        predictive, info = plan.method.fit(plan.task, model, bundle, Budget(max_epochs=epochs),
+                                           FitContext(self.device, 0, False))
+        self.predictives[stage.method] = predictive
+        extra = info.extra
+        if "vi_seconds_per_epoch" in extra:
+            warm_epochs = int(extra.get("warmup_epochs", 0))
+            stage.figures |= {"timed": f"VI epoch (after {warm_epochs} MAP warm-up epoch{'s' * (warm_epochs != 1)})",
+                              "epoch_seconds": extra["vi_seconds_per_epoch"], "vi_epochs": info.epochs - warm_epochs,
+                              "warmup_epoch_seconds": extra.get("warmup_seconds", 0.0) / max(warm_epochs, 1)
+                              if warm_epochs else None}
+        else:
+            stage.figures |= {"timed": f"{info.epochs} epoch{'s' * (info.epochs != 1)}, the whole fit",
+                              "epoch_seconds": info.seconds / max(info.epochs, 1)}
+        stage.figures["images_per_second"] = len(bundle.train) / stage.figures["epoch_seconds"]
+
+    def evaluation(self, stage: Stage) -> None:
+        """The evaluator's own pass over the clean test split, CIFAR-10-C and the OOD sets (the validation split
+        left out: the issue's 770k images are those), with the trained posterior of the epoch stage."""
+        from bnnbench.data.splits import eval_plan
+        from bnnbench.evaluate import evaluate
+        from bnnbench.likelihoods import get_likelihood
+        from bnnbench.runner import metric_names
+        from bnnbench.tasks import load_task
+
+        if stage.method not in self.predictives:
+            raise UsageError(f"no trained {stage.method} posterior: its epoch stage did not finish")
+        task = load_task(stage.task)
+        plan = eval_plan(task.eval, self._loaded(), str(task.path))
+        stage.figures |= {"corruption_source": plan.corruption_source, "n_samples": N_SAMPLES}
+        splits = _WithoutValidation(plan)
+        counted = _CountedPredictive(self.predictives[stage.method], stage.figures)
+        likelihood = get_likelihood(task.likelihood, task.likelihood_options, str(task.path))
+        batch = self.sizes.eval_batch or int(task.eval.get("batch_size", 1024))
+        evaluation = evaluate(counted, splits, metric_names(task), likelihood, N_SAMPLES, batch, self.device,
+                              show_progress=False)
+        stage.figures |= {"splits": splits.count, "eval_seconds": evaluation.seconds}
+
+    def _loaded(self):
+        if self.loaded is None:
+            raise UsageError("no data: the data stage did not finish")
+        return self.loaded
+
+
+class _WithoutValidation:
+    """An EvalPlan's splits less the validation split (what `evaluate` iterates); counts the splits it gives."""
+
+    def __init__(self, plan) -> None:
+        self.plan, self.count = plan, 0
+
+    def __len__(self) -> int:
+        return len(self.plan) - 1
+
+    def __iter__(self):
+        for split in self.plan:
+            if split.split != "val":
+                self.count += 1
+                yield split
+
+
+class _CountedPredictive:
+    """A predictive that counts, into `figures`, the images it is asked about, the forward passes it returns (S
+    per image) and the seconds since its first call, as it goes: a timed-out evaluation still has its rate."""
+
+    def __init__(self, predictive, figures: dict[str, Any]) -> None:
+        self.predictive, self.figures, self.start = predictive, figures, None
+        figures |= {"images": 0, "forward_passes": 0}
+
+    def predict(self, x, n_samples: int):
+        if self.start is None:
+            self.start = time.perf_counter()
+        samples = self.predictive.predict(x, n_samples)
+        self.figures["images"] += len(x)
+        self.figures["forward_passes"] += len(x) * samples.shape[0]
+        self.figures["eval_seconds"] = time.perf_counter() - self.start
+        return samples
