@@ -7,7 +7,9 @@ sets of random pixels into a temporary data root (removed afterwards), then runs
 3. a full evaluation (clean test, 15 x 5 CIFAR-10-C, OOD) of those two posteriors with 8 samples;
 4. `bench` of the other methods on cifar10-vit, and of those and map and score-vi on cifar10-resnet18;
 5. `bench --compile` of map and score-vi on cifar10-vit, set against their eager bench;
-6. `bench` of the post-hoc methods (Laplace) on both tasks, last: they take longest and train as map does.
+6. `bench` of score-vi and ensemble on cifar10-vit with posterior samples run the other way than the device's
+   default (one batched pass or a loop: `params.batched_passes`);
+7. `bench` of the post-hoc methods (Laplace) on both tasks, last: they take longest and train as map does.
 
 GPU windows are short and a check that dies takes its figures with it, so every stage is isolated: it is timed
 with its peak CUDA memory; one that raises is recorded as failed with its one-line reason and the check goes on;
@@ -65,7 +67,10 @@ class CheckSizes:
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-STAGE_CAPS = {"data": 180.0, "bench": 60.0, "epoch": 120.0, "evaluation": 150.0, "compile": 180.0}
+STAGE_CAPS = {"data": 180.0, "bench": 60.0, "epoch": 120.0, "evaluation": 150.0, "compile": 180.0, "passes": 60.0}
+# Benched again with posterior samples run the other way (one batched vmap pass, or a loop of passes): which is
+# faster decides `params.batched_passes`' default per device, measured on a CPU only so far.
+PASSES_METHODS = ("score-vi", "ensemble")
 FULL = CheckSizes(REAL_SIZES, bench_steps=50, bench_warmup=10, eval_repeats=5, eval_batch=None,
                   stage_seconds=STAGE_CAPS)
 # Tiny: a one-block ViT of width 16, and timm's own test ResNet (same ResNet class, BatchNorm, 0.4 M weights; its
@@ -206,6 +211,7 @@ def plan_stages(methods: tuple[str, ...]) -> list[Stage]:
     stages += [Stage("bench", EPOCH_TASK, method) for method in others]
     stages += [Stage("bench", BENCH_TASKS[1], method) for method in key + others]
     stages += [Stage("compile", EPOCH_TASK, method) for method in key]
+    stages += [Stage("passes", EPOCH_TASK, method) for method in PASSES_METHODS if method in methods]
     stages += [Stage("bench", task, method) for task in BENCH_TASKS for method in post_hoc]
     return stages
 
@@ -354,6 +360,24 @@ class _Work:
 
     def compile(self, stage: Stage) -> None:
         self.bench(stage, compile=True)
+
+    def passes(self, stage: Stage) -> None:
+        """The bench with posterior samples run the other way than this device's default (`params.batched_passes`)."""
+        import os
+
+        from bnnbench.params import batched_passes
+
+        other = "loop" if batched_passes(self.device) else "batched"
+        stage.figures["passes"] = other
+        before = os.environ.get("BNNBENCH_SAMPLE_PASSES")
+        os.environ["BNNBENCH_SAMPLE_PASSES"] = other
+        try:
+            self.bench(stage)
+        finally:
+            if before is None:
+                del os.environ["BNNBENCH_SAMPLE_PASSES"]
+            else:
+                os.environ["BNNBENCH_SAMPLE_PASSES"] = before
 
     def epoch(self, stage: Stage) -> None:
         """One epoch of map; for a VI method, the fewest epochs that give one warm-up epoch (when it has a

@@ -137,6 +137,7 @@ def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | Non
     method = build_method(method_name, task, method_overrides)
     budget, budget_label = resolve_budget(task, budget_name, epochs)
     device_name = str(select_device(device))
+    sample_passes(device_name)  # a bad BNNBENCH_SAMPLE_PASSES is a usage error, before any work
     check_writable(results_dir, task.name, method.name)
     root = data_root(data_dir)
     loaded = _load(task, root) if load else None
@@ -165,6 +166,15 @@ def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | Non
     hashed = config_hash(config)
     return RunPlan(task, method, budget, budget_label, device_name, Path(results_dir), hashed,
                    save_predictions, show_progress, root, variant, hmc_reference, validation_only, tuning, compile)
+
+
+def sample_passes(device_name: str) -> str:
+    """How this run's posterior samples go through the network on its device (`params.batched_passes`)."""
+    import torch
+
+    from bnnbench.params import batched_passes
+
+    return "batched" if batched_passes(torch.device(device_name)) else "loop"
 
 
 def split_overrides(task: TaskSpec, method_name: str, overrides: dict[str, Any]) -> tuple[dict, dict]:
@@ -337,6 +347,7 @@ def _base_record(plan: RunPlan, run_id: str, seed: int) -> dict[str, Any]:
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": plan.device_name,
         "compile": plan.compile,
+        "sample_passes": sample_passes(plan.device_name),
         "threads": torch.get_num_threads(),
         "machine": machine_name(),
         "git_sha": sha,

@@ -111,3 +111,11 @@ def test_sample_passes_setting_is_checked(monkeypatch):
     with pytest.raises(UsageError, match="unknown BNNBENCH_SAMPLE_PASSES 'vmap'; valid choices: auto, batched, loop"):
         batched_passes(torch.device("cpu"))
 
+
+
+def test_a_bad_sample_passes_setting_stops_a_run_before_any_work(cli, results_dir, monkeypatch):
+    monkeypatch.setenv("BNNBENCH_SAMPLE_PASSES", "vmap")
+    result = cli("run", "--task", "digits-mlp", "--method", "score-vi", "--results-dir", str(results_dir))
+    assert result.code == 2
+    assert result.stderr.strip() == "error: unknown BNNBENCH_SAMPLE_PASSES 'vmap'; valid choices: auto, batched, loop"
+    assert not results_dir.exists() or not any(results_dir.iterdir())

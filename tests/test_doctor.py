@@ -68,6 +68,12 @@ def assert_complete_tiny_report(report: str, methods: list[str]) -> None:
     for row in compiled.values():
         assert row["status"] == "ok" and row["fell back to eager"] == "no", row
         assert number(row["train speed-up"]) > 0 and number(row["eval speed-up"]) > 0
+    passes = {row["method"]: row for row in table(report, "Posterior samples")}
+    assert set(passes) == {"score-vi", "ensemble"} & set(methods)
+    for row in passes.values():  # the CPU's default is the loop; the stage runs the batched pass
+        assert row["status"] == "ok" and (row["default"], row["other"]) == ("loop", "batched"), row
+        assert number(row["eval ratio"]) > 0 and number(row["eval ratio (other)"]) > 0
+    assert "**The GPU figures are pending**" in report
     for name in ("GPU", "driver", "torch", "CUDA (torch.version.cuda)"):
         assert f"| {name} |" in report
 
