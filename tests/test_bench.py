@@ -38,6 +38,7 @@ def test_bench_rejects_zero_steps(cli, steps):
     assert result.code == 2 and "--steps and --warmup must be at least 1" in result.stderr
 
 
+@pytest.mark.slow  # a cold inductor build takes tens of seconds; make test compiles through the doctor's tiny check
 def test_bench_compiles_the_method_and_the_bare_network():
     """The real compiler (inductor's C++ on the CPU): every network of the bench goes through it, none falls back."""
     from torch._dynamo.utils import counters

@@ -95,7 +95,9 @@ FIDELITY_ROWS = 10  # test: acc, nll, ece, brier, agreement, tv; val: the first 
 METHODS = ("map", "elbo-vi", "score-vi", "laplace-ll", "laplace-all", "sampled-laplace", "laplace-subnet",
            "ensemble", "mc-dropout", "swag", "rank1")
 CI_GATES = [("digits-mlp", ("map", "elbo-vi", "score-vi"), DIGITS_ROWS),
-            ("digits-mlp", ("laplace-ll", "laplace-all", "sampled-laplace"), DIGITS_ROWS),
+            ("digits-mlp", ("laplace-ll", "laplace-all"), DIGITS_ROWS),
+            # sampled-laplace's EM and CG solves: ~47 s a seed here; make test gates it on ts-co2-mlp, digits-fidelity
+            pytest.param("digits-mlp", ("sampled-laplace",), DIGITS_ROWS, marks=pytest.mark.slow),
             ("digits-mlp", ("ensemble", "mc-dropout", "swag", "rank1"), DIGITS_ROWS),
             pytest.param("digits-mlp", ("laplace-subnet",), DIGITS_ROWS,
                          marks=pytest.mark.slow),  # its GLM predictive: ~2 min per seed
