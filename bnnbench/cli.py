@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from bnnbench.errors import BnnbenchError, UsageError
+from bnnbench.errors import BnnbenchError, UsageError, error_line
 
 __all__ = ["app", "main"]
 
@@ -700,7 +700,6 @@ def main() -> None:
         # a bug outside any run (runs record their own failures): one line, the trace on request
         if os.environ.get("BNNBENCH_TRACEBACK"):
             raise
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        err.print(f"internal error: {type(error).__name__}: {first_line} (BNNBENCH_TRACEBACK=1 shows where)",
+        err.print(f"internal error: {error_line(error)} (BNNBENCH_TRACEBACK=1 shows where)",
                   markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from bnnbench.errors import error_line
+
 __all__ = ["ModelCompiler"]
 
 
@@ -62,9 +64,5 @@ class ModelCompiler:
     def _give_up(self, error: BaseException) -> None:
         # A backend's failure says "backend='inductor' raised:" on its first line; what failed is the cause.
         cause = getattr(error, "inner_exception", None) or error.__cause__
-        self.error = _one_line(error) if cause is None else f"{type(error).__name__} ({_one_line(cause)})"
+        self.error = error_line(error) if cause is None else f"{type(error).__name__} ({error_line(cause)})"
         self._warn(f"torch.compile failed, running eager instead ({self.error})")
-
-
-def _one_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"

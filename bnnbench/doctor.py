@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bnnbench.data.synthetic_files import REAL_SIZES, TINY_SIZES, ImageSetSizes
-from bnnbench.errors import UsageError, unknown_choice
+from bnnbench.errors import UsageError, error_line, unknown_choice
 
 __all__ = ["CheckOptions", "CheckReport", "Stage", "check_device", "environment", "gpu_check"]
 
@@ -284,8 +284,7 @@ def _run_stage(stage: Stage, work: _Work, limit: float, device) -> None:
     except StageTimeout:
         stage.status, stage.reason = "timed out", f"stopped after {limit:.0f} s (its cap, or the budget left)"
     except Exception as error:  # one stage's failure is its own: the check goes on to the next
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        stage.status, stage.reason = "failed", f"{type(error).__name__}: {first_line}"
+        stage.status, stage.reason = "failed", error_line(error)
     stage.seconds = time.perf_counter() - start
     if device.type == "cuda":
         with contextlib.suppress(Exception):  # a broken CUDA context has no peak to give; the stage says why

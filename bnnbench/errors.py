@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["BnnbenchError", "DivergenceError", "UsageError", "unknown_choice"]
+__all__ = ["BnnbenchError", "DivergenceError", "UsageError", "error_line", "unknown_choice"]
 
 
 class BnnbenchError(Exception):
@@ -22,6 +22,11 @@ class UsageError(BnnbenchError):
 
 class DivergenceError(BnnbenchError):
     """Training produced a non-finite loss."""
+
+
+def error_line(error: BaseException) -> str:
+    """"Type: first line of the message", for reporting someone else's exception on one line."""
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
 
 
 def unknown_choice(kind: str, value: object, choices: Iterable[str], where: str = "") -> UsageError:

@@ -177,8 +177,8 @@ class ClosedFormAdamW:
             torch._foreach_mul_(gradients, (self.config.grad_clip / (norm + 1e-6)).clamp(max=1.0))
         with torch.no_grad():
             functional_adamw(self.parameters, gradients, self.exp_avgs, self.exp_avg_sqs, [], self.steps,
-                                    fused=True, amsgrad=False, beta1=0.9, beta2=0.999, lr=lr,
-                                    weight_decay=self.config.weight_decay, eps=1e-8, maximize=False)
+                             fused=True, amsgrad=False, beta1=0.9, beta2=0.999, lr=lr,
+                             weight_decay=self.config.weight_decay, eps=1e-8, maximize=False)
 
 
 def train_loop(

@@ -21,7 +21,7 @@ import sys
 from dataclasses import fields
 from typing import Any
 
-from bnnbench.errors import UsageError, unknown_choice
+from bnnbench.errors import UsageError, error_line, unknown_choice
 from bnnbench.registry import Registry, import_reference
 from bnnbench.tasks import range_problem
 from bnnbench.types import METHOD_NAME, Method, MethodOrigin, MethodSpec, TaskSpec
@@ -36,10 +36,6 @@ __all__ = ["BUILT_IN", "METHODS", "PLUGIN_GROUP", "bind", "bind_for_task", "buil
            "origin_label", "parse_assignments", "warn"]
 
 PLUGIN_GROUP = "bnnbench.methods"
-
-
-def _first_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
 
 
 def warn(line: str) -> None:
@@ -61,7 +57,7 @@ def _discover_plugins(registry: Registry[MethodSpec]) -> None:
     try:
         found = entry_points(group=PLUGIN_GROUP)
     except Exception as error:  # one distribution's malformed metadata must not take the built-ins down
-        warn(f"method plugins could not be listed: {_first_line(error)}")
+        warn(f"method plugins could not be listed: {error_line(error)}")
         return
     for entry_point in sorted(found, key=lambda point: (point.name, _entry_point_origin(point).label)):
         origin = _entry_point_origin(entry_point)
@@ -134,7 +130,7 @@ def find_method(name: str, where: str = "") -> tuple[MethodSpec, MethodOrigin | 
         spec = METHODS.get(name)
     except Exception as error:
         raise UsageError(f"method plugin '{name}' from {origin.label} cannot be loaded from '{origin.reference}': "
-                         f"{_first_line(error)}") from None
+                         f"{error_line(error)}") from None
     if not isinstance(spec, MethodSpec):
         raise UsageError(f"method plugin '{name}' from {origin.label}: '{origin.reference}' is a "
                          f"{type(spec).__name__}, not a bnnbench.types.MethodSpec")
@@ -152,7 +148,7 @@ def _spec_from_reference(reference: str) -> tuple[MethodSpec, MethodOrigin | Non
     try:
         spec = import_reference(reference)
     except Exception as error:
-        raise UsageError(f"method '{reference}' cannot be loaded: {_first_line(error)}") from None
+        raise UsageError(f"method '{reference}' cannot be loaded: {error_line(error)}") from None
     if not isinstance(spec, MethodSpec):
         raise UsageError(f"method '{reference}' is a {type(spec).__name__}, not a bnnbench.types.MethodSpec")
     if spec.name in METHODS:  # results are filed by method name: two different methods must not share one

@@ -26,7 +26,7 @@ from bnnbench.methods.map import train_map
 from bnnbench.methods.stochastic import MAX_ROWS
 from bnnbench.methods.vi.family import DiagonalGaussian, Params
 from bnnbench.methods.vi.objectives import LogLikelihood
-from bnnbench.params import StackedWeights
+from bnnbench.params import StackedWeights, batched_passes
 from bnnbench.train import TrainConfig, autocast, loop_config, split_budget, train_loop
 from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, ParameterPosterior, TaskSpec
 
@@ -120,7 +120,7 @@ class GaussianPosteriorPredictive(ParameterPosterior):
         self.stack.params |= self.posterior.named_rows(draws)
         self.stack.buffers = {name: value.expand(k, *value.shape) for name, value in self.model.named_buffers()}
         with autocast(x.device):
-            if not self.checked:
+            if not self.checked and batched_passes(x.device):  # the loop needs no check
                 self.checked = True
                 self.stack.vmap_blocker(x[:2], training=False)
             return self.likelihood.log_predictive(self.stack.outputs_shared(x))

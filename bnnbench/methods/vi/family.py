@@ -102,9 +102,6 @@ class DiagonalGaussian:
         """`n` draws (see `draws`) as named tensors, for `functional_call`."""
         return [self.named(row) for row in self.draws(n, antithetic)]
 
-    def sample(self) -> Params:
-        return self.samples(1)[0]
-
     def score(self, theta: Tensor) -> Tensor:
         """∇_θ log q(θ) = −(θ − μ) ⊙ σ⁻², θ flat."""
         return (self.mean - theta) * torch.exp(-2 * self.log_std)

@@ -101,8 +101,7 @@ class ScoreMatching:
         """Make `anchor` the q_t of the proximal term and of the sampler (on_batch does, every
         `refresh_every` mini-batches, with a frozen copy of q)."""
         self.anchor = anchor
-        self._anchor_std = torch.exp(anchor.log_std)
-        self._anchor_var = self._anchor_std.square()
+        self._anchor_var = torch.exp(anchor.log_std).square()  # σ_t², rounded as the runs before issue 23 had it
 
     def reference_loss(self) -> tuple[Tensor, Tensor]:
         """(score loss, KL(q_t ‖ q)) by autograd-able tensor ops, written as in the spec; `loss` must agree."""
