@@ -4,7 +4,8 @@
 imported on first use, so `import bnnbench` stays as light as the command line needs. (No submodule may share
 their names: importing it would replace the function on the package; hence `comparison.py`.)"""
 
-__version__ = "0.1.0"
+from bnnbench.version import __version__
+
 __all__ = ["__version__", "compare", "load_results", "run"]
 
 

@@ -326,7 +326,7 @@ def tune(
     from bnnbench.sweep import LocalPool, run_local, run_ray
     from bnnbench.tasks import load_task
     from bnnbench.tune import tune as run_tune
-    from bnnbench.tune import write_tuned
+    from bnnbench.tuned import write_tuned
 
     if workers < 1 or (threads is not None and threads < 1):
         raise UsageError(f"--workers and --threads must be >= 1, got {workers} and {threads}")
@@ -440,7 +440,7 @@ def check(
     """Compare results with a baseline; exit 1 on a regression (+) or new failure (!) of a gated metric."""
     from bnnbench.comparison import aggregate, check_failed, load_baseline, load_check_config
     from bnnbench.comparison import check as check_results
-    from bnnbench.render import check_table
+    from bnnbench.render import check_result_table
     from bnnbench.results import load_results
 
     settings = load_check_config(config)
@@ -448,7 +448,7 @@ def check(
     runs, metrics = load_results(results_dir, _warn)
     result = check_results(base, aggregate(runs, metrics), settings)
     shown = result[result["mark"] != " "] if only_changed else result
-    out.print(check_table(shown, settings))
+    out.print(check_result_table(shown, settings))
     counts = result["mark"].value_counts().to_dict()
     out.print("marks: " + ", ".join(f"'{mark}' {count}" for mark, count in sorted(counts.items())))
     gate = escape(", ".join(settings.gate))
@@ -556,7 +556,8 @@ def reference_hmc(
     tasks_dir: Annotated[list[Path], typer.Option(help=TASKS_DIR_HELP)] = [],  # noqa: B006
 ) -> None:
     """Sample a task's posterior with full-batch NUTS and save its test predictive as the task's reference."""
-    from bnnbench.hmc import HmcSettings, check_settings, check_task, sample_reference, save_reference
+    from bnnbench.hmc import HmcSettings, check_settings, check_task, sample_reference
+    from bnnbench.reference_files import save_reference
     from bnnbench.results import check_writable
     from bnnbench.tasks import load_task, validate_task
 

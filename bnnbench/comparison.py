@@ -10,7 +10,6 @@ configuration), `?` missing from the new results. Any `+` or `!` on a gated metr
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bnnbench import tomlfile
 from bnnbench.errors import UsageError
 from bnnbench.metrics import METRICS
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["BASELINE_COLUMNS", "TASK_KEY", "CheckConfig", "Tolerance", "aggregate", "check", "check_failed",
            "leaderboard",
@@ -80,8 +75,8 @@ def load_check_config(pyproject: Path | None = None) -> CheckConfig:
         if pyproject is None:
             return DEFAULT_CHECK
     try:
-        table = tomllib.loads(Path(pyproject).read_text()).get("tool", {}).get("bnnbench", {}).get("check")
-    except (OSError, tomllib.TOMLDecodeError) as error:
+        table = tomlfile.loads(Path(pyproject).read_text()).get("tool", {}).get("bnnbench", {}).get("check")
+    except (OSError, tomlfile.TOMLDecodeError) as error:
         raise UsageError(f"cannot read check settings from {pyproject}: {error}") from None
     if table is None:
         return DEFAULT_CHECK

@@ -32,123 +32,26 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bnnbench.data.synthetic_files import REAL_SIZES, TINY_SIZES, ImageSetSizes
+from bnnbench.doctor_plan import (
+    EPOCH_TASK,
+    FULL,
+    N_SAMPLES,
+    NO_CUDA,
+    TINY,
+    CheckOptions,
+    CheckReport,
+    CheckSizes,
+    Stage,
+    bench_settings,
+    plan_stages,
+)
 from bnnbench.errors import UsageError, error_line, unknown_choice
 
 __all__ = ["CheckOptions", "CheckReport", "Stage", "check_device", "environment", "gpu_check"]
-
-EPOCH_TASK = "cifar10-vit"  # the task the issue's targets are about
-BENCH_TASKS = (EPOCH_TASK, "cifar10-resnet18")
-KEY_METHODS = ("map", "score-vi")  # trained for an epoch, evaluated in full, compiled
-# Benched last: each of their three bench fits pays post-hoc curvature or solves (up to the stage cap), and their
-# training steps are map's, so in a short window the other methods' figures come first.
-POST_HOC_METHODS = ("laplace-ll", "laplace-all", "laplace-subnet", "sampled-laplace")
-N_SAMPLES = 8  # posterior samples of every evaluation here
-NO_CUDA = ("no CUDA device is visible (torch.cuda.is_available() is False); run on a GPU machine or pass "
-           "--device cpu --tiny")
-
-
-@dataclass(frozen=True)
-class CheckSizes:
-    """How big one check is: its data sets, bench steps, evaluation batch, caps per stage kind, and `--set`
-    values per task (tiny: small networks and batches, so a CPU runs every stage in seconds)."""
-
-    images: ImageSetSizes
-    bench_steps: int
-    bench_warmup: int
-    eval_repeats: int
-    eval_batch: int | None  # None: the task's [eval] batch_size
-    stage_seconds: dict[str, float]
-    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-STAGE_CAPS = {"data": 180.0, "bench": 60.0, "epoch": 120.0, "evaluation": 150.0, "compile": 180.0, "passes": 60.0}
-# Benched again with posterior samples run the other way (one batched vmap pass, or a loop of passes): which is
-# faster decides `params.batched_passes`' default per device, measured on a CPU only so far.
-PASSES_METHODS = ("score-vi", "ensemble")
-FULL = CheckSizes(REAL_SIZES, bench_steps=50, bench_warmup=10, eval_repeats=5, eval_batch=None,
-                  stage_seconds=STAGE_CAPS)
-# Tiny: a one-block ViT of width 16, and timm's own test ResNet (same ResNet class, BatchNorm, 0.4 M weights; its
-# stem is a Sequential, which the CIFAR stem would replace, so the stem stays). Three warm-up steps: swag's shortest
-# fit must have two SGD steps, each a snapshot (see `bench_settings`); 8 timed steps, so that the steps' milliseconds
-# stand out of the jitter of the fits they are the difference of. Stages get longer caps: a CPU's seconds.
-TINY = CheckSizes(TINY_SIZES, bench_steps=8, bench_warmup=3, eval_repeats=1, eval_batch=16,
-                  stage_seconds=dict.fromkeys(STAGE_CAPS, 300.0),
-                  settings={"cifar10-vit": {"batch_size": 8, "model.patch_size": 8, "model.embed_dim": 16,
-                                            "model.depth": 1, "model.num_heads": 2},
-                            "cifar10-resnet18": {"batch_size": 8, "model.architecture": "test_resnet",
-                                                 "model.cifar_stem": False}})
-
-
-def bench_settings(method: str, sizes: CheckSizes) -> dict[str, Any]:
-    """Method settings for its bench only. `bench` times a method's training steps and its predictive, and fits
-    three times (the post-hoc part cancels out of the ratio), so post-hoc work that would take minutes on its
-    synthetic set is bounded: sampled-laplace keeps its prior fixed and stops its solves early (its predictive's
-    cost does not depend on them). swag snapshots every step: its shortest fit has a few SGD steps, short of the
-    epoch its default snapshot needs."""
-    if method == "sampled-laplace":
-        return {"em_steps": 0, "sample_max_iter": 3}
-    if method == "swag":
-        return {"snapshots_per_epoch": float(sizes.bench_warmup + sizes.bench_steps)}  # a bench epoch's batches
-    return {}
-
-
-@dataclass(frozen=True)
-class CheckOptions:
-    """What `bnnbench doctor --gpu` was asked for."""
-
-    device: str = "cuda"
-    tiny: bool = False
-    out: Path = Path("docs/gpu.md")
-    data_parent: Path | None = None  # where the temporary data root is made (default: the system's temp folder)
-    budget_seconds: float = 420.0
-    methods: tuple[str, ...] = ()  # methods to bench; empty: every built-in one
-
-
-@dataclass
-class Stage:
-    """One isolated step of the check and what it measured."""
-
-    kind: str  # data, bench, epoch, evaluation, compile
-    task: str = ""
-    method: str = ""
-    status: str = "pending"  # pending, running, ok, failed, timed out, skipped
-    seconds: float | None = None
-    peak_cuda_mb: float | None = None
-    figures: dict[str, Any] = field(default_factory=dict)
-    reason: str = ""
-
-    @property
-    def name(self) -> str:
-        return " ".join(part for part in (self.kind, self.task, self.method) if part)
-
-
-@dataclass
-class CheckReport:
-    """Everything `docs/gpu.md` shows: where and how the check ran, and its stages so far."""
-
-    device: str
-    tiny: bool
-    environment: dict[str, str]
-    command: str
-    started: str
-    budget_seconds: float
-    sizes: CheckSizes
-    stages: list[Stage]
-    wall_seconds: float = 0.0
-
-    def stage(self, kind: str, task: str = "", method: str = "") -> Stage | None:
-        return next((s for s in self.stages if (s.kind, s.task, s.method) == (kind, task, method)), None)
-
-    @property
-    def failed(self) -> list[Stage]:
-        return [stage for stage in self.stages if stage.status == "failed"]
-
 
 class StageTimeout(BaseException):
     """Raised by SIGALRM inside a stage past its time. A BaseException, so that a method's own `except
@@ -181,8 +84,8 @@ def environment(device) -> dict[str, str]:
 
     import torch
 
-    from bnnbench import __version__
     from bnnbench.results import git_state, machine_name
+    from bnnbench.version import __version__
 
     sha, dirty = git_state()
     info = {}
@@ -197,23 +100,6 @@ def environment(device) -> dict[str, str]:
              "CPU": machine_name(), "torch threads": str(torch.get_num_threads()),
              "python": platform.python_version(), "bnnbench": f"{__version__} ({sha[:12]}{', dirty' if dirty else ''})"}
     return info
-
-
-def plan_stages(methods: tuple[str, ...]) -> list[Stage]:
-    """The stages in the order they run: what the issue's targets need first, the post-hoc methods' bench last."""
-    key = [method for method in KEY_METHODS if method in methods]
-    others = [method for method in methods if method not in key and method not in POST_HOC_METHODS]
-    post_hoc = [method for method in methods if method in POST_HOC_METHODS]
-    stages = [Stage("data")]
-    stages += [Stage("bench", EPOCH_TASK, method) for method in key]
-    stages += [Stage("epoch", EPOCH_TASK, method) for method in KEY_METHODS]
-    stages += [Stage("evaluation", EPOCH_TASK, method) for method in KEY_METHODS]
-    stages += [Stage("bench", EPOCH_TASK, method) for method in others]
-    stages += [Stage("bench", BENCH_TASKS[1], method) for method in key + others]
-    stages += [Stage("compile", EPOCH_TASK, method) for method in key]
-    stages += [Stage("passes", EPOCH_TASK, method) for method in PASSES_METHODS if method in methods]
-    stages += [Stage("bench", task, method) for task in BENCH_TASKS for method in post_hoc]
-    return stages
 
 
 def gpu_check(options: CheckOptions, say: Callable[[str], None] = print) -> CheckReport:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bnnbench.doctor import BENCH_TASKS, EPOCH_TASK, N_SAMPLES, CheckReport, Stage, bench_settings
+from bnnbench.doctor_plan import BENCH_TASKS, EPOCH_TASK, N_SAMPLES, CheckReport, Stage, bench_settings
 
 __all__ = ["render"]
 

@@ -38,11 +38,8 @@ test point's predictive quantity across chains.
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import multiprocessing
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -58,15 +55,13 @@ from torch.func import functional_call
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Categorical, Likelihood, get_likelihood
 from bnnbench.params import FlatParams
-from bnnbench.reference import task_posterior_key
+from bnnbench.reference_files import FORMAT, task_posterior_key
 from bnnbench.types import DataBundle, Split, TaskSpec
 
-__all__ = ["FORMAT", "SUPPORTED_LIKELIHOODS", "ChainResult", "HmcSettings", "PosteriorTarget", "build_target",
-           "chain_line", "check_settings", "check_task", "convergence_diagnostics", "load_reference", "load_task_data",
-           "predictive_arrays", "reference_paths", "run_chain", "run_chains", "sample_reference", "save_reference",
-           "task_posterior_key"]
+__all__ = ["SUPPORTED_LIKELIHOODS", "ChainResult", "HmcSettings", "PosteriorTarget", "build_target",
+           "chain_line", "check_settings", "check_task", "convergence_diagnostics", "load_task_data",
+           "predictive_arrays", "run_chain", "run_chains", "sample_reference"]
 
-FORMAT = 1  # of the saved reference files; bump on any change a reader must know about
 SUPPORTED_LIKELIHOODS = ("categorical", "gaussian")
 INIT_LEARNING_RATE = 1e-2  # Adam's, for the short MAP run that starts each chain (weights are O(prior_std))
 
@@ -425,71 +420,4 @@ def sample_reference(task: TaskSpec, settings: HmcSettings, *, workers: int = 1,
         "test_rows": len(targets),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    return arrays, meta
-
-
-def reference_paths(out_dir: str | Path, task_name: str, task_version: int) -> tuple[Path, Path]:
-    """(`<out_dir>/<task>.v<version>.npz`, the `.json` beside it)."""
-    stem = f"{task_name}.v{task_version}"
-    return Path(out_dir) / f"{stem}.npz", Path(out_dir) / f"{stem}.json"
-
-
-def _staged(path: Path, write: Callable[[Any], None]) -> Path:
-    """A temporary file beside `path` holding what `write(handle)` wrote, with the mode a plain `open` would give
-    (a temporary file's own is 0600: a shared reference should be readable by the group that computed it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    umask = os.umask(0)
-    os.umask(umask)
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        temporary = Path(handle.name)
-    try:
-        with temporary.open("wb") as handle:
-            write(handle)
-        temporary.chmod(0o666 & ~umask)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return temporary
-
-
-def save_reference(out_dir: str | Path, task: TaskSpec, arrays: dict[str, np.ndarray],
-                   meta: dict[str, Any]) -> tuple[Path, Path]:
-    """Write `<out_dir>/<task>.v<version>.npz` (the arrays) and `.json` (meta). Both are written in full under
-    temporary names first; then the old JSON goes, the npz is renamed into place and the JSON last, so a JSON on
-    disk always describes the npz beside it (a crash between renames leaves an npz without JSON, which
-    `load_reference` refuses) and nothing half-written is ever visible."""
-    from bnnbench.results import json_safe
-
-    npz_path, json_path = reference_paths(out_dir, task.name, task.version)
-    text = json.dumps(json_safe(meta), indent=2, sort_keys=True) + "\n"
-    staged_npz = _staged(npz_path, lambda handle: np.savez(handle, **arrays))
-    try:
-        staged_json = _staged(json_path, lambda handle: handle.write(text.encode()))
-    except BaseException:
-        staged_npz.unlink(missing_ok=True)
-        raise
-    try:
-        json_path.unlink(missing_ok=True)
-        os.replace(staged_npz, npz_path)
-        os.replace(staged_json, json_path)
-    finally:
-        staged_npz.unlink(missing_ok=True)
-        staged_json.unlink(missing_ok=True)
-    return npz_path, json_path
-
-
-def load_reference(path_npz: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(arrays, meta) of a saved reference; raises UsageError for a missing or unreadable pair. Arrays are
-    loaded without pickle: a data file must never run code."""
-    npz_path = Path(path_npz)
-    json_path = npz_path.with_name(npz_path.name.removesuffix(".npz") + ".json")
-    try:
-        with np.load(npz_path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-        meta = json.loads(json_path.read_text())
-    except (OSError, ValueError) as error:
-        raise UsageError(f"cannot read the reference '{npz_path}' and its JSON: {error}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UsageError(f"reference '{json_path}' is not format {FORMAT} (found {meta.get('format')!r})"
-                         if isinstance(meta, dict) else f"reference '{json_path}' is not a JSON object")
     return arrays, meta

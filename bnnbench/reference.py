@@ -13,7 +13,6 @@ another task version or another posterior (`task_posterior_key`) is refused, nev
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import Tensor
 
 from bnnbench.errors import UsageError, unknown_choice
 from bnnbench.likelihoods import Gaussian, Likelihood
+from bnnbench.reference_files import load_reference, reference_paths, task_posterior_key
 from bnnbench.types import ParameterPosterior, Split, TaskSpec
 
 __all__ = ["REFERENCES_PATH_ENV", "ExactLinearGaussian", "PredictiveReference", "check_reference_config",
@@ -110,14 +110,6 @@ def fidelity_metrics(exact: ExactLinearGaussian, predictive: object, test_x: np.
 REFERENCES_PATH_ENV = "BNNBENCH_REFERENCES_PATH"  # extra folders of reference files, separated by os.pathsep
 
 
-def task_posterior_key(task: TaskSpec) -> str:
-    """sha256 of everything that decides a task's posterior predictive: likelihood, data, model and prior. A
-    reference whose key differs was sampled from another posterior."""
-    decisive = {"likelihood": task.likelihood, "likelihood_options": task.likelihood_options, "data": task.data,
-                "model": task.model, "posterior": task.posterior}
-    return hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class PredictiveReference:
     """An HMC reference predictive on a task's test split: `probs` (N, C) for classification, `mean` and `var`
@@ -132,7 +124,7 @@ class PredictiveReference:
 def reference_search_path() -> list[Path]:
     """Where reference files are looked for, first match wins: `$BNNBENCH_REFERENCES_PATH`, then
     `results/references` under the working directory, then the committed ones of a bnnbench checkout."""
-    from bnnbench.tasks import builtin_tasks_dir
+    from bnnbench.package_files import builtin_tasks_dir
 
     extra = [Path(part) for part in os.environ.get(REFERENCES_PATH_ENV, "").split(os.pathsep) if part]
     return [*extra, Path("results/references"), builtin_tasks_dir().parent / "results" / "references"]
@@ -141,7 +133,6 @@ def reference_search_path() -> list[Path]:
 def find_predictive_reference(task: TaskSpec) -> PredictiveReference:
     """The HMC reference of a fidelity task; UsageError when there is none, or when the one found was made for
     another version or posterior of the task (the fix is the same: make it again)."""
-    from bnnbench.hmc import load_reference, reference_paths  # the writer's own naming and reader: one format
 
     make = f"make one with `bnnbench reference hmc --task {task.name}`"
     candidates = [reference_paths(folder, task.name, task.version)[0] for folder in reference_search_path()]

@@ -10,7 +10,7 @@ import pandas as pd
 
 from bnnbench.errors import UsageError
 
-__all__ = ["check_table", "leaderboard_html", "leaderboard_latex", "leaderboard_markdown", "leaderboard_table",
+__all__ = ["check_result_table", "leaderboard_html", "leaderboard_latex", "leaderboard_markdown", "leaderboard_table",
            "mean_stderr_text", "pivot_tasks", "wide"]
 
 
@@ -136,7 +136,7 @@ def pivot_tasks(board: pd.DataFrame, column: str) -> pd.DataFrame:
     return chosen
 
 
-def check_table(result: pd.DataFrame, config):
+def check_result_table(result: pd.DataFrame, config):
     """A rich Table of check rows: mark, key, baseline, new, ratio; gated metrics flagged. Names are text, not
     rich markup."""
     from rich.markup import escape

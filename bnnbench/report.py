@@ -358,7 +358,7 @@ def _tuning(group: _Group, results_dir: Path, png: Path) -> _Figure | _Skipped |
     import matplotlib.pyplot as plt
     import optuna
 
-    from bnnbench.tune import load_tuned
+    from bnnbench.tuned import load_tuned
 
     records = {}
     for row in group.runs.itertuples():

@@ -28,7 +28,7 @@ from bnnbench.errors import UsageError
 
 __all__ = ["METRIC_COLUMNS", "SCHEMA_VERSION", "check_output_file", "check_writable", "config_hash", "git_state",
            "json_safe", "load_results", "machine_name", "make_run_id", "replace_directory", "run_directory",
-           "write_run", "write_text_atomic"]
+           "run_ended_ok", "write_run", "write_text_atomic"]
 
 SCHEMA_VERSION = 1
 METRIC_COLUMNS = ["run_id", "task", "task_version", "method", "seed", "split", "corruption", "severity",
@@ -372,3 +372,12 @@ def load_results(results_dir: Path, warn: Callable[[str], None] | None = None):
         runs = with_variant(runs)
         metrics = metrics.merge(runs[["run_id", "config_hash", "status", "data_variant"]], on="run_id", how="left")
     return runs, metrics
+
+
+def run_ended_ok(directory: Path) -> bool:
+    """Whether `directory` holds a run that ended ok (a re-run of it would only repeat it)."""
+    try:
+        record = json.loads((Path(directory) / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("status") == "ok"

@@ -21,7 +21,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from bnnbench import __version__
 from bnnbench.errors import BnnbenchError, UsageError, unknown_choice
 from bnnbench.results import (
     SCHEMA_VERSION,
@@ -31,12 +30,14 @@ from bnnbench.results import (
     machine_name,
     make_run_id,
     run_directory,
+    run_ended_ok,
     write_run,
 )
 from bnnbench.tasks import load_task, validate_task
 from bnnbench.types import Budget, Method, TaskSpec
+from bnnbench.version import __version__
 
-__all__ = ["RunOutcome", "RunPlan", "finished_ok", "finished_run", "prepare", "resolve_budget", "run", "run_id_of",
+__all__ = ["RunOutcome", "RunPlan", "finished_run", "prepare", "resolve_budget", "run", "run_id_of",
            "select_device"]
 
 
@@ -125,7 +126,7 @@ def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | Non
     spec, _ = find_method(method_name)
     tuning = None
     if tuned is not None:
-        from bnnbench.tune import tuned_overrides
+        from bnnbench.tuned import tuned_overrides
 
         settings, tuning = tuned_overrides(Path(tuned), task, spec.name)
         overrides = {**settings, **(overrides or {})}
@@ -216,16 +217,7 @@ def run_id_of(plan: RunPlan, seed: int) -> str:
 def finished_run(plan: RunPlan, seed: int) -> Path | None:
     """The directory of this seed's run when it already ended ok (`bnnbench run` and the API skip it), else None."""
     directory = run_directory(plan.results_dir, plan.task.name, plan.method.name, run_id_of(plan, seed))
-    return directory if finished_ok(directory) else None
-
-
-def finished_ok(directory: Path) -> bool:
-    """Whether `directory` holds a run that ended ok (a re-run of it would only repeat it)."""
-    try:
-        record = json.loads((Path(directory) / "run.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and record.get("status") == "ok"
+    return directory if run_ended_ok(directory) else None
 
 
 def run(plan: RunPlan, seed: int) -> RunOutcome:

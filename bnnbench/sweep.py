@@ -90,17 +90,18 @@ def expand(tasks: list[str], methods: list[str], seeds: list[int], grid: list[di
     return jobs
 
 
-def finished_ok(job: Job) -> bool:
-    from bnnbench.runner import finished_ok as directory_ok
+def job_ended_ok(job: Job) -> bool:
+    """Whether the job's run directory already holds a run that ended ok."""
+    from bnnbench.results import run_ended_ok
 
-    return directory_ok(Path(job.directory))
+    return run_ended_ok(Path(job.directory))
 
 
 def _to_run(jobs: list[Job], force: bool, result: SweepResult) -> list[Job]:
     """The jobs still to run; the others are marked skipped in `result`."""
     pending = []
     for job in jobs:
-        if not force and finished_ok(job):
+        if not force and job_ended_ok(job):
             result.status[job.run_id] = "skipped"
         else:
             pending.append(job)

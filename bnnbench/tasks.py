@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-import types
 import typing
 from collections.abc import Sequence
 from dataclasses import fields
@@ -18,16 +16,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from bnnbench import tomlfile
 from bnnbench.errors import UsageError, unknown_choice
+from bnnbench.package_files import builtin_tasks_dir
+from bnnbench.schema import check_types
 from bnnbench.types import Budget, Dimension, MethodSpec, Resources, TaskSpec
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-__all__ = ["MAX_INTEGER", "builtin_tasks_dir", "check_table", "list_tasks", "load_task", "range_problem",
-           "resources_for", "task_paths", "task_search_path", "validate_task", "value_problem"]
+__all__ = ["list_tasks", "load_task", "resources_for", "task_paths", "task_search_path", "validate_task"]
 
 # Extra directories of task files, separated by os.pathsep. BNNBENCH_TASKS_PATH is the documented name (plural,
 # like --tasks-dir); BNNBENCH_TASK_PATH, the first one, is still read, before it.
@@ -44,21 +39,9 @@ _EVAL_TYPES = {"metrics": list[str], "corruptions": str | list[str], "severities
                "corruption_seed": int, "corruption_source": str, "reference": dict}
 # [posterior]: a Gaussian prior N(0, prior_std² I) on every weight and the likelihood's temperature; HMC's target.
 _POSTERIOR_TYPES = {"prior_std": float, "temperature": float}
-# Integers in a task table or `--set` are sizes, counts, epochs and seeds: anything past int32 is a typo that would
-# only surface mid-run, as an overflow, an allocation that fails, or a job that never ends.
-MAX_INTEGER = 2**31 - 1
-_PLURALS = {int: "integers", float: "finite numbers", str: "strings", bool: "booleans (true or false)",
-            dict: "tables"}
-_SINGULARS = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false", dict: "a table"}
 # The names in bnnbench.likelihoods.LIKELIHOODS (a test keeps them equal), here so that parsing a task
 # file imports no torch.
 LIKELIHOOD_NAMES = ("categorical", "gaussian", "student-t")
-
-
-def builtin_tasks_dir() -> Path:
-    """The task files shipped with bnnbench (package data in a wheel, `tasks/` in a checkout)."""
-    packaged = Path(__file__).parent / "task_files"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "tasks"
 
 
 def task_search_path(task_dirs: Sequence[str | Path] = ()) -> list[Path]:
@@ -112,8 +95,8 @@ def _read_with_includes(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path in seen:
         raise UsageError(f"{path}: 'include' loops back to itself")
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
+        raw = tomlfile.loads(path.read_text())
+    except tomlfile.TOMLDecodeError as error:
         raise UsageError(f"{path}: malformed TOML: {error}") from None
     include = raw.pop("include", None)
     if include is None:
@@ -132,82 +115,6 @@ def _merge(base: dict[str, Any], override: dict[str, Any], replace: frozenset[st
         else:
             merged[key] = value
     return merged
-
-
-def value_problem(value: Any, expected: Any) -> str | None:
-    """What `value` must be instead to fit the type annotation `expected` (int, float, str, bool, dict, list[X],
-    tuple[X, ...], unions with None, Any), e.g. "an integer" or "a list of strings"; None when it fits. A float
-    annotation takes an integer too (TOML writes 1 for 1.0). A value of the right type must also pass
-    `range_problem`."""
-    if not _fits(value, expected):
-        return _describe(expected)
-    return range_problem(value)
-
-
-def range_problem(value: Any) -> str | None:
-    """Why a number (or a list of numbers) is unusable whatever its key (NaN, infinite, or an integer beyond
-    MAX_INTEGER), as what it must be instead; None when it is fine."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "a finite number"
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
-        return f"an integer between {-MAX_INTEGER} and {MAX_INTEGER}"
-    if isinstance(value, list | tuple):
-        for item in value:
-            problem = range_problem(item)
-            if problem:
-                return f"a list whose items are each {problem}"
-    return None
-
-
-def check_table(table: dict[str, Any], expected: dict[str, Any], prefix: str, where: str) -> None:
-    """Raise UsageError, naming the key, its value and what it must be, for the first value of `table` that does
-    not fit its annotation in `expected` (key -> type); keys `expected` lacks are left to the table's own checks."""
-    for key, value in table.items():
-        if key in expected:
-            problem = value_problem(value, expected[key])
-            if problem:
-                raise UsageError(f"{where}: key '{prefix}.{key}' must be {problem}, got {value!r}")
-
-
-def _item_type(expected: Any) -> Any:
-    """The element type of list[X] or tuple[X, ...]; Any for a bare or fixed-length sequence."""
-    args = typing.get_args(expected)
-    if typing.get_origin(expected) is list and len(args) == 1:
-        return args[0]
-    return args[0] if len(args) == 2 and args[1] is Ellipsis else Any
-
-
-def _is_union(expected: Any) -> bool:
-    return typing.get_origin(expected) in (typing.Union, types.UnionType)
-
-
-def _fits(value: Any, expected: Any) -> bool:
-    if expected is Any:
-        return True
-    if _is_union(expected):
-        return any(_fits(value, option) for option in typing.get_args(expected))
-    origin = typing.get_origin(expected) or expected
-    if origin in (list, tuple):  # TOML has arrays only: a list stands for a tuple too
-        return isinstance(value, list | tuple) and all(_fits(item, _item_type(expected)) for item in value)
-    if origin is type(None):
-        return value is None
-    if origin in (int, float):  # bool is an int to Python, never to a task file
-        numbers = int if origin is int else int | float
-        return isinstance(value, numbers) and not isinstance(value, bool)
-    return not isinstance(origin, type) or isinstance(value, origin)  # Any and the like: the consumer checks
-
-
-def _describe(expected: Any, plural: bool = False) -> str:
-    if _is_union(expected):
-        return " or ".join(_describe(option, plural) for option in typing.get_args(expected)
-                           if option is not type(None))
-    origin = typing.get_origin(expected) or expected
-    if origin in (list, tuple):
-        item = _item_type(expected)
-        items = "" if item is Any else f" of {_describe(item, plural=True)}"
-        return f"lists{items}" if plural else f"a list{items}"
-    names = _PLURALS if plural else _SINGULARS
-    return names.get(origin, getattr(origin, "__name__", str(origin)))
 
 
 def _parse(raw: dict[str, Any], path: Path) -> TaskSpec:
@@ -236,7 +143,7 @@ def _parse(raw: dict[str, Any], path: Path) -> TaskSpec:
     for key in eval_section:
         if key not in _EVAL_TYPES:
             raise unknown_choice("key", f"eval.{key}", [f"eval.{k}" for k in _EVAL_TYPES], where)
-    check_table(eval_section, _EVAL_TYPES, "eval", where)
+    check_types(eval_section, _EVAL_TYPES, "eval", where)
     if eval_section.get("batch_size", 1) < 1:
         raise UsageError(f"{where}: key 'eval.batch_size' must be at least 1, got {eval_section['batch_size']}")
     posterior = _posterior(raw.get("posterior", {}), where)
@@ -290,7 +197,7 @@ def _posterior(table: dict[str, Any], where: str) -> dict[str, Any]:
     for key in table:
         if key not in _POSTERIOR_TYPES:
             raise unknown_choice("key", f"posterior.{key}", [f"posterior.{k}" for k in _POSTERIOR_TYPES], where)
-    check_table(table, _POSTERIOR_TYPES, "posterior", where)
+    check_types(table, _POSTERIOR_TYPES, "posterior", where)
     if "prior_std" not in table:
         raise UsageError(f"{where}: missing required key 'posterior.prior_std'")
     posterior = {"prior_std": float(table["prior_std"]), "temperature": float(table.get("temperature", 1.0))}
@@ -345,7 +252,7 @@ def _budget(table: dict[str, Any], base: Budget, where: str, prefix: str) -> Bud
             raise unknown_choice("key", f"{prefix}.{key}", [f"{prefix}.{k}" for k in _BUDGET_KEYS], where)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             raise UsageError(f"{where}: key '{prefix}.{key}' must be a positive number, got {value!r}")
-    check_table(values, typing.get_type_hints(Budget), prefix, where)
+    check_types(values, typing.get_type_hints(Budget), prefix, where)
     merged = {f.name: getattr(base, f.name) for f in fields(Budget)} | values
     if merged["max_epochs"] is None and merged["max_steps"] is None:
         raise UsageError(f"{where}: '{prefix}' needs max_epochs or max_steps")
@@ -388,12 +295,12 @@ def validate_task(task: TaskSpec, methods: Sequence[MethodSpec] = ()) -> None:
                                get_likelihood(task.likelihood, task.likelihood_options, where), where)
     check_data_config(task.data, where)
     check_model_config(task.model, where)
-    check_table(task.model, _model_option_types(task.model["name"], where), "model", where)
+    check_types(task.model, _model_option_types(task.model["name"], where), "model", where)
     train_types = typing.get_type_hints(TrainConfig)
     for key in task.train:
         if key not in train_types:
             raise unknown_choice("key", f"train.{key}", [f"train.{k}" for k in train_types], where)
-    check_table(task.train, train_types, "train", where)
+    check_types(task.train, train_types, "train", where)
     valid_metrics = metrics_for(task.likelihood, with_reference="reference" in task.eval,
                                 forecasting=is_forecasting(task), with_hmc=bool(task.posterior))
     for name in task.eval.get("metrics", []):

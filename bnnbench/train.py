@@ -67,7 +67,7 @@ class TrainConfig:
     augment: str = "none"  # "crop-flip": random 4-px padded crops and horizontal flips of training images
 
     def __post_init__(self) -> None:
-        from bnnbench.tasks import value_problem
+        from bnnbench.schema import value_problem
 
         # Every field of the method's Hparams (subclasses call this first): their own checks compare values, which
         # a string would turn into a TypeError, and a NaN or inf would pass unnoticed until the loss diverged.

@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from bnnbench.errors import UsageError, unknown_choice
+from bnnbench.tuned import TuneOutcome
 from bnnbench.types import Dimension, MethodSpec, TaskSpec
 
-__all__ = ["TUNED_FORMAT", "TuneOutcome", "load_tuned", "search_space", "study_name", "tune", "tuned_overrides",
-           "write_tuned"]
+__all__ = ["search_space", "study_name", "tune"]
 
-TUNED_FORMAT = 1
 TIE = 1e-3  # relative: trials whose objectives differ by less than this are a tie
 STUDY_FILE = "{task}.db"
 
@@ -94,18 +93,6 @@ class _Trial:
     error: str = ""
 
 
-@dataclass
-class TuneOutcome:
-    """What a tune did: per method the study's summary (what `tuned/<task>.toml` records)."""
-
-    task: str
-    objective: str
-    direction: str
-    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
-    best: dict[str, dict[str, Any]] = field(default_factory=dict)
-    storage: str = ""
-
-
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -147,7 +134,7 @@ def tune(task: TaskSpec, methods: list[str], trials: int, seeds: list[int], obje
     from optuna.trial import TrialState
 
     from bnnbench.methods import build_method, find_method
-    from bnnbench.sweep import expand, finished_ok
+    from bnnbench.sweep import expand, job_ended_ok
     from bnnbench.tasks import validate_task
 
     if trials < 1 or workers < 1:
@@ -201,7 +188,7 @@ def tune(task: TaskSpec, methods: list[str], trials: int, seeds: list[int], obje
         trial = _Trial(name, number, params, jobs, {job.run_id for job in jobs})
         submit = []
         for job in jobs:
-            if finished_ok(job):  # a resumed or repeated configuration: its run is already there
+            if job_ended_ok(job):  # a resumed or repeated configuration: its run is already there
                 trial.waiting.discard(job.run_id)
             elif job.run_id in in_flight:  # another trial with these settings is running it
                 in_flight[job.run_id].append(trial)
@@ -354,7 +341,7 @@ def _summary(study: Any, space: list[Dimension], seeds: list[int], options: dict
     setting (`defaults`) was tried and ties the best within `TIE` (relative), that one."""
     from optuna.trial import TrialState
 
-    from bnnbench import __version__
+    from bnnbench.version import __version__
 
     frozen = study.get_trials(deepcopy=False)
     complete = [t for t in frozen if t.state == TrialState.COMPLETE]
@@ -373,85 +360,3 @@ def _summary(study: Any, space: list[Dimension], seeds: list[int], options: dict
     summary.update(best_value=best.value, best_trial=best.number, tied_trials=len(tied),
                    chose_default=default is not None)
     return summary, dict(best.params)
-
-
-# --- tuned/<task>.toml ---------------------------------------------------------------------------------------------
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{value!r} has no TOML form")
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise ValueError(f"{value!r} has no TOML form")
-
-
-def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
-
-
-def write_tuned(path: Path, task: TaskSpec, outcome: TuneOutcome) -> None:
-    """`tuned/<task>.toml`: `[tuned.<method>]` the best settings, `[summary.<method>]` the study (atomically)."""
-    from bnnbench.results import write_text_atomic
-
-    lines = [f"# Written by `bnnbench tune`: each method's best settings on task {task.name} v{task.version} by the",
-             f"# mean validation {outcome.objective} over the seeds, and its study. `bnnbench run --tuned {path}` "
-             "applies them.",
-             f"format = {TUNED_FORMAT}", f"task = {_toml_value(task.name)}", f"task_version = {task.version}",
-             f"objective = {_toml_value(outcome.objective)}", f"direction = {_toml_value(outcome.direction)}",
-             f"storage = {_toml_value(outcome.storage)}", ""]
-    for method, best in outcome.best.items():
-        if not best:
-            continue
-        lines.append(f"[tuned.{_toml_key(method)}]")
-        lines += [f"{_toml_key(key)} = {_toml_value(value)}" for key, value in best.items()]
-        lines.append("")
-    for method, summary in outcome.summaries.items():
-        lines.append(f"[summary.{_toml_key(method)}]")
-        lines += [f"{_toml_key(key)} = {_toml_value(value)}" for key, value in summary.items()]
-        lines.append("")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, "\n".join(lines) + "\n")
-
-
-def load_tuned(path: Path) -> dict[str, Any]:
-    """A tuned file, checked: UsageError (one line) when it is missing, not TOML or not one `write_tuned` wrote."""
-    import tomllib
-
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except OSError as error:
-        raise UsageError(f"--tuned {path}: cannot read it ({error.strerror or error})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"--tuned {path}: not a TOML file ({error})") from None
-    if data.get("format") != TUNED_FORMAT or not isinstance(data.get("task"), str) or \
-            not isinstance(data.get("tuned", {}), dict) or not isinstance(data.get("summary", {}), dict):
-        raise UsageError(f"--tuned {path}: not a tuned file of format {TUNED_FORMAT} (write one with `bnnbench tune`)")
-    return data
-
-
-def tuned_overrides(path: Path, task: TaskSpec, method: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the method's tuned settings, what run.json records of them) from a tuned file made for this task version.
-    UsageError when it was made for another task or version, or does not tune this method."""
-    import hashlib
-
-    data = load_tuned(path)
-    if data["task"] != task.name or data.get("task_version") != task.version:
-        raise UsageError(f"--tuned {path} was made for task '{data['task']}' v{data.get('task_version')}, not "
-                         f"'{task.name}' v{task.version}")
-    tuned = data.get("tuned", {})
-    if method not in tuned:
-        raise unknown_choice(f"method in --tuned {path}", method, sorted(tuned), "--method")
-    summary = data.get("summary", {}).get(method, {})
-    record = {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
-              "objective": data.get("objective"), "trials": summary.get("trials"), "seconds": summary.get("seconds"),
-              "budget": summary.get("budget"), "best_value": summary.get("best_value"), "settings": tuned[method]}
-    return dict(tuned[method]), record
-

@@ -15,8 +15,8 @@ from fake_data import random_images, write_cifar10, write_cifar10c, write_cifar1
 from bnnbench.data import load_data
 from bnnbench.data.splits import eval_plan
 from bnnbench.errors import UsageError
+from bnnbench.package_files import builtin_tasks_dir
 from bnnbench.runner import _load_cached
-from bnnbench.tasks import builtin_tasks_dir
 
 C_FILES = ["gaussian_noise", "fog"]  # the official files the fake CIFAR-10-C set has
 CPU = ("--device", "cpu", "--quiet")

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from bnnbench import doctor
+from bnnbench import doctor, doctor_plan
 from bnnbench.data.synthetic_files import TINY_SIZES
 from bnnbench.methods import BUILT_IN
 
@@ -46,7 +46,7 @@ def run_tiny_check(cli, tmp_path, methods: list[str], *extra: str):
 def assert_complete_tiny_report(report: str, methods: list[str]) -> None:
     assert "These are CPU figures" in report and "not judged" in report and "**met**" not in report
     bench = {(row["task"], row["method"]): row for row in table(report, "Throughput")}
-    assert set(bench) == {(task, method) for task in doctor.BENCH_TASKS for method in methods}
+    assert set(bench) == {(task, method) for task in doctor_plan.BENCH_TASKS for method in methods}
     for row in bench.values():
         assert row["status"] == "ok", row
         for column in ("train ratio", "eval ratio", "train img/s", "eval passes/s"):
@@ -57,7 +57,7 @@ def assert_complete_tiny_report(report: str, methods: list[str]) -> None:
     assert epochs["map"]["steps x batch"] == "12 x 8"  # 90 training images (100 less a 10% validation split)
     evaluations = {row["method"]: row for row in table(report, "Full evaluation")}
     assert TINY_EVAL_IMAGES == 1542
-    for method, samples in (("map", 1), ("score-vi", doctor.N_SAMPLES)):
+    for method, samples in (("map", 1), ("score-vi", doctor_plan.N_SAMPLES)):
         row = evaluations[method]
         assert row["status"] == "ok" and row["CIFAR-10-C"] == "official" and row["splits"] == "78", row
         assert number(row["images"]) == TINY_EVAL_IMAGES
@@ -108,7 +108,7 @@ def test_without_cuda_it_says_so_in_one_line_and_exits_2(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bnnbench", "doctor", "--gpu", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2
-    assert done.stderr.splitlines() == [f"error: {doctor.NO_CUDA}"]
+    assert done.stderr.splitlines() == [f"error: {doctor_plan.NO_CUDA}"]
     assert done.stdout == "" and not out.exists()
 
 
@@ -117,7 +117,7 @@ def test_no_cuda_refusal_comes_before_any_other_check(cli, tmp_path, monkeypatch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     result = cli("doctor", "--gpu", "--tiny", "--method", "no-such-method", "--out", str(tmp_path / "gpu.md"))
-    assert result.code == 2 and result.stderr.strip().splitlines() == [f"error: {doctor.NO_CUDA}"]
+    assert result.code == 2 and result.stderr.strip().splitlines() == [f"error: {doctor_plan.NO_CUDA}"]
 
 
 def test_bad_options_are_usage_errors(cli, tmp_path):
@@ -135,8 +135,8 @@ def test_without_gpu_it_prints_the_environment(cli):
 def test_a_failed_a_timed_out_and_a_skipped_stage_keep_the_others_figures(cli, tmp_path, monkeypatch):
     """Stage bodies are replaced by fakes (the real ones are the tests above): a raising epoch, a compile stage past
     its cap, a budget spent before the last stage. The report read mid-check already holds what was done."""
-    monkeypatch.setattr(doctor, "TINY", doctor.CheckSizes(TINY_SIZES, 1, 1, 1, 16, {
-        **doctor.STAGE_CAPS, "compile": 0.5}, {}))
+    monkeypatch.setattr(doctor, "TINY", doctor_plan.CheckSizes(TINY_SIZES, 1, 1, 1, 16, {
+        **doctor_plan.STAGE_CAPS, "compile": 0.5}, {}))
     seen_mid_check = {}
 
     def fake_bench(self, stage, compile=False):

@@ -13,8 +13,9 @@ import torch
 
 from bnnbench.errors import UsageError
 from bnnbench.methods import METHODS, build_method
+from bnnbench.package_files import builtin_tasks_dir
 from bnnbench.reference import linear_gaussian_posterior
-from bnnbench.tasks import builtin_tasks_dir, load_task
+from bnnbench.tasks import load_task
 from bnnbench.types import Budget, FitContext
 
 BLR = builtin_tasks_dir() / "sanity-blr.toml"
@@ -136,7 +137,7 @@ def _write_reference(folder: Path, task, probs: np.ndarray, **meta_changes) -> P
     """A reference file in the format `bnnbench reference hmc` writes, with chosen contents."""
     import json
 
-    from bnnbench.reference import task_posterior_key
+    from bnnbench.reference_files import task_posterior_key
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{task.name}.v{task.version}.npz"

@@ -20,15 +20,13 @@ from bnnbench.hmc import (
     HmcSettings,
     check_task,
     convergence_diagnostics,
-    load_reference,
     load_task_data,
     predictive_arrays,
     run_chains,
     sample_reference,
-    save_reference,
-    task_posterior_key,
 )
 from bnnbench.reference import linear_gaussian_posterior
+from bnnbench.reference_files import load_reference, save_reference, task_posterior_key
 from bnnbench.tasks import load_task
 
 # Diabetes' first 60 rows, nn.Linear(10, 1): 11 parameters whose posterior is Gaussian and known exactly. A warm

@@ -164,8 +164,8 @@ def test_ray_sweep_gives_the_local_executor_numbers(cli, tmp_path):
 
 
 def test_jobs_ask_for_the_tasks_resources_and_infeasible_ones_are_refused(tmp_path):
+    from bnnbench.package_files import builtin_tasks_dir
     from bnnbench.sweep import _check_feasible, expand
-    from bnnbench.tasks import builtin_tasks_dir
 
     task = tmp_path / "gpu-digits.toml"
     task.write_text(f'include = "{builtin_tasks_dir() / "digits-mlp.toml"}"\nname = "gpu-digits"\n'

@@ -101,7 +101,7 @@ def test_malformed_task_names_file_and_key(tmp_path, edit, expected):
         ('[eval]\ncorruptions = ["fogg"]', "unknown corruption in eval.corruptions 'fogg'"),
         ('[methods.map]\nlrr = 1.0', "unknown hyper-parameter of method 'map' 'lrr' \\(did you mean 'lr'\\?\\)"),
         ('[methods.mapp]\nlr = 1.0', "unknown method 'mapp'"),
-        ('[methods.map]\nlr = "fast"', "hyper-parameter 'lr' of method 'map' must be float"),
+        ('[methods.map]\nlr = "fast"', "hyper-parameter 'lr' of method 'map' must be a finite number, got 'fast'"),
     ],
 )
 def test_validate_rejects_unknown_names(tmp_path, section, expected):

@@ -16,9 +16,10 @@ from assertions import assert_usage_error
 
 from bnnbench.errors import UsageError
 from bnnbench.methods import find_method
-from bnnbench.sweep import _execute, finished_ok
+from bnnbench.sweep import _execute, job_ended_ok
 from bnnbench.tasks import load_task
-from bnnbench.tune import load_tuned, search_space, study_name, tune, write_tuned
+from bnnbench.tune import search_space, study_name, tune
+from bnnbench.tuned import load_tuned, write_tuned
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -30,7 +31,7 @@ def run_serial(jobs, on_done):
     pending = list(jobs)
     while pending:
         job = pending.pop(0)
-        if finished_ok(job):
+        if job_ended_ok(job):
             continue
         status, error, _ = _execute(job)
         pending += on_done(job.run_id, status, error)

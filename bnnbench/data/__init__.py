@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from bnnbench.errors import UsageError, unknown_choice
 from bnnbench.registry import Registry
-from bnnbench.tasks import check_table
+from bnnbench.schema import check_types
 from bnnbench.types import DataBundle, Split
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def _config(data: dict[str, Any], where: str):
         if key not in valid:
             raise unknown_choice("key", f"data.{key}", [f"data.{k}" for k in valid], where)
     # types first: a Config's own checks compare values, and "zero" < 1 would be a TypeError, not a message
-    check_table(options, typing.get_type_hints(module.Config), "data", where)
+    check_types(options, typing.get_type_hints(module.Config), "data", where)
     try:
         return module, module.Config(**options)
     except (TypeError, ValueError) as error:

@@ -18,18 +18,15 @@ from __future__ import annotations
 
 import functools
 import sys
+import typing
 from dataclasses import fields
 from typing import Any
 
 from bnnbench.errors import UsageError, error_line, unknown_choice
 from bnnbench.registry import Registry, import_reference
-from bnnbench.tasks import range_problem
+from bnnbench.schema import conform, value_problem
+from bnnbench.tomlfile import parse_value
 from bnnbench.types import METHOD_NAME, Method, MethodOrigin, MethodSpec, TaskSpec
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["BUILT_IN", "METHODS", "PLUGIN_GROUP", "bind", "bind_for_task", "build_method", "check_likelihood",
            "check_method_overrides", "check_spec_overrides", "find_method", "hparam_names", "method_registry",
@@ -175,28 +172,6 @@ def _module_origin(reference: str) -> MethodOrigin:
     return MethodOrigin(None, None if version is None else str(version), reference)
 
 
-def _coerce(method: str, key: str, value: Any, default: Any, where: str) -> Any:
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, tuple | list):
-        ok = isinstance(value, list)
-        value = tuple(value) if ok else value
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
-        raise UsageError(f"{where}: hyper-parameter '{key}' of method '{method}' must be "
-                         f"{type(default).__name__}, got {value!r}")
-    problem = range_problem(value)
-    if problem:
-        raise UsageError(f"{where}: hyper-parameter '{key}' of method '{method}' must be {problem}, got {value!r}")
-    return value
-
-
 def hparam_names(name: str) -> list[str]:
     """The hyper-parameters of method `name`."""
     return [f.name for f in fields(find_method(name)[0].hparams_class)]
@@ -208,32 +183,31 @@ def check_method_overrides(name: str, overrides: dict[str, Any], where: str) -> 
 
 
 def check_spec_overrides(spec: MethodSpec, overrides: dict[str, Any], where: str) -> dict[str, Any]:
-    """`check_method_overrides` for a method given by its spec."""
-    defaults = {f.name: f.default for f in fields(spec.hparams_class)}
+    """`check_method_overrides` for a method given by its spec: each value against its field's annotation in the
+    method's `Hparams` (`bnnbench.schema`), returned in the form the field holds (a float, a tuple)."""
+    hints = typing.get_type_hints(spec.hparams_class)
     coerced = {}
     for key, value in overrides.items():
-        if key not in defaults:
-            raise unknown_choice(f"hyper-parameter of method '{spec.name}'", key, defaults, where)
-        coerced[key] = _coerce(spec.name, key, value, defaults[key], where)
+        if key not in hints:
+            raise unknown_choice(f"hyper-parameter of method '{spec.name}'", key, hints, where)
+        problem = value_problem(value, hints[key])
+        if problem:
+            raise UsageError(f"{where}: hyper-parameter '{key}' of method '{spec.name}' must be {problem}, "
+                             f"got {value!r}")
+        coerced[key] = conform(value, hints[key])
     return coerced
 
 
 def parse_assignments(assignments: list[str]) -> dict[str, Any]:
-    """`["lr=3e-4", "schedule=constant"]` -> {"lr": 0.0003, "schedule": "constant"} (TOML values, else text)."""
+    """`["lr=3e-4", "schedule=constant"]` -> {"lr": 0.0003, "schedule": "constant"} (TOML values, else text). Only
+    the syntax is checked here: each value meets its rule where its key is known (a method's hyper-parameter, a
+    model's option), as a task table's value does."""
     parsed = {}
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"--set expects key=value, got '{assignment}'")
-        try:
-            value = tomllib.loads(f"value = {text}")["value"]
-        except tomllib.TOMLDecodeError:
-            value = text
-        # no key takes NaN, inf (1e400 parses as inf) or an integer past int32: refused before any work
-        problem = range_problem(value)
-        if problem:
-            raise UsageError(f"--set {key.strip()}: value must be {problem}, got {text.strip()!r}")
-        parsed[key.strip()] = value
+        parsed[key.strip()] = parse_value(text)
     return parsed
 
 
