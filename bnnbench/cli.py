@@ -97,10 +97,10 @@ def list_(
     table.add_column(what.value[:-1])
     table.add_column("description")
     if what is Listable.tasks:
-        from bnnbench.tasks import list_tasks, load_task
+        from bnnbench.tasks import list_tasks, task_description
 
         for name in list_tasks(tasks_dir):
-            table.add_row(name, load_task(name, tasks_dir).description)
+            table.add_row(name, task_description(name, tasks_dir))
     elif what is Listable.methods:
         from bnnbench.methods import METHODS, find_method, origin_label, warn
 
@@ -129,11 +129,10 @@ def validate(
     tasks_dir: Annotated[list[Path], typer.Option(help=TASKS_DIR_HELP)] = [],  # noqa: B006
 ) -> None:
     """Check task files: keys, data source, model, training settings, metrics, method overrides."""
-    from bnnbench.tasks import list_tasks, load_task, validate_task
+    from bnnbench.tasks import list_tasks, load_task
 
     for name in tasks or list_tasks(tasks_dir):
         task = load_task(name, tasks_dir)
-        validate_task(task)
         out.print(f"[green]ok[/green] {task.name} v{task.version} ({task.path})")
 
 
@@ -559,7 +558,7 @@ def reference_hmc(
     from bnnbench.hmc import HmcSettings, check_settings, check_task, sample_reference
     from bnnbench.reference_files import save_reference
     from bnnbench.results import check_writable
-    from bnnbench.tasks import load_task, validate_task
+    from bnnbench.tasks import load_task
 
     settings = HmcSettings(chains=chains, samples=samples, warmup=warmup, seed=seed, max_tree_depth=max_tree_depth,
                            init_steps=init_steps)
@@ -567,7 +566,6 @@ def reference_hmc(
     check_settings(settings, workers)
     spec = load_task(task, tasks_dir)
     check_task(spec)
-    validate_task(spec)
     check_writable(out_dir, what="--out-dir")
     workers = min(workers, chains)
     if not quiet:

@@ -219,7 +219,7 @@ def check_likelihood_options(name: str, options: dict[str, Any], where: str) -> 
 
 def get_likelihood(name: str, options: dict[str, Any] | None = None, where: str = "task") -> Likelihood:
     """The likelihood registered as `name`, built with the task's options."""
-    factory = LIKELIHOODS.get(name)
+    factory = LIKELIHOODS.get(name, where)
     valid = [f.name for f in fields(factory)]
     for key in options or {}:
         if key not in valid:

@@ -1,13 +1,18 @@
-"""Where the files that ship with bnnbench are: its task files (package data in a wheel, `tasks/` in a checkout)."""
+"""Where the files that ship with bnnbench are: its task files (`bnnbench/task_files`, which the checkout's
+top-level `tasks` links to) and, in a checkout, the committed HMC references."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["builtin_tasks_dir"]
+__all__ = ["builtin_tasks_dir", "committed_references_dir"]
 
 
 def builtin_tasks_dir() -> Path:
-    """The task files shipped with bnnbench (package data in a wheel, `tasks/` in a checkout)."""
-    packaged = Path(__file__).parent / "task_files"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "tasks"
+    """The task files shipped with bnnbench."""
+    return Path(__file__).parent / "task_files"
+
+
+def committed_references_dir() -> Path:
+    """`results/references` of the bnnbench checkout this code runs from (absent from an installed wheel)."""
+    return Path(__file__).resolve().parents[1] / "results" / "references"

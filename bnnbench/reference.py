@@ -124,10 +124,10 @@ class PredictiveReference:
 def reference_search_path() -> list[Path]:
     """Where reference files are looked for, first match wins: `$BNNBENCH_REFERENCES_PATH`, then
     `results/references` under the working directory, then the committed ones of a bnnbench checkout."""
-    from bnnbench.package_files import builtin_tasks_dir
+    from bnnbench.package_files import committed_references_dir
 
     extra = [Path(part) for part in os.environ.get(REFERENCES_PATH_ENV, "").split(os.pathsep) if part]
-    return [*extra, Path("results/references"), builtin_tasks_dir().parent / "results" / "references"]
+    return [*extra, Path("results/references"), committed_references_dir()]
 
 
 def find_predictive_reference(task: TaskSpec) -> PredictiveReference:

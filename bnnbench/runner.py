@@ -33,8 +33,7 @@ from bnnbench.results import (
     run_ended_ok,
     write_run,
 )
-from bnnbench.tasks import load_task, validate_task
-from bnnbench.types import Budget, Method, TaskSpec
+from bnnbench.types import Budget, Method, MethodSpec, TaskSpec
 from bnnbench.version import __version__
 
 __all__ = ["RunOutcome", "RunPlan", "finished_run", "prepare", "resolve_budget", "run", "run_id_of",
@@ -104,7 +103,7 @@ def select_device(name: str):
     return torch.device(name)
 
 
-def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | None = None,
+def prepare(task: str | Path | TaskSpec, method_name: str, *, overrides: dict[str, Any] | None = None,
             budget_name: str | None = None, epochs: int | None = None, device: str = "auto",
             results_dir: Path = Path("results/runs"), save_predictions: bool = False,
             show_progress: bool = True, data_dir: Path | None = None, task_dirs: Sequence[str | Path] = (),
@@ -112,30 +111,31 @@ def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | Non
             compile: bool = False) -> RunPlan:
     """Validate a run request; raises UsageError (and writes nothing) on any bad input, missing data
     files included (the data are loaded here, once, and shared by the seeds; `load=False` skips them, for
-    benchmarks on synthetic inputs). `method_name` is a registered name or "package.module:attr"; task names
-    are looked up in `task_dirs` too (`--tasks-dir`). `validation_only` runs score the validation split alone and
-    never touch the test split (tuning); they are another configuration (run id) than full runs. `tuned` is a
-    `bnnbench tune` file whose settings for the method apply under `overrides` (run.json records which file).
-    `compile` runs the network through torch.compile (`bnnbench.compiler`)."""
+    benchmarks on synthetic inputs). `task` is a name (looked up in `task_dirs` too, `--tasks-dir`), a .toml path,
+    or a `TaskSpec` already loaded (a sweep or a study loads its task once); `method_name` is a registered name or
+    "package.module:attr". `validation_only` runs score the validation split alone and never touch the test split
+    (tuning); they are another configuration (run id) than full runs. `tuned` is a `bnnbench tune` file whose
+    settings for the method apply under `overrides` (run.json records which file). `compile` runs the network
+    through torch.compile (`bnnbench.compiler`)."""
     from bnnbench.data.files import data_root
-    from bnnbench.data.splits import eval_plan
-    from bnnbench.methods import build_method, find_method
+    from bnnbench.methods import bind_for_task, find_method
     from bnnbench.models import check_pretrained_weights
+    from bnnbench.tasks import load_task
 
-    task = load_task(task_name, task_dirs)
-    spec, _ = find_method(method_name)
+    spec, origin = find_method(method_name)
+    if not isinstance(task, TaskSpec):
+        task = load_task(task, task_dirs, (spec,))
     tuning = None
     if tuned is not None:
         from bnnbench.tuned import tuned_overrides
 
         settings, tuning = tuned_overrides(Path(tuned), task, spec.name)
         overrides = {**settings, **(overrides or {})}
-    method_overrides, model_overrides = split_overrides(task, method_name, overrides or {})
+    method_overrides, model_overrides = split_overrides(task, spec, overrides or {})
     if model_overrides:
         task = dataclasses.replace(task, model={**task.model, **model_overrides})
-    validate_task(task, (spec,))
     check_pretrained_weights(task.model, str(task.path))
-    method = build_method(method_name, task, method_overrides)
+    method = bind_for_task(spec, task, method_overrides, origin)
     budget, budget_label = resolve_budget(task, budget_name, epochs)
     device_name = str(select_device(device))
     sample_passes(device_name)  # a bad BNNBENCH_SAMPLE_PASSES is a usage error, before any work
@@ -144,6 +144,25 @@ def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | Non
     loaded = _load(task, root) if load else None
     if validation_only and loaded and len(loaded.bundle.val) == 0:
         raise UsageError(f"task '{task.name}' has no validation split, which tuning scores; set data.val_fraction")
+    identity = _identity(task, method, budget, loaded, model_overrides, validation_only, tuning)
+    return RunPlan(task, method, budget, budget_label, device_name, Path(results_dir), config_hash(identity.config),
+                   save_predictions, show_progress, root, identity.variant, identity.hmc_reference, validation_only,
+                   tuning, compile)
+
+
+@dataclass(frozen=True)
+class _Identity:
+    config: dict[str, Any]  # what the config hash covers
+    variant: str
+    hmc_reference: Any
+
+
+def _identity(task: TaskSpec, method: Method, budget: Budget, loaded: Any, model_overrides: dict[str, Any],
+              validation_only: bool, tuning: dict[str, Any] | None) -> _Identity:
+    """What makes two runs of one task and method the same experiment: the configuration the config hash covers,
+    the data variant and a fidelity task's HMC reference."""
+    from bnnbench.data.splits import eval_plan
+
     variant = eval_plan(task.eval, loaded, str(task.path)).variant if loaded else "standard"
     config = {"hparams": dataclasses.asdict(method.hparams), "budget": dataclasses.asdict(budget)}
     if loaded and "data_fingerprint" in loaded.info:  # other files, other experiment: never the same run id
@@ -164,9 +183,7 @@ def prepare(task_name: str, method_name: str, *, overrides: dict[str, Any] | Non
 
         hmc_reference = find_predictive_reference(task)
         config["hmc_reference"] = hmc_reference.sha256
-    hashed = config_hash(config)
-    return RunPlan(task, method, budget, budget_label, device_name, Path(results_dir), hashed,
-                   save_predictions, show_progress, root, variant, hmc_reference, validation_only, tuning, compile)
+    return _Identity(config, variant, hmc_reference)
 
 
 def sample_passes(device_name: str) -> str:
@@ -178,13 +195,13 @@ def sample_passes(device_name: str) -> str:
     return "batched" if batched_passes(torch.device(device_name)) else "loop"
 
 
-def split_overrides(task: TaskSpec, method_name: str, overrides: dict[str, Any]) -> tuple[dict, dict]:
+def split_overrides(task: TaskSpec, spec: MethodSpec, overrides: dict[str, Any]) -> tuple[dict, dict]:
     """(method hyper-parameters, model options) from `--set` pairs: `model.KEY` is a model option; a bare
-    key is the method's hyper-parameter when it has one by that name, else the task model's option."""
-    from bnnbench.methods import hparam_names
-    from bnnbench.models import model_options
+    key is the method's hyper-parameter when it has one by that name, else the task model's option. The model
+    options are checked here against the model's own rule; the method's are checked where they are bound."""
+    from bnnbench.models import check_model_config, model_options
 
-    hparams = set(hparam_names(method_name))
+    hparams = {item.name for item in dataclasses.fields(spec.hparams_class)}
     options = model_options(task.model["name"], str(task.path))
     method, model = {}, {}
     for key, value in overrides.items():
@@ -195,7 +212,9 @@ def split_overrides(task: TaskSpec, method_name: str, overrides: dict[str, Any])
                                      [f"model.{option}" for option in options], "--set")
             model[bare] = value
         else:
-            method[key] = value  # build_method names the valid hyper-parameters if the key is not one
+            method[key] = value  # bind_for_task names the valid hyper-parameters if the key is not one
+    if model:
+        check_model_config({"name": task.model["name"], **model}, "--set")
     return method, model
 
 

@@ -103,7 +103,11 @@ def _describe(expected: Any, plural: bool = False) -> str:
 
 def conform(value: Any, expected: Any) -> Any:
     """A value that fits `expected` (see `value_problem`) in the form its consumer reads: a float for a float
-    annotation given an integer, a tuple for a tuple annotation given a list (TOML has arrays only)."""
+    annotation given an integer, a tuple for a tuple annotation given a list (TOML has arrays only); in a union,
+    the form of the first option it fits."""
+    if _is_union(expected):
+        option = next((option for option in typing.get_args(expected) if _fits(value, option)), Any)
+        return conform(value, option)
     origin = typing.get_origin(expected) or expected
     if origin is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

@@ -1,12 +1,14 @@
-"""Find, parse and validate task files (TOML data in `tasks/`, shipped inside the package).
+"""Find task files (TOML data in `bnnbench/task_files`, and folders of the user's) and load them into a `TaskSpec`.
 
-`load_task` checks structure with the standard library only, so listing tasks stays fast;
-`validate_task` also checks that the data source, model, training keys, metrics and per-method
-overrides a task names exist, which imports the heavier modules.
+`load_task` is the door: it parses a file (structure, with the standard library only) and then checks every name
+and value the task refers to against its consumer's rule (data source, model, likelihood, training keys, metrics,
+per-method tables, search spaces), so a `TaskSpec` that exists is valid, and nothing below re-checks it. Listing
+tasks reads their descriptions alone (`task_description`), which imports no torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import typing
@@ -22,7 +24,8 @@ from bnnbench.package_files import builtin_tasks_dir
 from bnnbench.schema import check_types
 from bnnbench.types import Budget, Dimension, MethodSpec, Resources, TaskSpec
 
-__all__ = ["list_tasks", "load_task", "resources_for", "task_paths", "task_search_path", "validate_task"]
+__all__ = ["is_forecasting", "list_tasks", "load_task", "resources_for", "task_description", "task_paths",
+           "task_search_path"]
 
 # Extra directories of task files, separated by os.pathsep. BNNBENCH_TASKS_PATH is the documented name (plural,
 # like --tasks-dir); BNNBENCH_TASK_PATH, the first one, is still read, before it.
@@ -39,9 +42,6 @@ _EVAL_TYPES = {"metrics": list[str], "corruptions": str | list[str], "severities
                "corruption_seed": int, "corruption_source": str, "reference": dict}
 # [posterior]: a Gaussian prior N(0, prior_std² I) on every weight and the likelihood's temperature; HMC's target.
 _POSTERIOR_TYPES = {"prior_std": float, "temperature": float}
-# The names in bnnbench.likelihoods.LIKELIHOODS (a test keeps them equal), here so that parsing a task
-# file imports no torch.
-LIKELIHOOD_NAMES = ("categorical", "gaussian", "student-t")
 
 
 def task_search_path(task_dirs: Sequence[str | Path] = ()) -> list[Path]:
@@ -76,17 +76,29 @@ def list_tasks(task_dirs: Sequence[str | Path] = ()) -> list[str]:
     return sorted(task_paths(task_dirs))
 
 
-def load_task(name_or_path: str | Path, task_dirs: Sequence[str | Path] = ()) -> TaskSpec:
-    """Parse a task by name (looked up in `task_search_path(task_dirs)`) or by path to a .toml file, and check
-    its structure."""
+def _task_file(name_or_path: str | Path, task_dirs: Sequence[str | Path]) -> Path:
     path = Path(name_or_path)
     if path.suffix != ".toml":
         paths = task_paths(task_dirs)
         if str(name_or_path) not in paths:
             raise unknown_choice("task", name_or_path, paths)
         path = paths[str(name_or_path)]
-    raw = _read_with_includes(path, seen=())
-    return _parse(raw, path)
+    return path
+
+
+def load_task(name_or_path: str | Path, task_dirs: Sequence[str | Path] = (),
+              methods: Sequence[MethodSpec] = ()) -> TaskSpec:
+    """The task named (looked up in `task_search_path(task_dirs)`) or at a path to a .toml file, parsed and
+    checked whole: UsageError, one line, for the first bad key or value. `methods` are known besides the
+    registered ones (a `--method package.module:attr`), so their [methods.X] tables are checked too."""
+    path = _task_file(name_or_path, task_dirs)
+    return _validated(_parse(_read_with_includes(path, seen=()), path), methods)
+
+
+def task_description(name_or_path: str | Path, task_dirs: Sequence[str | Path] = ()) -> str:
+    """A task's one-line description, for listings: its file's structure is checked, not what it refers to."""
+    path = _task_file(name_or_path, task_dirs)
+    return _parse(_read_with_includes(path, seen=()), path).description
 
 
 def _read_with_includes(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -240,8 +252,6 @@ def _likelihood(value: Any, where: str) -> tuple[str, dict[str, Any]]:
     name = options.pop("name", None) if isinstance(value, dict) else value
     if not isinstance(name, str):
         raise UsageError(f"{where}: key 'likelihood' must be a name or a table with key 'name', got {value!r}")
-    if name not in LIKELIHOOD_NAMES:
-        raise unknown_choice("likelihood", name, LIKELIHOOD_NAMES, where)
     return name, options
 
 
@@ -264,58 +274,67 @@ def is_forecasting(task: TaskSpec) -> bool:
     return task.data.get("source") == "timeseries"
 
 
-def _model_option_types(name: str, where: str) -> dict[str, Any]:
-    """Option -> type of a model's [model] table: the annotations of its factory's keywords are its schema."""
-    import inspect
-
-    from bnnbench.models import _factory
-
-    parameters = inspect.signature(_factory(name, where), eval_str=True).parameters
-    return {key: parameter.annotation for key, parameter in parameters.items()
-            if parameter.annotation is not inspect.Parameter.empty}
-
-
-def validate_task(task: TaskSpec, methods: Sequence[MethodSpec] = ()) -> None:
-    """Check every name and key the task refers to (imports the data, model and method modules). `methods` are
-    known besides the registered ones (a `--method package.module:attr`), so their [methods.X] tables are
-    checked too."""
+def _validated(task: TaskSpec, methods: Sequence[MethodSpec]) -> TaskSpec:
+    """`task` with every name and value it refers to checked (imports the data, model and method modules), and
+    its [methods.X] tables in the form the method's fields hold."""
     from bnnbench.data import check_data_config
     from bnnbench.data.splits import check_eval_config
-    from bnnbench.likelihoods import check_likelihood_options, get_likelihood
-    from bnnbench.methods import check_method_overrides, check_spec_overrides, find_method
-    from bnnbench.metrics import metrics_for
+    from bnnbench.likelihoods import get_likelihood
     from bnnbench.models import check_model_config
     from bnnbench.reference import check_reference_config
-    from bnnbench.train import TrainConfig
 
     where = str(task.path)
-    check_likelihood_options(task.likelihood, task.likelihood_options, where)
+    likelihood = get_likelihood(task.likelihood, task.likelihood_options, where)
     if "reference" in task.eval:
-        check_reference_config(task.eval["reference"],
-                               get_likelihood(task.likelihood, task.likelihood_options, where), where)
+        check_reference_config(task.eval["reference"], likelihood, where)
     check_data_config(task.data, where)
     check_model_config(task.model, where)
-    check_types(task.model, _model_option_types(task.model["name"], where), "model", where)
+    _check_train(task.train, where)
+    _check_metrics(task, where)
+    check_eval_config(task.eval, where)
+    return dataclasses.replace(task, methods=_checked_method_tables(task, methods))
+
+
+def _check_train(train: dict[str, Any], where: str) -> None:
+    """[train]: the shared loop's keys (`TrainConfig`), each of its type, then the loop's own ranges."""
+    from bnnbench.train import TrainConfig
+
     train_types = typing.get_type_hints(TrainConfig)
-    for key in task.train:
+    for key in train:
         if key not in train_types:
             raise unknown_choice("key", f"train.{key}", [f"train.{k}" for k in train_types], where)
-    check_types(task.train, train_types, "train", where)
+    check_types(train, train_types, "train", where)
+    try:
+        TrainConfig(**train)
+    except UsageError as error:
+        raise UsageError(f"{where}: [train] {error}") from None
+
+
+def _check_metrics(task: TaskSpec, where: str) -> None:
+    from bnnbench.metrics import metrics_for
+
     valid_metrics = metrics_for(task.likelihood, with_reference="reference" in task.eval,
                                 forecasting=is_forecasting(task), with_hmc=bool(task.posterior))
     for name in task.eval.get("metrics", []):
         if name not in valid_metrics:
             raise unknown_choice("metric in eval.metrics", name, valid_metrics, where)
+
+
+def _checked_method_tables(task: TaskSpec, methods: Sequence[MethodSpec]) -> dict[str, dict[str, Any]]:
+    """[methods.X] and [tune.X]: X a known method, each key one of its hyper-parameters and each value of its
+    field's type (returned in that form)."""
+    from bnnbench.methods import check_spec_overrides, find_method
+
+    where = str(task.path)
     given = {spec.name: spec for spec in methods}
+    tables = {}
     for method, overrides in task.methods.items():
-        if method in given:
-            check_spec_overrides(given[method], overrides, where)
-        else:
-            check_method_overrides(method, overrides, where)
+        spec = given.get(method) or find_method(method, where)[0]
+        tables[method] = check_spec_overrides(spec, overrides, where)
     for method, dimensions in task.tune.items():
         spec = given.get(method) or find_method(method, where)[0]
         names = [item.name for item in fields(spec.hparams_class)]
         for name in dimensions:
             if name not in names:
                 raise unknown_choice(f"hyper-parameter of method '{method}' in tune.{method}", name, names, where)
-    check_eval_config(task.eval, where)
+    return tables

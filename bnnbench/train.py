@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import time
-import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 
@@ -67,16 +66,8 @@ class TrainConfig:
     augment: str = "none"  # "crop-flip": random 4-px padded crops and horizontal flips of training images
 
     def __post_init__(self) -> None:
-        from bnnbench.schema import value_problem
-
-        # Every field of the method's Hparams (subclasses call this first): their own checks compare values, which
-        # a string would turn into a TypeError, and a NaN or inf would pass unnoticed until the loss diverged.
-        types = typing.get_type_hints(type(self))
-        for item in fields(self):
-            value = getattr(self, item.name)
-            problem = value_problem(value, types[item.name])
-            if problem:
-                raise UsageError(f"hyper-parameter '{item.name}' must be {problem}, got {value!r}")
+        # The ranges of the loop's own settings. Types were checked at the door (`bnnbench.schema`, through
+        # `load_task` and `bind_for_task`), before any of these is built.
         if self.schedule not in ("cosine", "constant"):
             raise UsageError(f"unknown schedule '{self.schedule}'; valid choices: constant, cosine")
         if self.augment not in AUGMENTATIONS:

@@ -135,12 +135,10 @@ def tune(task: TaskSpec, methods: list[str], trials: int, seeds: list[int], obje
 
     from bnnbench.methods import build_method, find_method
     from bnnbench.sweep import expand, job_ended_ok
-    from bnnbench.tasks import validate_task
 
     if trials < 1 or workers < 1:
         raise UsageError(f"--trials and --workers must be >= 1, got {trials} and {workers}")
     specs = {name: find_method(name)[0] for name in methods}
-    validate_task(task, list(specs.values()))
     direction = _direction(objective, task)
     spaces = {name: search_space(spec, task) for name, spec in specs.items()}
     kinds = {name: typing.get_type_hints(spec.hparams_class) for name, spec in specs.items()}

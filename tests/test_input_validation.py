@@ -106,18 +106,18 @@ def test_shipped_tasks_still_validate(cli):
     assert cli("validate").code == 0
 
 
-def test_hparams_dataclasses_check_types_and_name_the_field():
-    from bnnbench.methods.map import Hparams
-    from bnnbench.methods.swag import Hparams as SwagHparams
+def test_hyper_parameters_meet_their_field_annotation_at_the_door_and_their_ranges_when_built():
+    from bnnbench.methods import check_spec_overrides, find_method
     from bnnbench.train import TrainConfig
 
-    with pytest.raises(UsageError, match=r"hyper-parameter 'lr' must be a finite number, got 'fast'"):
-        Hparams(lr="fast")
-    with pytest.raises(UsageError, match=r"hyper-parameter 'rank' must be an integer, got 2\.5"):
-        SwagHparams(rank=2.5)
+    with pytest.raises(UsageError, match=r"--set: hyper-parameter 'lr' of method 'map' must be a finite number, "
+                                         r"got 'fast'"):
+        check_spec_overrides(find_method("map")[0], {"lr": "fast"}, "--set")
+    with pytest.raises(UsageError, match=r"hyper-parameter 'rank' of method 'swag' must be an integer, got 2\.5"):
+        check_spec_overrides(find_method("swag")[0], {"rank": 2.5}, "t.toml")
     with pytest.raises(UsageError, match=r"hyper-parameter 'batch_size' must be at least 1, got 0"):
         TrainConfig(batch_size=0)
-    assert TrainConfig(lr=1).lr == 1  # TOML writes 1 for 1.0
+    assert check_spec_overrides(find_method("map")[0], {"lr": 1}, "t.toml") == {"lr": 1.0}  # TOML writes 1 for 1.0
 
 
 # ----------------------------------------------------------------------------------------------- --set

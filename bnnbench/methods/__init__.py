@@ -29,7 +29,7 @@ from bnnbench.tomlfile import parse_value
 from bnnbench.types import METHOD_NAME, Method, MethodOrigin, MethodSpec, TaskSpec
 
 __all__ = ["BUILT_IN", "METHODS", "PLUGIN_GROUP", "bind", "bind_for_task", "build_method", "check_likelihood",
-           "check_method_overrides", "check_spec_overrides", "find_method", "hparam_names", "method_registry",
+           "check_spec_overrides", "find_method", "method_registry",
            "origin_label", "parse_assignments", "warn"]
 
 PLUGIN_GROUP = "bnnbench.methods"
@@ -172,16 +172,6 @@ def _module_origin(reference: str) -> MethodOrigin:
     return MethodOrigin(None, None if version is None else str(version), reference)
 
 
-def hparam_names(name: str) -> list[str]:
-    """The hyper-parameters of method `name`."""
-    return [f.name for f in fields(find_method(name)[0].hparams_class)]
-
-
-def check_method_overrides(name: str, overrides: dict[str, Any], where: str) -> dict[str, Any]:
-    """Validate and type-coerce hyper-parameter values for a method; returns the coerced values."""
-    return check_spec_overrides(find_method(name, where)[0], overrides, where)
-
-
 def check_spec_overrides(spec: MethodSpec, overrides: dict[str, Any], where: str) -> dict[str, Any]:
     """`check_method_overrides` for a method given by its spec: each value against its field's annotation in the
     method's `Hparams` (`bnnbench.schema`), returned in the form the field holds (a float, a tuple)."""
@@ -234,12 +224,12 @@ def build_method(name: str, task: TaskSpec, overrides: dict[str, Any] | None = N
 
 def bind_for_task(spec: MethodSpec, task: TaskSpec, overrides: dict[str, Any] | None = None,
                   origin: MethodOrigin | None = None) -> Method:
-    """`build_method` for a method given by its spec (what `bnnbench.testing.check_method` binds)."""
+    """`build_method` for a method given by its spec. The task's tables were checked when it was loaded; the
+    overrides (`--set`) are checked here, the one place they meet the method's fields."""
     check_likelihood(spec, task)
     accepted = {f.name for f in fields(spec.hparams_class)}
     values = {key: value for key, value in task.train.items() if key in accepted}
-    chosen = check_spec_overrides(spec, task.methods.get(spec.name, {}), str(task.path))
-    chosen |= check_spec_overrides(spec, overrides or {}, "--set")
+    chosen = {**task.methods.get(spec.name, {}), **check_spec_overrides(spec, overrides or {}, "--set")}
     values |= chosen
     if task.posterior and spec.posterior_settings is not None:
         values |= _posterior_values(spec, task, chosen)

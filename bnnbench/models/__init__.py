@@ -14,6 +14,7 @@ from typing import Any
 
 from bnnbench.errors import UsageError, unknown_choice
 from bnnbench.registry import Registry
+from bnnbench.schema import check_types
 
 __all__ = ["MODELS", "check_model_config", "check_pretrained_weights", "create_model", "last_layer_name",
            "model_options"]
@@ -40,12 +41,18 @@ def model_options(name: str, where: str = "task") -> list[str]:
 
 
 def check_model_config(model: dict[str, Any], where: str) -> None:
-    """Raise UsageError if the task's [model] table names an unknown model or option."""
+    """Raise UsageError if a [model] table (or `--set model.KEY` values, with the model's name) names an unknown
+    model or option, or gives an option a value its factory's annotation refuses (`bnnbench.schema`)."""
+    factory = _factory(model["name"], where)
     options = model_options(model["name"], where)
     for key in model:
         if key != "name" and key not in options:
             raise unknown_choice(f"option of model '{model['name']}'", f"model.{key}",
                                  [f"model.{k}" for k in options], where)
+    parameters = inspect.signature(factory, eval_str=True).parameters
+    annotations = {key: parameter.annotation for key, parameter in parameters.items()
+                   if parameter.annotation is not inspect.Parameter.empty}
+    check_types(model, annotations, "model", where)
 
 
 def check_pretrained_weights(model: dict[str, Any], where: str = "task") -> None:
@@ -60,8 +67,7 @@ def check_pretrained_weights(model: dict[str, Any], where: str = "task") -> None
 
 
 def create_model(model: dict[str, Any], input_shape: tuple[int, ...], num_classes: int, where: str = "task"):
-    """Build the untrained network a task's [model] table describes."""
-    check_model_config(model, where)
+    """Build the untrained network a task's [model] table describes (checked when the task was loaded)."""
     options = {key: value for key, value in model.items() if key != "name"}
     try:
         return _factory(model["name"], where)(input_shape=input_shape, num_classes=num_classes, **options)
