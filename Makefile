@@ -38,8 +38,9 @@ report-check: install  ## a report rendered in headless Chromium: every section 
 	rm -rf report-check && mkdir report-check
 	REPORT_CHECK_OUT=report-check $(BIN)/pytest -q -m browser tests/test_report.py
 
-lint: install
+lint: install  ## ruff, and the package's layers (pyproject's import-linter contracts)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 fmt: install
 	$(BIN)/ruff check --fix .

@@ -105,7 +105,7 @@ def environment(device) -> dict[str, str]:
 def gpu_check(options: CheckOptions, say: Callable[[str], None] = print) -> CheckReport:
     """Run the check and write its report to `options.out` after every stage; see the module docstring."""
     from bnnbench.doctor_report import render
-    from bnnbench.methods import BUILT_IN
+    from bnnbench.methods import BUILT_IN, find_method
     from bnnbench.results import check_output_file, write_text_atomic
 
     device = check_device(options.device)
@@ -120,10 +120,11 @@ def gpu_check(options: CheckOptions, say: Callable[[str], None] = print) -> Chec
         raise UsageError(f"--data-root '{options.data_parent}' is not a directory")
     sizes = TINY if options.tiny else FULL
     methods = tuple(name for name in built_in if not options.methods or name in options.methods)
+    post_hoc = frozenset(name for name in methods if find_method(name)[0].post_hoc)
     report = CheckReport(device=str(device), tiny=options.tiny, environment=environment(device),
                          command=shlex.join(["bnnbench", *sys.argv[1:]]),
                          started=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                         budget_seconds=options.budget_seconds, sizes=sizes, stages=plan_stages(methods))
+                         budget_seconds=options.budget_seconds, sizes=sizes, stages=plan_stages(methods, post_hoc))
     start = time.perf_counter()
     deadline = start + options.budget_seconds
 

@@ -15,9 +15,6 @@ __all__ = ["BENCH_TASKS", "EPOCH_TASK", "FULL", "N_SAMPLES", "TINY", "CheckOptio
 EPOCH_TASK = "cifar10-vit"  # the task the issue's targets are about
 BENCH_TASKS = (EPOCH_TASK, "cifar10-resnet18")
 KEY_METHODS = ("map", "score-vi")  # trained for an epoch, evaluated in full, compiled
-# Benched last: each of their three bench fits pays post-hoc curvature or solves (up to the stage cap), and their
-# training steps are map's, so in a short window the other methods' figures come first.
-POST_HOC_METHODS = ("laplace-ll", "laplace-all", "laplace-subnet", "sampled-laplace")
 N_SAMPLES = 8  # posterior samples of every evaluation here
 NO_CUDA = ("no CUDA device is visible (torch.cuda.is_available() is False); run on a GPU machine or pass "
            "--device cpu --tiny")
@@ -120,11 +117,14 @@ class CheckReport:
         return [stage for stage in self.stages if stage.status == "failed"]
 
 
-def plan_stages(methods: tuple[str, ...]) -> list[Stage]:
-    """The stages in the order they run: what the issue's targets need first, the post-hoc methods' bench last."""
+def plan_stages(methods: tuple[str, ...], post_hoc_methods: frozenset[str]) -> list[Stage]:
+    """The stages in the order they run: what the issue's targets need first, the post-hoc methods' bench last
+    (`post_hoc_methods`: those whose MethodSpec declares the trait). Each of their three bench fits pays post-hoc
+    curvature or solves (up to the stage cap), and their training steps are map's, so in a short window the other
+    methods' figures come first."""
     key = [method for method in KEY_METHODS if method in methods]
-    others = [method for method in methods if method not in key and method not in POST_HOC_METHODS]
-    post_hoc = [method for method in methods if method in POST_HOC_METHODS]
+    others = [method for method in methods if method not in key and method not in post_hoc_methods]
+    post_hoc = [method for method in methods if method in post_hoc_methods]
     stages = [Stage("data")]
     stages += [Stage("bench", EPOCH_TASK, method) for method in key]
     stages += [Stage("epoch", EPOCH_TASK, method) for method in KEY_METHODS]

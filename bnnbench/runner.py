@@ -142,12 +142,23 @@ def prepare(task: str | Path | TaskSpec, method_name: str, *, overrides: dict[st
     check_writable(results_dir, task.name, method.name)
     root = data_root(data_dir)
     loaded = _load(task, root) if load else None
-    if validation_only and loaded and len(loaded.bundle.val) == 0:
-        raise UsageError(f"task '{task.name}' has no validation split, which tuning scores; set data.val_fraction")
+    _check_validation_split(task, spec, method, loaded, validation_only)
     identity = _identity(task, method, budget, loaded, model_overrides, validation_only, tuning)
     return RunPlan(task, method, budget, budget_label, device_name, Path(results_dir), config_hash(identity.config),
                    save_predictions, show_progress, root, identity.variant, identity.hmc_reference, validation_only,
                    tuning, compile)
+
+
+def _check_validation_split(task: TaskSpec, spec: MethodSpec, method: Method, loaded: Any,
+                            validation_only: bool) -> None:
+    """Refuse, before any work, a run that would score a validation split the task does not have."""
+    if loaded is None or len(loaded.bundle.val) > 0:
+        return
+    if validation_only:
+        raise UsageError(f"task '{task.name}' has no validation split, which tuning scores; set data.val_fraction")
+    if spec.needs_validation is not None and spec.needs_validation(method.hparams):
+        raise UsageError(f"method '{spec.name}' with these settings scores a validation split (tune=val) and task "
+                         f"'{task.name}' has none; set data.val_fraction, or tune=marglik or tune=none")
 
 
 @dataclass(frozen=True)

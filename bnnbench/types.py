@@ -206,20 +206,28 @@ class MethodSpec:
 
     `hparams_class` is a frozen dataclass whose fields all have defaults (the documented settings); `fit(task,
     model, data, budget, context, hparams=...)` trains and returns `(Predictive, FitInfo)`; `summary` is the line
-    `bnnbench list methods` shows. `likelihoods` names the task likelihoods the method can fit (None: any); a
+    `bnnbench list methods` shows for a plugin (bnnbench's own methods have theirs in the method registry, so that
+    listing imports no torch). `likelihoods` names the task likelihoods the method can fit (None: any); a
     task with another is refused before anything runs. `posterior_settings`, given a task's `[posterior]` table
     ({"prior_std", "temperature"}), returns the hyper-parameter values that make the method target exactly that
     posterior (or raises UsageError if it cannot); a method without it reads `task.posterior` in `fit`, or has no
     prior of its own. Built-in methods and plugins declare the same object.
+
+    Traits, declared rather than guessed from a name: `post_hoc` (the fit trains a MAP network with the shared loop,
+    then builds its posterior around it; `FitInfo.extra["map_seconds"]` holds that training's seconds) and
+    `needs_validation(hparams)` (whether the fit, with these settings, scores the validation split: a task without
+    one is then refused before anything runs).
     """
 
     name: str
     hparams_class: type
     fit: Callable[..., tuple[Predictive, FitInfo]]
-    summary: str
+    summary: str = ""
     likelihoods: tuple[str, ...] | None = None
     posterior_settings: Callable[[dict[str, float]], dict[str, Any]] | None = None
     search_space: tuple[Dimension, ...] = ()
+    post_hoc: bool = False
+    needs_validation: Callable[[Any], bool] | None = None
 
     def __post_init__(self) -> None:
         # checked here, at the plugin's import, so that a mistake names the method instead of failing mid-run
@@ -277,3 +285,4 @@ class Method(NamedTuple):
     hparams: Any  # the method's frozen hyper-parameter dataclass
     fit: FitFn
     origin: MethodOrigin | None = None  # None for bnnbench's own methods
+    post_hoc: bool = False  # the spec's trait (MethodSpec.post_hoc)

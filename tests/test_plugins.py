@@ -72,7 +72,8 @@ def tiny_task(directory: Path, name: str = "digits-tiny", extra: str = "") -> Pa
 @pytest.mark.parametrize(("name", "reference", "summary"), methods.BUILT_IN)
 def test_every_built_in_declares_one_spec_that_the_registry_names(name, reference, summary):
     spec = methods.METHODS.get(name)
-    assert isinstance(spec, MethodSpec) and spec.name == name and spec.summary == summary
+    assert isinstance(spec, MethodSpec) and spec.name == name
+    assert summary and spec.summary == ""  # a built-in's summary lives in the registry alone (listing imports no torch)
     module = importlib.import_module(reference.partition(":")[0])
     assert not hasattr(module, "build")  # binding is generic: no module repeats its name in a build
 

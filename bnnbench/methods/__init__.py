@@ -205,7 +205,8 @@ def bind(spec: MethodSpec, origin: MethodOrigin | None = None, **hparams: Any) -
     """The one `build` of every method: its hyper-parameters bound into its fit. Unknown names raise TypeError
     (`build_method` checks them first, with a did-you-mean message)."""
     bound = spec.hparams_class(**hparams)
-    return Method(name=spec.name, hparams=bound, fit=functools.partial(spec.fit, hparams=bound), origin=origin)
+    return Method(name=spec.name, hparams=bound, fit=functools.partial(spec.fit, hparams=bound), origin=origin,
+                  post_hoc=spec.post_hoc)
 
 
 def check_likelihood(spec: MethodSpec, task: TaskSpec) -> None:

@@ -181,6 +181,4 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     return predictive, FitInfo(steps=steps, epochs=epochs, seconds=seconds, extra=extra)
 
 
-SPEC = MethodSpec("ensemble", Hparams, fit,
-                  "deep ensemble, K independently initialised members trained in one vmapped pass",
-                  search_space=(LR, WEIGHT_DECAY))
+SPEC = MethodSpec("ensemble", Hparams, fit, search_space=(LR, WEIGHT_DECAY))

@@ -114,5 +114,4 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
 LR = Dimension("lr", "log-uniform", 1e-4, 1e-2)
 WEIGHT_DECAY = Dimension("weight_decay", "log-uniform", 1e-6, 1e-2)
 
-SPEC = MethodSpec("map", Hparams, fit, "maximum a posteriori point estimate (AdamW = Gaussian prior)",
-                  search_space=(LR, WEIGHT_DECAY))
+SPEC = MethodSpec("map", Hparams, fit, search_space=(LR, WEIGHT_DECAY))

@@ -91,5 +91,5 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     return predictive, info
 
 
-SPEC = MethodSpec("mc-dropout", Hparams, fit, "Monte Carlo dropout, kept on at test time",
+SPEC = MethodSpec("mc-dropout", Hparams, fit,
                   search_space=(Dimension("rate", "uniform", 0.01, 0.5), LR, WEIGHT_DECAY))

@@ -279,6 +279,5 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
 
 
 SPEC = MethodSpec("rank1", Hparams, fit,
-                  "rank-1 BNN, K-component mixture of rank-1 weight factors (Dusenberry et al. 2020)",
                   search_space=(LR, Dimension("prior_std", "log-uniform", 0.01, 1.0),
                                 Dimension("factor_lr_scale", "log-uniform", 1.0, 100.0)))

@@ -226,7 +226,7 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
                                extra=extra)
 
 
-SPEC = MethodSpec("swag", Hparams, fit, "SWA-Gaussian, diagonal + rank-20 covariance from SGD iterates",
+SPEC = MethodSpec("swag", Hparams, fit,
                   posterior_settings=precision_prior_settings("swag"),
                   search_space=(Dimension("swa_lr", "log-uniform", 1e-3, 3.0),
                                 Dimension("swa_weight_decay", "log-uniform", 1e-6, 1e-2),

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bnnbench.methods.laplace.common import LaplaceHparams, check_memory, fit_laplace, laplace_backend
+from bnnbench.methods.laplace.common import (
+    LaplaceHparams,
+    check_memory,
+    fit_laplace,
+    laplace_backend,
+    tunes_on_validation,
+)
 from bnnbench.methods.map import precision_prior_settings
 from bnnbench.types import Dimension, MethodSpec
 
@@ -39,7 +45,7 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
     return fit_laplace(task, model, data, budget, context, hparams, method="laplace-all", make_laplace=make)
 
 
-SPEC = MethodSpec("laplace-all", Hparams, fit, "all-weights Laplace, diag/kron/full",
+SPEC = MethodSpec("laplace-all", Hparams, fit, post_hoc=True, needs_validation=tunes_on_validation,
                   posterior_settings=precision_prior_settings("laplace-all", tune="none"),
                   search_space=(Dimension("hessian", "categorical", choices=("diag", "kron")),
                                 Dimension("tune", "categorical", choices=("val", "marglik"))))

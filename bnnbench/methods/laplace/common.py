@@ -319,6 +319,11 @@ def parameter_indices(model: nn.Module, prefix: str) -> Tensor:
     return torch.cat(positions)
 
 
+def tunes_on_validation(hparams: LaplaceHparams) -> bool:
+    """The Laplace methods' `needs_validation` trait: prior tuning by validation NLL reads the validation split."""
+    return hparams.tune == "val"
+
+
 def train_map_phase(model: nn.Module, likelihood: Likelihood, data: DataBundle, hparams: TrainConfig, budget: Budget,
                     context: FitContext, method: str, fixed_prior_precision: float | None) -> LoopResult:
     """The MAP a Laplace approximation is centred on: the mode of N(0, 1/fixed_prior_precision) when the prior
@@ -345,9 +350,6 @@ def fit_laplace(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budg
     likelihood = get_likelihood(task.likelihood, task.likelihood_options)
     laplace_likelihood, noise_std = _laplace_likelihood(likelihood)
     regression = laplace_likelihood == "regression"
-    if hparams.tune == "val" and len(data.val) == 0:
-        raise UsageError(f"{method}: tune=val needs a validation split and task '{task.name}' has none; "
-                         "use tune=marglik or tune=none")
     loop = train_map_phase(model, likelihood, data, hparams, budget, context, method,
                            hparams.prior_precision if hparams.tune == "none" else None)
     start = time.perf_counter()

@@ -17,6 +17,7 @@ from bnnbench.methods.laplace.common import (
     fit_laplace,
     laplace_backend,
     parameter_indices,
+    tunes_on_validation,
 )
 from bnnbench.methods.map import precision_prior_settings
 from bnnbench.models import last_layer_name
@@ -56,6 +57,6 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
                        extra={"last_layer": name})
 
 
-SPEC = MethodSpec("laplace-ll", Hparams, fit, "last-layer Laplace (laplace-torch)",
+SPEC = MethodSpec("laplace-ll", Hparams, fit, post_hoc=True, needs_validation=tunes_on_validation,
                   posterior_settings=precision_prior_settings("laplace-ll", tune="none"),
                   search_space=(Dimension("hessian", "categorical", choices=("kron", "full")), LINK))

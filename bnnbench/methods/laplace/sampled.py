@@ -588,8 +588,7 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     return SampledLaplacePredictive(lin, samples, likelihood, hparams.pred_type, hparams.link_approx), info
 
 
-SPEC = MethodSpec("sampled-laplace", Hparams, fit,
-                  "linearised Laplace samples by sample-then-optimise, jvp/vjp only (Antoran et al. 2023)",
+SPEC = MethodSpec("sampled-laplace", Hparams, fit, post_hoc=True,
                   posterior_settings=precision_prior_settings("sampled-laplace", em_steps=0),
                   search_space=(Dimension("prior_precision", "log-uniform", 1e-2, 1e3),
                                 Dimension("mackay", "categorical", choices=MACKAY_ESTIMATES),

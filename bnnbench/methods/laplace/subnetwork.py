@@ -28,6 +28,7 @@ from bnnbench.methods.laplace.common import (
     fit_laplace,
     jacobian_rows,
     laplace_backend,
+    tunes_on_validation,
 )
 from bnnbench.methods.map import precision_prior_settings
 from bnnbench.types import Dimension, MethodSpec
@@ -104,8 +105,7 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
     return predictive, info
 
 
-SPEC = MethodSpec("laplace-subnet", Hparams, fit,
-                  "subnetwork Laplace, full covariance over selected weights (Daxberger et al. 2021)",
+SPEC = MethodSpec("laplace-subnet", Hparams, fit, post_hoc=True, needs_validation=tunes_on_validation,
                   posterior_settings=precision_prior_settings("laplace-subnet", tune="none"),
                   search_space=(Dimension("n_params", "categorical", choices=(100, 300, 1000)),
                                 Dimension("selection", "categorical", choices=SELECTIONS), LINK))

@@ -46,7 +46,7 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     return fit_variational(task, model, data, budget, context, hparams, make_objective, "elbo-vi")
 
 
-SPEC = MethodSpec("elbo-vi", Hparams, fit, "mean-field Gaussian VI by the reparametrised ELBO (ADVI)",
+SPEC = MethodSpec("elbo-vi", Hparams, fit,
                   posterior_settings=vi_posterior_settings,
                   search_space=(*VI_SEARCH_SPACE, Dimension("init_std", "log-uniform", 1e-4, 1e-1),
                                 Dimension("kl_anneal_fraction", "uniform", 0.0, 0.5)))

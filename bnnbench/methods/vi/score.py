@@ -63,7 +63,7 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
                            inner_steps=hparams.inner_steps)
 
 
-SPEC = MethodSpec("score-vi", Hparams, fit, "proximal score-matching VI, diagonal Gaussian (Kim 2026)",
+SPEC = MethodSpec("score-vi", Hparams, fit,
                   posterior_settings=vi_posterior_settings,
                   search_space=(*VI_SEARCH_SPACE, Dimension("inner_steps", "categorical", choices=(1, 2, 5, 10)),
                                 Dimension("prox_weight", "log-uniform", 0.1, 10.0)))
