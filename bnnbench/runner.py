@@ -254,18 +254,11 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
     """Fit and evaluate one seed and write its results. Any exception during fitting or evaluation is a failed
     run (status "failed", the error in run.json, the traceback in traceback.txt beside it), not raised: the
     same for `bnnbench run` and for each run of a sweep. Only an interrupt (Ctrl-C) unwinds, writing nothing."""
-    import numpy as np
     import torch
 
     from bnnbench.compiler import ModelCompiler
-    from bnnbench.data.splits import eval_plan
-    from bnnbench.evaluate import evaluate
-    from bnnbench.likelihoods import get_likelihood
-    from bnnbench.models import create_model
-    from bnnbench.reference import reference_posterior
-    from bnnbench.types import FitContext
 
-    task, device = plan.task, torch.device(plan.device_name)
+    device = torch.device(plan.device_name)
     run_id = run_id_of(plan, seed)
     record = _base_record(plan, run_id, seed)
     rows: list[dict[str, Any]] = []
@@ -276,31 +269,7 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        torch.manual_seed(seed)
-        loaded = _load(task, plan.data_root)
-        plan_splits = eval_plan(task.eval, loaded, str(task.path), plan.validation_only)
-        record.update(corruption_source=plan_splits.corruption_source, data_info=loaded.info)
-        model = compiler(create_model(task.model, loaded.bundle.input_shape, loaded.bundle.num_outputs,
-                                      str(task.path)))
-        record["n_params"] = sum(p.numel() for p in model.parameters())
-        context = FitContext(device=device, seed=seed, show_progress=plan.show_progress)
-        predictive, info = plan.method.fit(task, model, loaded.bundle, plan.budget, context)
-        record.update(fit_seconds=info.seconds, fit_steps=info.steps, fit_epochs=info.epochs, fit_extra=info.extra)
-        torch.manual_seed(seed)  # sampling predictives draw from the global generator: same seed, same draws
-        likelihood = get_likelihood(task.likelihood, task.likelihood_options, str(task.path))
-        reference = (reference_posterior(task.eval["reference"], loaded.bundle.train, likelihood, str(task.path))
-                     if "reference" in task.eval else None)
-        evaluation = evaluate(predictive, plan_splits, metric_names(task),
-                              likelihood, plan.budget.n_eval_samples, int(task.eval.get("batch_size", 1024)),
-                              device, reference, plan.show_progress, plan.predictive_reference)
-        record["eval_seconds"] = evaluation.seconds
-        keys = {"run_id": run_id, "task": task.name, "task_version": task.version,
-                "method": plan.method.name, "seed": seed}
-        rows = [keys | row for row in evaluation.rows]
-        if plan.save_predictions:
-            predictions = evaluation.test_predictions
-        if not all(np.isfinite(row["value"]) for row in rows):
-            raise BnnbenchError("a metric is not finite (the predictive produced NaN or inf)")
+        rows, predictions = _fit_and_evaluate(plan, seed, device, compiler, record)
     except Exception as error:  # a method's bug is this run's failure, recorded whole, not a traceback
         record.update(status="failed", error=f"{type(error).__name__}: {error}")
         if not isinstance(error, BnnbenchError):  # ours carry their own explanation; anything else needs the trace
@@ -312,11 +281,50 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
     record["peak_rss_mb"] = _peak_rss_mb()
     if device.type == "cuda":
         record["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    directory = run_directory(plan.results_dir, task.name, plan.method.name, run_id)
+    directory = run_directory(plan.results_dir, plan.task.name, plan.method.name, run_id)
     write_run(directory, record, rows, predictions, extra_files)
     clean_test = {row["metric"]: row["value"] for row in rows
                   if (row["split"], row["corruption"]) == ("test", "none")}
     return RunOutcome(run_id, directory, record["status"], record["error"], record, clean_test)
+
+
+def _fit_and_evaluate(plan: RunPlan, seed: int, device, compiler, record: dict[str, Any]) -> tuple[list, Any]:
+    """The run's work: (its metric rows, its saved test predictions or None); `record` gains what run.json says of
+    the fit and the evaluation. Raises on any failure, which `run` records."""
+    import numpy as np
+    import torch
+
+    from bnnbench.data.splits import eval_plan
+    from bnnbench.evaluate import evaluate
+    from bnnbench.likelihoods import get_likelihood
+    from bnnbench.models import create_model
+    from bnnbench.reference import reference_posterior
+    from bnnbench.types import FitContext
+
+    task = plan.task
+    torch.manual_seed(seed)
+    loaded = _load(task, plan.data_root)
+    plan_splits = eval_plan(task.eval, loaded, str(task.path), plan.validation_only)
+    record.update(corruption_source=plan_splits.corruption_source, data_info=loaded.info)
+    model = compiler(create_model(task.model, loaded.bundle.input_shape, loaded.bundle.num_outputs, str(task.path)))
+    record["n_params"] = sum(p.numel() for p in model.parameters())
+    context = FitContext(device=device, seed=seed, show_progress=plan.show_progress)
+    predictive, info = plan.method.fit(task, model, loaded.bundle, plan.budget, context)
+    record.update(fit_seconds=info.seconds, fit_steps=info.steps, fit_epochs=info.epochs, fit_extra=info.extra)
+    torch.manual_seed(seed)  # sampling predictives draw from the global generator: same seed, same draws
+    likelihood = get_likelihood(task.likelihood, task.likelihood_options, str(task.path))
+    reference = (reference_posterior(task.eval["reference"], loaded.bundle.train, likelihood, str(task.path))
+                 if "reference" in task.eval else None)
+    evaluation = evaluate(predictive, plan_splits, metric_names(task),
+                          likelihood, plan.budget.n_eval_samples, int(task.eval.get("batch_size", 1024)),
+                          device, reference, plan.show_progress, plan.predictive_reference)
+    record["eval_seconds"] = evaluation.seconds
+    keys = {"run_id": record["run_id"], "task": task.name, "task_version": task.version,
+            "method": plan.method.name, "seed": seed}
+    rows = [keys | row for row in evaluation.rows]
+    if not all(np.isfinite(row["value"]) for row in rows):
+        raise BnnbenchError("a metric is not finite (the predictive produced NaN or inf)")
+    return rows, evaluation.test_predictions if plan.save_predictions else None
 
 
 def _reset_peak_rss() -> None:
