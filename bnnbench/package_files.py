@@ -1,5 +1,6 @@
-"""Where the files that ship with bnnbench are: its task files (`bnnbench/task_files`, which the checkout's
-top-level `tasks` links to) and, in a checkout, the committed HMC references."""
+"""Where the files that ship with bnnbench are: its task files (the checkout's top-level `tasks/`, which
+`bnnbench/task_files` links to so that package discovery ships them inside the package) and, in a checkout, the
+committed HMC references."""
 
 from __future__ import annotations
 
