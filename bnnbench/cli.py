@@ -467,8 +467,9 @@ def baseline_(
     results_dir: Annotated[Path, typer.Option(help="results to summarise")] = Path("results/runs"),
 ) -> None:
     """Write the seed-aggregated summary rows of a results directory as a baseline CSV."""
+    from bnnbench import atomic
     from bnnbench.comparison import BASELINE_DIGITS, aggregate, summary_rows
-    from bnnbench.results import check_output_file, load_results, write_text_atomic
+    from bnnbench.results import check_output_file, load_results
 
     check_output_file(out_path)
     runs, metrics = load_results(results_dir, _warn)
@@ -478,7 +479,7 @@ def baseline_(
         _say(f"no successful runs under {results_dir} ({len(runs)} failed); no baseline written")
         raise typer.Exit(1)
     table = summary_rows(aggregate(runs, metrics))
-    write_text_atomic(out_path, table.to_csv(index=False, float_format=f"%.{BASELINE_DIGITS}g"))
+    atomic.write_text(out_path, table.to_csv(index=False, float_format=f"%.{BASELINE_DIGITS}g"))
     out.print(f"wrote {len(table)} rows from {len(runs)} runs to {out_path}", markup=False, soft_wrap=True)
 
 

@@ -83,7 +83,9 @@ def plot_convergence(runs: pd.DataFrame, results_dir: Path, task: str, out: Path
              title=plain_text(f"{task}: convergence of the VI objective"))
     axis.legend()
     figure.tight_layout()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out)
+    from bnnbench.atomic import write_with
+
+    image_format = Path(out).suffix.lstrip(".") or "png"
+    write_with(Path(out), lambda handle: figure.savefig(handle, format=image_format))
     plt.close(figure)
     return curves

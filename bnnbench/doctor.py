@@ -104,9 +104,10 @@ def environment(device) -> dict[str, str]:
 
 def gpu_check(options: CheckOptions, say: Callable[[str], None] = print) -> CheckReport:
     """Run the check and write its report to `options.out` after every stage; see the module docstring."""
+    from bnnbench import atomic
     from bnnbench.doctor_report import render
     from bnnbench.methods import BUILT_IN, find_method
-    from bnnbench.results import check_output_file, write_text_atomic
+    from bnnbench.results import check_output_file
 
     device = check_device(options.device)
     built_in = tuple(name for name, _, _ in BUILT_IN)
@@ -130,7 +131,7 @@ def gpu_check(options: CheckOptions, say: Callable[[str], None] = print) -> Chec
 
     def publish() -> None:
         report.wall_seconds = time.perf_counter() - start
-        write_text_atomic(options.out, render(report))
+        atomic.write_text(options.out, render(report))
 
     publish()
     with tempfile.TemporaryDirectory(prefix="bnnbench-doctor-", dir=options.data_parent) as root:

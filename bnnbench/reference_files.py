@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bnnbench import atomic
 from bnnbench.errors import UsageError
 from bnnbench.types import TaskSpec
 
@@ -36,24 +34,6 @@ def reference_paths(out_dir: str | Path, task_name: str, task_version: int) -> t
     return Path(out_dir) / f"{stem}.npz", Path(out_dir) / f"{stem}.json"
 
 
-def _staged(path: Path, write: Callable[[Any], None]) -> Path:
-    """A temporary file beside `path` holding what `write(handle)` wrote, with the mode a plain `open` would give
-    (a temporary file's own is 0600: a shared reference should be readable by the group that computed it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    umask = os.umask(0)
-    os.umask(umask)
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        temporary = Path(handle.name)
-    try:
-        with temporary.open("wb") as handle:
-            write(handle)
-        temporary.chmod(0o666 & ~umask)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return temporary
-
-
 def save_reference(out_dir: str | Path, task: TaskSpec, arrays: dict[str, np.ndarray],
                    meta: dict[str, Any]) -> tuple[Path, Path]:
     """Write `<out_dir>/<task>.v<version>.npz` (the arrays) and `.json` (meta). Both are written in full under
@@ -64,19 +44,11 @@ def save_reference(out_dir: str | Path, task: TaskSpec, arrays: dict[str, np.nda
 
     npz_path, json_path = reference_paths(out_dir, task.name, task.version)
     text = json.dumps(json_safe(meta), indent=2, sort_keys=True) + "\n"
-    staged_npz = _staged(npz_path, lambda handle: np.savez(handle, **arrays))
-    try:
-        staged_json = _staged(json_path, lambda handle: handle.write(text.encode()))
-    except BaseException:
-        staged_npz.unlink(missing_ok=True)
-        raise
-    try:
+    with atomic.staged_file(npz_path, lambda handle: np.savez(handle, **arrays)) as commit_npz, \
+            atomic.staged_file(json_path, lambda handle: handle.write(text.encode())) as commit_json:
         json_path.unlink(missing_ok=True)
-        os.replace(staged_npz, npz_path)
-        os.replace(staged_json, json_path)
-    finally:
-        staged_npz.unlink(missing_ok=True)
-        staged_json.unlink(missing_ok=True)
+        commit_npz()
+        commit_json()
     return npz_path, json_path
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import re
-import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -83,8 +82,9 @@ def build_report(results_dir: Path, out: Path, tasks: list[str] | None = None,
     """Write `out`/index.html and `out`/figures/*.png for the runs under `results_dir` (only `tasks`, if given).
     Runs or prediction files that cannot be read are left out, with one line each naming the file to `warn`
     (see `load_results`)."""
+    from bnnbench.atomic import write_directory
     from bnnbench.comparison import TASK_KEY, aggregate, leaderboard, method_labels
-    from bnnbench.results import load_results, replace_directory
+    from bnnbench.results import load_results
 
     runs, metrics = load_results(results_dir, warn)
     if runs.empty:
@@ -105,17 +105,11 @@ def build_report(results_dir: Path, out: Path, tasks: list[str] | None = None,
                      boards.get(key, board.iloc[:0]), labels, warn)
               for key, group_runs in runs.groupby(TASK_KEY, sort=True)]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with write_directory(out) as staging:
         report = Report(page=out / "index.html", n_runs=len(runs), n_failed=int((runs["status"] != "ok").sum()))
         bodies = [_task_section(group, Path(results_dir), staging, report) for group in groups]
         page = _page(Path(results_dir), runs, groups, bodies)
         (staging / "index.html").write_text(page, encoding="utf-8")
-        replace_directory(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     report.images = [out / image.relative_to(staging) for image in report.images]
     return report
 

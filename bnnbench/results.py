@@ -9,14 +9,12 @@ re-run replaces the old one whole.
 from __future__ import annotations
 
 import csv
-import errno
 import hashlib
 import io
 import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -24,11 +22,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from bnnbench.atomic import write_directory
 from bnnbench.errors import UsageError
 
 __all__ = ["METRIC_COLUMNS", "SCHEMA_VERSION", "check_output_file", "check_writable", "config_hash", "git_state",
-           "json_safe", "load_results", "machine_name", "make_run_id", "replace_directory", "run_directory",
-           "run_ended_ok", "write_run", "write_text_atomic"]
+           "json_safe", "load_results", "machine_name", "make_run_id", "run_directory", "run_ended_ok",
+           "write_run"]
 
 SCHEMA_VERSION = 1
 METRIC_COLUMNS = ["run_id", "task", "task_version", "method", "seed", "split", "corruption", "severity",
@@ -76,21 +75,6 @@ def check_output_file(path: Path) -> None:
     check_writable(Path(path).parent, what=f"--out '{path}': folder")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same directory and a rename; nothing is left
-    behind if either fails."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        temporary = Path(handle.name)
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def _metrics_csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
@@ -116,10 +100,7 @@ def write_run(directory: Path, record: dict[str, Any], rows: list[dict[str, Any]
               predictions: dict[str, Any] | None = None, extra_files: dict[str, str] | None = None) -> None:
     """Write run.json, metrics.csv (and predictions.npz, and text files such as a failure's traceback) to
     `directory` atomically."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with write_directory(directory) as staging:
         text = json.dumps(json_safe(record), indent=2, sort_keys=True, default=str, allow_nan=False)
         (staging / "run.json").write_text(text + "\n")
         if rows:
@@ -130,94 +111,6 @@ def write_run(directory: Path, record: dict[str, Any], rows: list[dict[str, Any]
             np.savez(staging / "predictions.npz", **predictions)
         for name, content in (extra_files or {}).items():
             (staging / name).write_text(content)
-        replace_directory(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-_RENAME_EXCHANGE = 2  # linux/fs.h: swap two paths atomically
-
-
-@cache
-def _renameat2():
-    """glibc's renameat2 (Linux 3.15+, glibc 2.28+), or None where the C library lacks it."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        function = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    return function
-
-
-def _exchange(first: Path, second: Path) -> bool:
-    """Swap two existing paths in one atomic rename; False where the system or filesystem cannot."""
-    import ctypes
-
-    function = _renameat2()
-    if function is None:
-        return False
-    at_fdcwd = -100
-    if function(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code), str(second))
-
-
-def replace_directory(staging: Path, directory: Path) -> None:
-    """Move the finished `staging` directory to `directory` (a sibling) in one atomic rename, then drop what it
-    replaced: readers see the old run or the new, never neither and never a mix, even if the process is killed
-    at any point, and concurrent writers of the same directory each land whole (the last one wins).
-
-    A directory cannot be renamed over a non-empty one, so an existing run is swapped with the staging
-    directory (renameat2 RENAME_EXCHANGE) and the old run, now under the hidden staging name that every reader
-    skips, is deleted. Where the filesystem cannot exchange, the old run is set aside first; a kill between
-    the two renames then leaves it under `.NAME.old.*`, which the next write of that run id restores
-    (`_restore_interrupted`) before replacing it."""
-    directory, staging = Path(directory), Path(staging)
-    _restore_interrupted(directory)
-    while True:
-        if directory.exists():
-            if _exchange(staging, directory):
-                shutil.rmtree(staging, ignore_errors=True)
-                return
-            retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
-            try:
-                os.replace(directory, retired / "old")
-            except FileNotFoundError:  # another writer moved it first: try again
-                retired.rmdir()
-                continue
-            try:
-                os.replace(staging, directory)
-            except OSError:  # another writer landed in between: put ours aside, theirs stays
-                shutil.rmtree(retired, ignore_errors=True)
-                continue
-            shutil.rmtree(retired, ignore_errors=True)
-            return
-        try:
-            os.replace(staging, directory)
-            return
-        except OSError as error:  # a concurrent writer created it since the check: exchange with theirs
-            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-
-
-def _restore_interrupted(directory: Path) -> None:
-    """Put back a run that a killed two-rename replacement left aside (see `replace_directory`)."""
-    if directory.exists():
-        return
-    for retired in sorted(directory.parent.glob(f".{directory.name}.old.*/old")):
-        try:
-            os.replace(retired, directory)
-        except OSError:
-            continue
-        shutil.rmtree(retired.parent, ignore_errors=True)
-        return
 
 
 @cache
@@ -319,7 +212,7 @@ def _read_metrics(path: Path, run_id: str):
 
 def _visible_runs(results_dir: Path) -> list[Path]:
     """run.json of every run directory, hidden ones skipped, except a run that a killed replacement left set aside
-    (`.NAME.old.*/old`, see `replace_directory`) while NAME itself is gone: that is still the run of NAME."""
+    (`.NAME.old.*/old`, see `atomic.replace_directory`) while NAME itself is gone: that is still the run of NAME."""
     found = []
     for run_json in sorted(results_dir.glob("*/*/*/run.json")):
         if not any(part.startswith(".") for part in run_json.relative_to(results_dir).parts):

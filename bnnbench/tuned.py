@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bnnbench import tomlfile
+from bnnbench import atomic, tomlfile
 from bnnbench.errors import UsageError, unknown_choice
 from bnnbench.tomlfile import toml_key, toml_value
 from bnnbench.types import TaskSpec
@@ -32,8 +32,6 @@ class TuneOutcome:
 
 def write_tuned(path: Path, task: TaskSpec, outcome: TuneOutcome) -> None:
     """`tuned/<task>.toml`: `[tuned.<method>]` the best settings, `[summary.<method>]` the study (atomically)."""
-    from bnnbench.results import write_text_atomic
-
     lines = [f"# Written by `bnnbench tune`: each method's best settings on task {task.name} v{task.version} by the",
              f"# mean validation {outcome.objective} over the seeds, and its study. `bnnbench run --tuned {path}` "
              "applies them.",
@@ -50,8 +48,7 @@ def write_tuned(path: Path, task: TaskSpec, outcome: TuneOutcome) -> None:
         lines.append(f"[summary.{toml_key(method)}]")
         lines += [f"{toml_key(key)} = {toml_value(value)}" for key, value in summary.items()]
         lines.append("")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, "\n".join(lines) + "\n")
+    atomic.write_text(path, "\n".join(lines) + "\n")
 
 
 def load_tuned(path: Path) -> dict[str, Any]:

@@ -187,14 +187,16 @@ def test_pretrained_weights_come_from_the_local_cache_and_are_resampled(tmp_path
 
 
 def test_bare_set_key_goes_to_the_model_when_the_method_lacks_it():
+    from bnnbench.methods import find_method
     from bnnbench.runner import split_overrides
     from bnnbench.tasks import load_task
 
     task = load_task("cifar10-vit")
-    assert split_overrides(task, "map", {"pretrained": True, "lr": 0.1}) == ({"lr": 0.1}, {"pretrained": True})
-    assert split_overrides(task, "map", {"model.depth": 2}) == ({}, {"depth": 2})
+    map_spec = find_method("map")[0]
+    assert split_overrides(task, map_spec, {"pretrained": True, "lr": 0.1}) == ({"lr": 0.1}, {"pretrained": True})
+    assert split_overrides(task, map_spec, {"model.depth": 2}) == ({}, {"depth": 2})
     with pytest.raises(UsageError, match="unknown option of model 'vit' 'model.widht'"):
-        split_overrides(task, "map", {"model.widht": 2})
+        split_overrides(task, map_spec, {"model.widht": 2})
 
 
 def test_cifar10_vit_ci_run_on_fake_data(cli, data_root, results_dir):

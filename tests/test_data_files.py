@@ -242,7 +242,7 @@ def test_download_rejects_parent_member(tmp_path):
     with pytest.raises(UsageError, match="evil"):
         download_module.download("tiny", root, archives=_archive(source, md5), progress=False)
     assert not (root / "tiny-set").exists() and not (tmp_path / "evil").exists()
-    assert not list(root.glob(".extract-*"))
+    assert not list(root.glob(".tiny-set.*"))  # no staging folder left
 
 
 def test_download_existing_target_needs_no_network(tmp_path):

@@ -131,18 +131,19 @@ RECORD = {"run_id": "r", "task": "t", "task_version": 1, "method": "m", "seed": 
 _KILLED_WRITER = textwrap.dedent("""
     import os, sys
     from pathlib import Path
+    import bnnbench.atomic as atomic
     import bnnbench.results as results
 
     directory, mode = Path(sys.argv[1]), sys.argv[2]
     if mode == "after-exchange":  # killed after the one atomic rename, before the old run is deleted
-        exchange = results._exchange
+        exchange = atomic._exchange
         def exchange_then_die(first, second):
             if exchange(first, second):
                 os._exit(9)
             raise SystemExit("this filesystem cannot exchange")
-        results._exchange = exchange_then_die
+        atomic._exchange = exchange_then_die
     else:  # a filesystem without exchange, killed between setting the old run aside and moving the new in
-        results._exchange = lambda first, second: False
+        atomic._exchange = lambda first, second: False
         replace, calls = os.replace, []
         def replace_then_die(source, target):
             calls.append(target)

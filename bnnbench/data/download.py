@@ -12,14 +12,15 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
+from bnnbench import atomic
 from bnnbench.errors import UsageError, unknown_choice
 
 __all__ = ["ARCHIVES", "Archive", "download"]
@@ -85,10 +86,10 @@ def _progress_bar(label: str, total: int | None, show: bool) -> Iterator[Callabl
 
 def _fetch(archive: Archive, dest: Path, progress: bool) -> None:
     """Stream `archive.url` to `dest`, hashing as it arrives; `dest` appears only once its md5 matches."""
-    part = dest.with_name(dest.name + ".part")  # a name later runs never mistake for a finished download
-    digest = hashlib.md5(usedforsecurity=False)
-    try:
-        with urllib.request.urlopen(archive.url, timeout=60) as response, open(part, "wb") as out:
+
+    def stream(out: BinaryIO) -> None:
+        digest = hashlib.md5(usedforsecurity=False)
+        with urllib.request.urlopen(archive.url, timeout=60) as response:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             with _progress_bar(archive.filename, total, progress) as advance:
@@ -96,20 +97,20 @@ def _fetch(archive: Archive, dest: Path, progress: bool) -> None:
                     digest.update(chunk)
                     out.write(chunk)
                     advance(len(chunk))
+        got = digest.hexdigest()
+        if got != archive.md5:  # raised inside the write, so the temporary file goes with it
+            raise UsageError(f"{archive.url}: md5 checksum mismatch (expected {archive.md5}, got {got}); the "
+                             f"download was deleted, try again")
+
+    try:
+        atomic.write_with(dest, stream)
     except (OSError, http.client.HTTPException) as error:  # URLError and socket errors are OSErrors
-        part.unlink(missing_ok=True)
         if isinstance(error, urllib.error.HTTPError):
             reason: object = f"HTTP {error.code} {error.reason}"
         else:
             reason = error.reason if isinstance(error, urllib.error.URLError) else error
         raise UsageError(f"cannot download {archive.url}: {reason}; on a machine without network, copy the file "
                          f"to {dest} yourself") from None
-    got = digest.hexdigest()
-    if got != archive.md5:
-        part.unlink(missing_ok=True)
-        raise UsageError(f"{archive.url}: md5 checksum mismatch (expected {archive.md5}, got {got}); the download "
-                         f"was deleted, try again")
-    os.replace(part, dest)
 
 
 def _check_members(tar: tarfile.TarFile, path: Path) -> list[tarfile.TarInfo]:
@@ -125,15 +126,21 @@ def _check_members(tar: tarfile.TarFile, path: Path) -> list[tarfile.TarInfo]:
     return members
 
 
-def _extract(archive_path: Path, archive: Archive, target: Path, root: Path) -> None:
-    """Unpack into a temporary folder under `root`, then move `extracts_to` into place in one rename."""
-    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
+def _data_filter_under_umask(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+    """tarfile's "data" filter, with file modes masked by the umask as `tar` does for an ordinary user."""
+    member = tarfile.data_filter(member, path)
+    return member if member.mode is None else member.replace(mode=member.mode & ~atomic.umask(), deep=False)
+
+
+def _extract(archive_path: Path, archive: Archive, target: Path) -> None:
+    """Unpack into a staging folder beside `target`, then move `extracts_to` into place in one rename."""
+    tmp = atomic.staging_directory(target)
     try:
         try:
             with tarfile.open(archive_path, "r:*") as tar:
                 members = _check_members(tar, archive_path)
                 if hasattr(tarfile, "data_filter"):
-                    tar.extractall(tmp, members=members, filter="data")
+                    tar.extractall(tmp, members=members, filter=_data_filter_under_umask)
                 else:
                     tar.extractall(tmp, members=members)  # members checked above
         except tarfile.TarError as error:
@@ -141,7 +148,6 @@ def _extract(archive_path: Path, archive: Archive, target: Path, root: Path) -> 
         extracted = tmp / archive.extracts_to
         if not extracted.is_dir():
             raise UsageError(f"{archive_path}: holds no folder {archive.extracts_to!r}")
-        target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(extracted, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -175,7 +181,7 @@ def download(name: str, root: Path, *, archives: Mapping[str, Archive] = ARCHIVE
         # On failure the verified file stays in .download, so a retry (after freeing disk space, say) needs
         # no network; on success it has served its purpose.
         if archive.filename.endswith(_TAR_SUFFIXES):
-            _extract(dest, archive, target, root)
+            _extract(dest, archive, target)
             dest.unlink()
         else:
             target.parent.mkdir(parents=True, exist_ok=True)

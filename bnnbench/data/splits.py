@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bnnbench import atomic
 from bnnbench.data import LoadedData
 from bnnbench.errors import UsageError, unknown_choice
 from bnnbench.types import EvalSplit, Split
@@ -99,10 +99,7 @@ def corrupted_images(images: np.ndarray, name: str, severity: int, seed: int, di
         return np.load(path)
     rng = np.random.default_rng([seed, CORRUPTIONS.index(name), severity])
     result = corrupt(images, name, severity, rng)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npy.tmp", delete=False) as handle:
-        np.save(handle, result)
-    os.replace(handle.name, path)
+    atomic.write_with(path, lambda handle: np.save(handle, result))
     return result
 
 
