@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from bnnbench import tomlfile
 from bnnbench.comparison import (
     DEFAULT_CHECK,
     CheckConfig,
@@ -22,11 +22,6 @@ from bnnbench.comparison import (
     load_check_config,
 )
 from bnnbench.errors import UsageError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 CONFIG = CheckConfig(gate=("nll", "ece"), sigmas=2.0,
                      tolerances={"nll": Tolerance(0.01, 0.05), "ece": Tolerance(0.005, 0.0), "acc": Tolerance(0.01)})
@@ -161,7 +156,7 @@ def test_leaderboard_ranks_best_and_costs():
 def test_repository_check_settings_equal_packaged_defaults():
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     assert load_check_config(pyproject) == DEFAULT_CHECK
-    table = tomllib.loads(pyproject.read_text())["tool"]["bnnbench"]["check"]
+    table = tomlfile.loads(pyproject.read_text())["tool"]["bnnbench"]["check"]
     assert tuple(table["gate"]) == ("nll", "ece")
 
 
