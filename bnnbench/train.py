@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -18,7 +18,7 @@ from torch.optim.adamw import adamw as functional_adamw
 from bnnbench.errors import DivergenceError, UsageError
 from bnnbench.types import Budget, FitContext, Split
 
-__all__ = ["AUGMENTATIONS", "LoopResult", "TrainConfig", "augment_images", "autocast", "loop_config",
+__all__ = ["AUGMENTATIONS", "LoopResult", "TrainConfig", "TrainStepper", "augment_images", "autocast", "loop_config",
            "planned_batches", "progress_bar", "split_budget", "train_loop"]
 
 
@@ -172,6 +172,135 @@ class ClosedFormAdamW:
                              weight_decay=self.config.weight_decay, eps=1e-8, maximize=False)
 
 
+class TrainStepper:
+    """The shared loop's state, for a method to drive one mini-batch at a time (`train_loop` drives it whole).
+
+    For each mini-batch of `epoch_batches()`, `step(x, y)` calls `on_batch(x, y)` once (a method's per-batch work
+    that is not an optimiser step, e.g. score-vi drawing samples and their scores), then takes `inner_steps`
+    optimiser steps on `loss_fn(x, y)`. The budget counts mini-batches; the learning-rate schedule counts optimiser
+    steps. `end_epoch()` records the epoch (and `on_epoch()`'s diagnostics) and is the NaN guard.
+    Shuffling uses a generator seeded from `context.seed`, so CPU runs repeat exactly.
+    `parameters` are tensors or optimiser parameter groups (dicts, e.g. with their own weight decay);
+    `make_optimizer(groups, config)` builds the optimiser (AdamW unless a method's phase needs another).
+    With `closed_form`, `loss_fn` returns the loss and the gradients of `parameters` (in order), so a step
+    needs no backward pass; its loss may be None (left out of the epoch's mean loss), but not at every step.
+    """
+
+    def __init__(
+        self,
+        parameters: Iterable[Tensor] | Iterable[dict],
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | Callable[[Tensor, Tensor], tuple[Tensor, list[Tensor]]],
+        data: Split,
+        config: TrainConfig,
+        budget: Budget,
+        context: FitContext,
+        description: str = "train",
+        *,
+        on_batch: Callable[[Tensor, Tensor], None] | None = None,
+        inner_steps: int = 1,
+        on_epoch: Callable[[], dict[str, float]] | None = None,
+        make_optimizer: Callable[[list[dict], TrainConfig], torch.optim.Optimizer] = adamw,
+        closed_form: bool = False,
+    ) -> None:
+        groups = _parameter_groups(parameters)
+        self.parameters = [tensor for group in groups for tensor in group["params"]]
+        self.loss_fn, self.on_batch, self.on_epoch, self.inner_steps = loss_fn, on_batch, on_epoch, inner_steps
+        self.config, self.description, self.closed_form = config, description, closed_form
+        self.device = context.device
+        self.x, self.y = data.x.to(self.device), data.y.to(self.device)
+        self.total_batches = planned_batches(len(self.y), config.batch_size, budget)
+        self.factor = _schedule(config.schedule, self.total_batches * inner_steps)
+        self.schedule = None
+        if closed_form:
+            if len(groups) != 1 or set(groups[0]) != {"params"}:
+                raise ValueError("closed-form gradients take plain parameters, not parameter groups")
+            self.optimizer = ClosedFormAdamW(self.parameters, config)
+        else:
+            self.optimizer = make_optimizer(groups, config)
+            self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.factor)
+        self.optimizer_steps = 0
+        self.generator = torch.Generator().manual_seed(context.seed)
+        self.augment_generator = torch.Generator(self.device).manual_seed(context.seed)
+        self.result = LoopResult(steps=0, epochs=0, seconds=0.0)
+        self.start = time.perf_counter()
+        self.deadline = self.start + budget.max_seconds if budget.max_seconds else math.inf
+        self.loss_sum, self.losses = torch.zeros((), device=self.device), 0  # this epoch's, summed on the device
+
+    def spent(self) -> bool:
+        """Whether the budget is spent: all planned mini-batches run, or the deadline passed."""
+        return self.result.steps >= self.total_batches or time.perf_counter() >= self.deadline
+
+    def epoch_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """One shuffled pass's (augmented) mini-batches, until the epoch ends or the budget is spent."""
+        order = torch.randperm(len(self.y), generator=self.generator).to(self.device)
+        self.loss_sum, self.losses = torch.zeros((), device=self.device), 0
+        for begin in range(0, len(self.y), self.config.batch_size):
+            if self.spent():
+                return
+            rows = order[begin:begin + self.config.batch_size]
+            yield augment_images(self.x[rows], self.config.augment, self.augment_generator), self.y[rows]
+
+    def step(self, x: Tensor, y: Tensor) -> None:
+        """One mini-batch: `on_batch`, then `inner_steps` optimiser steps."""
+        if self.on_batch is not None:
+            with autocast(self.device):
+                self.on_batch(x, y)
+        for _ in range(self.inner_steps):
+            self.optimizer_step(x, y)
+        self.result.steps += 1
+
+    def optimizer_step(self, x: Tensor, y: Tensor) -> None:
+        with autocast(self.device):
+            loss = self.loss_fn(x, y)
+        if self.closed_form:
+            loss, gradients = loss
+            self.optimizer.step(gradients, self.config.lr * self.factor(self.optimizer_steps))
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip)
+            self.optimizer.step()
+            self.schedule.step()
+        self.optimizer_steps += 1
+        if loss is not None:  # a closed-form step may leave its value out (a diagnostic)
+            self.loss_sum += loss.detach().float()
+            self.losses += 1
+
+    def end_epoch(self) -> float | None:
+        """Record the epoch that `epoch_batches` ran and return its mean loss; None when it ran no step (the
+        deadline passed between the budget check and its first batch).
+
+        Raises:
+            DivergenceError: the epoch's mean loss is not finite.
+        """
+        if self.losses == 0:
+            return None
+        epoch_loss = (self.loss_sum / self.losses).item()  # one host sync per epoch, not per step
+        self.result.epochs += 1
+        self.result.epoch_losses.append(epoch_loss)
+        self.result.epoch_seconds.append(time.perf_counter() - self.start)
+        if self.on_epoch is not None:
+            self.result.epoch_diagnostics.append(self.on_epoch())
+        if not math.isfinite(epoch_loss):
+            raise DivergenceError(
+                f"{self.description}: training loss is {epoch_loss} in epoch {self.result.epochs} "
+                f"(lr={self.config.lr}); lower the learning rate or set grad_clip")
+        return epoch_loss
+
+    def finish(self) -> LoopResult:
+        """What the loop did, its wall seconds counted up to now."""
+        self.result.seconds = time.perf_counter() - self.start
+        return self.result
+
+
+def _parameter_groups(parameters: Iterable[Tensor] | Iterable[dict]) -> list[dict]:
+    """Optimiser parameter groups: the groups given, then one group of the plain tensors."""
+    items = list(parameters)
+    plain = [item for item in items if not isinstance(item, dict)]
+    return [item for item in items if isinstance(item, dict)] + ([{"params": plain}] if plain else [])
+
+
 def train_loop(
     parameters: Iterable[Tensor] | Iterable[dict],
     loss_fn: Callable[[Tensor, Tensor], Tensor] | Callable[[Tensor, Tensor], tuple[Tensor, list[Tensor]]],
@@ -187,89 +316,23 @@ def train_loop(
     make_optimizer: Callable[[list[dict], TrainConfig], torch.optim.Optimizer] = adamw,
     closed_form: bool = False,
 ) -> LoopResult:
-    """Minimise `loss_fn(x_batch, y_batch)` over `parameters` within `budget`.
-
-    For each mini-batch the loop calls `on_batch(x, y)` once (a method's per-batch work that is not an
-    optimiser step, e.g. score-vi drawing samples and their scores), then takes `inner_steps` optimiser
-    steps on `loss_fn(x, y)`. The budget counts mini-batches; the learning-rate schedule counts optimiser
-    steps. `on_epoch()` returns diagnostics recorded at the end of each epoch.
-    Shuffling uses a generator seeded from `context.seed`, so CPU runs repeat exactly.
-    `parameters` are tensors or optimiser parameter groups (dicts, e.g. with their own weight decay);
-    `make_optimizer(groups, config)` builds the optimiser (AdamW unless a method's phase needs another).
-    With `closed_form`, `loss_fn` returns the loss and the gradients of `parameters` (in order), so a step
-    needs no backward pass; its loss may be None (left out of the epoch's mean loss), but not at every step.
+    """Minimise `loss_fn(x_batch, y_batch)` over `parameters` within `budget`: a `TrainStepper` (which describes
+    the options) driven epoch by epoch to the end of the budget, with a progress bar.
 
     Raises:
         DivergenceError: the mean loss of an epoch is not finite.
     """
-    items = list(parameters)
-    plain = [item for item in items if not isinstance(item, dict)]
-    groups = [item for item in items if isinstance(item, dict)] + ([{"params": plain}] if plain else [])
-    parameters = [tensor for group in groups for tensor in group["params"]]
-    device = context.device
-    x, y = data.x.to(device), data.y.to(device)
-    n = len(y)
-    total_batches = planned_batches(n, config.batch_size, budget)
-    total_steps = total_batches * inner_steps
-    factor = _schedule(config.schedule, total_steps)
-    if closed_form:
-        if len(groups) != 1 or set(groups[0]) != {"params"}:
-            raise ValueError("closed-form gradients take plain parameters, not parameter groups")
-        optimizer = ClosedFormAdamW(parameters, config)
-    else:
-        optimizer = make_optimizer(groups, config)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    optimizer_steps = 0
-    generator = torch.Generator().manual_seed(context.seed)
-    augment_generator = torch.Generator(device).manual_seed(context.seed)
-    result = LoopResult(steps=0, epochs=0, seconds=0.0)
-    start = time.perf_counter()
-    deadline = start + budget.max_seconds if budget.max_seconds else math.inf
+    stepper = TrainStepper(parameters, loss_fn, data, config, budget, context, description, on_batch=on_batch,
+                           inner_steps=inner_steps, on_epoch=on_epoch, make_optimizer=make_optimizer,
+                           closed_form=closed_form)
     with progress_bar(context.show_progress) as progress:
-        bar = progress.add_task(description, total=total_batches, status="")
-        while result.steps < total_batches and time.perf_counter() < deadline:
-            order = torch.randperm(n, generator=generator).to(device)
-            loss_sum = torch.zeros((), device=device)
-            losses = 0
-            for begin in range(0, n, config.batch_size):
-                if result.steps >= total_batches or time.perf_counter() >= deadline:
-                    break
-                rows = order[begin:begin + config.batch_size]
-                x_batch, y_batch = augment_images(x[rows], config.augment, augment_generator), y[rows]
-                if on_batch is not None:
-                    with autocast(device):
-                        on_batch(x_batch, y_batch)
-                for _ in range(inner_steps):
-                    with autocast(device):
-                        loss = loss_fn(x_batch, y_batch)
-                    if closed_form:
-                        loss, gradients = loss
-                        optimizer.step(gradients, config.lr * factor(optimizer_steps))
-                    else:
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        if config.grad_clip > 0:
-                            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-                        optimizer.step()
-                        schedule.step()
-                    optimizer_steps += 1
-                    if loss is not None:  # a closed-form step may leave its value out (a diagnostic)
-                        loss_sum += loss.detach().float()
-                        losses += 1
-                result.steps += 1
+        bar = progress.add_task(description, total=stepper.total_batches, status="")
+        while not stepper.spent():
+            for x_batch, y_batch in stepper.epoch_batches():
+                stepper.step(x_batch, y_batch)
                 progress.advance(bar)
-            if losses == 0:  # the deadline passed between the epoch check and its first batch
+            epoch_loss = stepper.end_epoch()
+            if epoch_loss is None:
                 break
-            epoch_loss = (loss_sum / losses).item()  # one host sync per epoch, not per step
-            result.epochs += 1
-            result.epoch_losses.append(epoch_loss)
-            result.epoch_seconds.append(time.perf_counter() - start)
-            if on_epoch is not None:
-                result.epoch_diagnostics.append(on_epoch())
-            if not math.isfinite(epoch_loss):
-                raise DivergenceError(
-                    f"{description}: training loss is {epoch_loss} in epoch {result.epochs} "
-                    f"(lr={config.lr}); lower the learning rate or set grad_clip")
-            progress.update(bar, status=f"epoch {result.epochs} loss {epoch_loss:.4f}")
-    result.seconds = time.perf_counter() - start
-    return result
+            progress.update(bar, status=f"epoch {stepper.result.epochs} loss {epoch_loss:.4f}")
+    return stepper.finish()

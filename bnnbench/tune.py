@@ -14,10 +14,16 @@ reuses its finished runs. A trial left RUNNING by a tune process that no longer 
 settings and told; one whose process is alive (another tune on the same study) is counted and left alone.
 Output: `tuned/<task>.toml` (`write_tuned`), each method's best settings and its study's summary, which
 `bnnbench run --tuned` applies.
+
+The pieces: `Tuner` checks a tune's arguments and runs it; `SearchSpace` is a method's dimensions, the settings a
+trial draws and its categorical grid; `_MethodStudy` is a method's Optuna study and its budget; `_Scheduler` keeps
+trials in flight and resumes killed ones; `_Objective` scores a trial from its runs; `_summary` is what the tuned
+file records.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -32,7 +38,7 @@ from bnnbench.errors import UsageError, unknown_choice
 from bnnbench.tuned import TuneOutcome
 from bnnbench.types import Dimension, MethodSpec, TaskSpec
 
-__all__ = ["search_space", "study_name", "tune"]
+__all__ = ["SearchSpace", "Tuner", "search_space", "study_name", "tune"]
 
 TIE = 1e-3  # relative: trials whose objectives differ by less than this are a tie
 STUDY_FILE = "{task}.db"
@@ -56,15 +62,6 @@ def search_space(spec: MethodSpec, task: TaskSpec) -> list[Dimension]:
     return list(dimensions.values())
 
 
-def _suggest(trial: Any, dimension: Dimension, kind: type) -> Any:
-    if dimension.distribution == "categorical":
-        return trial.suggest_categorical(dimension.name, list(dimension.choices))
-    log = dimension.distribution == "log-uniform"
-    if kind is int:
-        return trial.suggest_int(dimension.name, int(dimension.low), int(dimension.high), log=log)
-    return trial.suggest_float(dimension.name, float(dimension.low), float(dimension.high), log=log)
-
-
 def _direction(metric: str, task: TaskSpec) -> str:
     """Optuna's direction for a validation metric of the task; UsageError for one the validation split lacks."""
     from bnnbench.metrics import HMC_METRICS, METRICS, POSTERIOR_METRICS
@@ -80,17 +77,6 @@ def _direction(metric: str, task: TaskSpec) -> str:
         raise UsageError(f"--objective {metric} has an optimum ({definition.optimum:g}), not a direction; choose "
                          f"one of: {', '.join(name for name in valid if METRICS.get(name).optimum is None)}")
     return "maximize" if definition.higher_is_better else "minimize"
-
-
-@dataclass
-class _Trial:
-    method: str
-    number: int
-    params: dict[str, Any]
-    jobs: list[Any]
-    waiting: set[str]
-    executed: set[str] = field(default_factory=set)  # the runs this trial submitted (a shared run costs once)
-    error: str = ""
 
 
 def _owner() -> str:
@@ -130,50 +116,159 @@ def tune(task: TaskSpec, methods: list[str], trials: int, seeds: list[int], obje
     runs' time). `options` are `runner.prepare`'s keyword arguments for the trial runs (budget, device, ...);
     `run_jobs(jobs, on_done=...)` executes jobs (`sweep.run_local` or `run_ray`, bound to their pool); `workers`
     trials are in flight at once. `on_trial(method, number, state, value)` reports each trial that ends."""
-    import optuna
-    from optuna.trial import TrialState
+    return Tuner(task, methods, trials, seeds, objective, study_dir, options, run_jobs, workers, sampler_seed,
+                 budget_seconds, on_trial).run()
 
-    from bnnbench.methods import build_method, find_method
-    from bnnbench.sweep import expand, job_ended_ok
 
-    if trials < 1 or workers < 1:
-        raise UsageError(f"--trials and --workers must be >= 1, got {trials} and {workers}")
-    specs = {name: find_method(name)[0] for name in methods}
-    direction = _direction(objective, task)
-    spaces = {name: search_space(spec, task) for name, spec in specs.items()}
-    kinds = {name: typing.get_type_hints(spec.hparams_class) for name, spec in specs.items()}
-    options = {**options, "results_dir": study_dir / "runs", "validation_only": True}
-    for name in methods:  # every configuration must load before anything runs: bad names fail here, exit 2
-        defaults = {dimension.name: _default(dimension, kinds[name][dimension.name]) for dimension in spaces[name]}
-        expand([str(task.path)], [name], seeds[:1], [defaults], options)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = _storage(study_dir, task)
-    studies = {}
-    for name in methods:
-        studies[name] = optuna.create_study(study_name=study_name(task, name), storage=storage, direction=direction,
-                                            load_if_exists=True)
-    targets = {name: trials for name in methods}
-    for name in methods:  # a categorical space no larger than the budget: each setting once, not TPE's repeats
-        grid = _grid(spaces[name])
-        if grid is not None and len(grid) <= trials:
-            targets[name] = len(grid)
-            existing = studies[name].get_trials(deepcopy=False)
-            tried = {json.dumps(t.params, sort_keys=True) for t in existing}
-            untried = [params for params in grid if json.dumps(params, sort_keys=True) not in tried]
-            for params in untried[:max(0, len(grid) - len(existing))]:  # never past the budget a study already spent
-                studies[name].enqueue_trial(params)
-    study_ids = {name: storage.get_study_id_from_name(study_name(task, name)) for name in methods}
-    in_flight: dict[str, list[_Trial]] = {}  # run_id -> the trials waiting for it (a repeated setting shares a run)
-    open_trials: list[_Trial] = []
+class Tuner:
+    """One `bnnbench tune` (`tune`'s arguments): checked whole when built (UsageError, before any study opens or
+    run starts), run by `run()`: open the studies, schedule their trials, summarise them."""
 
-    def jobs_for(name: str, params: dict[str, Any]) -> list[Any]:
-        return expand([str(task.path)], [name], seeds, [params], options)
+    def __init__(self, task: TaskSpec, methods: list[str], trials: int, seeds: list[int], objective: str,
+                 study_dir: Path, options: dict[str, Any], run_jobs: Callable[..., Any], workers: int,
+                 sampler_seed: int = 0, budget_seconds: float | None = None,
+                 on_trial: Callable[[str, int, str, float | None], None] | None = None) -> None:
+        from bnnbench.methods import find_method
 
-    def spent(name: str) -> tuple[int, float]:
-        """Trials of the method that count against its budget (finished, or running in a live process) and
-        the seconds its finished trials' runs took."""
+        if trials < 1 or workers < 1:
+            raise UsageError(f"--trials and --workers must be >= 1, got {trials} and {workers}")
+        specs = {name: find_method(name)[0] for name in methods}
+        self.task, self.methods, self.trials, self.seeds, self.objective = task, methods, trials, seeds, objective
+        self.direction = _direction(objective, task)
+        self.spaces = {name: SearchSpace.of(spec, task) for name, spec in specs.items()}
+        self.study_dir, self.run_jobs, self.workers = study_dir, run_jobs, workers
+        self.sampler_seed, self.budget_seconds, self.on_trial = sampler_seed, budget_seconds, on_trial
+        self.options = {**options, "results_dir": study_dir / "runs", "validation_only": True}
+        for name in methods:  # every configuration must load before anything runs: bad names fail here, exit 2
+            self.jobs(name, self.spaces[name].midpoint(), self.seeds[:1])
+
+    def jobs(self, method: str, params: dict[str, Any], seeds: list[int] | None = None) -> list[Any]:
+        """The runs of one trial: one per seed (`sweep.expand`, which checks that the configuration loads)."""
+        from bnnbench.sweep import expand
+
+        return expand([str(self.task.path)], [method], self.seeds if seeds is None else seeds, [params], self.options)
+
+    def run(self) -> TuneOutcome:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = _storage(self.study_dir, self.task)
+        studies = {}
+        for name in self.methods:
+            studies[name] = _MethodStudy.open(storage, self.task, self.spaces[name], self.direction, self.trials)
+        for name in self.methods:
+            studies[name].enqueue_grid(self.trials)
+        scheduler = _Scheduler(self, studies, storage, _Objective(self.objective, storage, self.on_trial))
+        first = scheduler.resume()
+        scheduler.settle()
+        first += scheduler.next_jobs()
+        if first:
+            self.run_jobs(first, on_done=scheduler.on_done)
+        scheduler.settle()
+        return self.outcome(studies, storage)
+
+    def outcome(self, studies: dict[str, _MethodStudy], storage: Any) -> TuneOutcome:
+        """Each study's summary and best settings, for `tuned.write_tuned`."""
+        from bnnbench.methods import build_method
+
+        outcome = TuneOutcome(self.task.name, self.objective, self.direction, storage=str(storage.url))
+        for name in self.methods:
+            dimensions = self.spaces[name].dimensions
+            defaults = {d.name: getattr(build_method(name, self.task).hparams, d.name) for d in dimensions}
+            outcome.summaries[name], outcome.best[name] = _summary(studies[name].study, dimensions, self.seeds,
+                                                                   self.options, defaults)
+        return outcome
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """One method's search space on a task: its dimensions and the types of the fields they set (an int field
+    samples integers)."""
+
+    method: str
+    dimensions: list[Dimension]
+    kinds: dict[str, type]
+
+    @classmethod
+    def of(cls, spec: MethodSpec, task: TaskSpec) -> SearchSpace:
+        return cls(spec.name, search_space(spec, task), typing.get_type_hints(spec.hparams_class))
+
+    @property
+    def names(self) -> set[str]:
+        return {dimension.name for dimension in self.dimensions}
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """The settings an Optuna trial draws, one per dimension."""
+        return {dimension.name: self._suggest(trial, dimension) for dimension in self.dimensions}
+
+    def _suggest(self, trial: Any, dimension: Dimension) -> Any:
+        if dimension.distribution == "categorical":
+            return trial.suggest_categorical(dimension.name, list(dimension.choices))
+        log = dimension.distribution == "log-uniform"
+        if self.kinds[dimension.name] is int:
+            return trial.suggest_int(dimension.name, int(dimension.low), int(dimension.high), log=log)
+        return trial.suggest_float(dimension.name, float(dimension.low), float(dimension.high), log=log)
+
+    def midpoint(self) -> dict[str, Any]:
+        """A setting inside every dimension, to check that the method's configurations load before any trial."""
+        return {dimension.name: self._midpoint(dimension) for dimension in self.dimensions}
+
+    def _midpoint(self, dimension: Dimension) -> Any:
+        if dimension.distribution == "categorical":
+            return dimension.choices[0]
+        value = math.sqrt(dimension.low * dimension.high) if dimension.distribution == "log-uniform" else \
+            (dimension.low + dimension.high) / 2
+        return round(value) if self.kinds[dimension.name] is int else value
+
+    def grid(self) -> list[dict[str, Any]] | None:
+        """Every setting of an all-categorical space, in order; None when some dimension is continuous. (TPE repeats
+        settings of a small categorical space: measured on digits-mlp, laplace-subnet spent 10 of its 24 trials on
+        one failing setting, and Optuna's BruteForceSampler calls `study.stop()`, which ask-and-tell does not
+        allow.)"""
+        if any(dimension.distribution != "categorical" for dimension in self.dimensions):
+            return None
+        names = [dimension.name for dimension in self.dimensions]
+        return [dict(zip(names, values, strict=True))
+                for values in itertools.product(*(d.choices for d in self.dimensions))]
+
+
+@dataclass
+class _MethodStudy:
+    """One method's Optuna study, its space, and `target`, the trials it may spend."""
+
+    task: str
+    space: SearchSpace
+    study: Any
+    study_id: int
+    target: int
+
+    @classmethod
+    def open(cls, storage: Any, task: TaskSpec, space: SearchSpace, direction: str, trials: int) -> _MethodStudy:
+        import optuna
+
+        name = study_name(task, space.method)
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
+        return cls(task.name, space, study, storage.get_study_id_from_name(name), trials)
+
+    def enqueue_grid(self, trials: int) -> None:
+        """A categorical space no larger than the budget: each setting once, not TPE's repeats."""
+        grid = self.space.grid()
+        if grid is None or len(grid) > trials:
+            return
+        self.target = len(grid)
+        existing = self.study.get_trials(deepcopy=False)
+        tried = {json.dumps(t.params, sort_keys=True) for t in existing}
+        untried = [params for params in grid if json.dumps(params, sort_keys=True) not in tried]
+        for params in untried[:max(0, len(grid) - len(existing))]:  # never past the budget a study already spent
+            self.study.enqueue_trial(params)
+
+    def spent(self) -> tuple[int, float]:
+        """Trials that count against the budget (finished, or running in a live process) and the seconds the
+        finished trials' runs took."""
+        from optuna.trial import TrialState
+
         count, seconds = 0, 0.0
-        for frozen in studies[name].get_trials(deepcopy=False):
+        for frozen in self.study.get_trials(deepcopy=False):
             if frozen.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED):
                 count += 1
                 seconds += float(frozen.user_attrs.get("seconds", 0.0))
@@ -181,92 +276,168 @@ def tune(task: TaskSpec, methods: list[str], trials: int, seeds: list[int], obje
                 count += 1
         return count, seconds
 
-    def start(name: str, number: int, params: dict[str, Any]) -> list[Any]:
-        jobs = jobs_for(name, params)
-        trial = _Trial(name, number, params, jobs, {job.run_id for job in jobs})
+    def ask(self, sampler_seed: int) -> tuple[int, dict[str, Any]]:
+        """A new trial's number and settings."""
+        import optuna
+
+        trial = self.study.ask()
+        # the sampler is seeded per trial number, which the storage hands out once: a resumed study, or two tunes
+        # started at once on one study, draw new settings, and one tune of a fresh study draws the same ones again
+        self.study.sampler = optuna.samplers.TPESampler(
+            seed=_sampler_seed(sampler_seed, f"{self.task}:{self.space.method}", trial.number))
+        trial.set_user_attr("owner", _owner())
+        return trial.number, self.space.suggest(trial)
+
+    def orphans(self) -> list[Any]:
+        """The trials a killed tune left RUNNING (their owner process is gone)."""
+        from optuna.trial import TrialState
+
+        return [frozen for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if _owner_gone(frozen.user_attrs.get("owner"))]
+
+
+@dataclass
+class _Trial:
+    method: str
+    number: int
+    params: dict[str, Any]
+    jobs: list[Any]
+    waiting: set[str]
+    executed: set[str] = field(default_factory=set)  # the runs this trial submitted (a shared run costs once)
+    error: str = ""
+
+
+class _Scheduler:
+    """Keeps `workers` trials in flight: asks them round-robin while budgets last, hands their runs to the executor,
+    and tells each trial once all its runs have ended. A run id is run once, however many trials wait for it."""
+
+    def __init__(self, tuner: Tuner, studies: dict[str, _MethodStudy], storage: Any, objective: _Objective) -> None:
+        self.tuner, self.studies, self.storage, self.objective = tuner, studies, storage, objective
+        self.in_flight: dict[str, list[_Trial]] = {}  # run_id -> its waiting trials (a repeated setting shares a run)
+        self.open_trials: list[_Trial] = []
+
+    def resume(self) -> list[Any]:
+        """Trials a killed tune left RUNNING: run their settings again (they are told when their runs end); one
+        killed before its settings were drawn fails."""
+        from optuna.trial import TrialState
+
+        jobs: list[Any] = []
+        for name in self.tuner.methods:
+            method = self.studies[name]
+            for frozen in method.orphans():
+                trial_id = self.storage.get_trial_id_from_study_id_trial_number(method.study_id, frozen.number)
+                if set(frozen.params) != method.space.names:  # killed mid-ask
+                    self.storage.set_trial_user_attr(trial_id, "error", "interrupted before its settings were drawn")
+                    method.study.tell(frozen.number, state=TrialState.FAIL)
+                    continue
+                self.storage.set_trial_user_attr(trial_id, "owner", _owner())
+                jobs += self.start(name, frozen.number, dict(frozen.params))
+        return jobs
+
+    def start(self, method: str, number: int, params: dict[str, Any]) -> list[Any]:
+        """Open a trial; returns the runs to submit (not those that exist or another trial is running)."""
+        from bnnbench.sweep import job_ended_ok
+
+        jobs = self.tuner.jobs(method, params)
+        trial = _Trial(method, number, params, jobs, {job.run_id for job in jobs})
         submit = []
         for job in jobs:
             if job_ended_ok(job):  # a resumed or repeated configuration: its run is already there
                 trial.waiting.discard(job.run_id)
-            elif job.run_id in in_flight:  # another trial with these settings is running it
-                in_flight[job.run_id].append(trial)
+            elif job.run_id in self.in_flight:  # another trial with these settings is running it
+                self.in_flight[job.run_id].append(trial)
             else:
-                in_flight[job.run_id] = [trial]
+                self.in_flight[job.run_id] = [trial]
                 trial.executed.add(job.run_id)
                 submit.append(job)
-        open_trials.append(trial)
+        self.open_trials.append(trial)
         return submit
 
-    def ask(name: str) -> list[Any]:
-        trial = studies[name].ask()
-        # the sampler is seeded per trial number, which the storage hands out once: a resumed study, or two tunes
-        # started at once on one study, draw new settings, and one tune of a fresh study draws the same ones again
-        studies[name].sampler = optuna.samplers.TPESampler(
-            seed=_sampler_seed(sampler_seed, f"{task.name}:{name}", trial.number))
-        trial.set_user_attr("owner", _owner())
-        params = {d.name: _suggest(trial, d, kinds[name][d.name]) for d in spaces[name]}
-        return start(name, trial.number, params)
-
-    def next_jobs() -> list[Any]:
+    def next_jobs(self) -> list[Any]:
         """Ask trials round-robin until `workers` are in flight or every budget is spent; settle the ones whose
         runs all exist already (a repeated configuration) at once."""
         jobs: list[Any] = []
-        while len(open_trials) < workers:
-            used = {name: spent(name) for name in methods}  # one read of each study per trial asked
-            candidates = [name for name in methods if used[name][0] < targets[name]
-                          and (budget_seconds is None or used[name][1] < budget_seconds)]
-            if not candidates:
+        while len(self.open_trials) < self.tuner.workers:
+            name = self._next_method()
+            if name is None:
                 break
-            jobs += ask(min(candidates, key=lambda name: (used[name][0], methods.index(name))))
-            settle()
+            jobs += self.start(name, *self.studies[name].ask(self.tuner.sampler_seed))
+            self.settle()
         return jobs
 
-    def settle() -> None:
-        for trial in [t for t in open_trials if not t.waiting]:
-            open_trials.remove(trial)
-            _tell(studies[trial.method], storage, study_ids[trial.method], trial, objective, on_trial)
+    def _next_method(self) -> str | None:
+        """The method with budget left that has spent the fewest trials (the first named on a tie)."""
+        methods, budget_seconds = self.tuner.methods, self.tuner.budget_seconds
+        used = {name: self.studies[name].spent() for name in methods}  # one read of each study per trial asked
+        candidates = [name for name in methods if used[name][0] < self.studies[name].target
+                      and (budget_seconds is None or used[name][1] < budget_seconds)]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda name: (used[name][0], methods.index(name)))
 
-    def on_done(run_id: str, status: str, error: str) -> list[Any]:
-        for trial in in_flight.pop(run_id, []):
+    def settle(self) -> None:
+        """Tell the trials that wait for no run."""
+        for trial in [t for t in self.open_trials if not t.waiting]:
+            self.open_trials.remove(trial)
+            self.objective.tell(self.studies[trial.method], trial)
+
+    def on_done(self, run_id: str, status: str, error: str) -> list[Any]:
+        """The executor's report of an ended run; returns the runs of the trials asked next."""
+        for trial in self.in_flight.pop(run_id, []):
             trial.waiting.discard(run_id)
             if status != "ok" and not trial.error:
                 trial.error = error or status
-        settle()
-        return next_jobs()
-
-    first: list[Any] = []
-    for name in methods:  # trials a killed tune left RUNNING: run their settings again, then tell them
-        for frozen in studies[name].get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if _owner_gone(frozen.user_attrs.get("owner")):
-                trial_id = storage.get_trial_id_from_study_id_trial_number(study_ids[name], frozen.number)
-                if set(frozen.params) != {dimension.name for dimension in spaces[name]}:  # killed mid-ask
-                    storage.set_trial_user_attr(trial_id, "error", "interrupted before its settings were drawn")
-                    studies[name].tell(frozen.number, state=TrialState.FAIL)
-                    continue
-                storage.set_trial_user_attr(trial_id, "owner", _owner())
-                first += start(name, frozen.number, dict(frozen.params))
-    settle()
-    first += next_jobs()
-    if first:
-        run_jobs(first, on_done=on_done)
-    settle()
-    outcome = TuneOutcome(task.name, objective, direction, storage=str(storage.url))
-    for name in methods:
-        defaults = {d.name: getattr(build_method(name, task).hparams, d.name) for d in spaces[name]}
-        outcome.summaries[name], outcome.best[name] = _summary(studies[name], spaces[name], seeds, options, defaults)
-    return outcome
+        self.settle()
+        return self.next_jobs()
 
 
-def _grid(space: list[Dimension]) -> list[dict[str, Any]] | None:
-    """Every setting of an all-categorical space, in order; None when some dimension is continuous. (TPE repeats
-    settings of a small categorical space: measured on digits-mlp, laplace-subnet spent 10 of its 24 trials on one
-    failing setting, and Optuna's BruteForceSampler calls `study.stop()`, which ask-and-tell does not allow.)"""
-    import itertools
+@dataclass(frozen=True)
+class _Objective:
+    """A trial's value: the mean over its seeds of the validation `metric` read from its runs, or FAIL."""
 
-    if any(dimension.distribution != "categorical" for dimension in space):
-        return None
-    names = [dimension.name for dimension in space]
-    return [dict(zip(names, values, strict=True)) for values in itertools.product(*(d.choices for d in space))]
+    metric: str
+    storage: Any
+    on_trial: Callable[[str, int, str, float | None], None] | None
+
+    def tell(self, method: _MethodStudy, trial: _Trial) -> None:
+        """Tell Optuna the trial's value, and keep its runs' ids and seconds (and any error) with the trial."""
+        from optuna.trial import TrialState
+
+        seconds, values = self._read_runs(trial)
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(method.study_id, trial.number)
+        self.storage.set_trial_user_attr(trial_id, "seconds", seconds)
+        self.storage.set_trial_user_attr(trial_id, "run_ids", [job.run_id for job in trial.jobs])
+        if trial.error or not values or not all(math.isfinite(v) for v in values):
+            self.storage.set_trial_user_attr(trial_id, "error", trial.error or "no finite validation value")
+            method.study.tell(trial.number, state=TrialState.FAIL)
+            self._report(trial, "failed", None)
+            return
+        value = sum(values) / len(values)
+        method.study.tell(trial.number, value)
+        self._report(trial, "complete", value)
+
+    def _read_runs(self, trial: _Trial) -> tuple[float, list[float]]:
+        """The seconds of the runs the trial executed, and the validation values of its runs that ended ok; the
+        first failure becomes the trial's error."""
+        seconds, values = 0.0, []
+        for job in trial.jobs:
+            directory = Path(job.directory)
+            try:
+                record = json.loads((directory / "run.json").read_text())
+            except (OSError, ValueError):
+                trial.error = trial.error or f"run {job.run_id} wrote no run.json"
+                continue
+            if job.run_id in trial.executed:
+                seconds += float(record.get("duration_s", 0.0))
+            if record.get("status") != "ok":
+                trial.error = trial.error or record.get("error", "failed")
+                continue
+            values.append(_validation_value(directory, self.metric))
+        return seconds, values
+
+    def _report(self, trial: _Trial, state: str, value: float | None) -> None:
+        if self.on_trial is not None:
+            self.on_trial(trial.method, trial.number, state, value)
 
 
 def _sampler_seed(seed: int, study: str, trial_number: int) -> int:
@@ -277,49 +448,6 @@ def _sampler_seed(seed: int, study: str, trial_number: int) -> int:
 
     digest = hashlib.sha256(f"{seed}:{study}:{trial_number}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
-
-
-def _default(dimension: Dimension, kind: type) -> Any:
-    """A value inside the dimension (of a `kind` field), to check that the method's configurations load before any
-    trial."""
-    if dimension.distribution == "categorical":
-        return dimension.choices[0]
-    value = math.sqrt(dimension.low * dimension.high) if dimension.distribution == "log-uniform" else \
-        (dimension.low + dimension.high) / 2
-    return round(value) if kind is int else value
-
-
-def _tell(study: Any, storage: Any, study_id: int, trial: _Trial, objective: str, on_trial) -> None:
-    """The trial's value, the mean over its seeds of the validation metric read from its runs, or FAIL."""
-    from optuna.trial import TrialState
-
-    seconds, values = 0.0, []
-    for job in trial.jobs:
-        directory = Path(job.directory)
-        try:
-            record = json.loads((directory / "run.json").read_text())
-        except (OSError, ValueError):
-            trial.error = trial.error or f"run {job.run_id} wrote no run.json"
-            continue
-        if job.run_id in trial.executed:
-            seconds += float(record.get("duration_s", 0.0))
-        if record.get("status") != "ok":
-            trial.error = trial.error or record.get("error", "failed")
-            continue
-        values.append(_validation_value(directory, objective))
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-    storage.set_trial_user_attr(trial_id, "seconds", seconds)
-    storage.set_trial_user_attr(trial_id, "run_ids", [job.run_id for job in trial.jobs])
-    if trial.error or not values or not all(math.isfinite(v) for v in values):
-        storage.set_trial_user_attr(trial_id, "error", trial.error or "no finite validation value")
-        study.tell(trial.number, state=TrialState.FAIL)
-        if on_trial is not None:
-            on_trial(trial.method, trial.number, "failed", None)
-        return
-    value = sum(values) / len(values)
-    study.tell(trial.number, value)
-    if on_trial is not None:
-        on_trial(trial.method, trial.number, "complete", value)
 
 
 def _validation_value(directory: Path, metric: str) -> float:

@@ -63,7 +63,7 @@ from bnnbench.likelihoods import Categorical, Gaussian, Likelihood, get_likeliho
 from bnnbench.methods.laplace.common import LINK_APPROXIMATIONS, PRED_TYPES, train_map_phase
 from bnnbench.methods.map import precision_prior_settings
 from bnnbench.params import FlatParams, batchnorm_parameter_names, math_attention
-from bnnbench.train import TrainConfig
+from bnnbench.train import LoopResult, TrainConfig
 from bnnbench.types import (
     Budget,
     DataBundle,
@@ -503,59 +503,78 @@ class SampledLaplacePredictive(ParameterPosterior):
         return self.likelihood.log_predictive(outputs / (1 + math.pi / 8 * variance).sqrt()).unsqueeze(0)
 
 
-def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
-        hparams: Hparams = Hparams()) -> tuple[SampledLaplacePredictive, FitInfo]:
-    likelihood = get_likelihood(task.likelihood, task.likelihood_options)
-    OutputCurvature.check(likelihood)  # before training, not after
-    fixed = hparams.prior_precision if hparams.em_steps == 0 else None
-    loop = train_map_phase(model, likelihood, data, hparams, budget, context, "sampled-laplace", fixed)
-    start = time.perf_counter()
-    device = context.device
-    train = Split(data.train.x.to(device), data.train.y.to(device))
-    lin = Linearisation(model)
-    generator = torch.Generator(device=device).manual_seed(context.seed)
-    cpu_generator = torch.Generator().manual_seed(context.seed)
-    n_train, shape = len(train), (hparams.posterior_samples, len(lin.theta))
+class _SampleSolver:
+    """The K sample objectives (M + αI) z_k = α z0_k at any α, solved by `hparams.solver`. The anchors' random draws
+    are made once and α only rescales them (θ0 ∝ α^-½, the data part ∝ α⁻¹), so EM re-targets the same draws."""
 
-    # One pass draws the data part Σ_i J_iᵀ L_i e_ik of every anchor; α only rescales it (and the prior part).
-    prior_part = torch.randn(shape, generator=generator, device=device, dtype=lin.theta.dtype) * lin.mask
-    data_part = torch.zeros_like(prior_part)
-    for x in train.x.split(hparams.batch_size):
-        outputs, pull = lin.pullback(x)
-        noise = torch.randn((hparams.posterior_samples, *outputs.shape), generator=generator, device=device,
-                            dtype=outputs.dtype)
-        data_part += pull(OutputCurvature(likelihood, outputs).sqrt_product(noise))
+    def __init__(self, lin: Linearisation, likelihood: Likelihood, train: Split, hparams: Hparams,
+                 context: FitContext) -> None:
+        self.lin, self.likelihood, self.train, self.hparams = lin, likelihood, train, hparams
+        self.device = context.device
+        self.generator = torch.Generator(device=self.device).manual_seed(context.seed)
+        self.cpu_generator = torch.Generator().manual_seed(context.seed)
+        self.prior_part, self.data_part = self._draw_anchor_parts()
+        self.diag_ggn = (self.data_part ** 2).mean(0)
+        self.cg_iterations: list[int] = []  # per solve, with solver "cg"
 
-    def anchors(alpha: float) -> Tensor:
-        return prior_part / math.sqrt(alpha) + data_part / alpha
+    def _draw_anchor_parts(self) -> tuple[Tensor, Tensor]:
+        """θ0's draws at α = 1, and in one pass over the data, the data part Σ_i J_iᵀ L_i e_ik of every anchor."""
+        lin, samples = self.lin, self.hparams.posterior_samples
+        prior_part = torch.randn((samples, len(lin.theta)), generator=self.generator, device=self.device,
+                                 dtype=lin.theta.dtype) * lin.mask
+        data_part = torch.zeros_like(prior_part)
+        for x in self.train.x.split(self.hparams.batch_size):
+            outputs, pull = lin.pullback(x)
+            noise = torch.randn((samples, *outputs.shape), generator=self.generator, device=self.device,
+                                dtype=outputs.dtype)
+            data_part += pull(OutputCurvature(self.likelihood, outputs).sqrt_product(noise))
+        return prior_part, data_part
 
-    diag_ggn = (data_part ** 2).mean(0)
+    def anchors(self, alpha: float) -> Tensor:
+        return self.prior_part / math.sqrt(alpha) + self.data_part / alpha
 
-    def preconditioner(alpha: float) -> _Preconditioner:
-        return _Preconditioner.build(lin, likelihood, train.x[:hparams.batch_size], diag_ggn, alpha, n_train,
-                                     hparams.lr_scale, generator)
+    def jacobi_start(self, alpha: float) -> Tensor:
+        return self.anchors(alpha) * alpha / (self.diag_ggn + alpha)
 
-    def jacobi_start(alpha: float) -> Tensor:
-        return anchors(alpha) * alpha / (diag_ggn + alpha)
+    def preconditioner(self, alpha: float) -> _Preconditioner:
+        return _Preconditioner.build(self.lin, self.likelihood, self.train.x[:self.hparams.batch_size], self.diag_ggn,
+                                     alpha, len(self.train), self.hparams.lr_scale, self.generator)
 
-    alpha = hparams.prior_precision
-    solver_iterations = []
-
-    def solve(alpha: float) -> tuple[Tensor, float]:
+    def solve(self, alpha: float) -> tuple[Tensor, float]:
         """The K samples at α from the Jacobi start, and their relative residual."""
-        if hparams.solver == "cg":
-            samples, residual, iterations = _solve_samples_cg(lin, likelihood, train, jacobi_start(alpha),
-                                                              anchors(alpha), alpha, hparams, diag_ggn)
-            solver_iterations.append(iterations)
+        if self.hparams.solver == "cg":
+            samples, residual, iterations = _solve_samples_cg(self.lin, self.likelihood, self.train,
+                                                              self.jacobi_start(alpha), self.anchors(alpha), alpha,
+                                                              self.hparams, self.diag_ggn)
+            self.cg_iterations.append(iterations)
             return samples, residual
-        return _solve_samples(lin, likelihood, train, jacobi_start(alpha), anchors(alpha), alpha, hparams,
-                              preconditioner(alpha), cpu_generator)
+        return _solve_samples(self.lin, self.likelihood, self.train, self.jacobi_start(alpha), self.anchors(alpha),
+                              alpha, self.hparams, self.preconditioner(alpha), self.cpu_generator)
 
-    samples, residual = solve(alpha)
+
+@dataclass
+class _EmResult:
+    """Where EM left α and the samples, and its path: the αs tried, MacKay's proposals, the linear fits."""
+
+    alpha: float
+    samples: Tensor
+    residual: float
+    history: list[float]
+    proposals: list[float]
+    linear_fits: list[dict[str, float]]
+    search: MacKaySearch
+
+
+def _expectation_maximisation(lin: Linearisation, likelihood: Likelihood, train: Split, hparams: Hparams,
+                              solver: _SampleSolver) -> _EmResult:
+    """The samples at `prior_precision`, then up to `em_steps` rounds of: fit w_lin, MacKay's proposal for α, the
+    search's next α, the samples re-solved at it."""
+    alpha = hparams.prior_precision
+    samples, residual = solver.solve(alpha)
     weights, history, proposals, linear_fits = lin.theta * lin.mask, [alpha], [], []
     search = MacKaySearch(hparams.em_tol)
     for _ in range(hparams.em_steps):
-        linear = _fit_linear_map(lin, likelihood, train, weights, alpha, hparams, preconditioner(alpha))
+        linear = _fit_linear_map(lin, likelihood, train, weights, alpha, hparams, solver.preconditioner(alpha))
         weights = linear.weights
         linear_fits.append({"iterations": linear.iterations, "gradient_ratio": linear.gradient_ratio})
         gamma = _effective_dimension(lin, likelihood, train, samples, alpha, hparams.mackay, hparams.batch_size)
@@ -565,27 +584,49 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
             break
         alpha = following
         history.append(alpha)
-        samples, residual = solve(alpha)
-    converged = hparams.em_steps == 0 or search.converged
-    seconds = time.perf_counter() - start
+        samples, residual = solver.solve(alpha)
+    return _EmResult(alpha, samples, residual, history, proposals, linear_fits, search)
+
+
+def _fit_info(loop: LoopResult, seconds: float, em: _EmResult, lin: Linearisation, hparams: Hparams,
+              cg_iterations: list[int]) -> FitInfo:
+    """The run's record: the MAP phase's and the Laplace part's seconds, EM's path, and warnings for samples or an
+    α that did not converge."""
+    converged = hparams.em_steps == 0 or em.search.converged
     info = FitInfo(steps=loop.steps, epochs=loop.epochs, seconds=loop.seconds + seconds,
-                   extra={"map_seconds": loop.seconds, "laplace_seconds": seconds, "prior_precision": alpha,
-                          "prior_precision_history": history, "mackay_proposals": proposals,
-                          "em_converged": converged, "em_bracket": search.bracket(), "linear_fits": linear_fits,
-                          "n_posterior_params": lin.n_params, "sample_residual": residual,
-                          **({"sample_cg_iterations": solver_iterations} if solver_iterations else {})})
+                   extra={"map_seconds": loop.seconds, "laplace_seconds": seconds, "prior_precision": em.alpha,
+                          "prior_precision_history": em.history, "mackay_proposals": em.proposals,
+                          "em_converged": converged, "em_bracket": em.search.bracket(),
+                          "linear_fits": em.linear_fits, "n_posterior_params": lin.n_params,
+                          "sample_residual": em.residual,
+                          **({"sample_cg_iterations": cg_iterations} if cg_iterations else {})})
     warnings = []
-    if residual > hparams.sample_tol:
+    if em.residual > hparams.sample_tol:
         stopped = (f"conjugate gradients stopped at sample_max_iter={hparams.sample_max_iter}" if hparams.solver == "cg"
                    else f"SGD stopped after sample_epochs={hparams.sample_epochs}")
-        warnings.append(f"sampled-laplace: {stopped} with the samples' relative residual {residual:.3g} > sample_tol "
-                        f"{hparams.sample_tol:g}: they are not yet posterior samples")
+        warnings.append(f"sampled-laplace: {stopped} with the samples' relative residual {em.residual:.3g} > "
+                        f"sample_tol {hparams.sample_tol:g}: they are not yet posterior samples")
     if not converged:
         warnings.append(f"sampled-laplace: EM did not converge in em_steps={hparams.em_steps} (last MacKay "
-                        f"proposal {proposals[-1]:.4g} for α = {alpha:.4g}, em_tol {hparams.em_tol:g})")
+                        f"proposal {em.proposals[-1]:.4g} for α = {em.alpha:.4g}, em_tol {hparams.em_tol:g})")
     if warnings:
         info.extra["warnings"] = warnings
-    return SampledLaplacePredictive(lin, samples, likelihood, hparams.pred_type, hparams.link_approx), info
+    return info
+
+
+def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
+        hparams: Hparams = Hparams()) -> tuple[SampledLaplacePredictive, FitInfo]:
+    likelihood = get_likelihood(task.likelihood, task.likelihood_options)
+    OutputCurvature.check(likelihood)  # before training, not after
+    fixed = hparams.prior_precision if hparams.em_steps == 0 else None
+    loop = train_map_phase(model, likelihood, data, hparams, budget, context, "sampled-laplace", fixed)
+    start = time.perf_counter()
+    train = Split(data.train.x.to(context.device), data.train.y.to(context.device))
+    lin = Linearisation(model)
+    solver = _SampleSolver(lin, likelihood, train, hparams, context)
+    em = _expectation_maximisation(lin, likelihood, train, hparams, solver)
+    info = _fit_info(loop, time.perf_counter() - start, em, lin, hparams, solver.cg_iterations)
+    return SampledLaplacePredictive(lin, em.samples, likelihood, hparams.pred_type, hparams.link_approx), info
 
 
 SPEC = MethodSpec("sampled-laplace", Hparams, fit, post_hoc=True,
