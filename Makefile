@@ -6,7 +6,8 @@ INSTALLED := $(VENV)/.installed
 CI_RUNS := results/ci-runs
 BASELINE := results/baselines/ci-cpu.csv
 # One torch thread for the CI-budget runs, as in the tests, so baseline and check add up alike.
-CI_METHODS := map elbo-vi score-vi laplace-ll laplace-all sampled-laplace laplace-subnet ensemble mc-dropout swag rank1
+# The built-in methods, from the method registry (evaluated where used, after install).
+CI_METHODS = $(shell $(BIN)/bnnbench list methods --names --built-in)
 CI_TASKS := digits-mlp ts-co2-mlp digits-fidelity digits-overconfident
 CI_RUN = for task in $(CI_TASKS); do for method in $(CI_METHODS); do OMP_NUM_THREADS=1 $(BIN)/bnnbench run \
 	--task $$task --method $$method --seed 0..2 --budget ci --quiet --results-dir $(CI_RUNS) || exit 1; done; done

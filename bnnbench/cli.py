@@ -1,4 +1,5 @@
-"""Command-line interface: parse, call the library, render with rich. No benchmark logic lives here."""
+"""Command-line interface: parse strings, call the library (`run`, `sweep` and `tune` are `bnnbench.api`'s
+functions), render with rich. No benchmark logic lives here."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from bnnbench.api import MAX_SEED, MAX_SEEDS
 from bnnbench.errors import BnnbenchError, UsageError, error_line
 
 __all__ = ["app", "main"]
@@ -62,7 +64,7 @@ class Pivot(str, Enum):
 def parse_seeds(values: list[str]) -> list[int]:
     """`["0..2", "5"]` or `["0-2,5"]` -> [0, 1, 2, 5]: each seed once, in the order first named. Seeds lie in
     0..2**64 - 1 (what torch.manual_seed takes); at most a million of them, so a typo cannot fill the memory."""
-    max_seed, max_count = 2**64 - 1, 1_000_000
+    max_seed, max_count = MAX_SEED, MAX_SEEDS
     seeds: dict[int, None] = {}  # insertion-ordered set: linear, where list.index per seed was quadratic
     for value in values:
         for part in value.split(","):
@@ -83,44 +85,57 @@ def parse_seeds(values: list[str]) -> list[int]:
     return list(seeds)
 
 
-@app.command("list", epilog="Example: `bnnbench list methods`")
+@app.command("list", epilog="Example: `bnnbench list methods`; for scripts: `bnnbench list methods --names --built-in`")
 def list_(
     what: Annotated[Listable, typer.Argument(help="tasks, methods or metrics")],
     tasks_dir: Annotated[list[Path], typer.Option(help=TASKS_DIR_HELP)] = [],  # noqa: B006
+    names: Annotated[bool, typer.Option(help="bare names, one per line (for scripts)")] = False,
+    built_in: Annotated[bool, typer.Option("--built-in", help="methods: only bnnbench's own, no plugins")] = False,
 ) -> None:
     """List the registered tasks, methods (with where each comes from: built-in, or a plugin's distribution and
     version) or metrics."""
     from rich.table import Table
     from rich.text import Text
 
+    if built_in and what is not Listable.methods:
+        raise UsageError(f"--built-in lists bnnbench's own methods; it does not apply to `list {what.value}`")
+    rows = _listing(what, tasks_dir, built_in)
+    if names:
+        for row in rows:
+            out.print(row[0], markup=False, highlight=False, soft_wrap=True)
+        return
     table = Table(show_header=True, header_style="bold")
-    table.add_column(what.value[:-1])
-    table.add_column("description")
+    for column in (what.value[:-1], "description", *(["origin"] if what is Listable.methods else [])):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))  # names and descriptions (a plugin's too) are no markup
+    out.print(table)
+
+
+def _listing(what: Listable, tasks_dir: list[Path], built_in: bool) -> list[tuple[str, ...]]:
+    """(name, description) of each task or metric; (name, summary, origin) of each method."""
     if what is Listable.tasks:
         from bnnbench.tasks import list_tasks, task_description
 
-        for name in list_tasks(tasks_dir):
-            table.add_row(name, task_description(name, tasks_dir))
-    elif what is Listable.methods:
-        from bnnbench.methods import METHODS, find_method, origin_label, warn
+        return [(name, task_description(name, tasks_dir)) for name in list_tasks(tasks_dir)]
+    if what is Listable.metrics:
+        from bnnbench.metrics import METRICS
 
-        table.add_column("origin")
-        for name in METHODS.names():
-            if METHODS.origin(name) is None:  # built-in: the registered summary, so listing imports no torch
-                table.add_row(name, METHODS.summary(name), origin_label(None))
-                continue
+        return [(name, METRICS.summary(name)) for name in METRICS.names()]
+    from bnnbench.methods import METHODS, find_method, origin_label, warn
+
+    rows = []
+    for name in METHODS.names():
+        if METHODS.origin(name) is None:  # built-in: the registered summary, so listing imports no torch
+            rows.append((name, METHODS.summary(name), origin_label(None)))
+        elif not built_in:
             try:  # a plugin is imported to be listed: one that cannot be is a warning, not the end of the list
                 spec, origin = find_method(name)
             except BnnbenchError as error:
                 warn(str(error))
                 continue
-            table.add_row(Text(name), Text(spec.summary), Text(origin_label(origin)))  # plugin text is no markup
-    else:
-        from bnnbench.metrics import METRICS
-
-        for name in METRICS.names():
-            table.add_row(name, METRICS.summary(name))
-    out.print(table)
+            rows.append((name, spec.summary, origin_label(origin)))
+    return rows
 
 
 @app.command(epilog="Example: `bnnbench validate digits-mlp` (no names: every task)")
@@ -157,35 +172,38 @@ def run(
 ) -> None:
     """Fit one method on one task for each seed, evaluate it, and write tidy results. A seed whose run id
     already has an ok result is skipped, as in `sweep`; `--force` replaces it."""
+    from bnnbench import api
     from bnnbench.methods import parse_assignments
-    from bnnbench.runner import finished_run, prepare
-    from bnnbench.runner import run as run_seed
 
-    seeds = parse_seeds(seed)
-    plan = prepare(task, method, overrides=parse_assignments(set_), budget_name=budget, epochs=epochs,
-                   device=device, results_dir=results_dir, save_predictions=save_predictions,
-                   show_progress=not quiet, data_dir=data_dir, task_dirs=tasks_dir, tuned=tuned, compile=compile_)
-    failures = 0
-    for value in seeds:
-        existing = None if force else finished_run(plan, value)
-        if existing:
-            out.print(f"skipped {existing.name}: an ok result is already in {existing} (--force re-runs it)",
-                      markup=False, highlight=False)
-            continue
-        outcome = run_seed(plan, value)
-        record = outcome.record
-        if outcome.status == "ok":
-            scores = " ".join(f"{name} {value:.4f}" for name, value in outcome.clean_test.items())
-            out.print(f"[green]ok[/green] {escape(outcome.run_id)}: test {scores}; fit {record['fit_seconds']:.1f} s "
-                      f"({record['fit_epochs']} epochs), eval {record['eval_seconds']:.1f} s -> "
-                      f"{escape(str(outcome.directory))}")
-        else:
-            failures += 1
-            first_line = (outcome.error.strip().splitlines() or [""])[0]
-            err.print(f"[red]failed[/red] {escape(outcome.run_id)}: {escape(first_line)} -> "
-                      f"{escape(str(outcome.directory))}", soft_wrap=True)
-    if failures:
+    failed = []
+
+    def report(outcome) -> None:
+        if outcome.status == "failed":
+            failed.append(outcome.run_id)
+        _print_run(outcome)
+
+    api.run(task, method, parse_seeds(seed), parse_assignments(set_), results_dir=results_dir, budget=budget,
+            epochs=epochs, device=device, data_dir=data_dir, force=force, save_predictions=save_predictions,
+            task_dirs=tasks_dir, tuned=tuned, compile=compile_, show_progress=not quiet, on_run=report)
+    if failed:
         raise typer.Exit(1)
+
+
+def _print_run(outcome) -> None:
+    """One line for a seed of `run`: skipped, its clean-test scores and timings, or its error (on stderr)."""
+    if outcome.status == "skipped":
+        out.print(f"skipped {outcome.run_id}: an ok result is already in {outcome.directory} (--force re-runs it)",
+                  markup=False, highlight=False)
+    elif outcome.status == "ok":
+        record = outcome.record
+        scores = " ".join(f"{name} {value:.4f}" for name, value in outcome.clean_test.items())
+        out.print(f"[green]ok[/green] {escape(outcome.run_id)}: test {scores}; fit {record['fit_seconds']:.1f} s "
+                  f"({record['fit_epochs']} epochs), eval {record['eval_seconds']:.1f} s -> "
+                  f"{escape(str(outcome.directory))}")
+    else:
+        first_line = (outcome.error.strip().splitlines() or [""])[0]
+        err.print(f"[red]failed[/red] {escape(outcome.run_id)}: {escape(first_line)} -> "
+                  f"{escape(str(outcome.directory))}", soft_wrap=True)
 
 
 class Executor(str, Enum):
@@ -220,34 +238,19 @@ def sweep(
                                                      "--set values still win")] = None,
 ) -> None:
     """Run tasks x methods x seeds x grid; skips runs with an ok result, isolates failures, resumable."""
-    from bnnbench.sweep import LocalPool, expand, parse_grid, run_local, run_ray
+    from bnnbench import api
+    from bnnbench.sweep import parse_grid
 
-    if workers < 1 or (threads is not None and threads < 1):
-        raise UsageError(f"--workers and --threads must be >= 1, got {workers} and {threads}")
-    options = {"budget_name": budget, "epochs": epochs, "device": device, "results_dir": results_dir,
-               "data_dir": data_dir, "save_predictions": save_predictions,
-               "task_dirs": list(tasks_dir), **({"tuned": tuned} if tuned is not None else {})}
-    names = ([t for t in tasks.split(",") if t], [m for m in methods.split(",") if m], parse_seeds([seeds]),
-             parse_grid(set_), options)
-    if executor is Executor.local:  # the first worker expands the sweep: this process never imports torch
-        pool = LocalPool(workers, threads or 1)
-        try:
-            jobs = pool.expand(*names)
-        except BaseException:
-            pool.close()
-            raise
-    else:
-        pool, jobs = None, expand(*names)
-    table = _SweepProgress(len(jobs), workers, enabled=not quiet)
-    with table:
-        if pool is None:
-            result = run_ray(jobs, address=ray_address, cpus=workers, cpus_per_run=threads, gpus_per_run=gpus_per_run,
-                             force=force, on_update=table.update)
-        else:
-            result = run_local(jobs, force=force, on_update=table.update, pool=pool)
+    with _SweepProgress(enabled=not quiet) as progress:
+        result = api.sweep(
+            [name for name in tasks.split(",") if name], [name for name in methods.split(",") if name],
+            parse_seeds([seeds]), parse_grid(set_), executor=executor.value, workers=workers,
+            ray_address=ray_address, gpus_per_run=gpus_per_run, threads=threads, force=force, device=device,
+            results_dir=results_dir, budget=budget, epochs=epochs, data_dir=data_dir,
+            save_predictions=save_predictions, task_dirs=tasks_dir, tuned=tuned, on_update=progress.update)
     counts = {status: list(result.status.values()).count(status) for status in ("ok", "failed", "skipped")}
-    out.print(f"sweep: {len(jobs)} runs: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped; "
-              f"wall {result.wall_seconds:.1f} s, runs' own time {result.run_seconds:.1f} s")
+    out.print(f"sweep: {result.total} runs: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} "
+              f"skipped; wall {result.wall_seconds:.1f} s, runs' own time {result.run_seconds:.1f} s")
     for run_id, error in result.errors.items():
         err.print(f"[red]failed[/red] {run_id}: {error}", soft_wrap=True)
     if counts["failed"]:
@@ -255,17 +258,13 @@ def sweep(
 
 
 class _SweepProgress:
-    """A live table: done / running / failed / skipped / remaining and an ETA from the runs finished so far."""
+    """A live table: done / running / failed / skipped / remaining and an ETA from the runs finished so far. It
+    appears with the first update, once the sweep is expanded (bad input is one line, not a table first)."""
 
-    def __init__(self, total: int, workers: int, enabled: bool) -> None:
-        from rich.live import Live
-
-        self.total, self.workers, self.start = total, workers, time.perf_counter()
-        self.live = Live(self._render(None, 0), console=err, refresh_per_second=4) if enabled else None
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.live, self.start = enabled, None, time.perf_counter()
 
     def __enter__(self):
-        if self.live is not None:
-            self.live.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -273,15 +272,22 @@ class _SweepProgress:
             self.live.__exit__(*exc)
 
     def update(self, result, running: int) -> None:
-        if self.live is not None:
-            self.live.update(self._render(result, running))
+        from rich.live import Live
+
+        if not self.enabled:
+            return
+        if self.live is None:
+            self.start = time.perf_counter()
+            self.live = Live(self._render(result, running), console=err, refresh_per_second=4)
+            self.live.__enter__()
+        self.live.update(self._render(result, running))
 
     def _render(self, result, running: int):
         from rich.table import Table
 
-        statuses = list(result.status.values()) if result is not None else []
+        statuses = list(result.status.values())
         ran = statuses.count("ok") + statuses.count("failed")
-        remaining = self.total - len(statuses) - running
+        remaining = result.total - len(statuses) - running
         elapsed = time.perf_counter() - self.start
         eta = elapsed / ran * (remaining + running) if ran else float("nan")
         table = Table("done", "running", "failed", "skipped", "remaining", "elapsed s", "ETA s", title="sweep")
@@ -322,39 +328,23 @@ def tune(
 ) -> None:
     """Tune each method with the same number of trials (Optuna TPE, seeded) on the task's validation split only;
     trials run on the sweep executors and resume after a kill. Writes tuned/<task>.toml for `run --tuned`."""
-    from bnnbench.sweep import LocalPool, run_local, run_ray
-    from bnnbench.tasks import load_task
-    from bnnbench.tune import tune as run_tune
-    from bnnbench.tuned import write_tuned
+    from bnnbench import api
 
-    if workers < 1 or (threads is not None and threads < 1):
-        raise UsageError(f"--workers and --threads must be >= 1, got {workers} and {threads}")
-    spec = load_task(task, tasks_dir)
+    def report(task_name: str, method: str, number: int, value: float | None) -> None:
+        _say(f"tune {task_name} {method} trial {number}: {objective} {'failed' if value is None else f'{value:.4f}'}")
+
     names = [name for name in methods.split(",") if name]
-    options = {"budget_name": budget, "epochs": epochs, "device": device, "data_dir": data_dir,
-               "task_dirs": list(tasks_dir)}
-
-    def run_jobs(jobs, on_done):
-        if executor is Executor.ray:
-            return run_ray(jobs, address=ray_address, cpus=workers, cpus_per_run=threads, on_done=on_done)
-        return run_local(jobs, pool=LocalPool(workers, threads or 1), on_done=on_done)
-
-    def report(method: str, number: int, state: str, value: float | None) -> None:
-        if not quiet:
-            shown = "failed" if value is None else f"{value:.4f}"
-            _say(f"tune {spec.name} {method} trial {number}: {objective} {shown}")
-
-    outcome = run_tune(spec, names, trials, parse_seeds([seeds]), objective, study_dir, options, run_jobs, workers,
-                       sampler_seed, budget_seconds, report)
-    path = out_file or Path("tuned") / f"{spec.name}.toml"
-    write_tuned(path, spec, outcome)
+    tuned = api.tune(task, names, trials, parse_seeds([seeds]), objective, executor=executor.value, workers=workers,
+                     study_dir=study_dir, out=out_file, budget_seconds=budget_seconds, sampler_seed=sampler_seed,
+                     budget=budget, epochs=epochs, device=device, threads=threads, ray_address=ray_address,
+                     data_dir=data_dir, task_dirs=tasks_dir, on_trial=None if quiet else report)
     for method in names:
-        summary = outcome.summaries[method]
+        summary = tuned.outcome.summaries[method]
         best = summary.get("best_value")
         out.print(f"{method}: {summary['complete']} complete, {summary['failed']} failed of {trials} trials; best "
-                  f"{objective} {'-' if best is None else f'{best:.4f}'} {outcome.best.get(method, {})}",
+                  f"{objective} {'-' if best is None else f'{best:.4f}'} {tuned.outcome.best.get(method, {})}",
                   markup=False, highlight=False)
-    out.print(f"wrote {path}", markup=False, highlight=False)
+    out.print(f"wrote {tuned.path}", markup=False, highlight=False)
 
 
 @app.command(epilog="Example: `bnnbench compare --task digits-mlp --format markdown`")

@@ -5,7 +5,8 @@ directory already holds an `ok` run.json is skipped (`force` re-runs it). Failur
 error during fitting is a failed run.json (the runner's behaviour); a worker process that dies (killed, out of
 memory) fails only the run it held, which leaves no directory behind (results are written atomically at the
 end of a run), and a fresh worker takes its place. Workers are long-lived processes (spawned, not forked), so
-the cost of importing torch is paid once per worker, not once per run.
+the cost of importing torch is paid once per worker, not once per run. Each task file is read once, where the sweep
+is expanded; its jobs carry the loaded `TaskSpec`, so no worker reads it again.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import multiprocessing
 import os
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bnnbench.errors import BnnbenchError, UsageError
+from bnnbench.types import TaskSpec
 
 __all__ = ["Job", "LocalPool", "SweepResult", "expand", "parse_grid", "run_local", "run_ray"]
 
@@ -30,7 +32,7 @@ __all__ = ["Job", "LocalPool", "SweepResult", "expand", "parse_grid", "run_local
 class Job:
     """One run of a sweep: what `bnnbench run` would be called with, for one seed."""
 
-    task: str
+    task: TaskSpec  # loaded once where the sweep was expanded (a frozen dataclass: it pickles to the workers)
     method: str
     seed: int
     overrides: dict[str, Any]
@@ -46,6 +48,7 @@ class SweepResult:
     """How each run ended: "ok", "failed" (with its error) or "skipped" (an ok result was already there)."""
 
     status: dict[str, str] = field(default_factory=dict)  # run_id -> status
+    total: int = 0  # the jobs given to run, skipped ones included
     errors: dict[str, str] = field(default_factory=dict)
     run_seconds: float = 0.0  # the runs' own durations (run.json duration_s), summed
     wall_seconds: float = 0.0
@@ -71,15 +74,20 @@ def parse_grid(assignments: list[str]) -> list[dict[str, Any]]:
     return [parse_assignments(list(choice)) for choice in itertools.product(*axes)]
 
 
-def expand(tasks: list[str], methods: list[str], seeds: list[int], grid: list[dict[str, Any]],
+def expand(tasks: Sequence[str | Path | TaskSpec], methods: list[str], seeds: list[int], grid: list[dict[str, Any]],
            options: dict[str, Any]) -> list[Job]:
     """Every job of the sweep, with its run id and directory; validates each configuration (bad names fail
-    here, before anything runs)."""
+    here, before anything runs). A task named rather than loaded is loaded here, once, found in
+    `options["task_dirs"]` and checked against every method of the sweep."""
+    from bnnbench.methods import find_method
     from bnnbench.results import make_run_id, run_directory
-    from bnnbench.tasks import resources_for
+    from bnnbench.tasks import load_task, resources_for
 
+    specs = [find_method(method)[0] for method in methods]
+    loaded = [task if isinstance(task, TaskSpec) else load_task(task, options.get("task_dirs", ()), methods=specs)
+              for task in tasks]
     jobs = []
-    for task, method, overrides in itertools.product(tasks, methods, grid):
+    for task, method, overrides in itertools.product(loaded, methods, grid):
         plan = _plan(task, method, overrides, options)
         resources = resources_for(plan.task, options.get("budget_name"))
         gpus = 0.0 if options.get("device") == "cpu" else resources.gpus  # "auto" resolves where the run executes
@@ -100,6 +108,7 @@ def job_ended_ok(job: Job) -> bool:
 def _to_run(jobs: list[Job], force: bool, result: SweepResult) -> list[Job]:
     """The jobs still to run; the others are marked skipped in `result`."""
     pending = []
+    result.total += len(jobs)
     for job in jobs:
         if not force and job_ended_ok(job):
             result.status[job.run_id] = "skipped"
@@ -111,7 +120,7 @@ def _to_run(jobs: list[Job], force: bool, result: SweepResult) -> list[Job]:
 _PLANS: dict[str, Any] = {}  # this process's prepared plans: seeds of one configuration share one, as in `bnnbench run`
 
 
-def _plan(task: str, method: str, overrides: dict[str, Any], options: dict[str, Any]):
+def _plan(task: TaskSpec, method: str, overrides: dict[str, Any], options: dict[str, Any]):
     """`runner.prepare` of one configuration, once per process (the worker that expands the sweep reuses its
     plans for its runs)."""
     from bnnbench.runner import prepare
@@ -138,7 +147,7 @@ def _execute(job: Job) -> tuple[str, str, float]:
 class _Expand:
     """A request to a worker: expand the sweep there, so that the supervising process never imports torch."""
 
-    tasks: list[str]
+    tasks: list[str | Path | TaskSpec]
     methods: list[str]
     seeds: list[int]
     grid: list[dict[str, Any]]
@@ -205,8 +214,8 @@ class LocalPool:
             os.environ["OMP_NUM_THREADS"] = env_threads
         return _Worker(process, inbox)
 
-    def expand(self, tasks: list[str], methods: list[str], seeds: list[int], grid: list[dict[str, Any]],
-               options: dict[str, Any]) -> list[Job]:
+    def expand(self, tasks: list[str | Path | TaskSpec], methods: list[str], seeds: list[int],
+               grid: list[dict[str, Any]], options: dict[str, Any]) -> list[Job]:
         """`expand(...)`, done by the first worker: it imports torch and loads the data there, which its runs need
         anyway, while this process stays a light supervisor. Raises what expansion raises (bad input)."""
         first = self.workers[0]
@@ -300,8 +309,8 @@ def _check_feasible(cluster: dict[str, float], asks: dict[str, tuple[float, floa
         for name, wanted in (("CPU", job_cpus), ("GPU", job_gpus)):
             if wanted > cluster.get(name, 0.0):
                 flag = "--gpus-per-run 0 or --device cpu" if name == "GPU" else "--threads"
-                raise UsageError(f"run '{job.run_id}' asks for {wanted:g} {name}(s) (task {job.task}'s [resources]) "
-                                 f"but the Ray cluster has {cluster.get(name, 0.0):g}; pass {flag}")
+                raise UsageError(f"run '{job.run_id}' asks for {wanted:g} {name}(s) (task {job.task.name}'s "
+                                 f"[resources]) but the Ray cluster has {cluster.get(name, 0.0):g}; pass {flag}")
 
 
 def _ray_execute(job: Job, threads: int) -> tuple[str, str, float]:
@@ -326,47 +335,23 @@ def run_ray(jobs: list[Job], address: str | None = None, cpus: int | None = None
 
     result, start = SweepResult(), time.perf_counter()
     pending = _to_run(jobs, force, result)
-    asks = {job.run_id: (job.cpus if cpus_per_run is None else cpus_per_run,
-                         job.gpus if gpus_per_run is None else gpus_per_run) for job in pending}
     started_here = not ray.is_initialized()
     if started_here:
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=cpus, log_to_driver=False, include_dashboard=False)
-    remote = ray.remote(max_retries=0)(_ray_execute)
     try:
-        futures: dict[Any, Job] = {}
-
-        def submit(new_jobs: list[Job]) -> list[Any]:
-            for job in new_jobs:
-                asks.setdefault(job.run_id, (job.cpus if cpus_per_run is None else cpus_per_run,
-                                             job.gpus if gpus_per_run is None else gpus_per_run))
-            _check_feasible(ray.cluster_resources(), asks, new_jobs)
-            submitted = []
-            for job in new_jobs:
-                job_cpus, job_gpus = asks[job.run_id]
-                threads = max(1, int(job_cpus))
-                env = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
-                call = remote.options(num_cpus=job_cpus, num_gpus=job_gpus, runtime_env=env)
-                future = call.remote(job, threads)
-                futures[future] = job
-                submitted.append(future)
-            return submitted
-
-        waiting = submit(pending)
+        runs = _RayRuns(ray, cpus_per_run, gpus_per_run)
+        waiting = runs.submit(pending)
         if on_update is not None:
             on_update(result, len(waiting))
         while waiting:
             done, waiting = ray.wait(waiting, num_returns=1)
-            job = futures[done[0]]
-            try:
-                status, error, seconds = ray.get(done[0])
-            except ray.exceptions.RayError as failure:  # the worker died, or Ray could not run the task
-                status, error, seconds = "failed", f"{type(failure).__name__}: {str(failure).splitlines()[0]}", 0.0
+            job, (status, error, seconds) = runs.outcome(done[0])
             result.record(job.run_id, status, error, seconds)
             if on_done is not None:
-                waiting += submit(_to_run(on_done(job.run_id, status, error), force, result))
+                waiting += runs.submit(_to_run(on_done(job.run_id, status, error), force, result))
             if on_update is not None:
                 on_update(result, len(waiting))
     finally:
@@ -374,3 +359,36 @@ def run_ray(jobs: list[Job], address: str | None = None, cpus: int | None = None
             ray.shutdown()
     result.wall_seconds = time.perf_counter() - start
     return result
+
+
+class _RayRuns:
+    """The Ray tasks of a sweep: what each job asks the cluster for, and which job each future runs."""
+
+    def __init__(self, ray: Any, cpus_per_run: float | None, gpus_per_run: float | None) -> None:
+        self.ray, self.cpus_per_run, self.gpus_per_run = ray, cpus_per_run, gpus_per_run
+        self.remote = ray.remote(max_retries=0)(_ray_execute)
+        self.asks: dict[str, tuple[float, float]] = {}  # run_id -> (CPUs, GPUs)
+        self.jobs: dict[Any, Job] = {}  # future -> its job
+
+    def submit(self, jobs: list[Job]) -> list[Any]:
+        """Futures of `jobs`; UsageError, before any is submitted, for one no node could take."""
+        for job in jobs:
+            self.asks.setdefault(job.run_id, (job.cpus if self.cpus_per_run is None else self.cpus_per_run,
+                                              job.gpus if self.gpus_per_run is None else self.gpus_per_run))
+        _check_feasible(self.ray.cluster_resources(), self.asks, jobs)
+        futures = []
+        for job in jobs:
+            job_cpus, job_gpus = self.asks[job.run_id]
+            threads = max(1, int(job_cpus))
+            env = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
+            future = self.remote.options(num_cpus=job_cpus, num_gpus=job_gpus, runtime_env=env).remote(job, threads)
+            self.jobs[future] = job
+            futures.append(future)
+        return futures
+
+    def outcome(self, future: Any) -> tuple[Job, tuple[str, str, float]]:
+        """The job of a finished future and its (status, error, seconds); a worker that died fails the run."""
+        try:
+            return self.jobs[future], self.ray.get(future)
+        except self.ray.exceptions.RayError as failure:  # the worker died, or Ray could not run the task
+            return self.jobs[future], ("failed", f"{type(failure).__name__}: {str(failure).splitlines()[0]}", 0.0)

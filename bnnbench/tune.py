@@ -146,7 +146,7 @@ class Tuner:
         """The runs of one trial: one per seed (`sweep.expand`, which checks that the configuration loads)."""
         from bnnbench.sweep import expand
 
-        return expand([str(self.task.path)], [method], self.seeds if seeds is None else seeds, [params], self.options)
+        return expand([self.task], [method], self.seeds if seeds is None else seeds, [params], self.options)
 
     def run(self) -> TuneOutcome:
         import optuna
