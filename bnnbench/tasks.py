@@ -182,7 +182,7 @@ def _parse(raw: dict[str, Any], path: Path) -> TaskSpec:
 def _tune(table: dict[str, Any], where: str) -> dict[str, dict[str, Dimension]]:
     """`[tune.<method>]`: per method, hyper-parameter -> {distribution, low, high} or {distribution =
     "categorical", choices}, a search-space dimension that replaces the method's own (`bnnbench tune`). Whether the
-    method has that hyper-parameter is checked where the method is known (`validate_task`)."""
+    method has that hyper-parameter is checked where the method is known (`_checked_method_tables`)."""
     spaces: dict[str, dict[str, Dimension]] = {}
     for method, entries in table.items():
         if not isinstance(entries, dict):
