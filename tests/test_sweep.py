@@ -76,23 +76,30 @@ def _workers(parent: int) -> list[int]:
 
 
 def test_a_worker_killed_mid_training_fails_only_its_run_and_the_rerun_completes(tmp_path):
+    """The worker is killed once it holds the run (the sweep's own report of a busy worker), not after a guessed
+    time: on a loaded machine a fixed wait could kill the worker while it still expanded the sweep."""
+    from bnnbench import api
+
     results = tmp_path / "results"
-    command = [sys.executable, "-m", "bnnbench", "sweep", "--tasks", "digits-mlp", "--methods", "map", "--seeds",
-               "0", "--epochs", "1000", "--results-dir", str(results), "--quiet", *CPU]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    sweep = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (workers := _workers(sweep.pid)) and time.time() < deadline:
-        time.sleep(0.2)
-    assert workers, "no worker process appeared"
-    time.sleep(6)  # the worker has imported torch and is training (1,000 epochs take ~13 s)
-    assert sweep.poll() is None
-    os.kill(workers[0], signal.SIGKILL)
-    out, err = sweep.communicate(timeout=120)
-    assert sweep.returncode == 1, out + err
-    assert "1 runs: 0 ok, 1 failed" in out and "worker process died (exit code -9)" in err
+    killed: list[int] = []
+
+    def kill_the_busy_worker(result, running: int) -> None:
+        if running and not killed:
+            (worker,) = _workers(os.getpid())
+            os.kill(worker, signal.SIGKILL)
+            killed.append(worker)
+
+    outcome = api.sweep(["digits-mlp"], ["map"], seeds=[0], epochs=1000, results_dir=results, device="cpu",
+                        threads=1, on_update=kill_the_busy_worker)
+    assert killed, "no worker was ever busy"
+    assert list(outcome.status.values()) == ["failed"], outcome.status
+    (error,) = outcome.errors.values()
+    assert "worker process died (exit code -9)" in error, error
     assert not list(results.glob("digits-mlp/map/*")), "a killed run left files behind"
-    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "bnnbench", "sweep", "--tasks", "digits-mlp", "--methods", "map", "--seeds",
+               "0", "--epochs", "1000", "--results-dir", str(results), "--quiet", *CPU]  # the same run id
+    rerun = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                           timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert "1 runs: 1 ok" in rerun.stdout
     assert len(list(results.glob("digits-mlp/map/*/metrics.csv"))) == 1
