@@ -102,12 +102,10 @@ def task_description(name_or_path: str | Path, task_dirs: Sequence[str | Path] =
 
 
 def _read_with_includes(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    if not path.is_file():
-        raise UsageError(f"task file {path} does not exist")
     if path in seen:
         raise UsageError(f"{path}: 'include' loops back to itself")
     try:
-        raw = tomlfile.loads(path.read_text())
+        raw = tomlfile.loads(_task_text(path))
     except tomlfile.TOMLDecodeError as error:
         raise UsageError(f"{path}: malformed TOML: {error}") from None
     include = raw.pop("include", None)
@@ -117,6 +115,26 @@ def _read_with_includes(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise UsageError(f"{path}: key 'include' must be a file name, got {include!r}")
     base = _read_with_includes(path.parent / include, seen + (path,))
     return _merge(base, raw, replace=_REPLACED_WHOLE)
+
+
+def _task_text(path: Path) -> str:
+    """The file's text, or UsageError naming the file and why it cannot be read. TOML is UTF-8 whatever the locale
+    says, so the bytes are decoded as UTF-8 here rather than by `read_text`."""
+    if not path.exists():
+        raise UsageError(f"task file {path} does not exist")
+    if not path.is_file():  # a directory named x.toml, or a pipe, which reading would block on
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise UsageError(f"task file {path} is {kind}; give the path of a .toml file")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UsageError(f"task file {path} cannot be read: {error.strerror or error}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise UsageError(f"task file {path} is not UTF-8 text: line {line} holds the byte "
+                         f"0x{data[error.start]:02x}; save it as UTF-8, as TOML requires") from None
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any], replace: frozenset[str] = frozenset()) -> dict[str, Any]:
