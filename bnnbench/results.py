@@ -25,17 +25,21 @@ from typing import Any
 from bnnbench.atomic import write_directory
 from bnnbench.errors import UsageError
 
-__all__ = ["METRIC_COLUMNS", "SCHEMA_VERSION", "check_output_file", "check_writable", "config_hash", "git_state",
-           "json_safe", "load_results", "machine_name", "make_run_id", "run_directory", "run_ended_ok",
+__all__ = ["IDENTITY", "METRIC_COLUMNS", "SCHEMA_VERSION", "check_output_file", "check_writable", "config_hash",
+           "git_state", "json_safe", "load_results", "machine_name", "make_run_id", "run_directory", "run_ended_ok",
            "write_run"]
 
 SCHEMA_VERSION = 1
+# What a run id covers. 2 (issue 30): the whole effective configuration (every task table after includes and
+# overrides, the method's settings, the budget, the data's fingerprint, the bnnbench version). 1, the run.json
+# without the key: hyper-parameters and budget only, so two models of one task could share a run id.
+IDENTITY = 2
 METRIC_COLUMNS = ["run_id", "task", "task_version", "method", "seed", "split", "corruption", "severity",
                   "metric", "value"]
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of what changes a run's numbers (hyper-parameters and budget)."""
+    """sha256 of the canonical JSON of what changes a run's numbers (`runner._identity` says what that is)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -257,6 +261,7 @@ def load_results(results_dir: Path, warn: Callable[[str], None] | None = None):
         records.append(record)
         if frame is not None:
             frames.append(frame)
+    _warn_of_old_identities(records, results_dir, warn)
     runs = pd.DataFrame.from_records(records)
     metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
     if not runs.empty:  # attach the configuration hash so identical method names with other settings differ
@@ -265,6 +270,16 @@ def load_results(results_dir: Path, warn: Callable[[str], None] | None = None):
         runs = with_variant(runs)
         metrics = metrics.merge(runs[["run_id", "config_hash", "status", "data_variant"]], on="run_id", how="left")
     return runs, metrics
+
+
+def _warn_of_old_identities(records: list[dict[str, Any]], results_dir: Path, warn: Callable[[str], None]) -> None:
+    """One line when some runs have run ids of the old kind, which did not cover the task's tables: they are read
+    and shown apart from new runs (another config hash), but two models of a task may share one of their ids."""
+    old = [record for record in records if record.get("identity", 1) < IDENTITY]
+    if old:
+        warn(f"{len(old)} run(s) under {results_dir} have run ids of the old kind (identity 1: hyper-parameters "
+             "and budget only, not the task's [model] and [data]); they are kept apart from new runs, and re-running "
+             "them gives ids of the new kind")
 
 
 def run_ended_ok(directory: Path) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 
 from bnnbench.errors import BnnbenchError, UsageError, unknown_choice
 from bnnbench.results import (
+    IDENTITY,
     SCHEMA_VERSION,
     check_writable,
     config_hash,
@@ -61,6 +62,7 @@ class RunPlan:
     # torch.compile the network (`--compile`). Like the device, it is where and how the run executes, not what it
     # measures, so it stays out of the config hash; run.json records it (and a fallback to eager).
     compile: bool = False
+    identity: dict[str, Any] = dataclasses.field(default_factory=dict)  # what config_hash hashes, for run.json
 
 
 @dataclass(frozen=True)
@@ -143,10 +145,10 @@ def prepare(task: str | Path | TaskSpec, method_name: str, *, overrides: dict[st
     root = data_root(data_dir)
     loaded = _load(task, root) if load else None
     _check_validation_split(task, spec, method, loaded, validation_only)
-    identity = _identity(task, method, budget, loaded, model_overrides, validation_only, tuning)
+    identity = _identity(task, method, budget, loaded, validation_only, tuning)
     return RunPlan(task, method, budget, budget_label, device_name, Path(results_dir), config_hash(identity.config),
                    save_predictions, show_progress, root, identity.variant, identity.hmc_reference, validation_only,
-                   tuning, compile)
+                   tuning, compile, identity.config)
 
 
 def _check_validation_split(task: TaskSpec, spec: MethodSpec, method: Method, loaded: Any,
@@ -168,18 +170,23 @@ class _Identity:
     hmc_reference: Any
 
 
-def _identity(task: TaskSpec, method: Method, budget: Budget, loaded: Any, model_overrides: dict[str, Any],
+def _identity(task: TaskSpec, method: Method, budget: Budget, loaded: Any,
               validation_only: bool, tuning: dict[str, Any] | None) -> _Identity:
     """What makes two runs of one task and method the same experiment: the configuration the config hash covers,
     the data variant and a fidelity task's HMC reference."""
     from bnnbench.data.splits import eval_plan
 
     variant = eval_plan(task.eval, loaded, str(task.path)).variant if loaded else "standard"
-    config = {"hparams": dataclasses.asdict(method.hparams), "budget": dataclasses.asdict(budget)}
+    # Every table that changes the numbers, as loaded and overridden (an edited copy of a task file is another
+    # experiment under the same name), and the code's version; not `[resources]` (where a run executes) nor
+    # `[methods]`/`[tune]`, which act through the hyper-parameters.
+    config = {"hparams": dataclasses.asdict(method.hparams), "budget": dataclasses.asdict(budget),
+              "task": {"likelihood": task.likelihood, "likelihood_options": task.likelihood_options,
+                       "data": task.data, "model": task.model, "train": task.train, "eval": task.eval,
+                       "posterior": task.posterior},
+              "bnnbench": __version__}
     if loaded and "data_fingerprint" in loaded.info:  # other files, other experiment: never the same run id
         config["data_fingerprint"] = loaded.info["data_fingerprint"]["sha256"]
-    if model_overrides:  # a pretrained network is another configuration than one trained from scratch
-        config["model_overrides"] = model_overrides
     if variant != "standard":  # official and generated CIFAR-10-C runs must not share a run id
         config["data_variant"] = variant
     if method.origin is not None:  # another plugin release is other code: never the same run id (built-ins: no key)
@@ -371,6 +378,8 @@ def _base_record(plan: RunPlan, run_id: str, seed: int) -> dict[str, Any]:
         "budget": dataclasses.asdict(plan.budget),
         "budget_name": plan.budget_name,
         "config_hash": plan.config_hash,
+        "identity": IDENTITY,
+        "identity_config": plan.identity,  # config_hash is its sha256 (results.config_hash)
         "evaluated": "val" if plan.validation_only else "all",
         "status": "ok",
         "error": "",
