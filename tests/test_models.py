@@ -8,7 +8,7 @@ import torch
 from bnnbench.data import load_data
 from bnnbench.data.timeseries import EMBEDDED
 from bnnbench.errors import UsageError
-from bnnbench.models import create_model
+from bnnbench.models import MAX_PARAMETER_BYTES, check_buildable, create_model
 from bnnbench.tasks import list_tasks, load_task
 
 IMAGE_FILES = {"cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}  # sources that need files
@@ -56,3 +56,66 @@ def test_vit_is_timm_and_checks_patch_size():
     assert isinstance(model, VisionTransformer) and model.patch_embed.num_patches == 16
     with pytest.raises(UsageError, match="not divisible by patch_size=3"):
         create_model({"name": "vit", "patch_size": 3}, (1, 8, 8), 10)
+
+
+# ------------------------------------------------------------------------- sizing at the door (issue 30)
+
+GOOD_MODELS = [
+    ({"name": "linear"}, (10,), 1),
+    ({"name": "mlp", "hidden": [32, 16]}, (1, 8, 8), 10),
+    ({"name": "cnn", "channels": [8, 16], "hidden": 32}, (1, 8, 8), 10),
+    ({"name": "vit", "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}, (3, 32, 32), 10),
+    ({"name": "resnet", "architecture": "resnet18"}, (3, 32, 32), 100),
+    ({"name": "forecast-mlp", "hidden": [16]}, (24,), 6),
+    ({"name": "dlinear", "moving_average": 5}, (24,), 6),
+    ({"name": "patchtst", "patch_len": 8, "stride": 4, "width": 16, "depth": 1, "heads": 2}, (24,), 6),
+]
+
+
+@pytest.mark.parametrize(("model", "shape", "outputs"), GOOD_MODELS, ids=[m["name"] for m, _, _ in GOOD_MODELS])
+def test_the_meta_build_counts_the_parameters_of_the_real_network(model, shape, outputs):
+    real = create_model(model, shape, outputs)
+    assert check_buildable(model, shape, outputs) == sum(parameter.numel() for parameter in real.parameters())
+
+
+def test_a_negative_width_is_refused_naming_the_model_and_the_error():
+    with pytest.raises(UsageError) as error:
+        check_buildable({"name": "mlp", "hidden": [-5]}, (64,), 10, "task.toml")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("task.toml: cannot build model 'mlp' (hidden = [-5])")
+    assert "RuntimeError: Trying to create tensor with negative dimension -5" in message
+
+
+def test_heads_that_do_not_divide_the_width_are_refused_not_asserted():
+    with pytest.raises(UsageError, match=r"model 'vit' \(embed_dim = 65\).*AssertionError: dim should be divisible"):
+        check_buildable({"name": "vit", "embed_dim": 65}, (3, 32, 32), 10)
+
+
+def test_a_huge_width_is_refused_with_its_count_and_memory_without_allocating_it():
+    with pytest.raises(UsageError) as error:  # 1e18 parameters: only the meta device can hold them
+        check_buildable({"name": "mlp", "hidden": [1_000_000_000, 1_000_000_000]}, (64,), 10, "task.toml")
+    message = str(error.value)
+    assert "\n" not in message and "model 'mlp' (hidden = [1000000000, 1000000000])" in message
+    assert "1,000,000,076,000,000,010 parameters, 3.5 EiB as float32" in message
+    assert "limit of 1,073,741,824 parameters (4.0 GiB)" in message
+
+
+def test_the_parameter_limit_is_inclusive():
+    limit = MAX_PARAMETER_BYTES // 4
+    assert check_buildable({"name": "linear"}, (limit - 1,), 1) == limit  # weights and one bias
+    with pytest.raises(UsageError, match="1,073,741,825 parameters, 4.0 GiB as float32"):
+        check_buildable({"name": "linear"}, (limit,), 1)
+
+
+def test_a_pretrained_network_is_sized_without_its_weights(monkeypatch):
+    import timm
+
+    import bnnbench.models.pretrained as pretrained
+
+    def no_weights(name: str) -> str:
+        raise AssertionError("sizing a network must not look for its weights")
+
+    monkeypatch.setattr(pretrained, "cached_weights", no_weights)
+    model = {"name": "vit", "patch_size": 4, "pretrained": True}
+    real = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, num_classes=10)  # its architecture
+    assert check_buildable(model, (3, 32, 32), 10) == sum(parameter.numel() for parameter in real.parameters())

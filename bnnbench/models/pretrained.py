@@ -55,14 +55,18 @@ def cached_weights(name: str) -> str:
 def create_pretrained(name: str, **options: Any) -> nn.Module:
     """timm model `name` (ARCHITECTURE.TAG) with its cached pretrained weights, adapted by timm to
     `options` (num_classes gets a new head; img_size and patch_size resample position and patch
-    embeddings), wrapped in its pre-training normalisation."""
+    embeddings), wrapped in its pre-training normalisation. Under `torch.device("meta")` the network is built with
+    timm's initialisation instead: its shapes are the same, and sizing it must not read a weights file."""
     import timm
     from timm.models import get_pretrained_cfg
 
-    path = cached_weights(name)
-    try:
-        net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path}, **options)
-    except (RuntimeError, ValueError, KeyError) as error:
-        raise UsageError(f"cannot load pretrained weights '{name}' from {path}: {error}") from None
+    if torch.get_default_device().type == "meta":  # sizing the network (models.check_buildable): no weights needed
+        net = timm.create_model(name, pretrained=False, **options)
+    else:
+        path = cached_weights(name)
+        try:
+            net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path}, **options)
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise UsageError(f"cannot load pretrained weights '{name}' from {path}: {error}") from None
     config = get_pretrained_cfg(name)
     return Normalized(net, config.mean, config.std)
