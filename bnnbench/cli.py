@@ -669,6 +669,10 @@ def doctor(
         raise typer.Exit(1)
 
 
+# The click that the installed typer raises from: typer >= 0.2x vendors it as typer._click, older ones use click.
+_CLICK_EXCEPTIONS = sys.modules[typer.BadParameter.__module__]
+
+
 def main() -> None:
     """Entry point: usage errors become one line on stderr and exit code 2."""
     try:
@@ -677,19 +681,40 @@ def main() -> None:
             err.print("aborted")
         sys.exit(code if isinstance(code, int) else 0)
     except BnnbenchError as error:
-        err.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+        _say(f"error: {error}")
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         sys.exit(130)
-    except Exception as error:  # click's own usage errors in non-standalone mode
-        # typer vendors its own click (typer._click), whose ClickException is not click's: match the interface
-        if callable(getattr(error, "show", None)) and isinstance(getattr(error, "exit_code", None), int):
-            error.show()
-            sys.exit(error.exit_code)
+    except _CLICK_EXCEPTIONS.ClickException as error:
+        if isinstance(error, getattr(_CLICK_EXCEPTIONS, "NoArgsIsHelpError", ())):
+            error.show()  # a bare `bnnbench` or `bnnbench data`: the help, as click prints it
+        else:
+            _say(f"error: {_click_error_line(error)}")
+        sys.exit(error.exit_code)
+    except Exception as error:
         # a bug outside any run (runs record their own failures): one line, the trace on request
         if os.environ.get("BNNBENCH_TRACEBACK"):
             raise
-        err.print(f"internal error: {error_line(error)} (BNNBENCH_TRACEBACK=1 shows where)",
-                  markup=False, highlight=False, soft_wrap=True)
+        _say(f"internal error: {error_line(error)} (BNNBENCH_TRACEBACK=1 shows where)")
         sys.exit(1)
+
+
+def _click_error_line(error: Exception) -> str:
+    """click's message on one line, without the usage block and help hint that click's `show` puts above it.
+    typer's pydantic coercion words a bad value without quoting it ("Input should be a valid integer"), so the
+    value is added where the message lacks it; its "Value error, " prefix says nothing to a user."""
+    message = " ".join(error.format_message().split()).replace("Value error, ", "")
+    bad_value = _rejected_input(error)
+    if bad_value is not None and repr(bad_value) not in message:
+        message = f"{message.rstrip('.')}, got {bad_value!r}"
+    return message
+
+
+def _rejected_input(error: Exception) -> object | None:
+    """The value typer's pydantic validation rejected (the cause of its BadParameter), or None."""
+    errors = getattr(error.__cause__, "errors", None)
+    try:
+        return errors()[0].get("input") if callable(errors) else None
+    except (IndexError, AttributeError, TypeError):
+        return None

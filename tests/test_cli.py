@@ -38,9 +38,42 @@ def test_list_shows_registered_names(cli):
     assert "ece" in cli("list", "metrics").stdout
 
 
-def test_missing_argument_is_a_usage_error_not_a_traceback(cli):
-    result = cli("list")
-    assert result.code == 2 and "Missing argument 'what'" in result.stderr and "Traceback" not in result.stderr
+CLICK_USAGE_ERRORS = [
+    (["run", "--task", "digits-mlp", "--method", "map", "--epochs", "abc"], ["'--epochs'", "valid integer", "'abc'"]),
+    (["compare", "--format", "bogus"], ["'--format'", "'bogus'", "'table', 'markdown', 'csv', 'json', 'latex'"]),
+    (["list", "bogus"], ["'what'", "'bogus'", "'tasks', 'methods', 'metrics'"]),
+    (["list"], ["Missing argument 'what'", "tasks, methods, metrics"]),
+    (["sweep", "--tasks", "digits-mlp", "--methods", "map", "--executor", "slurm"], ["'slurm'", "'local', 'ray'"]),
+    (["run", "--task", "digits-mlp"], ["Missing option '--method'"]),
+    (["run", "--tsk", "digits-mlp", "--method", "map"], ["No such option: --tsk", "--task"]),
+    (["list", "tasks", "extra"], ["unexpected extra argument", "extra"]),
+    (["compare", "--results-dir"], ["'--results-dir' requires an argument"]),
+]
+
+
+@pytest.mark.parametrize(("args", "fragments"), CLICK_USAGE_ERRORS)
+def test_click_usage_errors_are_one_line(cli, args, fragments):
+    """click's own errors (a bad value, choice, missing or unknown option, an extra argument) as bnnbench's: one
+    line naming the value and the choices, without click's usage block and help hint."""
+    result = cli(*args)
+    assert_usage_error(result, "error: ", *fragments)
+    assert "Usage:" not in result.stderr + result.stdout and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("args", "fragments"), [CLICK_USAGE_ERRORS[0], CLICK_USAGE_ERRORS[1]])
+def test_click_usage_errors_are_one_line_from_the_installed_command(args, fragments):
+    done = subprocess.run([sys.executable, "-m", "bnnbench", *args], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error: ") and all(fragment in line for fragment in fragments), line
+    assert "Usage:" not in done.stdout + done.stderr
+
+
+def test_help_is_still_click_s(cli):
+    """The one-line errors leave help alone: `--help` exits 0, a bare group shows its help and exits 2."""
+    assert cli("--help").code == 0 and "Usage:" in cli("--help").stdout
+    bare = cli("data")
+    assert bare.code == 2 and "download" in bare.stdout + bare.stderr
 
 
 def test_validate_all_tasks(cli):
@@ -126,3 +159,4 @@ def test_diverging_run_is_recorded_as_failed(cli, results_dir):
     record = json.loads(run_json.read_text())
     assert record["status"] == "failed" and "DivergenceError" in record["error"]
     assert not run_json.with_name("metrics.csv").exists()
+
