@@ -435,6 +435,8 @@ def check(
     settings = load_check_config(config)
     base = load_baseline(baseline)
     runs, metrics = load_results(results_dir, _warn)
+    if runs.empty:  # nothing to check is bad input, as for compare, baseline and report: not a table of '?'
+        raise UsageError(f"no runs found under '{results_dir}'; run `bnnbench run` first")
     result = check_results(base, aggregate(runs, metrics), settings)
     shown = result[result["mark"] != " "] if only_changed else result
     out.print(check_result_table(shown, settings))

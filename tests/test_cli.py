@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,8 +147,22 @@ def test_baseline_with_missing_columns(cli, tmp_path):
     assert_usage_error(result, str(path), "lacks columns", "task_version")
 
 
-def test_compare_without_results(cli, results_dir):
-    assert_usage_error(cli("compare", "--results-dir", str(results_dir)), "no runs found")
+BASELINE = Path(__file__).resolve().parents[1] / "results" / "baselines" / "ci-cpu.csv"
+
+
+@pytest.mark.parametrize("command", ["check", "compare", "baseline", "report"])
+@pytest.mark.parametrize("made", [True, False], ids=["empty", "missing"])
+def test_read_commands_without_runs_exit_2_with_one_line(cli, tmp_path, command, made):
+    """Nothing to read is bad input for every command that reads results: the same exit code and one line."""
+    results = tmp_path / "results"
+    if made:
+        results.mkdir()
+    written = tmp_path / "written"
+    options = {"check": ["--baseline", str(BASELINE)], "compare": [], "baseline": ["--out", str(written)],
+               "report": ["--out", str(written)]}[command]
+    result = cli(command, *options, "--results-dir", str(results))
+    assert_usage_error(result, f"no runs found under '{results}'")
+    assert not written.exists()
 
 
 def test_diverging_run_is_recorded_as_failed(cli, results_dir):
