@@ -49,7 +49,15 @@ def score_split(predictive: Predictive, likelihood: Likelihood, data: Split, met
     metric the leaderboard reports."""
     mixture, targets = _in_series_units(likelihood, predict_mixture(predictive, likelihood, data, n_samples,
                                                                     batch_size, device), data)
-    return METRICS.get(metric).score(likelihood.name, mixture, targets, data.windows)
+    with _quiet_on_non_finite():
+        return METRICS.get(metric).score(likelihood.name, mixture, targets, data.windows)
+
+
+def _quiet_on_non_finite() -> np.errstate:
+    """numpy's error state for scoring a predictive. One that holds NaN or inf scores NaN or inf, which the runner
+    reports as the run's one failure line; numpy's warnings on the way (a cast of NaN, an overflow in exp) would
+    only be lines above it."""
+    return np.errstate(all="ignore")
 
 
 def _predict(predictive: Predictive, likelihood: Likelihood, data: Split, n_samples: int, batch_size: int,
@@ -81,7 +89,7 @@ def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], met
     evaluation = Evaluation(rows=[])
     test_scores: dict[str, np.ndarray] = {}
     start = time.perf_counter()
-    with progress_bar(show_progress) as progress:
+    with progress_bar(show_progress) as progress, _quiet_on_non_finite():
         bar = progress.add_task("evaluate", total=len(splits), status="")
         for split in splits:
             progress.update(bar, advance=1, status=f"{split.split} {split.corruption} {split.severity}")

@@ -175,3 +175,15 @@ def test_diverging_run_is_recorded_as_failed(cli, results_dir):
     assert record["status"] == "failed" and "DivergenceError" in record["error"]
     assert not run_json.with_name("metrics.csv").exists()
 
+
+def test_a_run_whose_predictive_is_not_finite_fails_in_one_line(results_dir):
+    """SWAG with an absurd covariance scale trains fine and predicts NaN: the evaluator's numpy computes on NaN
+    (ECE casts it to a bin index), and its RuntimeWarnings must not add lines above the run's failure line. A
+    subprocess, as pytest would otherwise capture the warnings itself."""
+    done = subprocess.run([sys.executable, "-m", "bnnbench", "run", "--task", "digits-mlp", "--method", "swag",
+                           "--budget", "ci", "--set", "scale=1e30", "--device", "cpu", "--quiet",
+                           "--results-dir", str(results_dir)],
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert done.returncode == 1, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("failed digits-mlp.v1.swag.") and "a metric is not finite" in line, line
