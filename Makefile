@@ -39,9 +39,10 @@ report-check: install  ## a report rendered in headless Chromium: every section 
 	rm -rf report-check && mkdir report-check
 	REPORT_CHECK_OUT=report-check $(BIN)/pytest -q -m browser tests/test_report.py
 
-lint: install  ## ruff, and the package's layers (pyproject's import-linter contracts)
+lint: install  ## ruff, the package's layers (pyproject's import-linter contracts), nothing newer than Python 3.10
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/vermin --target=3.10- --violations --eval-annotations --no-tips --no-config-file bnnbench
 
 fmt: install
 	$(BIN)/ruff check --fix .
