@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import pty
+import re
+import select
 import signal
 import subprocess
 import sys
@@ -75,6 +78,14 @@ def _workers(parent: int) -> list[int]:
     return found
 
 
+def _alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie, awaiting its parent's wait, has ended)."""
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
 def test_a_worker_killed_mid_training_fails_only_its_run_and_the_rerun_completes(tmp_path):
     """The worker is killed once it holds the run (the sweep's own report of a busy worker), not after a guessed
     time: on a loaded machine a fixed wait could kill the worker while it still expanded the sweep."""
@@ -119,8 +130,7 @@ def test_workers_of_a_killed_sweep_do_not_outlive_it(tmp_path):
     sweep.kill()
     sweep.wait(timeout=30)
     deadline = time.time() + 60
-    while any(Path(f"/proc/{pid}").exists() and "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-              for pid in workers) and time.time() < deadline:
+    while any(map(_alive, workers)) and time.time() < deadline:
         time.sleep(0.2)
     assert time.time() < deadline, "a worker outlived its killed sweep"
 
@@ -132,26 +142,72 @@ def _interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+TABLE_EDGES = "┏┃┡│└"  # first characters of the lines of rich's table (its default box)
+
+
+def _screen(raw: bytes) -> list[str]:
+    """What a terminal showed, as stripped lines without ANSI codes: every frame of the live table, then the rest."""
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw.decode(errors="replace"))
+    return [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+
+
+def _running(raw: bytes) -> int:
+    """The 'running' count of the sweep's latest live-table row (done, running, failed, ...), 0 before the first."""
+    rows = [cells for line in _screen(raw) if line.startswith("│")
+            and len(cells := [cell.strip() for cell in line.strip("│").split("│")]) == 7]
+    return int(rows[-1][1]) if rows else 0
+
+
+def _read(terminal: int, raw: bytearray, until, deadline: float) -> bool:
+    """Read what the sweep writes to `terminal` into `raw` until `until(raw)` holds, the writers are all gone (EIO)
+    or the deadline passes (the pty's buffer must be drained anyway, or the sweep would block writing)."""
+    while not until(raw) and time.time() < deadline:
+        if select.select([terminal], [], [], 0.1)[0]:
+            try:
+                chunk = os.read(terminal, 65536)
+            except OSError:  # EIO: no process holds the terminal any more
+                break
+            if not chunk:
+                break
+            raw += chunk
+    return until(raw)
+
+
 def test_ctrl_c_stops_the_sweep_and_its_workers_and_leaves_no_run(tmp_path):
+    """Ctrl-C once both workers hold a run, as the sweep itself reports it (the 'running' column of its live
+    table, drawn because stderr is a terminal here), not after a guessed time: on a loaded machine a fixed wait
+    could land while they still imported torch or expanded the sweep."""
     results = tmp_path / "results"
     command = [sys.executable, "-m", "bnnbench", "sweep", "--tasks", "digits-mlp", "--methods", "map", "--seeds",
-               "0-1", "--epochs", "1000", "--workers", "2", "--results-dir", str(results), "--quiet", *CPU]
-    sweep = subprocess.Popen(command, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
-    deadline = time.time() + 60
-    while len(workers := _workers(sweep.pid)) < 2 and time.time() < deadline:
-        time.sleep(0.2)
-    assert len(workers) == 2, "the workers did not appear"
-    time.sleep(6)  # both are training
-    os.killpg(sweep.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
-    out, err = sweep.communicate(timeout=60)
-    assert sweep.returncode == 130, out + err
-    assert err.strip() == "aborted", err  # no worker's traceback
+               "0-1", "--epochs", "1000", "--workers", "2", "--results-dir", str(results), *CPU]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TTY_")}  # rich's overrides
+    env |= {"OMP_NUM_THREADS": "1", "TERM": "xterm", "COLUMNS": "120"}
+    terminal, its_end = pty.openpty()
+    sweep = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=its_end, text=True,
+                             preexec_fn=_interruptible)
+    os.close(its_end)
+    raw = bytearray()
+    try:
+        assert _read(terminal, raw, lambda seen: _running(seen) == 2, time.time() + 120), _screen(raw)[-12:]
+        workers = _workers(sweep.pid)
+        assert len(workers) == 2, workers
+        os.killpg(sweep.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
+        _read(terminal, raw, lambda seen: False, time.time() + 60)  # to the end: the sweep and its workers gone
+        out, _ = sweep.communicate(timeout=60)
+    finally:
+        if sweep.poll() is None:  # a failed wait: leave no sweep behind
+            os.killpg(sweep.pid, signal.SIGKILL)
+            sweep.wait()
+        os.close(terminal)
+    assert sweep.returncode == 130, out + "\n".join(_screen(raw))
+    # below the live table one line, "aborted": no worker's traceback
+    assert [line for line in _screen(raw) if line[0] not in TABLE_EDGES and line != "sweep"] == ["aborted"]
     assert not [path for path in results.rglob("*") if path.is_dir() and path.parent.name == "map"], \
         "an interrupted run left a directory (final or staging) behind"
-    time.sleep(0.5)
-    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()
-                and "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()], "a worker outlived the sweep"
+    deadline = time.time() + 10
+    while any(map(_alive, workers)) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_alive, workers)), "a worker outlived the sweep"
 
 
 @pytest.mark.slow  # starting a local Ray takes ~10-20 s on two cores
