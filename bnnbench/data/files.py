@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bnnbench.errors import UsageError, unknown_choice
+from bnnbench.errors import UsageError, error_line, unknown_choice
 
 __all__ = ["DATA_ENV", "CifarArrays", "data_root", "missing_file", "read_cifar", "read_svhn_test"]
 
@@ -78,15 +81,34 @@ class _DataOnlyUnpickler(pickle.Unpickler):
 def _unpickle(path: Path) -> dict[bytes, Any]:
     # The official files are Python 2 pickles; encoding="bytes" keeps their str keys as bytes, so keys are
     # b"data" whichever Python wrote the file. Only data types may be named (`_DataOnlyUnpickler`).
-    try:
-        with open(path, "rb") as handle:
-            content = _DataOnlyUnpickler(handle, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
-            IndexError) as error:
-        raise UsageError(f"{path}: not a CIFAR python pickle ({type(error).__name__}: {error})") from None
+    with _unraisable_errors() as unraisable:
+        try:
+            with open(path, "rb") as handle:
+                content = _DataOnlyUnpickler(handle, encoding="bytes").load()
+            if isinstance(content, dict):
+                content = {key.encode() if isinstance(key, str) else key: value for key, value in content.items()}
+        except OSError as error:
+            raise UsageError(f"{path}: cannot be read: {error.strerror or error}") from None
+        except Exception as error:  # only data types can be built here, so whatever fails is the file's damage
+            raise UsageError(f"{path}: not a CIFAR python pickle ({error_line(error)})") from None
+    if unraisable:
+        raise UsageError(f"{path}: not a CIFAR python pickle ({unraisable[0]})")
     if not isinstance(content, dict):
         raise UsageError(f"{path}: not a CIFAR python pickle (holds a {type(content).__name__}, not a dict)")
-    return {key.encode() if isinstance(key, str) else key: value for key, value in content.items()}
+    return content
+
+
+@contextmanager
+def _unraisable_errors() -> Iterator[list[str]]:
+    """Collects the errors Python could not raise, one line each, instead of printing them with a traceback: numpy
+    reports so an array it cannot free, built from a damaged pickle's dtype state (flags no real dtype has)."""
+    errors: list[str] = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda report: errors.append(error_line(report.exc_value))
+    try:
+        yield errors
+    finally:
+        sys.unraisablehook = previous
 
 
 def _key(content: dict[bytes, Any], key: bytes, path: Path) -> Any:
@@ -95,18 +117,31 @@ def _key(content: dict[bytes, Any], key: bytes, path: Path) -> Any:
     return content[key]
 
 
+def _array(content: dict[bytes, Any], key: bytes, path: Path) -> np.ndarray:
+    """`content[key]` as a numpy array whose dtype is a real one (a pickle sets a dtype's flags as it likes)."""
+    try:
+        array = np.asarray(_key(content, key, path))
+    except (ValueError, TypeError, OverflowError) as error:  # ragged lists, numbers numpy has no type for
+        raise UsageError(f"{path}: {key.decode()!r} is not an array ({error_line(error)})") from None
+    if array.dtype.flags != np.dtype(array.dtype.str).flags:
+        raise UsageError(f"{path}: {key.decode()!r} has a damaged dtype ({array.dtype} with flags {array.dtype.flags})")
+    return array
+
+
 def _class_names(path: Path, key: bytes) -> tuple[str, ...]:
     names = _key(_unpickle(path), key, path)
     if not isinstance(names, list | tuple) or not names:
         raise UsageError(f"{path}: {key.decode()!r} is not a list of class names")
-    return tuple(name.decode() if isinstance(name, bytes) else str(name) for name in names)
+    try:
+        return tuple(name.decode() if isinstance(name, bytes) else str(name) for name in names)
+    except UnicodeDecodeError as error:
+        raise UsageError(f"{path}: {key.decode()!r} holds a class name that is not UTF-8 ({error})") from None
 
 
 def _cifar_batch(path: Path, labels_key: bytes, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Images (n, 32, 32, 3) and labels (n,) of one batch file."""
     content = _unpickle(path)
-    data = np.asarray(_key(content, b"data", path))
-    labels = np.asarray(_key(content, labels_key, path))
+    data, labels = _array(content, b"data", path), _array(content, labels_key, path)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _PIXELS:
         raise UsageError(f"{path}: 'data' must be uint8 of shape (n, {_PIXELS}), got {data.dtype} {data.shape}")
     if labels.shape != (len(data),) or labels.dtype.kind not in "iu":

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from bnnbench.data import LoadedData
-from bnnbench.errors import UsageError, unknown_choice
+from bnnbench.errors import UsageError, error_line, unknown_choice
 from bnnbench.types import DataBundle, Split, Windows
 
 __all__ = ["EMBEDDED", "LTSF_FILES", "Config", "Series", "load", "read_series", "window_splits"]
@@ -110,17 +110,59 @@ def _ltsf(name: str, target: str, root: Path) -> list[Series]:
     if not path.is_file():
         raise UsageError(f"{path} not found; put the {name} CSV of the Autoformer/Informer long-term forecasting "
                          f"data release there as {LTSF_FILES[name]} ({ROOT_HINT})")
-    try:
-        frame = pd.read_csv(path, parse_dates=["date"])
-    except (ValueError, pd.errors.ParserError) as error:
-        raise UsageError(f"{path}: not a long-term forecasting CSV with a 'date' column: {error}") from None
+    try:  # dates as text: read_csv would leave a column with one bad date as text, or take integers for epochs
+        frame = pd.read_csv(path, dtype={"date": str})
+    except (ValueError, OSError) as error:  # pandas' parser errors and UnicodeDecodeError are ValueErrors
+        raise UsageError(f"{path}: not a long-term forecasting CSV: {error_line(error)}") from None
+    if "date" not in frame.columns:
+        raise UsageError(f"{path}: no 'date' column; the header names {', '.join(map(str, frame.columns))}")
     if target not in frame.columns:
         columns = [c for c in frame.columns if c != "date"]
         raise unknown_choice(f"target column of {path.name}", target, columns, "data.target")
-    freq = pd.infer_freq(frame["date"].iloc[:100])
+    dates = _dates(frame["date"], path)
+    return [Series(_start_period(dates, path), _finite_column(frame, target, path))]
+
+
+def _dates(column, path: Path):
+    """The 'date' column as datetimes, each a date in the first row's format and later than the row before."""
+    import warnings
+
+    import pandas as pd
+
+    if len(column) < 3:
+        raise UsageError(f"{path}: {len(column)} data row(s); a series needs at least 3 dated rows to show its "
+                         "frequency")
+    with warnings.catch_warnings():  # pandas warns when it must parse the dates one by one; the check below decides
+        warnings.simplefilter("ignore")
+        dates = pd.to_datetime(column, errors="coerce")
+    if dates.dtype.kind != "M":  # tz-aware dates with several offsets stay objects
+        raise UsageError(f"{path}: column 'date' mixes time zones; write every date in one")
+    bad = np.flatnonzero(dates.isna())
+    if bad.size:
+        cell = column.iloc[int(bad[0])]
+        shown = repr(cell) if isinstance(cell, str) else "nothing"
+        raise UsageError(f"{path}: column 'date' must hold dates in the format of its first row, but data row "
+                         f"{int(bad[0]) + 1} holds {shown} (rows with a bad date: {bad.size})")
+    backwards = np.flatnonzero(dates.diff().iloc[1:] <= pd.Timedelta(0))
+    if backwards.size:
+        row = int(backwards[0]) + 2
+        raise UsageError(f"{path}: column 'date' must increase row by row, but data row {row} ({column.iloc[row - 1]}) "
+                         f"is not after the row before ({column.iloc[row - 2]})")
+    return dates
+
+
+def _start_period(dates, path: Path):
+    """The first date as a period of the frequency the first 100 dates follow."""
+    import pandas as pd
+
+    first = dates.iloc[:100]
+    freq = pd.infer_freq(first)
     if freq is None:
         raise UsageError(f"{path}: cannot infer a regular frequency from the first dates of the 'date' column")
-    return [Series(pd.Period(frame["date"].iloc[0], freq=freq), _finite_column(frame, target, path))]
+    try:  # through the index: it maps month-end "ME" or quarter-start "QS-OCT" to a period's "M" or "Q-DEC"
+        return pd.DatetimeIndex(first, freq=freq).to_period()[0]
+    except ValueError as error:  # business hours, "WOM-1MON": frequencies that have no period
+        raise UsageError(f"{path}: the dates' frequency '{freq}' has no pandas period type: {error}") from None
 
 
 def _finite_column(frame, column: str, path: Path) -> np.ndarray:
