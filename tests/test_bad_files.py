@@ -4,15 +4,18 @@ data files (forecasting CSVs, CIFAR pickles, CIFAR-10-C .npy) give one line nami
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.io
 from assertions import assert_usage_error
-from fake_data import pickle_file, write_cifar10, write_cifar10c
+from fake_data import pickle_file, random_images, write_cifar10, write_cifar10c, write_cifar100, write_svhn_test
 
 from bnnbench.data import load_data
 from bnnbench.data.files import read_cifar
@@ -282,6 +285,9 @@ def test_a_truncated_cifar10c_file_is_one_line(tmp_path, cut, fragments):
         assert fragment in message, message
 
 
+# ------------------------------------------------------------------------------- refused OOD sets are told
+
+
 def cifar_task(tmp_path: Path) -> Path:
     """A task file that includes the built-in CIFAR-10 ViT task with a tiny ViT (fast on a CPU), no corruptions."""
     path = tmp_path / "cifar10-tiny.toml"
@@ -289,3 +295,85 @@ def cifar_task(tmp_path: Path) -> Path:
                     '[model]\nname = "vit"\npatch_size = 8\nembed_dim = 16\ndepth = 1\nnum_heads = 2\n'
                     '[eval]\ncorruptions = "none"\n')
     return path
+
+
+@pytest.fixture
+def image_root(tmp_path) -> Path:
+    """CIFAR-10 (100 training images, 12 test images), CIFAR-100 (9 test images) and SVHN (7 test images)."""
+    root = tmp_path / "data"
+    write_cifar10(root, batches=(1,), n=100, n_test=12)
+    write_cifar100(root, random_images(20, 5), list(range(20)), random_images(9, 6), list(range(9)))
+    write_svhn_test(root, random_images(7, 7), [10, 1, 2, 3, 4, 5, 6])
+    return root
+
+
+def ood_rows(run_json: Path) -> set[str]:
+    rows = pd.read_csv(run_json.with_name("metrics.csv"))
+    return set(rows.loc[rows["split"] == "ood", "corruption"])
+
+
+def test_a_corrupt_cifar100_test_file_is_warned_about_and_recorded(cli, tmp_path, image_root, results_dir):
+    test_file = image_root / "cifar-100-python" / "test"
+    test_file.write_bytes(test_file.read_bytes()[:1000])
+    result = run_on_data(cli, cifar_task(tmp_path), image_root, results_dir)
+    assert result.code == 0, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("warning: out-of-distribution set 'cifar100' left out: ") and str(test_file) in line
+    assert "not a CIFAR python pickle" in line
+    [run_json] = results_dir.glob("*/*/*/run.json")
+    info = json.loads(run_json.read_text())["data_info"]
+    assert info["ood_missing"] == [] and info["ood_sets"] == ["svhn"]
+    assert list(info["ood_refused"]) == ["cifar100"] and str(test_file) in info["ood_refused"]["cifar100"]
+    assert ood_rows(run_json) == {"svhn", "mean"}
+
+
+def test_an_absent_cifar100_is_missing_without_a_warning(cli, tmp_path, image_root, results_dir):
+    shutil.rmtree(image_root / "cifar-100-python")
+    result = run_on_data(cli, cifar_task(tmp_path), image_root, results_dir)
+    assert result.code == 0 and result.stderr.strip() == "", result.stderr
+    [run_json] = results_dir.glob("*/*/*/run.json")
+    info = json.loads(run_json.read_text())["data_info"]
+    assert info["ood_missing"] == ["cifar100"] and info["ood_refused"] == {} and info["ood_sets"] == ["svhn"]
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "fragments"),
+    [
+        ("cifar100", lambda root: pickle_file(root / "cifar-100-python" / "test",
+                                              {b"data": np.zeros((50, 3071), np.uint8), b"fine_labels": [0] * 50}),
+         ["cifar-100-python/test", "'data' must be uint8 of shape (n, 3072), got uint8 (50, 3071)"]),
+        ("cifar100", lambda root: (root / "cifar-100-python" / "meta").write_bytes(pickled({"x": _Hostile()})),
+         ["cifar-100-python/meta", "refused global"]),
+        ("svhn", lambda root: scipy.io.savemat(root / "svhn" / "test_32x32.mat",
+                                               {"X": np.zeros((32, 32, 3), np.uint8), "y": np.zeros((1, 1))}),
+         ["test_32x32.mat", "'X' must be uint8 of shape (32, 32, 3, N)"]),
+    ],
+    ids=["cifar100-wrong-shape", "cifar100-hostile-meta", "svhn-wrong-shape"],
+)
+def test_refused_ood_files_are_told_apart_from_absent_ones(image_root, capsys, name, damage, fragments):
+    damage(image_root)
+    loaded = load_data({"source": "cifar10"}, root=image_root)
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"warning: out-of-distribution set '{name}' left out: ")
+    assert set(loaded.info["ood_refused"]) == {name} and name not in loaded.ood and loaded.info["ood_missing"] == []
+    for fragment in fragments:
+        assert fragment in line and fragment in loaded.info["ood_refused"][name], line
+    assert not (image_root / "hostile-ran").exists()
+
+
+def test_an_ood_set_is_read_from_its_test_files_alone(image_root, capsys):
+    (image_root / "cifar-100-python" / "train").write_bytes(b"garbage")  # not read: CIFAR-100 is only OOD here
+    loaded = load_data({"source": "cifar10"}, root=image_root)
+    assert sorted(loaded.ood) == ["cifar100", "svhn"] and len(loaded.ood["cifar100"]) == 9
+    assert loaded.info["ood_refused"] == {} and capsys.readouterr().err == ""
+
+
+def test_a_refused_ood_set_that_the_task_names_is_an_error(image_root):
+    (image_root / "cifar-100-python" / "test").write_bytes(b"garbage")
+    with pytest.raises(UsageError, match=r"cifar-100-python/test: not a CIFAR python pickle"):
+        load_data({"source": "cifar10", "ood": ["cifar100"]}, root=image_root)
+
+
+class _Hostile:
+    def __reduce__(self):
+        return (os.mkdir, ("hostile-ran",))  # what a hostile meta file would run, were it unpickled freely

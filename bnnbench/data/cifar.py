@@ -6,13 +6,16 @@ alone; the test split is the official test set, in file order, so official CIFAR
 that order) line up with it.
 
 Out-of-distribution sets are other data sets' test images: CIFAR-100 for CIFAR-10 models (and the
-reverse), SVHN for both. With `ood = "auto"` the ones present under the data root are used and the absent
-ones are listed in run.json; a list names sets that must be present.
+reverse), SVHN for both. With `ood = "auto"` the ones present under the data root are used, the absent ones are
+listed in run.json (`ood_missing`), and those whose files are there but refused (damaged, hostile or of the wrong
+shape) are listed with the reason (`ood_refused`) and warned about on stderr; a list names sets that must be present
+and readable. Only an OOD set's test images are read (CIFAR: its meta and test files).
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,28 +77,45 @@ def _stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple
 def _ood_test_images(name: str, root: Path) -> np.ndarray:
     if name == "svhn":
         return data_files.read_svhn_test(root)[0]
-    return data_files.read_cifar(root, name).test_images
+    return data_files.read_cifar_test_images(root, name)
 
 
-def _ood_splits(config: Config, root: Path) -> tuple[dict[str, Split], list[str]]:
-    """The OOD test sets and, under "auto", the names of those that are absent."""
+def _ood_absent(name: str, root: Path) -> bool:
+    """Whether an OOD set's files are not under the data root (under "auto" it is then "missing"); files that are there
+    but cannot be read are another case: refused, with a warning."""
+    if name == "svhn":
+        return not data_files.svhn_test_file(root).is_file()
+    try:
+        data_files.cifar_files(root, name)
+    except UsageError:
+        return True
+    return False
+
+
+def _ood_splits(config: Config, root: Path) -> tuple[dict[str, Split], list[str], dict[str, str]]:
+    """The OOD test sets and, under "auto", the names of those that are absent and, name -> why, of those whose files
+    were refused (each also one warning line on stderr: a damaged copy must not pass for an absent one)."""
     if config.ood == "none":
-        return {}, []
+        return {}, [], {}
     wanted = OOD_SETS[config.source] if config.ood == "auto" else tuple(config.ood)
     if config.source in wanted:
         raise UsageError(f"data.ood lists '{config.source}', the in-distribution data set itself")
-    splits, missing = {}, []
+    splits, missing, refused = {}, [], {}
     for name in wanted:
+        if config.ood == "auto" and _ood_absent(name, root):
+            missing.append(name)
+            continue
         try:
             images = _ood_test_images(name, root)
-        except UsageError:
+        except UsageError as error:
             if config.ood != "auto":
                 raise
-            missing.append(name)
+            refused[name] = str(error)
+            sys.stderr.write(f"warning: out-of-distribution set '{name}' left out: {error}\n")
             continue
         splits[name] = Split(_split(images, np.zeros(len(images), np.int64)).x,
                              torch.full((len(images),), -1, dtype=torch.int64))  # no labels: OOD
-    return splits, missing
+    return splits, missing, refused
 
 
 def source_files(config: Config, root: Path) -> list[Path]:
@@ -123,9 +143,9 @@ def load(config: Config, root: Path) -> LoadedData:
     bundle = DataBundle(train=_split(arrays.train_images[train_rows], arrays.train_labels[train_rows]),
                         val=_split(arrays.train_images[val_rows], arrays.train_labels[val_rows]),
                         num_outputs=len(arrays.classes), input_shape=(3, 32, 32))
-    ood, missing = _ood_splits(config, root)
+    ood, missing, refused = _ood_splits(config, root)
     info = {"data_root": str(root), "n_train_batches": arrays.n_train_batches, "ood_sets": sorted(ood),
-            "ood_missing": missing}
+            "ood_missing": missing, "ood_refused": refused}
     official = official_cifar10c(root, arrays.test_labels) if config.source == "cifar10" else None
     return LoadedData(bundle=bundle, test=_split(arrays.test_images, arrays.test_labels), ood=ood, info=info,
                       official_corruptions=official)

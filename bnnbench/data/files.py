@@ -23,12 +23,15 @@ import numpy as np
 
 from bnnbench.errors import UsageError, error_line, unknown_choice
 
-__all__ = ["DATA_ENV", "CifarArrays", "data_root", "missing_file", "read_cifar", "read_svhn_test"]
+__all__ = ["DATA_ENV", "CifarArrays", "data_root", "missing_file", "read_cifar", "read_cifar_test_images",
+           "read_svhn_test"]
 
 DATA_ENV = "BNNBENCH_DATA"
 
 ROOT_HINT = "choose the data root with --data-dir or $" + DATA_ENV
 _CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+# (class names, labels) keys: CIFAR-100 is read with its 100 fine labels
+_CIFAR_KEYS = {"cifar10": (b"label_names", b"labels"), "cifar100": (b"fine_label_names", b"fine_labels")}
 _CIFAR10_MAX_BATCHES = 5
 _PIXELS = 32 * 32 * 3
 
@@ -198,7 +201,7 @@ def read_cifar(root: Path, name: str) -> CifarArrays:
     one training file and uses the 100 fine labels.
     """
     meta, train_files, test = cifar_files(root, name)
-    names_key, labels_key = (b"label_names", b"labels") if name == "cifar10" else (b"fine_label_names", b"fine_labels")
+    names_key, labels_key = _CIFAR_KEYS[name]
     classes = _class_names(meta, names_key)
     batches = [_cifar_batch(path, labels_key, len(classes)) for path in train_files]
     test_images, test_labels = _cifar_batch(test, labels_key, len(classes))
@@ -210,6 +213,14 @@ def read_cifar(root: Path, name: str) -> CifarArrays:
         classes=classes,
         n_train_batches=len(train_files),
     )
+
+
+def read_cifar_test_images(root: Path, name: str) -> np.ndarray:
+    """The test images of CIFAR-10 or CIFAR-100 (another set's out-of-distribution inputs), uint8 (N, 32, 32, 3):
+    its meta and test files are read, checked as `read_cifar` checks them; its training files are not."""
+    meta, _, test = cifar_files(root, name)
+    names_key, labels_key = _CIFAR_KEYS[name]
+    return _cifar_batch(test, labels_key, len(_class_names(meta, names_key)))[0]
 
 
 # ------------------------------------------------------------------------------------------------ SVHN
