@@ -81,12 +81,7 @@ def check_pretrained_weights(model: dict[str, Any], where: str = "task") -> None
 def create_model(model: dict[str, Any], input_shape: tuple[int, ...], num_classes: int, where: str = "task"):
     """Build the untrained network a task's [model] table describes (checked when the task was loaded); UsageError,
     naming the model and its options, when the factory cannot build it for these shapes."""
-    options = {key: value for key, value in model.items() if key != "name"}
-    try:
-        return _factory(model["name"], where)(input_shape=input_shape, num_classes=num_classes, **options)
-    except _BUILD_ERRORS as error:
-        raise UsageError(f"{where}: cannot build {_described(model)} for inputs of shape {tuple(input_shape)} and "
-                         f"{num_classes} outputs: {error_line(error)}") from None
+    return _build(model, input_shape, num_classes, where)
 
 
 def check_buildable(model: dict[str, Any], input_shape: tuple[int, ...], num_outputs: int, where: str = "task") -> int:
@@ -96,7 +91,7 @@ def check_buildable(model: dict[str, Any], input_shape: tuple[int, ...], num_out
     import torch
 
     with torch.device("meta"):
-        network = create_model(model, input_shape, num_outputs, where)
+        network = _build(model, input_shape, num_outputs, where)
     count = sum(parameter.numel() for parameter in network.parameters())
     needed = count * _FLOAT32_BYTES
     if needed > MAX_PARAMETER_BYTES:
@@ -105,6 +100,15 @@ def check_buildable(model: dict[str, Any], input_shape: tuple[int, ...], num_out
                          f"over bnnbench's limit of {limit:,} parameters ({_binary_size(MAX_PARAMETER_BYTES)}); "
                          "check its widths")
     return count
+
+
+def _build(model: dict[str, Any], input_shape: tuple[int, ...], num_classes: int, where: str):
+    options = {key: value for key, value in model.items() if key != "name"}
+    try:
+        return _factory(model["name"], where)(input_shape=input_shape, num_classes=num_classes, **options)
+    except _BUILD_ERRORS as error:
+        raise UsageError(f"{where}: cannot build {_described(model)} for inputs of shape {tuple(input_shape)} and "
+                         f"{num_classes} outputs: {error_line(error)}") from None
 
 
 def _described(model: dict[str, Any]) -> str:
