@@ -121,7 +121,7 @@ def prepare(task: str | Path | TaskSpec, method_name: str, *, overrides: dict[st
     through torch.compile (`bnnbench.compiler`)."""
     from bnnbench.data.files import data_root
     from bnnbench.methods import bind_for_task, find_method
-    from bnnbench.models import check_pretrained_weights
+    from bnnbench.models import check_buildable, check_pretrained_weights
     from bnnbench.tasks import load_task
 
     spec, origin = find_method(method_name)
@@ -144,6 +144,8 @@ def prepare(task: str | Path | TaskSpec, method_name: str, *, overrides: dict[st
     check_writable(results_dir, task.name, method.name)
     root = data_root(data_dir)
     loaded = _load(task, root) if load else None
+    if loaded is not None:  # the data give the shapes: a network that cannot be built, or is absurdly big, is refused
+        check_buildable(task.model, loaded.bundle.input_shape, loaded.bundle.num_outputs, str(task.path))
     _check_validation_split(task, spec, method, loaded, validation_only)
     identity = _identity(task, method, budget, loaded, validation_only, tuning)
     return RunPlan(task, method, budget, budget_label, device_name, Path(results_dir), config_hash(identity.config),

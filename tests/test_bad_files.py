@@ -88,12 +88,8 @@ def test_a_chmod_000_task_file_is_refused(cli, tmp_path, results_dir):
 
 # ------------------------------------------------------------------------------------------------ models
 
-# runner.prepare sizes the network once the data give its shapes (models.check_buildable); until that call is in
-# runner.py these fail, and strict=True turns the marker into a failure once it is there, to be removed.
-NEEDS_PREPARE_CALL = pytest.mark.xfail(strict=True, reason="runner.prepare does not call models.check_buildable yet")
+# runner.prepare sizes the network once the data give its shapes (models.check_buildable).
 
-
-@NEEDS_PREPARE_CALL
 def test_a_model_that_cannot_be_built_is_refused_before_any_run(cli, results_dir):
     result = cli("run", "--task", "digits-mlp", "--method", "map", "--set", "model.hidden=[-5]",
                  "--results-dir", str(results_dir), *CPU)
@@ -101,7 +97,6 @@ def test_a_model_that_cannot_be_built_is_refused_before_any_run(cli, results_dir
     assert "Traceback" not in result.stderr and not results_dir.exists()
 
 
-@NEEDS_PREPARE_CALL
 def test_an_absurdly_large_model_is_refused_before_any_run(cli, tmp_path, results_dir):
     path = tmp_path / "huge.toml"
     path.write_text(GOOD_TASK.format(name="huge", text="x") + "[model]\nname = \"mlp\"\n"
