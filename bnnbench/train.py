@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -206,7 +207,7 @@ class TrainStepper:
         self.parameters = [tensor for group in groups for tensor in group["params"]]
         self.loss_fn, self.on_batch, self.on_epoch, self.inner_steps = loss_fn, on_batch, on_epoch, inner_steps
         self.config, self.description, self.closed_form = config, description, closed_form
-        self.device = context.device
+        self.device, self.show_progress = context.device, context.show_progress
         self.x, self.y = data.x.to(self.device), data.y.to(self.device)
         self.total_batches = planned_batches(len(self.y), config.batch_size, budget)
         self.factor = _schedule(config.schedule, self.total_batches * inner_steps)
@@ -301,32 +302,17 @@ def _parameter_groups(parameters: Iterable[Tensor] | Iterable[dict]) -> list[dic
     return [item for item in items if isinstance(item, dict)] + ([{"params": plain}] if plain else [])
 
 
-def train_loop(
-    parameters: Iterable[Tensor] | Iterable[dict],
-    loss_fn: Callable[[Tensor, Tensor], Tensor] | Callable[[Tensor, Tensor], tuple[Tensor, list[Tensor]]],
-    data: Split,
-    config: TrainConfig,
-    budget: Budget,
-    context: FitContext,
-    description: str = "train",
-    *,
-    on_batch: Callable[[Tensor, Tensor], None] | None = None,
-    inner_steps: int = 1,
-    on_epoch: Callable[[], dict[str, float]] | None = None,
-    make_optimizer: Callable[[list[dict], TrainConfig], torch.optim.Optimizer] = adamw,
-    closed_form: bool = False,
-) -> LoopResult:
-    """Minimise `loss_fn(x_batch, y_batch)` over `parameters` within `budget`: a `TrainStepper` (which describes
-    the options) driven epoch by epoch to the end of the budget, with a progress bar.
+def train_loop(*args: Any, **kwargs: Any) -> LoopResult:
+    """Minimise `loss_fn(x_batch, y_batch)` over `parameters` within `budget`: a `TrainStepper`, built from these
+    same arguments (its docstring describes them), driven epoch by epoch to the end of the budget, with a progress
+    bar.
 
     Raises:
         DivergenceError: the mean loss of an epoch is not finite.
     """
-    stepper = TrainStepper(parameters, loss_fn, data, config, budget, context, description, on_batch=on_batch,
-                           inner_steps=inner_steps, on_epoch=on_epoch, make_optimizer=make_optimizer,
-                           closed_form=closed_form)
-    with progress_bar(context.show_progress) as progress:
-        bar = progress.add_task(description, total=stepper.total_batches, status="")
+    stepper = TrainStepper(*args, **kwargs)
+    with progress_bar(stepper.show_progress) as progress:
+        bar = progress.add_task(stepper.description, total=stepper.total_batches, status="")
         while not stepper.spent():
             for x_batch, y_batch in stepper.epoch_batches():
                 stepper.step(x_batch, y_batch)
