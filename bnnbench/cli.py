@@ -604,6 +604,7 @@ def bench_(
     set_: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     compile_: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP + "; the bare network's too")] = False,
+    fit_repeats: Annotated[int, typer.Option(help="fits of each length, the fastest kept")] = 3,
 ) -> None:
     """Images/s of a method's training steps and evaluation against the bare network's, as ratios."""
     from rich.table import Table
@@ -611,10 +612,12 @@ def bench_(
     from bnnbench.bench import bench
     from bnnbench.methods import parse_assignments
 
-    if steps < 1 or warmup < 1:
-        raise UsageError(f"--steps and --warmup must be at least 1, got {steps} and {warmup}")
+    if min(steps, warmup, fit_repeats) < 1:
+        raise UsageError(f"--steps, --warmup and --fit-repeats must be at least 1, got {steps}, {warmup} and "
+                         f"{fit_repeats}")
     result = bench(task, method, device, steps=steps, warmup=warmup, n_samples=samples, eval_batch=eval_batch,
-                   overrides=parse_assignments(set_), synthetic=synthetic, data_dir=data_dir, compile=compile_)
+                   overrides=parse_assignments(set_), synthetic=synthetic, data_dir=data_dir, compile=compile_,
+                   fit_repeats=fit_repeats)
     compiled = " (compiled)" if compile_ and result.compile_error is None else ""
     table = Table(title=f"{task} / {method} on {result.device}{compiled}", header_style="bold")
     for column in ("", "batch", method, "bare network", "ratio"):

@@ -234,6 +234,7 @@ class _Work:
 
         sizes = self.sizes
         result = bench(stage.task, stage.method, self.device.type, steps=sizes.bench_steps, warmup=sizes.bench_warmup,
+                       fit_repeats=sizes.bench_fit_repeats,
                        eval_repeats=sizes.eval_repeats, n_samples=N_SAMPLES, eval_batch=sizes.eval_batch,
                        overrides={**sizes.settings.get(stage.task, {}), **bench_settings(stage.method, sizes)},
                        synthetic=True, compile=compile)

@@ -28,6 +28,7 @@ class CheckSizes:
     images: ImageSetSizes
     bench_steps: int
     bench_warmup: int
+    bench_fit_repeats: int  # fits of each length, the fastest kept (see `bnnbench.bench`)
     eval_repeats: int
     eval_batch: int | None  # None: the task's [eval] batch_size
     stage_seconds: dict[str, float]
@@ -38,13 +39,14 @@ STAGE_CAPS = {"data": 180.0, "bench": 60.0, "epoch": 120.0, "evaluation": 150.0,
 # Benched again with posterior samples run the other way (one batched vmap pass, or a loop of passes): which is
 # faster decides `params.batched_passes`' default per device, measured on a CPU only so far.
 PASSES_METHODS = ("score-vi", "ensemble")
-FULL = CheckSizes(REAL_SIZES, bench_steps=50, bench_warmup=10, eval_repeats=5, eval_batch=None,
+FULL = CheckSizes(REAL_SIZES, bench_steps=50, bench_warmup=10, bench_fit_repeats=2, eval_repeats=5, eval_batch=None,
                   stage_seconds=STAGE_CAPS)
 # Tiny: a one-block ViT of width 16, and timm's own test ResNet (same ResNet class, BatchNorm, 0.4 M weights; its
 # stem is a Sequential, which the CIFAR stem would replace, so the stem stays). Three warm-up steps: swag's shortest
 # fit must have two SGD steps, each a snapshot (see `bench_settings`); 8 timed steps, so that the steps' milliseconds
-# stand out of the jitter of the fits they are the difference of. Stages get longer caps: a CPU's seconds.
-TINY = CheckSizes(TINY_SIZES, bench_steps=8, bench_warmup=3, eval_repeats=1, eval_batch=16,
+# stand out of the jitter of the fits they are the difference of, each length fitted three times (a CI machine once
+# fitted 3 steps in 0.353 s and the 11 after them in 0.079 s). Stages get longer caps: a CPU's seconds.
+TINY = CheckSizes(TINY_SIZES, bench_steps=8, bench_warmup=3, bench_fit_repeats=3, eval_repeats=1, eval_batch=16,
                   stage_seconds=dict.fromkeys(STAGE_CAPS, 300.0),
                   settings={"cifar10-vit": {"batch_size": 8, "model.patch_size": 8, "model.embed_dim": 16,
                                             "model.depth": 1, "model.num_heads": 2},
@@ -53,11 +55,11 @@ TINY = CheckSizes(TINY_SIZES, bench_steps=8, bench_warmup=3, eval_repeats=1, eva
 
 
 def bench_settings(method: str, sizes: CheckSizes) -> dict[str, Any]:
-    """Method settings for its bench only. `bench` times a method's training steps and its predictive, and fits
-    three times (the post-hoc part cancels out of the ratio), so post-hoc work that would take minutes on its
-    synthetic set is bounded: sampled-laplace keeps its prior fixed and stops its solves early (its predictive's
-    cost does not depend on them). swag snapshots every step: its shortest fit has a few SGD steps, short of the
-    epoch its default snapshot needs."""
+    """Method settings for its bench only. `bench` times a method's training steps and its predictive, and fits 1 +
+    2 x `bench_fit_repeats` times (the post-hoc part cancels out of the ratio), so post-hoc work that would take
+    minutes on its synthetic set is bounded: sampled-laplace keeps its prior fixed and stops its solves early (its
+    predictive's cost does not depend on them). swag snapshots every step: its shortest fit has a few SGD steps,
+    short of the epoch its default snapshot needs."""
     if method == "sampled-laplace":
         return {"em_steps": 0, "sample_max_iter": 3}
     if method == "swag":
@@ -119,9 +121,9 @@ class CheckReport:
 
 def plan_stages(methods: tuple[str, ...], post_hoc_methods: frozenset[str]) -> list[Stage]:
     """The stages in the order they run: what the issue's targets need first, the post-hoc methods' bench last
-    (`post_hoc_methods`: those whose MethodSpec declares the trait). Each of their three bench fits pays post-hoc
-    curvature or solves (up to the stage cap), and their training steps are map's, so in a short window the other
-    methods' figures come first."""
+    (`post_hoc_methods`: those whose MethodSpec declares the trait). Each of their 1 + 2 x `bench_fit_repeats` bench
+    fits pays post-hoc curvature or solves (up to the stage cap), and their training steps are map's, so in a short
+    window the other methods' figures come first."""
     key = [method for method in KEY_METHODS if method in methods]
     others = [method for method in methods if method not in key and method not in post_hoc_methods]
     post_hoc = [method for method in methods if method in post_hoc_methods]

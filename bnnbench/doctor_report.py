@@ -168,7 +168,8 @@ def _bench(report: CheckReport) -> str:
             "Train: images/s of the method's steps and of the bare network's forward-backward-AdamW step at the same "
             "batch; step x map: the method's step time over map's. Eval: forward passes/s (images x samples) of the "
             f"method's predictive with {N_SAMPLES} samples and of the bare forward, at the eval batch. A ratio below 1 "
-            f"is the method's overhead. {report.sizes.bench_steps} timed steps after {report.sizes.bench_warmup}."
+            f"is the method's overhead. {report.sizes.bench_steps} timed steps after {report.sizes.bench_warmup}, each "
+            f"fit length the fastest of {report.sizes.bench_fit_repeats}."
             + (f" Settings for the bench only (bounding post-hoc work; `doctor.bench_settings`): {changed_text}."
                if changed_text else "") + "\n\n"
             + _table(["task", "method", "batch", "train img/s", "bare train img/s", "train ratio", "step x map",

@@ -37,7 +37,35 @@ def test_bench_command_prints_ratios(cli):
 @pytest.mark.parametrize("steps", ["0"])
 def test_bench_rejects_zero_steps(cli, steps):
     result = cli("bench", "--task", "digits-mlp", "--method", "map", "--steps", steps)
-    assert result.code == 2 and "--steps and --warmup must be at least 1" in result.stderr
+    assert result.code == 2 and "--steps, --warmup and --fit-repeats must be at least 1" in result.stderr
+
+
+def test_each_fit_length_keeps_its_fastest_fit(monkeypatch):
+    """The CI failure this rule came from: a fit of 3 steps took 0.353 s, the fit of 11 after it 0.079 s. Fits
+    are scripted here (untimed first, then short and long in alternation); the train rate must come from the
+    fastest of each length, and a pair that never separates is refused."""
+    import bnnbench.bench as bench_module
+    from bnnbench.errors import BnnbenchError
+
+    def scripted(seconds):
+        calls = iter(seconds)
+
+        def timed_fit(task, method, data, steps, device, build_model):
+            return _ConstantPredictive(), next(calls)
+        return timed_fit
+
+    monkeypatch.setattr(bench_module, "_timed_fit", scripted([9.0, 0.353, 0.079, 0.05, 0.2, 0.06, 0.09]))
+    result = bench("digits-mlp", "map", "cpu", steps=8, warmup=3, eval_repeats=1, eval_batch=16, synthetic=True)
+    assert result.method_train == pytest.approx(8 * 128 / (0.079 - 0.05))
+    monkeypatch.setattr(bench_module, "_timed_fit", scripted([9.0, 0.353, 0.079]))
+    with pytest.raises(BnnbenchError, match=r"0.079 s vs 0.353 s, the fastest of 1 each"):
+        bench("digits-mlp", "map", "cpu", steps=8, warmup=3, eval_repeats=1, eval_batch=16, synthetic=True,
+              fit_repeats=1)
+
+
+class _ConstantPredictive:
+    def predict(self, x, n_samples):
+        return torch.zeros(1, len(x), 10)
 
 
 @pytest.mark.slow  # a cold inductor build takes tens of seconds; make test compiles through the doctor's tiny check

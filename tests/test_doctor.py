@@ -135,7 +135,7 @@ def test_without_gpu_it_prints_the_environment(cli):
 def test_a_failed_a_timed_out_and_a_skipped_stage_keep_the_others_figures(cli, tmp_path, monkeypatch):
     """Stage bodies are replaced by fakes (the real ones are the tests above): a raising epoch, a compile stage past
     its cap, a budget spent before the last stage. The report read mid-check already holds what was done."""
-    monkeypatch.setattr(doctor, "TINY", doctor_plan.CheckSizes(TINY_SIZES, 1, 1, 1, 16, {
+    monkeypatch.setattr(doctor, "TINY", doctor_plan.CheckSizes(TINY_SIZES, 1, 1, 1, 1, 16, {
         **doctor_plan.STAGE_CAPS, "compile": 0.5}, {}))
     seen_mid_check = {}
 
