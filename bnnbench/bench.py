@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from bnnbench.errors import BnnbenchError
+from bnnbench.errors import BnnbenchError, UsageError
 from bnnbench.types import Budget, DataBundle, FitContext, Split
 
 __all__ = ["BenchResult", "bench"]
@@ -149,7 +149,7 @@ def bench(task_name: str, method_name: str, device: str = "auto", *, steps: int 
     eval_batch = eval_batch or int(task.eval.get("batch_size", 1024))
     n_samples = plan.budget.n_eval_samples if n_samples is None else n_samples
     if synthetic:
-        shape, classes = _task_shape(task)
+        shape, classes = _synthetic_shapes(task)
         train = _synthetic(shape, classes, train_batch * (warmup + steps))
         data = DataBundle(train=train, val=_synthetic(shape, classes, train_batch, seed=1), num_outputs=classes,
                           input_shape=shape)
@@ -194,15 +194,11 @@ def bench(task_name: str, method_name: str, device: str = "auto", *, steps: int 
                        method_eval, bare_eval, peak, compile, compiler.error)
 
 
-def _task_shape(task) -> tuple[tuple[int, ...], int]:
-    """(input shape, classes) of an image task's data source without reading its files."""
-    from bnnbench.data.cifar import OOD_SETS
+def _synthetic_shapes(task) -> tuple[tuple[int, ...], int]:
+    from bnnbench.data import declared_shapes
 
-    source = task.data["source"]
-    if source in OOD_SETS:
-        return (3, 32, 32), 100 if source == "cifar100" else 10
-    from bnnbench.data import load_data
-
-    bundle = load_data(task.data, str(task.path)).bundle  # embedded sources: cheap to load
-    return bundle.input_shape, bundle.num_outputs
-
+    shapes = declared_shapes(task.data, str(task.path))
+    if shapes is None:
+        raise UsageError(f"{task.path}: data source '{task.data['source']}' declares no shapes, so --synthetic "
+                         "cannot make its inputs; bench it on its data")
+    return shapes

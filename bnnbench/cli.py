@@ -143,12 +143,14 @@ def validate(
     tasks: Annotated[list[str] | None, typer.Argument(help="task names or .toml paths")] = None,
     tasks_dir: Annotated[list[Path], typer.Option(help=TASKS_DIR_HELP)] = [],  # noqa: B006
 ) -> None:
-    """Check task files: keys, data source, model, training settings, metrics, method overrides."""
-    from bnnbench.tasks import list_tasks, load_task
+    """Check task files: keys, data source, model and its size, training settings, metrics, method overrides."""
+    from bnnbench.tasks import check_network, list_tasks, load_task
 
     for name in tasks or list_tasks(tasks_dir):
         task = load_task(name, tasks_dir)
-        out.print(f"[green]ok[/green] {task.name} v{task.version} ({task.path})")
+        count = check_network(task)
+        size = "sized when its data are loaded" if count is None else f"{count:,} parameters"
+        out.print(f"[green]ok[/green] {task.name} v{task.version} ({task.path}): {size}")
 
 
 @app.command(epilog="Example: `bnnbench run --task digits-mlp --method map --seed 0..2`")

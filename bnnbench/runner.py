@@ -119,10 +119,11 @@ def prepare(task: str | Path | TaskSpec, method_name: str, *, overrides: dict[st
     (tuning); they are another configuration (run id) than full runs. `tuned` is a `bnnbench tune` file whose
     settings for the method apply under `overrides` (run.json records which file). `compile` runs the network
     through torch.compile (`bnnbench.compiler`)."""
+    from bnnbench.data import declared_shapes
     from bnnbench.data.files import data_root
     from bnnbench.methods import bind_for_task, find_method
-    from bnnbench.models import check_buildable, check_pretrained_weights
-    from bnnbench.tasks import load_task
+    from bnnbench.models import check_pretrained_weights
+    from bnnbench.tasks import check_network, load_task
 
     spec, origin = find_method(method_name)
     if not isinstance(task, TaskSpec):
@@ -134,8 +135,9 @@ def prepare(task: str | Path | TaskSpec, method_name: str, *, overrides: dict[st
         settings, tuning = tuned_overrides(Path(tuned), task, spec.name)
         overrides = {**settings, **(overrides or {})}
     method_overrides, model_overrides = split_overrides(task, spec, overrides or {})
-    if model_overrides:
+    if model_overrides:  # another network than the one load_task sized: sized again, before any data are read
         task = dataclasses.replace(task, model={**task.model, **model_overrides})
+        check_network(task)
     check_pretrained_weights(task.model, str(task.path))
     method = bind_for_task(spec, task, method_overrides, origin)
     budget, budget_label = resolve_budget(task, budget_name, epochs)
@@ -144,8 +146,8 @@ def prepare(task: str | Path | TaskSpec, method_name: str, *, overrides: dict[st
     check_writable(results_dir, task.name, method.name)
     root = data_root(data_dir)
     loaded = _load(task, root) if load else None
-    if loaded is not None:  # the data give the shapes: a network that cannot be built, or is absurdly big, is refused
-        check_buildable(task.model, loaded.bundle.input_shape, loaded.bundle.num_outputs, str(task.path))
+    if loaded is not None and declared_shapes(task.data, str(task.path)) is None:  # only the data give the shapes
+        check_network(task, (loaded.bundle.input_shape, loaded.bundle.num_outputs))
     _check_validation_split(task, spec, method, loaded, validation_only)
     identity = _identity(task, method, budget, loaded, validation_only, tuning)
     return RunPlan(task, method, budget, budget_label, device_name, Path(results_dir), config_hash(identity.config),

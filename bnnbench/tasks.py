@@ -24,8 +24,8 @@ from bnnbench.package_files import builtin_tasks_dir
 from bnnbench.schema import check_types
 from bnnbench.types import Budget, Dimension, MethodSpec, Resources, TaskSpec
 
-__all__ = ["is_forecasting", "list_tasks", "load_task", "resources_for", "task_description", "task_paths",
-           "task_search_path"]
+__all__ = ["check_network", "is_forecasting", "list_tasks", "load_task", "resources_for", "task_description",
+           "task_paths", "task_search_path"]
 
 # Extra directories of task files, separated by os.pathsep. BNNBENCH_TASKS_PATH is the documented name (plural,
 # like --tasks-dir); BNNBENCH_TASK_PATH, the first one, is still read, before it.
@@ -310,7 +310,19 @@ def _validated(task: TaskSpec, methods: Sequence[MethodSpec]) -> TaskSpec:
     _check_train(task.train, where)
     _check_metrics(task, where)
     check_eval_config(task.eval, where)
+    check_network(task)
     return dataclasses.replace(task, methods=_checked_method_tables(task, methods))
+
+
+def check_network(task: TaskSpec, shapes: tuple[tuple[int, ...], int] | None = None) -> int | None:
+    """The parameter count of the task's network for `shapes` (input shape, outputs), by default the shapes its
+    data source declares; UsageError, one line, when it cannot be built or is too big (`models.check_buildable`).
+    None, unchecked, for a source that declares no shapes: its network is sized once its data are loaded."""
+    from bnnbench.data import declared_shapes
+    from bnnbench.models import check_buildable
+
+    shapes = shapes or declared_shapes(task.data, str(task.path))
+    return None if shapes is None else check_buildable(task.model, *shapes, str(task.path))
 
 
 def _check_train(train: dict[str, Any], where: str) -> None:

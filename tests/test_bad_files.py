@@ -88,22 +88,32 @@ def test_a_chmod_000_task_file_is_refused(cli, tmp_path, results_dir):
 
 # ------------------------------------------------------------------------------------------------ models
 
-# runner.prepare sizes the network once the data give its shapes (models.check_buildable).
+# The network is sized at the door (tasks.check_network: models.check_buildable on the shapes the data source
+# declares), by validate and run alike, and by run again when --set changes the [model] table.
 
-def test_a_model_that_cannot_be_built_is_refused_before_any_run(cli, results_dir):
+def test_a_model_that_cannot_be_built_is_refused_before_any_run(cli, tmp_path, results_dir):
     result = cli("run", "--task", "digits-mlp", "--method", "map", "--set", "model.hidden=[-5]",
                  "--results-dir", str(results_dir), *CPU)
     assert_usage_error(result, "cannot build model 'mlp' (hidden = [-5])", "negative dimension -5")
     assert "Traceback" not in result.stderr and not results_dir.exists()
+    path = tmp_path / "negative.toml"
+    path.write_text(GOOD_TASK.format(name="negative", text="x") + "[model]\nname = \"mlp\"\nhidden = [-5]\n")
+    validate_and_run(cli, path, results_dir, "cannot build model 'mlp' (hidden = [-5])", "negative dimension -5")
 
 
 def test_an_absurdly_large_model_is_refused_before_any_run(cli, tmp_path, results_dir):
     path = tmp_path / "huge.toml"
     path.write_text(GOOD_TASK.format(name="huge", text="x") + "[model]\nname = \"mlp\"\n"
                     "hidden = [1000000000, 1000000000]\n")
-    result = cli("run", "--task", str(path), "--method", "map", "--results-dir", str(results_dir), *CPU)
-    assert_usage_error(result, str(path), "1,000,000,076,000,000,010 parameters", "3.5 EiB", "4.0 GiB")
-    assert "Traceback" not in result.stderr and not results_dir.exists()
+    validate_and_run(cli, path, results_dir, "1,000,000,076,000,000,010 parameters", "3.5 EiB", "4.0 GiB")
+
+
+def test_validate_counts_the_parameters_of_each_network(cli):
+    """digits-mlp: 64 -> 128 -> 128 -> 10 (the task's hidden widths), weights and biases."""
+    result = cli("validate", "digits-mlp", "sanity-blr")
+    assert result.code == 0, result.stderr
+    assert f"{64 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10:,} parameters" in result.stdout
+    assert "sanity-blr v1" in result.stdout and ": 11 parameters" in result.stdout  # 10 weights and a bias
 
 
 # ---------------------------------------------------------------------------------------- forecasting CSVs
@@ -250,7 +260,7 @@ def test_a_damaged_cifar_batch_is_one_line_and_no_traceback(tmp_path, capsys, da
 def test_class_names_that_are_not_utf8_are_refused(tmp_path):
     write_cifar10(tmp_path, batches=(1,), n=4)
     meta = tmp_path / "cifar-10-batches-py" / "batches.meta"
-    pickle_file(meta, {b"label_names": [b"cat\xff", b"dog"]})
+    pickle_file(meta, {b"label_names": [b"cat\xff", *[b"dog"] * 9]})
     with pytest.raises(UsageError, match=r"batches\.meta: 'label_names' holds a class name that is not UTF-8"):
         read_cifar(tmp_path, "cifar10")
 

@@ -310,3 +310,54 @@ def test_a_cifar_batch_that_names_code_is_refused_without_running_it(tmp_path):
     with pytest.raises(UsageError, match="refused global"):
         _unpickle(batch)
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------- declared shapes
+
+def _write_ettm1(root: Path) -> None:
+    import pandas as pd
+
+    (root / "ltsf").mkdir(parents=True)
+    dates = pd.date_range("2016-07-01", periods=400, freq="15min").strftime("%Y-%m-%d %H:%M:%S")
+    level = 20 + 5 * np.sin(2 * np.pi * np.arange(400) / 24)
+    pd.DataFrame({"date": dates, "HUFL": np.ones(400), "OT": level}).to_csv(root / "ltsf" / "ETTm1.csv", index=False)
+
+
+SOURCES = {
+    "digits": ({"source": "digits"}, None),
+    "diabetes": ({"source": "diabetes"}, None),
+    "cifar10": ({"source": "cifar10", "ood": "none", "val_fraction": 0.5},
+                lambda root: _write_cifar10(root, batches=(1,), n=20)),
+    "cifar100": ({"source": "cifar100", "ood": "none", "val_fraction": 0.25},
+                 lambda root: write_cifar100(root, _images(20, 0), [i % 5 for i in range(20)], _images(4, 1),
+                                             [0, 1, 2, 3])),
+    "co2": ({"source": "timeseries", "dataset": "co2", "context_length": 52, "prediction_length": 13}, None),
+    "ETTm1": ({"source": "timeseries", "dataset": "ETTm1", "context_length": 48, "prediction_length": 24},
+              _write_ettm1),
+}
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_a_source_declares_the_shapes_it_loads(tmp_path, name):
+    """`validate` sizes the network on the shapes a source declares without reading its files: they must be the
+    shapes of the tensors it loads, and the outputs the labels' classes or the forecast horizon."""
+    from bnnbench.data import declared_shapes, load_data
+
+    data, write = SOURCES[name]
+    if write is not None:
+        write(tmp_path)
+    input_shape, num_outputs = declared_shapes(data)
+    bundle = load_data(data, root=tmp_path).bundle
+    assert (bundle.input_shape, bundle.num_outputs) == (input_shape, num_outputs)
+    assert tuple(bundle.train.x.shape[1:]) == input_shape
+    if bundle.train.y.is_floating_point() and bundle.train.y.ndim == 2:  # forecasting windows: one output per step
+        assert bundle.train.y.shape[1] == num_outputs
+    elif not bundle.train.y.is_floating_point():
+        assert int(bundle.train.y.max()) < num_outputs
+
+
+def test_a_cifar_meta_file_of_another_class_count_is_refused(tmp_path):
+    _write_cifar10(tmp_path, batches=(1,), n=4)
+    _pickle(tmp_path / "cifar-10-batches-py" / "batches.meta", {b"label_names": [b"cat", b"dog"]})
+    with pytest.raises(UsageError, match=r"batches\.meta: 'label_names' holds 2 class names where the set has 10"):
+        files.read_cifar(tmp_path, "cifar10")

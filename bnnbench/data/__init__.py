@@ -1,4 +1,6 @@
-"""Data sources: one module per source, each with a `Config` dataclass and `load(config) -> LoadedData`.
+"""Data sources: one module per source, each with a `Config` dataclass, `load(config) -> LoadedData` and, where
+the shapes follow from the config, `shapes(config) -> (input_shape, num_outputs)`, which `load` gives its bundle
+too, so that the network can be sized before any data are read.
 
 Image sources yield float tensors in [0, 1], shape (N, C, H, W); normalisation belongs to the model, so
 corruptions and the evaluator see the same pixels. Sources that read files take them from a data root
@@ -22,7 +24,7 @@ from bnnbench.types import DataBundle, Split
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["DATA_SOURCES", "LoadedData", "OfficialCorruptions", "check_data_config", "load_data"]
+__all__ = ["DATA_SOURCES", "LoadedData", "OfficialCorruptions", "check_data_config", "declared_shapes", "load_data"]
 
 DATA_SOURCES: Registry[str] = Registry("data source")  # source name -> module, imported on use
 DATA_SOURCES.register("digits", "bnnbench.data.digits")
@@ -78,6 +80,13 @@ def _config(data: dict[str, Any], where: str):
 def check_data_config(data: dict[str, Any], where: str) -> None:
     """Raise UsageError if the task's [data] table names an unknown source or key."""
     _config(data, where)
+
+
+def declared_shapes(data: dict[str, Any], where: str = "task") -> tuple[tuple[int, ...], int] | None:
+    """(input shape, outputs) of the bundle the task's [data] table would load, without reading anything; None for
+    a source (a plugin's) that does not declare them."""
+    module, config = _config(data, where)
+    return module.shapes(config) if hasattr(module, "shapes") else None
 
 
 def load_data(data: dict[str, Any], where: str = "task", root: str | Path | None = None) -> LoadedData:

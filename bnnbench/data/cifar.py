@@ -29,7 +29,7 @@ from bnnbench.data.cifar_c import cifar10c_dir, official_cifar10c
 from bnnbench.errors import UsageError
 from bnnbench.types import DataBundle, Split
 
-__all__ = ["Config", "load"]
+__all__ = ["Config", "load", "shapes"]
 
 OOD_SETS = {"cifar10": ("cifar100", "svhn"), "cifar100": ("cifar10", "svhn")}  # defaults per source
 
@@ -135,14 +135,20 @@ def source_files(config: Config, root: Path) -> list[Path]:
     return [path for path in files if path.is_file()]
 
 
+def shapes(config: Config) -> tuple[tuple[int, ...], int]:
+    """The bundle's input shape and outputs, known without reading the files."""
+    return (3, 32, 32), data_files.CIFAR_CLASSES[config.source]
+
+
 def load(config: Config, root: Path) -> LoadedData:
     """Train/val/test of `config.source` as float tensors in [0, 1], shape (N, 3, 32, 32), plus OOD sets and,
     for CIFAR-10, the official CIFAR-10-C files when they are under the data root."""
     arrays = data_files.read_cifar(root, config.source)
     train_rows, val_rows = _stratified_holdout(arrays.train_labels, config.val_fraction, config.split_seed)
+    input_shape, num_outputs = shapes(config)  # read_cifar refuses a meta file of another class count
     bundle = DataBundle(train=_split(arrays.train_images[train_rows], arrays.train_labels[train_rows]),
                         val=_split(arrays.train_images[val_rows], arrays.train_labels[val_rows]),
-                        num_outputs=len(arrays.classes), input_shape=(3, 32, 32))
+                        num_outputs=num_outputs, input_shape=input_shape)
     ood, missing, refused = _ood_splits(config, root)
     info = {"data_root": str(root), "n_train_batches": arrays.n_train_batches, "ood_sets": sorted(ood),
             "ood_missing": missing, "ood_refused": refused}

@@ -15,9 +15,10 @@ import torch
 from bnnbench.data import LoadedData
 from bnnbench.types import DataBundle, Split
 
-__all__ = ["Config", "load"]
+__all__ = ["Config", "load", "shapes"]
 
 N_ROWS = 442
+N_FEATURES = 10
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,11 @@ class Config:
     def __post_init__(self) -> None:
         if not 2 <= self.n_train < N_ROWS:
             raise ValueError(f"n_train must be in 2..{N_ROWS - 1}, got {self.n_train}")
+
+
+def shapes(config: Config) -> tuple[tuple[int, ...], int]:
+    """The bundle's input shape and outputs, known without loading."""
+    return (N_FEATURES,), 1
 
 
 def load(config: Config, root: Path | None = None) -> LoadedData:
@@ -42,5 +48,6 @@ def load(config: Config, root: Path | None = None) -> LoadedData:
         return Split(torch.from_numpy(x[rows]).float(), torch.from_numpy(y[rows]).float())
 
     empty = Split(torch.zeros(0, x.shape[1]), torch.zeros(0))
-    bundle = DataBundle(train=split(train), val=empty, num_outputs=1, input_shape=(x.shape[1],))
+    input_shape, num_outputs = shapes(config)
+    bundle = DataBundle(train=split(train), val=empty, num_outputs=num_outputs, input_shape=input_shape)
     return LoadedData(bundle=bundle, test=split(test))

@@ -19,7 +19,7 @@ from bnnbench.data import LoadedData
 from bnnbench.errors import UsageError
 from bnnbench.types import DataBundle, Split
 
-__all__ = ["Config", "load", "load_images"]
+__all__ = ["Config", "load", "load_images", "shapes"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,11 @@ def load_images() -> tuple[np.ndarray, np.ndarray]:
     return images, digits.target.astype(np.int64)
 
 
+def shapes(config: Config) -> tuple[tuple[int, ...], int]:
+    """The bundle's input shape and outputs, known without loading: 8 x 8 grey images of 10 digits."""
+    return (1, 8, 8), 10
+
+
 def load(config: Config, root: Path | None = None) -> LoadedData:
     """Stratified train/val/test split of the digits, as float tensors in [0, 1], shape (N, 1, 8, 8)."""
     from sklearn.model_selection import train_test_split
@@ -72,6 +77,7 @@ def load(config: Config, root: Path | None = None) -> LoadedData:
         x = torch.from_numpy(images[rows]).permute(0, 3, 1, 2).float() / 255.0
         return Split(x.contiguous(), torch.from_numpy(labels[rows]))
 
-    bundle = DataBundle(train=split(train), val=split(val), num_outputs=10, input_shape=(1, 8, 8))
+    input_shape, num_outputs = shapes(config)
+    bundle = DataBundle(train=split(train), val=split(val), num_outputs=num_outputs, input_shape=input_shape)
     info = {"n_rows": {"train": len(train), "val": len(val), "test": len(test)}}
     return LoadedData(bundle=bundle, test=split(test), info=info)

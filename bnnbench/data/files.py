@@ -23,8 +23,8 @@ import numpy as np
 
 from bnnbench.errors import UsageError, error_line, unknown_choice
 
-__all__ = ["DATA_ENV", "CifarArrays", "data_root", "missing_file", "read_cifar", "read_cifar_test_images",
-           "read_svhn_test"]
+__all__ = ["CIFAR_CLASSES", "DATA_ENV", "CifarArrays", "data_root", "missing_file", "read_cifar",
+           "read_cifar_test_images", "read_svhn_test"]
 
 DATA_ENV = "BNNBENCH_DATA"
 
@@ -32,6 +32,7 @@ ROOT_HINT = "choose the data root with --data-dir or $" + DATA_ENV
 _CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 # (class names, labels) keys: CIFAR-100 is read with its 100 fine labels
 _CIFAR_KEYS = {"cifar10": (b"label_names", b"labels"), "cifar100": (b"fine_label_names", b"fine_labels")}
+CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}  # a meta file with another count is not the set
 _CIFAR10_MAX_BATCHES = 5
 _PIXELS = 32 * 32 * 3
 
@@ -131,14 +132,17 @@ def _array(content: dict[bytes, Any], key: bytes, path: Path) -> np.ndarray:
     return array
 
 
-def _class_names(path: Path, key: bytes) -> tuple[str, ...]:
+def _class_names(path: Path, key: bytes, expected: int) -> tuple[str, ...]:
     names = _key(_unpickle(path), key, path)
     if not isinstance(names, list | tuple) or not names:
         raise UsageError(f"{path}: {key.decode()!r} is not a list of class names")
     try:
-        return tuple(name.decode() if isinstance(name, bytes) else str(name) for name in names)
+        decoded = tuple(name.decode() if isinstance(name, bytes) else str(name) for name in names)
     except UnicodeDecodeError as error:
         raise UsageError(f"{path}: {key.decode()!r} holds a class name that is not UTF-8 ({error})") from None
+    if len(decoded) != expected:
+        raise UsageError(f"{path}: {key.decode()!r} holds {len(decoded)} class names where the set has {expected}")
+    return decoded
 
 
 def _cifar_batch(path: Path, labels_key: bytes, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -202,7 +206,7 @@ def read_cifar(root: Path, name: str) -> CifarArrays:
     """
     meta, train_files, test = cifar_files(root, name)
     names_key, labels_key = _CIFAR_KEYS[name]
-    classes = _class_names(meta, names_key)
+    classes = _class_names(meta, names_key, CIFAR_CLASSES[name])
     batches = [_cifar_batch(path, labels_key, len(classes)) for path in train_files]
     test_images, test_labels = _cifar_batch(test, labels_key, len(classes))
     return CifarArrays(
@@ -220,7 +224,7 @@ def read_cifar_test_images(root: Path, name: str) -> np.ndarray:
     its meta and test files are read, checked as `read_cifar` checks them; its training files are not."""
     meta, _, test = cifar_files(root, name)
     names_key, labels_key = _CIFAR_KEYS[name]
-    return _cifar_batch(test, labels_key, len(_class_names(meta, names_key)))[0]
+    return _cifar_batch(test, labels_key, len(_class_names(meta, names_key, CIFAR_CLASSES[name])))[0]
 
 
 # ------------------------------------------------------------------------------------------------ SVHN

@@ -34,7 +34,7 @@ from bnnbench.data import LoadedData
 from bnnbench.errors import UsageError, error_line, unknown_choice
 from bnnbench.types import DataBundle, Split, Windows
 
-__all__ = ["EMBEDDED", "LTSF_FILES", "Config", "Series", "load", "read_series", "window_splits"]
+__all__ = ["EMBEDDED", "LTSF_FILES", "Config", "Series", "load", "read_series", "shapes", "window_splits"]
 
 EMBEDDED = ("co2", "sunspots", "taylor")
 LTSF_FILES = {"ETTh1": "ETTh1.csv", "ETTh2": "ETTh2.csv", "ETTm1": "ETTm1.csv", "ETTm2": "ETTm2.csv",
@@ -293,11 +293,16 @@ def window_splits(series: list[Series], config: Config) -> tuple[Split, Split, S
     return train, val, test
 
 
+def shapes(config: Config) -> tuple[tuple[int, ...], int]:
+    """The bundle's input shape and outputs, known without reading the series: one window's context and horizon."""
+    return (config.context_length,), config.prediction_length
+
+
 def load(config: Config, root: Path) -> LoadedData:
     """Windows of the configured series: x (N, context_length), y (N, prediction_length), normalised."""
     series = read_series(config, root)
     train, val, test = window_splits(series, config)
-    bundle = DataBundle(train=train, val=val, num_outputs=config.prediction_length,
-                        input_shape=(config.context_length,))
+    input_shape, num_outputs = shapes(config)
+    bundle = DataBundle(train=train, val=val, num_outputs=num_outputs, input_shape=input_shape)
     info = {"n_series": len(series), "n_windows": {"train": len(train), "val": len(val), "test": len(test)}}
     return LoadedData(bundle=bundle, test=test, info=info)
