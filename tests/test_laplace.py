@@ -16,7 +16,7 @@ from bnnbench.reference import linear_gaussian_posterior
 from bnnbench.tasks import load_task
 from bnnbench.types import Budget, DataBundle, FitContext, Split
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::UserWarning")  # laplace-torch is quiet
 
 
 def _double(split: Split) -> Split:

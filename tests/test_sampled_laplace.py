@@ -19,7 +19,7 @@ from bnnbench.models import create_model
 from bnnbench.tasks import load_task
 from bnnbench.types import DataBundle, FitContext
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+pytestmark = pytest.mark.filterwarnings("error::FutureWarning", "error::UserWarning")  # laplace-torch is quiet
 
 
 def _fit_blr_with_info(**overrides):

@@ -15,6 +15,7 @@ from bnnbench.methods.laplace.common import (
     LaplaceHparams,
     check_memory,
     fit_laplace,
+    import_laplace,
     laplace_backend,
     tunes_on_validation,
 )
@@ -32,7 +33,7 @@ class Hparams(LaplaceHparams):
 
 
 def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
-    from laplace import Laplace
+    Laplace = import_laplace().Laplace  # noqa: N806 (laplace-torch's factory)
 
     check_memory(model, hparams.hessian, list(model.named_parameters()), hparams.max_curvature_gb, "laplace-all",
                  "hessian=diag or laplace-subnet")

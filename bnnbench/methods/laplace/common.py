@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,11 +166,34 @@ BACKPACK_MODULES = (nn.Linear, nn.Conv2d, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.MaxPo
                     nn.Dropout, nn.Identity)
 
 
+@contextmanager
+def quiet_jit_deprecation():
+    """torch 2.14 deprecates torch.jit.script with a FutureWarning, and libraries still script at first use: asdl
+    (laplace-torch's dependency) at import, torch.func.jvp's own decompositions at its first call. The warning is
+    theirs to act on, not a bnnbench user's; it is silenced around those calls only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        yield
+
+
+def import_laplace():
+    """laplace-torch, imported here so that it is quiet (`quiet_jit_deprecation`). Its BackPack Jacobians call
+    backward on outputs whose inputs need no gradient, for which torch warns that full backward hooks fire on
+    outputs (a UserWarning, attributed to laplace's module): filtered for laplace's modules only."""
+    warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect "
+                            "to module outputs", category=UserWarning, module=r"laplace\.")
+    with quiet_jit_deprecation():
+        import laplace
+        import laplace.curvature
+        import laplace.utils.subnetmask  # noqa: F401 (the submodules that import asdl)
+    return laplace
+
+
 def laplace_backend(model: nn.Module):
     """BackPack's GGN where it supports every layer of the model (its per-example Jacobians and exact diagonal
     GGN cost C backward passes per batch: the digits CNN's diagonal GGN over 256 points took 1.35 s against
     34 s through curvlinops, same values), else laplace-torch's default (curvlinops, any architecture)."""
-    from laplace.curvature import BackPackGGN
+    BackPackGGN = import_laplace().curvature.BackPackGGN  # noqa: N806 (a class)
 
     if isinstance(model, RegressionView):  # BackPack extends module graphs, not the view's tensor operations
         return None

@@ -15,6 +15,7 @@ from bnnbench.methods.laplace.common import (
     RegressionView,
     check_memory,
     fit_laplace,
+    import_laplace,
     laplace_backend,
     parameter_indices,
     tunes_on_validation,
@@ -32,7 +33,7 @@ class Hparams(LaplaceHparams):
 
 
 def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
-    from laplace import Laplace
+    Laplace = import_laplace().Laplace  # noqa: N806 (laplace-torch's factory)
 
     name = last_layer_name(model)
 

@@ -60,7 +60,7 @@ from torch.func import functional_call, jvp, vjp, vmap
 
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Categorical, Gaussian, Likelihood, get_likelihood
-from bnnbench.methods.laplace.common import LINK_APPROXIMATIONS, PRED_TYPES, train_map_phase
+from bnnbench.methods.laplace.common import LINK_APPROXIMATIONS, PRED_TYPES, quiet_jit_deprecation, train_map_phase
 from bnnbench.methods.map import precision_prior_settings
 from bnnbench.params import FlatParams, batchnorm_parameter_names, math_attention
 from bnnbench.train import LoopResult, TrainConfig
@@ -202,7 +202,7 @@ class Linearisation:
         """J(x) v for each row v of `tangents` (K, P): (K, B, C)."""
         def push(tangent: Tensor) -> Tensor:
             return jvp(lambda flat: self._call(flat, x), (self.theta,), (tangent * self.mask,))[1]
-        with math_attention():
+        with math_attention(), quiet_jit_deprecation():
             return vmap(push)(tangents).detach()
 
     def pullback(self, x: Tensor) -> tuple[Tensor, Any]:

@@ -26,6 +26,7 @@ from bnnbench.methods.laplace.common import (
     check_memory,
     data_loader,
     fit_laplace,
+    import_laplace,
     jacobian_rows,
     laplace_backend,
     tunes_on_validation,
@@ -58,7 +59,7 @@ def select_subnetwork(model, likelihood: str, selection: str, n_params: int, tra
                       seed: int) -> torch.Tensor:
     """Sorted indices (into the flattened parameter vector) of the `n_params` selected weights; `batch_size` is
     SWAG's SGD batch."""
-    from laplace import DiagLaplace
+    laplace = import_laplace()
     from laplace.utils.subnetmask import (
         LargestMagnitudeSubnetMask,
         LargestVarianceDiagLaplaceSubnetMask,
@@ -71,7 +72,7 @@ def select_subnetwork(model, likelihood: str, selection: str, n_params: int, tra
         torch.manual_seed(seed)
         mask, rows = LargestVarianceSWAGSubnetMask(model, n_params, likelihood), batch_size
     elif selection == "largest-variance":
-        diagonal = DiagLaplace(model, likelihood, backend=laplace_backend(model))
+        diagonal = laplace.DiagLaplace(model, likelihood, backend=laplace_backend(model))
         mask = LargestVarianceDiagLaplaceSubnetMask(model, n_params, diagonal)
     elif selection == "largest-magnitude":
         mask = LargestMagnitudeSubnetMask(model, n_params)
@@ -84,7 +85,7 @@ def select_subnetwork(model, likelihood: str, selection: str, n_params: int, tra
 
 
 def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
-    from laplace import Laplace
+    Laplace = import_laplace().Laplace  # noqa: N806 (laplace-torch's factory)
 
     chosen = {}
     n_params = min(hparams.n_params, sum(p.numel() for p in model.parameters()))
