@@ -5,7 +5,8 @@ Overhead is reported as a ratio, so a method's cost is separated from the networ
   mini-batches minus that of a fit of `warmup` mini-batches, both after an untimed fit that pays the
   process's first-call costs; the two lengths are fitted `fit_repeats` times in alternation and each keeps its
   fastest fit, timeit's rule, as for eval below) against plain forward, backward and AdamW steps
-  of the bare network at the same batch size, under the same autocast. A method that reports its training
+  of the bare network at the same batch size, under the same autocast, `steps` of them the fastest of
+  `fit_repeats` runs. A method that reports its training
   steps' own seconds (the Laplace methods' `map_seconds`) is timed by those: its post-hoc work, seconds that
   do not depend on the step count, would otherwise swamp the difference with its jitter.
 - eval: the method's predictive on evaluation batches with `n_samples` posterior samples, counted in
@@ -88,22 +89,27 @@ def _timed_fit(task, method, data: DataBundle, steps: int, device: torch.device,
 
 
 def _bare_train(model: torch.nn.Module, likelihood, x: torch.Tensor, y: torch.Tensor, steps: int,
-                warmup: int) -> float:
+                warmup: int, repeats: int) -> float:
+    """Images/s of `steps` AdamW steps after `warmup` untimed ones, the fastest of `repeats` runs of them."""
     from bnnbench.train import TrainConfig, adamw, autocast
 
     optimizer = adamw([{"params": list(model.parameters())}], TrainConfig())
     device = x.device
-    for step in range(warmup + steps):
-        if step == warmup:
-            _synchronize(device)
-            start = time.perf_counter()
-        with autocast(device):
-            loss = -likelihood.log_likelihood(model(x), y).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    _synchronize(device)
-    return steps * len(x) / (time.perf_counter() - start)
+
+    def run(n: int) -> float:
+        _synchronize(device)
+        start = time.perf_counter()
+        for _ in range(n):
+            with autocast(device):
+                loss = -likelihood.log_likelihood(model(x), y).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        _synchronize(device)
+        return time.perf_counter() - start
+
+    run(warmup)
+    return steps * len(x) / min(run(steps) for _ in range(repeats))
 
 
 @torch.no_grad()
@@ -180,7 +186,7 @@ def bench(task_name: str, method_name: str, device: str = "auto", *, steps: int 
     eval_x = _synthetic(data.input_shape, data.num_outputs, eval_batch).x.to(torch_device)
     bare = build_model().to(torch_device)
     x, y = data.train.x[:train_batch].to(torch_device), data.train.y[:train_batch].to(torch_device)
-    bare_train = _bare_train(bare.train(), likelihood, x, y, steps, warmup)
+    bare_train = _bare_train(bare.train(), likelihood, x, y, steps, warmup, fit_repeats)
 
     def bare_forward(x: torch.Tensor) -> torch.Tensor:
         with autocast(torch_device):

@@ -45,8 +45,9 @@ FULL = CheckSizes(REAL_SIZES, bench_steps=50, bench_warmup=10, bench_fit_repeats
 # stem is a Sequential, which the CIFAR stem would replace, so the stem stays). Three warm-up steps: swag's shortest
 # fit must have two SGD steps, each a snapshot (see `bench_settings`); 8 timed steps, so that the steps' milliseconds
 # stand out of the jitter of the fits they are the difference of, each length fitted three times (a CI machine once
-# fitted 3 steps in 0.353 s and the 11 after them in 0.079 s). Stages get longer caps: a CPU's seconds.
-TINY = CheckSizes(TINY_SIZES, bench_steps=8, bench_warmup=3, bench_fit_repeats=3, eval_repeats=1, eval_batch=16,
+# fitted 3 steps in 0.353 s and the 11 after them in 0.079 s), and three eval calls each (one compiled call of 16
+# images once took 0.19 s beside a CPU-bound process, a whole time slice). Stages get longer caps: a CPU's seconds.
+TINY = CheckSizes(TINY_SIZES, bench_steps=8, bench_warmup=3, bench_fit_repeats=3, eval_repeats=3, eval_batch=16,
                   stage_seconds=dict.fromkeys(STAGE_CAPS, 300.0),
                   settings={"cifar10-vit": {"batch_size": 8, "model.patch_size": 8, "model.embed_dim": 16,
                                             "model.depth": 1, "model.num_heads": 2},
