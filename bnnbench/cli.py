@@ -169,7 +169,7 @@ def run(
     force: Annotated[bool, typer.Option(help="re-run seeds that already have an ok result")] = False,
     tasks_dir: Annotated[list[Path], typer.Option(help=TASKS_DIR_HELP)] = [],  # noqa: B006
     tuned: Annotated[Path | None, typer.Option(help="apply the method's settings from a `bnnbench tune` file "
-                                                     "(tuned/<task>.toml); --set still wins")] = None,
+                                                     "(tuned/TASK.toml); --set still wins")] = None,
     compile_: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)] = False,
 ) -> None:
     """Fit one method on one task for each seed, evaluate it, and write tidy results. A seed whose run id
@@ -310,10 +310,10 @@ def tune(
     executor: Annotated[Executor, typer.Option(help="where trial runs execute")] = Executor.local,
     workers: Annotated[int, typer.Option(help="trials in flight; worker processes (local), CPUs of a Ray "
                                               "started here (ray)")] = 1,
-    study_dir: Annotated[Path, typer.Option(help="the Optuna studies (<task>.db, SQLite) and trial runs")]
+    study_dir: Annotated[Path, typer.Option(help="the Optuna studies (TASK.db, SQLite) and trial runs")]
     = Path("studies"),
     out_file: Annotated[Path | None, typer.Option("--out", help="the tuned settings file (default "
-                                                                "tuned/<task>.toml)")] = None,
+                                                                "tuned/TASK.toml)")] = None,
     budget_seconds: Annotated[float | None, typer.Option(help="also stop a method's study once its runs took "
                                                               "this many seconds (an equal wall-clock budget)")]
     = None,
@@ -329,7 +329,7 @@ def tune(
     tasks_dir: Annotated[list[Path], typer.Option(help=TASKS_DIR_HELP)] = [],  # noqa: B006
 ) -> None:
     """Tune each method with the same number of trials (Optuna TPE, seeded) on the task's validation split only;
-    trials run on the sweep executors and resume after a kill. Writes tuned/<task>.toml for `run --tuned`."""
+    trials run on the sweep executors and resume after a kill. Writes `tuned/TASK.toml` for `run --tuned`."""
     from bnnbench import api
 
     def report(task_name: str, method: str, number: int, value: float | None) -> None:

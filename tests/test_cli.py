@@ -77,6 +77,27 @@ def test_help_is_still_click_s(cli):
     assert bare.code == 2 and "download" in bare.stdout + bare.stderr
 
 
+def test_help_texts_keep_their_angle_bracket_placeholders_out():
+    """The help is rendered as markdown, which drops `<task>` as an HTML tag: `tuned/<task>.toml` read
+    `tuned/.toml`. Placeholders are written in capitals (TASK) instead."""
+    import re
+
+    import click
+    import typer
+
+    from bnnbench.cli import app
+
+    def texts(command: click.Command):
+        yield command.help or ""
+        for parameter in command.params:
+            yield getattr(parameter, "help", None) or ""
+        for sub in getattr(command, "commands", {}).values():
+            yield from texts(sub)
+
+    tags = [text for text in texts(typer.main.get_command(app)) if re.search(r"<[A-Za-z_]+>", text)]
+    assert tags == []
+
+
 def test_validate_all_tasks(cli):
     result = cli("validate")
     assert result.code == 0
