@@ -230,6 +230,51 @@ def read_cifar_test_images(root: Path, name: str) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ SVHN
 
 
+# Run by `_read_mat_in_child` in a child interpreter: numeric arrays go back as .npy files (no pickles), the names
+# the file holds on stdout, a reader's error on stderr with exit code 3.
+_MAT_READER = """
+import sys
+import numpy as np
+import scipy.io
+path, out, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+try:
+    content = scipy.io.loadmat(path)
+    found = sorted(name for name in content if not name.startswith("__"))
+    for name in names:
+        if name in content:
+            np.save(f"{out}/{name}.npy", np.asarray(content[name]), allow_pickle=False)
+except Exception as error:
+    sys.stderr.write(f"{type(error).__name__}: {error}".replace("\\n", " "))
+    sys.exit(3)
+print(" ".join(found))
+"""
+
+
+def _read_mat_in_child(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Variables `names` of a MATLAB .mat file, read by scipy in a child interpreter: scipy's C reader crashes the
+    process (SIGSEGV, SIGBUS) on some damaged files (one changed byte in the SVHN file's variable tags did), and a
+    damaged data file must be one line and exit 2, not a dead run."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bnnbench-mat-") as out:
+        done = subprocess.run([sys.executable, "-I", "-c", _MAT_READER, str(path), out, *names],
+                              capture_output=True, text=True)
+        if done.returncode < 0:
+            raise UsageError(f"{path}: scipy's MAT reader crashed on it (signal {-done.returncode}): the file is "
+                             "damaged; download it again")
+        if done.returncode != 0:
+            reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+            raise UsageError(f"{path}: not a MATLAB .mat file scipy can read ({reason})")
+        arrays = {name: np.load(Path(out) / f"{name}.npy", allow_pickle=False) for name in names
+                  if (Path(out) / f"{name}.npy").is_file()}
+    if len(arrays) < len(names):
+        expected = " and ".join(repr(name) for name in names)
+        raise UsageError(f"{path}: variables {expected} expected, found {', '.join(done.stdout.split()) or 'none'}")
+    return arrays
+
+
 def read_svhn_test(root: Path) -> tuple[np.ndarray, np.ndarray]:
     """SVHN cropped-digits test set (`root/svhn/test_32x32.mat`): uint8 images (N, 32, 32, 3) and int64
     labels (N,) with the file's label 10 (its code for the digit 0) mapped to 0."""
@@ -237,15 +282,8 @@ def read_svhn_test(root: Path) -> tuple[np.ndarray, np.ndarray]:
     path = svhn_test_file(root)
     if not path.is_file():
         raise missing_file(path, root, "svhn", "the official test_32x32.mat in a folder named svhn")
-    import scipy.io
-
-    try:
-        content = scipy.io.loadmat(path)
-    except (ValueError, OSError, NotImplementedError, TypeError, scipy.io.matlab.MatReadError) as error:
-        raise UsageError(f"{path}: not a MATLAB .mat file scipy can read ({type(error).__name__}: {error})") from None
-    if "X" not in content or "y" not in content:
-        raise UsageError(f"{path}: variables 'X' and 'y' expected, found {', '.join(sorted(content))}")
-    images, labels = np.asarray(content["X"]), np.asarray(content["y"])
+    content = _read_mat_in_child(path, ("X", "y"))
+    images, labels = content["X"], content["y"]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[:3] != (32, 32, 3):
         raise UsageError(f"{path}: 'X' must be uint8 of shape (32, 32, 3, N), got {images.dtype} {images.shape}")
     n = images.shape[3]
