@@ -200,3 +200,68 @@ def test_glm_samples_of_a_subnetwork_that_leaves_outputs_untouched():
     empirical = torch.einsum("sbi,sbj->bij", centred, centred) / len(samples)
     torch.testing.assert_close(empirical, covariance, atol=0.05 * covariance.abs().max(), rtol=0)
     assert torch.isfinite(predictive.predict(x[:5], 16)).all()
+
+
+# ------------------------------------------------------------------ the last layer's predictive, in feature space
+
+def _last_layer_posterior(hessian: str, likelihood: str, n_out: int):
+    """laplace-torch's last-layer posterior of a small float64 MLP on random data, fitted with a prior precision
+    that leaves the curvature visible; the network, the posterior, and inputs it did not see."""
+    from bnnbench.methods.laplace.common import import_laplace, quiet_jit_deprecation
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.Tanh(), torch.nn.Linear(9, n_out)).double()
+    x = torch.randn(64, 6, dtype=torch.float64)
+    y = torch.randint(0, n_out, (64,)) if likelihood == "classification" else torch.randn(64, n_out).double()
+    laplace = import_laplace().Laplace(network, likelihood, subset_of_weights="last_layer",
+                                       hessian_structure=hessian, prior_precision=0.5,
+                                       sigma_noise=0.7 if likelihood == "regression" else 1.0)
+    with quiet_jit_deprecation():  # as in fit_laplace: curvlinops' curvature runs torch.func.jvp
+        laplace.fit(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16))
+    return network, laplace, torch.randn(11, 6, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("hessian", ["kron", "full", "diag"])
+@pytest.mark.parametrize("likelihood", ["classification", "regression"])
+def test_the_last_layer_glm_from_features_is_laplace_torchs_glm(hessian, likelihood):
+    """The closed form in feature space against laplace-torch's Jacobian GLM (its `_glm_predictive_distribution`)
+    on the same posterior: the output covariance of every structure, the probit predictive, the regression
+    predictive's variance; per prior precision, as validation tuning changes it."""
+    from bnnbench.likelihoods import get_likelihood
+    from bnnbench.methods.laplace.last_layer import LastLayerPredictive
+
+    n_out = 4 if likelihood == "classification" else 1
+    network, laplace, x = _last_layer_posterior(hessian, likelihood, n_out)
+    ours = get_likelihood("categorical" if likelihood == "classification" else "gaussian",
+                          {} if likelihood == "classification" else {"noise_std": 0.7})
+    predictive = LastLayerPredictive(laplace, network, None, ours, "glm", "probit")
+    for prior_precision in (0.5, 30.0):
+        laplace.prior_precision = prior_precision
+        mean, covariance = laplace._glm_predictive_distribution(x)
+        _, features = laplace.model.forward_with_features(x)
+        np.testing.assert_allclose(predictive.output_covariance(features), covariance, rtol=1e-10, atol=1e-13)
+        predicted = predictive.predict(x, 1)
+        if likelihood == "classification":
+            np.testing.assert_allclose(predicted[0].exp(), laplace(x, pred_type="glm", link_approx="probit"),
+                                       rtol=1e-10)
+        else:
+            np.testing.assert_allclose(predicted[0, :, 0], mean[:, 0], rtol=1e-12)
+            np.testing.assert_allclose(predicted[0, :, 1].exp().square(), covariance[:, 0, 0] + 0.49, rtol=1e-10)
+
+
+@pytest.mark.parametrize("hessian", ["kron", "full", "diag"])
+def test_the_last_layer_monte_carlo_over_weights_is_laplace_torchs(hessian):
+    """pred_type nn: the features through sampled heads, against laplace-torch's own last-layer nn samples (the
+    same draws: both sample the head from the same seed). Its `functional_samples(pred_type="nn")` crashes here."""
+    from bnnbench.likelihoods import get_likelihood
+    from bnnbench.methods.laplace.last_layer import LastLayerPredictive
+
+    network, laplace, x = _last_layer_posterior(hessian, "classification", 4)
+    predictive = LastLayerPredictive(laplace, network, None, get_likelihood("categorical", {}), "nn", "mc")
+    torch.manual_seed(3)
+    ours = predictive.predict(x, 5).exp()
+    torch.manual_seed(3)
+    theirs = laplace._nn_predictive_samples(x, n_samples=5)
+    assert ours.shape == (5, 11, 4)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10)
+    assert ours.std(dim=0).min() > 0  # the samples differ: the heads were sampled

@@ -36,7 +36,8 @@ from bnnbench.train import LoopResult, TrainConfig, loop_config
 from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, ParameterPosterior, Split, TaskSpec
 
 __all__ = ["LINK", "LaplaceHparams", "LaplacePredictive", "RegressionView", "check_memory", "curvature_bytes",
-           "data_loader", "fit_laplace", "jacobian_rows", "laplace_backend", "parameter_indices", "train_map_phase"]
+           "data_loader", "fit_laplace", "gaussian_samples", "jacobian_rows", "laplace_backend", "parameter_indices",
+           "train_map_phase"]
 
 PRED_TYPES = ("glm", "nn")
 LINK_APPROXIMATIONS = ("probit", "mc")
@@ -310,19 +311,24 @@ class LaplacePredictive(ParameterPosterior):
 
 
     def _glm_samples(self, x: Tensor, n_samples: int) -> Tensor:
-        """Samples (S, B, K) of the linearised outputs N(f_μ, J Σ Jᵀ). laplace-torch's own sampler takes a
-        Cholesky factor of each (K, K) output covariance, which fails when some outputs do not depend on the
-        posterior's weights (a subnetwork: measured on ts-taylor-dlinear, every seed, and on digits-mlp with the
-        300 largest-variance weights, where class 0's logit has none: every trial of that setting failed in
-        `bnnbench tune`); the symmetric square root from the eigendecomposition, with rounding-negative eigenvalues
-        set to 0, samples the same Gaussian."""
+        """Samples (S, B, K) of the linearised outputs N(f_μ, J Σ Jᵀ) (`gaussian_samples`: laplace-torch's own
+        sampler takes a Cholesky factor, see there)."""
         with torch.no_grad():
             # the logits' Gaussian before any link (what laplace-torch's `__call__` builds on; pinned 0.3)
             mean, covariance = self.laplace._glm_predictive_distribution(x)
-            values, vectors = torch.linalg.eigh(covariance)
-            root = vectors * values.clamp_min(0).sqrt().unsqueeze(-2)
-            noise = torch.randn(n_samples, *mean.shape, dtype=mean.dtype, device=mean.device)
-            return mean + torch.einsum("bij,sbj->sbi", root, noise)
+            return gaussian_samples(mean, covariance, n_samples)
+
+
+def gaussian_samples(mean: Tensor, covariance: Tensor, n_samples: int) -> Tensor:
+    """Samples (S, B, K) of N(mean, covariance) per row, through the symmetric square root from the
+    eigendecomposition, rounding-negative eigenvalues set to 0. laplace-torch's own sampler takes a Cholesky factor
+    of each (K, K) output covariance, which fails when some outputs do not depend on the posterior's weights (a
+    subnetwork: measured on ts-taylor-dlinear, every seed, and on digits-mlp with the 300 largest-variance weights,
+    where class 0's logit has none: every trial of that setting failed in `bnnbench tune`)."""
+    values, vectors = torch.linalg.eigh(covariance)
+    root = vectors * values.clamp_min(0).sqrt().unsqueeze(-2)
+    noise = torch.randn(n_samples, *mean.shape, dtype=mean.dtype, device=mean.device)
+    return mean + torch.einsum("bij,sbj->sbi", root, noise)
 
 
 def marginal_variance(laplace: Any) -> Tensor:
@@ -367,7 +373,7 @@ def train_map_phase(model: nn.Module, likelihood: Likelihood, data: DataBundle, 
 
 def fit_laplace(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
                 hparams: LaplaceHparams, *, method: str, make_laplace, extra: dict[str, Any] | None = None,
-                ) -> tuple[LaplacePredictive, FitInfo]:
+                predictive: type[LaplacePredictive] | None = None) -> tuple[LaplacePredictive, FitInfo]:
     """Train MAP, build the posterior with `make_laplace(model, likelihood_name, noise_std, prior_precision,
     train) -> (laplace, indices)` (which checks memory and may select a subnetwork; `indices` are the covered
     positions in the flattened parameter vector, None for all), fit it on the training data, tune the prior
@@ -382,13 +388,13 @@ def fit_laplace(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budg
     train = Split(data.train.x.to(device), data.train.y.to(device))
     view = RegressionView(model, likelihood) if RegressionView.needed(model, likelihood, train.x) else None
     network = model if view is None else view
-    with math_attention():
+    with math_attention(), quiet_jit_deprecation():  # curvlinops' curvature runs torch.func.jvp
         laplace, indices = make_laplace(network, laplace_likelihood, noise_std, hparams.prior_precision, train)
         rows = jacobian_rows(network, train.x)
         laplace.fit(data_loader(train, rows, regression, view))
         fit_seconds = time.perf_counter() - start
-        predictive = LaplacePredictive(laplace, network, indices, likelihood, hparams.pred_type, hparams.link_approx,
-                                       view)
+        predictive = (predictive or LaplacePredictive)(laplace, network, indices, likelihood, hparams.pred_type,
+                                                       hparams.link_approx, view)
         tuning = {}
         if hparams.tune == "val":
             tuning = tune_on_validation(laplace, predictive, likelihood, data.val, hparams.grid_size,
