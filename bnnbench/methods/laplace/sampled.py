@@ -200,10 +200,16 @@ class Linearisation:
 
     def jvp(self, x: Tensor, tangents: Tensor) -> Tensor:
         """J(x) v for each row v of `tangents` (K, P): (K, B, C)."""
-        def push(tangent: Tensor) -> Tensor:
-            return jvp(lambda flat: self._call(flat, x), (self.theta,), (tangent * self.mask,))[1]
+        return self.outputs_and_jvp(x, tangents)[1]
+
+    def outputs_and_jvp(self, x: Tensor, tangents: Tensor) -> tuple[Tensor, Tensor]:
+        """f(x; θ*) (B, C) and J(x) v for each row v of `tangents` (K, B, C), in one vmapped forward-mode pass: the
+        primal does not depend on the tangent, so vmap computes it once and it is not run again."""
+        def push(tangent: Tensor) -> tuple[Tensor, Tensor]:
+            return jvp(lambda flat: self._call(flat, x), (self.theta,), (tangent * self.mask,))
         with math_attention(), quiet_jit_deprecation():
-            return vmap(push)(tangents).detach()
+            outputs, offsets = vmap(push, out_dims=(None, 0))(tangents)
+        return outputs.detach(), offsets.detach()
 
     def pullback(self, x: Tensor) -> tuple[Tensor, Any]:
         """f(x; θ*) and the map (K, B, C) -> (K, P), u -> J(x)ᵀu (masked)."""
@@ -490,7 +496,7 @@ class SampledLaplacePredictive(ParameterPosterior):
     def _predict(self, x: Tensor) -> Tensor:
         if self.pred_type == "nn":
             return self.likelihood.log_predictive(self.lin.network_at(x, self.samples))
-        outputs, offsets = self.lin.outputs(x), self.lin.jvp(x, self.samples)
+        outputs, offsets = self.lin.outputs_and_jvp(x, self.samples)
         if self.link_approx == "mc":
             return self.likelihood.log_predictive(outputs + offsets)
         variance = (offsets ** 2).mean(0)
