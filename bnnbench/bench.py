@@ -8,7 +8,9 @@ Overhead is reported as a ratio, so a method's cost is separated from the networ
   of the bare network at the same batch size, under the same autocast, `steps` of them the fastest of
   `fit_repeats` runs. A method that reports its training
   steps' own seconds (the Laplace methods' `map_seconds`) is timed by those: its post-hoc work, seconds that
-  do not depend on the step count, would otherwise swamp the difference with its jitter.
+  do not depend on the step count, would otherwise swamp the difference with its jitter. That post-hoc work is
+  reported on its own (`post_hoc_seconds`, the fastest long fit's whole seconds less its steps'), and in epochs of
+  the method's own MAP steps over the same training set (`post_hoc_map_epochs`).
 - eval: the method's predictive on evaluation batches with `n_samples` posterior samples, counted in
   network forward passes (images x samples) per second, against the bare network's forward pass at the
   same batch size and precision, the two timed call by call in alternation, each at its fastest call.
@@ -52,6 +54,16 @@ class BenchResult:
     peak_cuda_mb: float | None
     compile: bool = False  # asked for with --compile
     compile_error: str | None = None  # why compiling fell back to eager, if it did
+    post_hoc_seconds: float | None = None  # a post-hoc method's work after its training steps (fastest fit)
+    train_images: int = 0  # the fit's training set
+
+    @property
+    def post_hoc_map_epochs(self) -> float | None:
+        """A post-hoc method's work after training (curvature, tuning, sampling) in epochs of its own MAP training
+        steps over the same training set: what its fit costs on top of MAP, whatever the device."""
+        if self.post_hoc_seconds is None:
+            return None
+        return self.post_hoc_seconds / (self.train_images / self.method_train)
 
     @property
     def train_ratio(self) -> float:
@@ -79,13 +91,14 @@ STEP_SECONDS = "map_seconds"  # FitInfo.extra key of a post-hoc method's trainin
 
 def _timed_fit(task, method, data: DataBundle, steps: int, device: torch.device, build_model):
     """(predictive, seconds of the fit's training steps: its whole fit, or, for a post-hoc method, its training
-    loop's own, which it reports)."""
+    loop's own, which it reports; and the whole fit's seconds)."""
     model = build_model()
     _synchronize(device)
     start = time.perf_counter()
     predictive, info = method.fit(task, model, data, Budget(max_steps=steps), FitContext(device, 0, False))
     _synchronize(device)
-    return predictive, info.extra[STEP_SECONDS] if method.post_hoc else time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    return predictive, info.extra[STEP_SECONDS] if method.post_hoc else seconds, seconds
 
 
 def _bare_train(model: torch.nn.Module, likelihood, x: torch.Tensor, y: torch.Tensor, steps: int,
@@ -173,11 +186,11 @@ def bench(task_name: str, method_name: str, device: str = "auto", *, steps: int 
     _timed_fit(task, method, data, warmup, torch_device, build_model)  # first calls: kernels, allocator, caches
     # One pair of fits was not enough beside other processes: a fit of 3 steps once took 0.353 s and the fit of 11
     # after it 0.079 s. Load only ever slows a fit down, so each length keeps its fastest of `fit_repeats`.
-    warm_seconds = total_seconds = float("inf")
+    warm_seconds = total_seconds = post_hoc_seconds = float("inf")
     for _ in range(fit_repeats):
         warm_seconds = min(warm_seconds, _timed_fit(task, method, data, warmup, torch_device, build_model)[1])
-        predictive, seconds = _timed_fit(task, method, data, warmup + steps, torch_device, build_model)
-        total_seconds = min(total_seconds, seconds)
+        predictive, seconds, whole = _timed_fit(task, method, data, warmup + steps, torch_device, build_model)
+        total_seconds, post_hoc_seconds = min(total_seconds, seconds), min(post_hoc_seconds, whole - seconds)
     if total_seconds <= warm_seconds:
         raise BnnbenchError(f"a fit of {warmup + steps} steps took no longer than one of {warmup} "
                             f"({total_seconds:.3f} s vs {warm_seconds:.3f} s, the fastest of {fit_repeats} each): "
@@ -197,7 +210,8 @@ def bench(task_name: str, method_name: str, device: str = "auto", *, steps: int 
                                                               bare_forward, eval_x, eval_repeats)
     peak = torch.cuda.max_memory_allocated(torch_device) / 2**20 if torch_device.type == "cuda" else None
     return BenchResult(plan.device_name, train_batch, eval_batch, n_samples, method_train, bare_train,
-                       method_eval, bare_eval, peak, compile, compiler.error)
+                       method_eval, bare_eval, peak, compile, compiler.error,
+                       post_hoc_seconds if method.post_hoc else None, len(data.train))
 
 
 def _synthetic_shapes(task) -> tuple[tuple[int, ...], int]:

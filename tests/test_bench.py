@@ -51,7 +51,7 @@ def test_each_fit_length_keeps_its_fastest_fit(monkeypatch):
         calls = iter(seconds)
 
         def timed_fit(task, method, data, steps, device, build_model):
-            return _ConstantPredictive(), next(calls)
+            return _ConstantPredictive(), next(calls), 10.0
         return timed_fit
 
     monkeypatch.setattr(bench_module, "_timed_fit", scripted([9.0, 0.353, 0.079, 0.05, 0.2, 0.06, 0.09]))
@@ -143,3 +143,15 @@ def test_run_with_compile_records_it_and_keeps_the_run_id(cli, tmp_path, monkeyp
     assert record["compile"] is True and "compile_error" not in record and record["status"] == "ok"
     # how a run executes is not what it measures: the same run id, so an eager run finds it done
     assert "skipped" in cli(*args).stdout
+
+
+def test_a_post_hoc_fit_is_reported_in_map_epochs():
+    """laplace-ll on digits-mlp: the post-hoc seconds are the whole fit's less its steps', and in MAP epochs they
+    are those seconds over the time the method's own steps take for the training set (rate from the same bench)."""
+    result = bench("digits-mlp", "laplace-ll", "cpu", steps=40, warmup=2, eval_repeats=1, eval_batch=64,
+                   synthetic=True)
+    assert result.post_hoc_seconds > 0 and result.train_images == 128 * 42
+    epoch_seconds = result.train_images / result.method_train
+    assert result.post_hoc_map_epochs == pytest.approx(result.post_hoc_seconds / epoch_seconds)
+    assert bench("digits-mlp", "map", "cpu", steps=8, warmup=2, eval_repeats=1, eval_batch=64,
+                 synthetic=True).post_hoc_map_epochs is None

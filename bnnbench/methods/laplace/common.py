@@ -202,8 +202,9 @@ def laplace_backend(model: nn.Module):
     return BackPackGGN if all(isinstance(module, BACKPACK_MODULES) for module in leaves) else None
 
 
-def jacobian_rows(model: nn.Module, x: Tensor) -> int:
-    """Rows per laplace-torch call that builds per-example Jacobians over every weight.
+def jacobian_rows(model: nn.Module, x: Tensor, n_weights: int | None = None, most: int = GLM_ROWS) -> int:
+    """Rows per laplace-torch call that builds per-example Jacobians over every weight (`n_weights`: over that
+    many, such as a head's from its features, where `most` rows per call may be more than GLM_ROWS).
 
     Its GLM predictive and its diag/full GGN build a (rows, C, P) Jacobian (a subnetwork's too, before it
     indexes) by reverse mode over the whole batch, whose time and memory grow with rows², so batches are cut
@@ -213,8 +214,8 @@ def jacobian_rows(model: nn.Module, x: Tensor) -> int:
     with torch.no_grad():
         outputs = model(x[:1]).shape[-1]
     itemsize = next(model.parameters()).element_size()
-    n_weights = sum(value.numel() for value in model.parameters())
-    return max(1, min(GLM_ROWS, JACOBIAN_BYTES // (outputs * n_weights * itemsize)))
+    n_weights = n_weights or sum(value.numel() for value in model.parameters())
+    return max(1, min(most, JACOBIAN_BYTES // (outputs * n_weights * itemsize)))
 
 
 def curvature_bytes(model: nn.Module, hessian: str, parameters: list[tuple[str, Tensor]] | int) -> int:
@@ -373,11 +374,14 @@ def train_map_phase(model: nn.Module, likelihood: Likelihood, data: DataBundle, 
 
 def fit_laplace(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
                 hparams: LaplaceHparams, *, method: str, make_laplace, extra: dict[str, Any] | None = None,
-                predictive: type[LaplacePredictive] | None = None) -> tuple[LaplacePredictive, FitInfo]:
+                predictive: type[LaplacePredictive] | None = None, head_curvature: bool = False,
+                ) -> tuple[LaplacePredictive, FitInfo]:
     """Train MAP, build the posterior with `make_laplace(model, likelihood_name, noise_std, prior_precision,
     train) -> (laplace, indices)` (which checks memory and may select a subnetwork; `indices` are the covered
     positions in the flattened parameter vector, None for all), fit it on the training data, tune the prior
-    precision, and return the predictive."""
+    precision, and return the predictive (`predictive`, by default `LaplacePredictive`). `head_curvature`: the
+    posterior is a head's, whose curvature laplace-torch computes from its features, so it is fitted in training
+    batches (bounded by the head's Jacobian bytes), not in the rows of a Jacobian over every weight."""
     likelihood = get_likelihood(task.likelihood, task.likelihood_options)
     laplace_likelihood, noise_std = _laplace_likelihood(likelihood)
     regression = laplace_likelihood == "regression"
@@ -390,7 +394,9 @@ def fit_laplace(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budg
     network = model if view is None else view
     with math_attention(), quiet_jit_deprecation():  # curvlinops' curvature runs torch.func.jvp
         laplace, indices = make_laplace(network, laplace_likelihood, noise_std, hparams.prior_precision, train)
-        rows = jacobian_rows(network, train.x)
+        # a head's curvature comes from its features, linear in the rows: training batches, bounded by its Jacobian
+        rows = (jacobian_rows(network, train.x, len(indices), hparams.batch_size) if head_curvature and indices
+                is not None else jacobian_rows(network, train.x))
         laplace.fit(data_loader(train, rows, regression, view))
         fit_seconds = time.perf_counter() - start
         predictive = (predictive or LaplacePredictive)(laplace, network, indices, likelihood, hparams.pred_type,

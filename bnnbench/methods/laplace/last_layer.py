@@ -70,7 +70,8 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
         return laplace, parameter_indices(network, name)
 
     return fit_laplace(task, model, data, budget, context, hparams, method="laplace-ll", make_laplace=make,
-                       extra={"last_layer": name}, predictive=LastLayerPredictive)
+                       extra={"last_layer": name}, predictive=LastLayerPredictive,
+                       head_curvature=True)
 
 
 class LastLayerPredictive(LaplacePredictive):
