@@ -307,3 +307,39 @@ def test_every_predictive_of_every_laplace_method(method, pred_type, link_approx
             np.testing.assert_allclose(log_probs.exp().mean(0), map_probabilities, atol=2e-3)
         elif expected_samples > 1:
             assert log_probs.exp().std(dim=0).max() > 1e-3
+
+
+@pytest.mark.parametrize("hessian", ["full", "diag"])
+@pytest.mark.parametrize("likelihood", ["classification", "regression"])
+def test_the_subnetwork_glm_from_subnet_jacobians_is_laplace_torchs_glm(hessian, likelihood):
+    """Jacobians over the selected weights alone, against laplace-torch's GLM (Jacobians over every weight, then
+    indexed) on the same subnetwork posterior: 25 weights spread over both layers and the biases."""
+    from bnnbench.likelihoods import get_likelihood
+    from bnnbench.methods.laplace.common import import_laplace, quiet_jit_deprecation
+    from bnnbench.methods.laplace.subnetwork import SubnetPredictive
+
+    n_out = 4 if likelihood == "classification" else 1
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.Tanh(), torch.nn.Linear(9, n_out)).double()
+    n_weights = sum(value.numel() for value in network.parameters())
+    indices = torch.randperm(n_weights, generator=torch.Generator().manual_seed(1))[:25].sort().values
+    x = torch.randn(64, 6, dtype=torch.float64)
+    y = torch.randint(0, n_out, (64,)) if likelihood == "classification" else torch.randn(64, n_out).double()
+    laplace = import_laplace().Laplace(network, likelihood, subset_of_weights="subnetwork", hessian_structure=hessian,
+                                       subnetwork_indices=indices, prior_precision=0.5,
+                                       sigma_noise=0.7 if likelihood == "regression" else 1.0)
+    with quiet_jit_deprecation():
+        laplace.fit(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16))
+    ours = get_likelihood("categorical" if likelihood == "classification" else "gaussian",
+                          {} if likelihood == "classification" else {"noise_std": 0.7})
+    predictive = SubnetPredictive(laplace, network, indices, ours, "glm", "probit")
+    test_x = torch.randn(11, 6, dtype=torch.float64)
+    mean, covariance = laplace._glm_predictive_distribution(test_x)
+    predicted = predictive.predict(test_x, 1)
+    if likelihood == "classification":
+        np.testing.assert_allclose(predicted[0].exp(), laplace(test_x, pred_type="glm", link_approx="probit"),
+                                   rtol=1e-10)
+    else:
+        np.testing.assert_allclose(predicted[0, :, 0], mean[:, 0], rtol=1e-12)
+        np.testing.assert_allclose(predicted[0, :, 1].exp().square(), covariance[:, 0, 0] + 0.49, rtol=1e-10)
+    assert (covariance.diagonal(dim1=1, dim2=2) > 1e-6).all()  # the subnetwork reaches every output

@@ -311,6 +311,18 @@ class LaplacePredictive(ParameterPosterior):
         return self.likelihood.log_predictive(outputs)
 
 
+    def glm_predictive(self, outputs: Tensor, covariance: Tensor, n_samples: int) -> Tensor:
+        """The GLM predictive from the linearised outputs' Gaussian N(outputs, covariance) (B, C), (B, C, C), as
+        laplace-torch forms it: fixed-noise regression N(f, var + σ²), probit softmax(f / sqrt(1 + π/8 var)), or
+        samples of the logits for the evaluator to mix."""
+        if self.regression:
+            std = (covariance.diagonal(dim1=-2, dim2=-1) + self.laplace.sigma_noise.item() ** 2).sqrt()
+            return torch.stack([outputs, std.log()], dim=-1).squeeze(-2).unsqueeze(0)
+        if self.link_approx == "probit":
+            kappa = 1 / torch.sqrt(1 + math.pi / 8 * covariance.diagonal(dim1=-2, dim2=-1))
+            return torch.log_softmax(kappa * outputs, dim=-1).unsqueeze(0)
+        return self.likelihood.log_predictive(gaussian_samples(outputs, covariance, max(n_samples, 1)))
+
     def _glm_samples(self, x: Tensor, n_samples: int) -> Tensor:
         """Samples (S, B, K) of the linearised outputs N(f_μ, J Σ Jᵀ) (`gaussian_samples`: laplace-torch's own
         sampler takes a Cholesky factor, see there)."""

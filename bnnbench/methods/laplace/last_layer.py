@@ -16,7 +16,6 @@ The posterior itself (curvature, prior, tuning) stays laplace-torch's; the predi
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +28,6 @@ from bnnbench.methods.laplace.common import (
     RegressionView,
     check_memory,
     fit_laplace,
-    gaussian_samples,
     import_laplace,
     laplace_backend,
     parameter_indices,
@@ -87,14 +85,7 @@ class LastLayerPredictive(LaplacePredictive):
             return super().predict(x, n_samples)
         if self.pred_type == "nn":
             return self.likelihood.log_predictive(self._sampled_heads(features, max(n_samples, 1)))
-        covariance = self.output_covariance(features)
-        if self.regression:
-            std = (covariance.diagonal(dim1=-2, dim2=-1) + self.laplace.sigma_noise.item() ** 2).sqrt()
-            return torch.stack([outputs, std.log()], dim=-1).squeeze(-2).unsqueeze(0)
-        if self.link_approx == "probit":  # laplace-torch's probit: softmax(f / sqrt(1 + pi/8 var))
-            kappa = 1 / torch.sqrt(1 + math.pi / 8 * covariance.diagonal(dim1=-2, dim2=-1))
-            return torch.log_softmax(kappa * outputs, dim=-1).unsqueeze(0)
-        return self.likelihood.log_predictive(gaussian_samples(outputs, covariance, max(n_samples, 1)))
+        return self.glm_predictive(outputs, self.output_covariance(features), n_samples)
 
     def output_covariance(self, features: Tensor) -> Tensor:
         """J Σ Jᵀ (B, C, C), J = I_C ⊗ [φ, 1]: the GLM's output covariance, from the features alone."""
