@@ -311,12 +311,13 @@ def test_every_predictive_of_every_laplace_method(method, pred_type, link_approx
 
 @pytest.mark.parametrize("hessian", ["full", "diag"])
 @pytest.mark.parametrize("likelihood", ["classification", "regression"])
-def test_the_subnetwork_glm_from_subnet_jacobians_is_laplace_torchs_glm(hessian, likelihood):
-    """Jacobians over the selected weights alone, against laplace-torch's GLM (Jacobians over every weight, then
-    indexed) on the same subnetwork posterior: 25 weights spread over both layers and the biases."""
+def test_the_subnetwork_curvature_and_glm_from_subnet_jacobians_are_laplace_torchs(hessian, likelihood):
+    """Jacobians over the selected weights alone, against laplace-torch's (Jacobians over every weight, then
+    indexed) on the same subnetwork, 25 weights spread over both layers and the biases: the GGN, and the GLM
+    predictive of laplace-torch's own posterior."""
     from bnnbench.likelihoods import get_likelihood
     from bnnbench.methods.laplace.common import import_laplace, quiet_jit_deprecation
-    from bnnbench.methods.laplace.subnetwork import SubnetPredictive
+    from bnnbench.methods.laplace.subnetwork import SubnetPredictive, subnet_ggn
 
     n_out = 4 if likelihood == "classification" else 1
     torch.manual_seed(0)
@@ -325,11 +326,16 @@ def test_the_subnetwork_glm_from_subnet_jacobians_is_laplace_torchs_glm(hessian,
     indices = torch.randperm(n_weights, generator=torch.Generator().manual_seed(1))[:25].sort().values
     x = torch.randn(64, 6, dtype=torch.float64)
     y = torch.randint(0, n_out, (64,)) if likelihood == "classification" else torch.randn(64, n_out).double()
-    laplace = import_laplace().Laplace(network, likelihood, subset_of_weights="subnetwork", hessian_structure=hessian,
-                                       subnetwork_indices=indices, prior_precision=0.5,
-                                       sigma_noise=0.7 if likelihood == "regression" else 1.0)
-    with quiet_jit_deprecation():
-        laplace.fit(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16))
+    fitted = {}
+    for backend in (None, subnet_ggn()):  # laplace-torch's default (curvlinops) and the subnetwork's own
+        fitted[backend] = import_laplace().Laplace(
+            network, likelihood, subset_of_weights="subnetwork", hessian_structure=hessian, subnetwork_indices=indices,
+            prior_precision=0.5, sigma_noise=0.7 if likelihood == "regression" else 1.0, backend=backend)
+        with quiet_jit_deprecation():
+            fitted[backend].fit(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16))
+    laplace = fitted[subnet_ggn()]
+    np.testing.assert_allclose(laplace.H, fitted[None].H, rtol=1e-10, atol=1e-12)  # the curvature over S
+    laplace = fitted[None]
     ours = get_likelihood("categorical" if likelihood == "classification" else "gaussian",
                           {} if likelihood == "classification" else {"noise_std": 0.7})
     predictive = SubnetPredictive(laplace, network, indices, ours, "glm", "probit")

@@ -386,14 +386,15 @@ def train_map_phase(model: nn.Module, likelihood: Likelihood, data: DataBundle, 
 
 def fit_laplace(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
                 hparams: LaplaceHparams, *, method: str, make_laplace, extra: dict[str, Any] | None = None,
-                predictive: type[LaplacePredictive] | None = None, head_curvature: bool = False,
+                predictive: type[LaplacePredictive] | None = None, jacobian_weights=None,
                 ) -> tuple[LaplacePredictive, FitInfo]:
     """Train MAP, build the posterior with `make_laplace(model, likelihood_name, noise_std, prior_precision,
     train) -> (laplace, indices)` (which checks memory and may select a subnetwork; `indices` are the covered
     positions in the flattened parameter vector, None for all), fit it on the training data, tune the prior
-    precision, and return the predictive (`predictive`, by default `LaplacePredictive`). `head_curvature`: the
-    posterior is a head's, whose curvature laplace-torch computes from its features, so it is fitted in training
-    batches (bounded by the head's Jacobian bytes), not in the rows of a Jacobian over every weight."""
+    precision, and return the predictive (`predictive`, by default `LaplacePredictive`). `jacobian_weights(network,
+    indices)`: how many weights one image's Jacobian spans when the curvature is computed over the posterior's
+    weights only (a head's from its features, a subnetwork's); it is then fitted in training batches bounded by
+    JACOBIAN_BYTES, not in GLM_ROWS-row calls sized for a Jacobian over every weight."""
     likelihood = get_likelihood(task.likelihood, task.likelihood_options)
     laplace_likelihood, noise_std = _laplace_likelihood(likelihood)
     regression = laplace_likelihood == "regression"
@@ -406,9 +407,8 @@ def fit_laplace(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budg
     network = model if view is None else view
     with math_attention(), quiet_jit_deprecation():  # curvlinops' curvature runs torch.func.jvp
         laplace, indices = make_laplace(network, laplace_likelihood, noise_std, hparams.prior_precision, train)
-        # a head's curvature comes from its features, linear in the rows: training batches, bounded by its Jacobian
-        rows = (jacobian_rows(network, train.x, len(indices), hparams.batch_size) if head_curvature and indices
-                is not None else jacobian_rows(network, train.x))
+        rows = (jacobian_rows(network, train.x) if jacobian_weights is None
+                else jacobian_rows(network, train.x, jacobian_weights(network, indices), hparams.batch_size))
         laplace.fit(data_loader(train, rows, regression, view))
         fit_seconds = time.perf_counter() - start
         predictive = (predictive or LaplacePredictive)(laplace, network, indices, likelihood, hparams.pred_type,

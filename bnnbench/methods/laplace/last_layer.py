@@ -69,7 +69,7 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
 
     return fit_laplace(task, model, data, budget, context, hparams, method="laplace-ll", make_laplace=make,
                        extra={"last_layer": name}, predictive=LastLayerPredictive,
-                       head_curvature=True)
+                       jacobian_weights=lambda network, indices: len(indices))
 
 
 class LastLayerPredictive(LaplacePredictive):

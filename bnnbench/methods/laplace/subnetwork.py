@@ -11,16 +11,19 @@ Selection (laplace-torch's masks), top `n_params` scores:
 - `largest-magnitude`: |θ_MAP|;
 - `random`: uniform scores (seeded by the run seed).
 
-The GLM predictive (`SubnetPredictive`) differentiates the outputs with respect to the subnetwork's weights alone:
-each weight tensor is its MAP value plus its selected entries, so a per-example reverse pass (C cotangents per
-image, vmapped) yields J_S (B, C, |S|), and J_S Σ_S J_Sᵀ comes from the posterior's (|S|, |S|) covariance or its
-variances. laplace-torch builds the (B, C, P) Jacobian over every weight and indexes it, which cut a ResNet-18's
-evaluation to one image per call. Checked against its `_glm_predictive_distribution` on the same posterior.
+The curvature and the GLM predictive differentiate the outputs with respect to the subnetwork's weights alone
+(`subnet_jacobian`): each weight tensor is its MAP value plus its selected entries, so a per-example reverse pass
+(C cotangents per image, vmapped) yields J_S (B, C, |S|) and never a per-example gradient of more than one tensor.
+The GGN Σ J_Sᵀ Λ J_S is laplace-torch's own formula fed these Jacobians (`SubnetGGN`, its curvature backend), and
+the predictive's J_S Σ_S J_Sᵀ comes from the posterior's (|S|, |S|) covariance or its variances. laplace-torch's
+backends build the (B, C, P) Jacobian over every weight and index it, which cut a ResNet-18's calls to one image.
+Both are checked against laplace-torch's own on the same subnetwork.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +31,6 @@ from torch.func import functional_call, jacrev, vmap
 
 from bnnbench.errors import UsageError
 from bnnbench.methods.laplace.common import (
-    JACOBIAN_BYTES,
     LINK,
     LaplaceHparams,
     LaplacePredictive,
@@ -45,7 +47,7 @@ from bnnbench.methods.map import precision_prior_settings
 from bnnbench.params import math_attention
 from bnnbench.types import Dimension, MethodSpec
 
-__all__ = ["SPEC", "Hparams", "SELECTIONS", "SubnetPredictive", "fit"]
+__all__ = ["SPEC", "Hparams", "SELECTIONS", "SubnetPredictive", "fit", "subnet_ggn", "subnet_jacobian"]
 
 SELECTIONS = ("largest-variance-swag", "largest-variance", "largest-magnitude", "random")
 
@@ -108,11 +110,12 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
         chosen["n_selected"] = len(indices)
         laplace = Laplace(network, likelihood, subset_of_weights="subnetwork", hessian_structure=hparams.hessian,
                           subnetwork_indices=indices, sigma_noise=noise_std, prior_precision=prior_precision,
-                          backend=laplace_backend(network))
+                          backend=subnet_ggn())
         return laplace, indices
 
     predictive, info = fit_laplace(task, model, data, budget, context, hparams, method="laplace-subnet",
-                                   make_laplace=make, predictive=SubnetPredictive)
+                                   make_laplace=make, predictive=SubnetPredictive,
+                                   jacobian_weights=jacobian_weights)
     info.extra |= {"selection": hparams.selection, **chosen}
     return predictive, info
 
@@ -126,10 +129,7 @@ class SubnetPredictive(LaplacePredictive):
         if self.pred_type != "glm" or self.view is not None:
             return super().predict(x, n_samples)
         parts = _subnet_parts(self.model, self.indices.to(x.device))
-        largest = max(self.model.get_parameter(name).numel() for name, _ in parts)
-        with torch.no_grad():
-            n_out = self.model(x[:1]).shape[-1]
-        rows = max(1, JACOBIAN_BYTES // (n_out * largest * x.element_size()))
+        rows = jacobian_rows(self.model, x, jacobian_weights(self.model, self.indices), len(x))
         return torch.cat([self._predict_rows(part, parts, n_samples) for part in x.split(rows)], dim=1)
 
     def _predict_rows(self, x: Tensor, parts: list[tuple[str, Tensor]], n_samples: int) -> Tensor:
@@ -172,6 +172,28 @@ def subnet_jacobian(model: nn.Module, parts: list[tuple[str, Tensor]], x: Tensor
         per_part = vmap(jacrev(outputs), in_dims=(None, 0))(zeros, x)
     return torch.cat(per_part, dim=-1).detach()
 
+
+
+@cache
+def subnet_ggn():
+    """laplace-torch's GGN backend with the Jacobians taken over the subnetwork only (`subnet_jacobian`): its
+    `full` and `diag` then sum J_Sᵀ Λ J_S without a Jacobian over every weight. A class, as laplace-torch takes
+    backends, made once laplace-torch is imported."""
+
+    class SubnetGGN(import_laplace().curvature.GGNInterface):
+        def jacobians(self, x: Tensor, enable_backprop: bool = False) -> tuple[Tensor, Tensor]:
+            parts = _subnet_parts(self.model, self.subnetwork_indices.to(x.device))
+            with torch.no_grad():
+                outputs = self.model(x)
+            return subnet_jacobian(self.model, parts, x), outputs
+
+    return SubnetGGN
+
+
+def jacobian_weights(model: nn.Module, indices: Tensor) -> int:
+    """Weights one image's subnetwork Jacobian spans at once: the selected ones, and the largest selected tensor's
+    per-example gradient while the backward pass is in it."""
+    return max(len(indices), *(model.get_parameter(name).numel() for name, _ in _subnet_parts(model, indices)))
 
 SPEC = MethodSpec("laplace-subnet", Hparams, fit, post_hoc=True, needs_validation=tunes_on_validation,
                   posterior_settings=precision_prior_settings("laplace-subnet", tune="none"),
