@@ -243,6 +243,9 @@ class _Work:
                           "bare_train": result.bare_train, "train_ratio": result.train_ratio,
                           "method_eval": result.method_eval, "bare_eval": result.bare_eval,
                           "eval_ratio": result.eval_ratio}
+        if result.post_hoc_seconds is not None:
+            stage.figures |= {"post_hoc_seconds": result.post_hoc_seconds,
+                              "post_hoc_map_epochs": result.post_hoc_map_epochs}
         if result.compile_error is not None:
             stage.figures["compile_error"] = result.compile_error
 

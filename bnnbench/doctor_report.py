@@ -160,6 +160,7 @@ def _bench(report: CheckReport) -> str:
                          _number(f.get("bare_train")), _number(f.get("train_ratio"), 3),
                          _number(versus_map, 2), str(f.get("n_samples", "")), _number(f.get("method_eval")),
                          _number(f.get("bare_eval")), _number(f.get("eval_ratio"), 3),
+                         _number(f.get("post_hoc_seconds"), 2), _number(f.get("post_hoc_map_epochs"), 2),
                          _number(stage.peak_cuda_mb), _number(stage.seconds, 1), _status(stage)])
     changed = {stage.method: bench_settings(stage.method, report.sizes) for stage in stages}
     changed_text = "; ".join(f"{method} " + ", ".join(f"{key}={value}" for key, value in values.items())
@@ -169,12 +170,14 @@ def _bench(report: CheckReport) -> str:
             "batch; step x map: the method's step time over map's. Eval: forward passes/s (images x samples) of the "
             f"method's predictive with {N_SAMPLES} samples and of the bare forward, at the eval batch. A ratio below 1 "
             f"is the method's overhead. {report.sizes.bench_steps} timed steps after {report.sizes.bench_warmup}, each "
-            f"fit length the fastest of {report.sizes.bench_fit_repeats}."
+            f"fit length the fastest of {report.sizes.bench_fit_repeats}. Post-hoc: a post-hoc method's work after its "
+            "training steps (curvature, prior tuning, sampling) in seconds and in epochs of its own MAP steps over the "
+            "same synthetic training set."
             + (f" Settings for the bench only (bounding post-hoc work; `doctor.bench_settings`): {changed_text}."
                if changed_text else "") + "\n\n"
             + _table(["task", "method", "batch", "train img/s", "bare train img/s", "train ratio", "step x map",
-                      "samples", "eval passes/s", "bare eval passes/s", "eval ratio", "peak CUDA MB", "s", "status"],
-                     rows, "llrrrrrrrrrrrl"))
+                      "samples", "eval passes/s", "bare eval passes/s", "eval ratio", "post-hoc s",
+                      "post-hoc MAP epochs", "peak CUDA MB", "s", "status"], rows, "llrrrrrrrrrrrrrl"))
 
 
 def _epochs(report: CheckReport) -> str:

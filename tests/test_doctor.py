@@ -14,7 +14,7 @@ import pytest
 
 from bnnbench import doctor, doctor_plan
 from bnnbench.data.synthetic_files import TINY_SIZES
-from bnnbench.methods import BUILT_IN
+from bnnbench.methods import BUILT_IN, find_method
 
 ALL_METHODS = [name for name, _, _ in BUILT_IN]
 FAST_METHODS = ["map", "score-vi", "mc-dropout"]
@@ -51,6 +51,10 @@ def assert_complete_tiny_report(report: str, methods: list[str]) -> None:
         assert row["status"] == "ok", row
         for column in ("train ratio", "eval ratio", "train img/s", "eval passes/s"):
             assert math.isfinite(number(row[column])) and number(row[column]) > 0, (column, row)
+        if find_method(row["method"])[0].post_hoc:  # its work after training, in its own MAP epochs
+            assert number(row["post-hoc s"]) > 0 and number(row["post-hoc MAP epochs"]) > 0, row
+        else:
+            assert row["post-hoc s"] == row["post-hoc MAP epochs"] == "", row
     epochs = {row["method"]: row for row in table(report, "One epoch")}
     assert set(epochs) == {"map", "score-vi"} and all(row["status"] == "ok" for row in epochs.values())
     assert epochs["score-vi"]["timed"].startswith("VI epoch (after 1 MAP warm-up epoch)")
