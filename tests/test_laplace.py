@@ -92,6 +92,20 @@ def test_memory_guard_refuses_a_full_curvature_that_does_not_fit_and_names_one_t
         method.fit(task, model, None, Budget(max_epochs=1), FitContext(torch.device("cpu"), 0, False))
 
 
+def test_kron_over_layers_without_kronecker_factors_is_refused_before_training():
+    """digits-vit's LayerNorm, class token and position embedding have no Kronecker factors in laplace-torch: the
+    fit stops before MAP with the variants that work, where laplace-torch stopped after it with an internal error.
+    digits-cnn (Conv2d and Linear only) passes the check."""
+    from bnnbench.methods.laplace.common import check_kron_layers
+
+    task = load_task("digits-vit")
+    model = create_model(task.model, (1, 8, 8), 10)
+    method = build_method("laplace-all", task, {"hessian": "kron"})
+    with pytest.raises(UsageError, match=r"laplace-all with hessian=kron: .*weights in .*LayerNorm.*use hessian=diag"):
+        method.fit(task, model, None, Budget(max_epochs=1), FitContext(torch.device("cpu"), 0, False))
+    check_kron_layers(create_model(load_task("digits-cnn").model, (1, 8, 8), 10), "kron", "laplace-all", "")
+
+
 def test_monte_carlo_over_weights_takes_the_mc_link_only():
     task = load_task("digits-mlp")
     assert build_method("laplace-all", task).hparams.link_approx == "mc"

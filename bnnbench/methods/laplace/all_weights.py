@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from bnnbench.methods.laplace.common import (
     LaplaceHparams,
+    check_kron_layers,
     check_memory,
     fit_laplace,
     import_laplace,
@@ -35,6 +36,7 @@ class Hparams(LaplaceHparams):
 def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
     Laplace = import_laplace().Laplace  # noqa: N806 (laplace-torch's factory)
 
+    check_kron_layers(model, hparams.hessian, "laplace-all", "hessian=diag, laplace-ll or laplace-subnet")
     check_memory(model, hparams.hessian, list(model.named_parameters()), hparams.max_curvature_gb, "laplace-all",
                  "hessian=diag or laplace-subnet")
 

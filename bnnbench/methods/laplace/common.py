@@ -35,9 +35,9 @@ from bnnbench.params import math_attention
 from bnnbench.train import LoopResult, TrainConfig, loop_config
 from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, ParameterPosterior, Split, TaskSpec
 
-__all__ = ["LINK", "LaplaceHparams", "LaplacePredictive", "RegressionView", "check_memory", "curvature_bytes",
-           "data_loader", "fit_laplace", "gaussian_samples", "jacobian_rows", "laplace_backend", "parameter_indices",
-           "train_map_phase"]
+__all__ = ["LINK", "LaplaceHparams", "LaplacePredictive", "RegressionView", "check_kron_layers", "check_memory",
+           "curvature_bytes", "data_loader", "fit_laplace", "gaussian_samples", "jacobian_rows", "laplace_backend",
+           "parameter_indices", "train_map_phase"]
 
 PRED_TYPES = ("glm", "nn")
 LINK_APPROXIMATIONS = ("probit", "mc")
@@ -235,6 +235,22 @@ def curvature_bytes(model: nn.Module, hessian: str, parameters: list[tuple[str, 
         else:
             total += value.numel() ** 2
     return itemsize * total
+
+
+KRON_MODULES = (nn.Linear, nn.Conv2d)  # what laplace-torch's Kronecker factors cover (curvlinops' KFAC, BackPack's)
+
+
+def check_kron_layers(model: nn.Module, hessian: str, method: str, alternatives: str) -> None:
+    """Refuse hessian=kron for a network with weights in layers that have no Kronecker factors (LayerNorm, a ViT's
+    class token and position embedding): laplace-torch's backends stop there with "Found parameters in un-supported
+    layers" after the whole MAP phase."""
+    if hessian != "kron":
+        return
+    other = sorted({type(module).__name__ for module in model.modules()
+                    if list(module.parameters(recurse=False)) and not isinstance(module, KRON_MODULES)})
+    if other:
+        raise UsageError(f"{method} with hessian=kron: laplace-torch's Kronecker factors cover Linear and Conv2d "
+                         f"layers only, and this network has weights in {', '.join(other)}; use {alternatives}")
 
 
 def check_memory(model: nn.Module, hessian: str, parameters: list[tuple[str, Tensor]] | int, limit_gb: float,
