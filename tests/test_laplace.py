@@ -363,3 +363,28 @@ def test_the_subnetwork_curvature_and_glm_from_subnet_jacobians_are_laplace_torc
         np.testing.assert_allclose(predicted[0, :, 0], mean[:, 0], rtol=1e-12)
         np.testing.assert_allclose(predicted[0, :, 1].exp().square(), covariance[:, 0, 0] + 0.49, rtol=1e-10)
     assert (covariance.diagonal(dim1=1, dim2=2) > 1e-6).all()  # the subnetwork reaches every output
+
+
+def test_validation_tuning_runs_the_network_once_per_batch_for_a_head_posterior():
+    """Inside `reusing_features` the last-layer predictive runs each batch through the network once, whatever the
+    prior precision, and predicts exactly what it predicts outside; a batch that differs is run again."""
+    from bnnbench.likelihoods import get_likelihood
+    from bnnbench.methods.laplace.last_layer import LastLayerPredictive
+
+    network, laplace, x = _last_layer_posterior("kron", "classification", 4)
+    predictive = LastLayerPredictive(laplace, network, None, get_likelihood("categorical", {}), "glm", "probit")
+    expected = {}
+    for alpha in (0.5, 30.0):
+        laplace.prior_precision = alpha
+        expected[alpha] = predictive.predict(x, 1)
+    calls = []
+    forward = laplace.model.forward_with_features
+    laplace.model.forward_with_features = lambda inputs: calls.append(len(inputs)) or forward(inputs)
+    with predictive.reusing_features():
+        for alpha in (0.5, 30.0, 0.5):
+            laplace.prior_precision = alpha
+            torch.testing.assert_close(predictive.predict(x.clone(), 1), expected[alpha], rtol=0, atol=0)
+        predictive.predict(x + 1, 1)
+    assert calls == [11, 11]
+    predictive.predict(x, 1)  # outside: no reuse
+    assert calls == [11, 11, 11]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -327,6 +327,11 @@ class LaplacePredictive(ParameterPosterior):
         return self.likelihood.log_predictive(outputs)
 
 
+    def reusing_features(self):
+        """A context in which the same inputs may be predicted again at other prior precisions (validation tuning);
+        a predictive that can reuse work across them overrides it."""
+        return nullcontext()
+
     def glm_predictive(self, outputs: Tensor, covariance: Tensor, n_samples: int) -> Tensor:
         """The GLM predictive from the linearised outputs' Gaussian N(outputs, covariance) (B, C), (B, C, C), as
         laplace-torch forms it: fixed-noise regression N(f, var + σ²), probit softmax(f / sqrt(1 + π/8 var)), or
@@ -463,22 +468,13 @@ def tune_on_validation(laplace: Any, predictive: LaplacePredictive, likelihood: 
     draw the same random numbers at every α (common random numbers), so the curve compares α, not draws. An α whose
     posterior cannot be factorised scores inf. Returns the run.json record: the grid, its NLL curve, and a warning
     when the minimum is on a bound."""
-    from bnnbench.evaluate import score_split
-
     grid = torch.logspace(VAL_GRID_LOG10[0], VAL_GRID_LOG10[1], grid_size, dtype=torch.float64)
     val = Split(val.x.to(device), val.y.to(device), val.windows)
     curve = []
-    for alpha in grid.tolist():
-        laplace.prior_precision = alpha
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            try:
-                value = score_split(predictive, likelihood, val, "nll", n_samples, batch_size, device)
-            except RuntimeError as error:  # LinAlgError is one; laplace-torch's own Cholesky checks raise the other
-                if not isinstance(error, torch.linalg.LinAlgError) and "positive definite" not in str(error):
-                    raise
-                value = math.inf
-        curve.append(value if math.isfinite(value) else math.inf)
+    with predictive.reusing_features():
+        for alpha in grid.tolist():
+            curve.append(_validation_nll(laplace, predictive, likelihood, val, alpha, n_samples, batch_size, device,
+                                         seed))
     best = min(range(grid_size), key=lambda index: curve[index])
     if not math.isfinite(curve[best]):
         raise UsageError("tune=val: the validation NLL is not finite at any prior precision of the grid")
@@ -493,3 +489,21 @@ def tune_on_validation(laplace: Any, predictive: LaplacePredictive, likelihood: 
                               f"precision grid [1e{low:g}, 1e{high:g}] (chose {grid[best].item():.3g}, "
                               f"NLL {curve[best]:.4f})"]
     return record
+
+
+def _validation_nll(laplace: Any, predictive: LaplacePredictive, likelihood: Likelihood, val: Split, alpha: float,
+                    n_samples: int, batch_size: int, device: torch.device, seed: int) -> float:
+    """The validation NLL of `predictive` at prior precision α, with the same random numbers at every α; inf where
+    the posterior cannot be factorised."""
+    from bnnbench.evaluate import score_split
+
+    laplace.prior_precision = alpha
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        try:
+            value = score_split(predictive, likelihood, val, "nll", n_samples, batch_size, device)
+        except RuntimeError as error:  # LinAlgError is one; laplace-torch's own Cholesky checks raise the other
+            if not isinstance(error, torch.linalg.LinAlgError) and "positive definite" not in str(error):
+                raise
+            value = math.inf
+    return value if math.isfinite(value) else math.inf
