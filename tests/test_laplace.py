@@ -363,6 +363,23 @@ def test_the_subnetwork_curvature_and_glm_from_subnet_jacobians_are_laplace_torc
         np.testing.assert_allclose(predicted[0, :, 0], mean[:, 0], rtol=1e-12)
         np.testing.assert_allclose(predicted[0, :, 1].exp().square(), covariance[:, 0, 0] + 0.49, rtol=1e-10)
     assert (covariance.diagonal(dim1=1, dim2=2) > 1e-6).all()  # the subnetwork reaches every output
+    # validation tuning: the Jacobians are taken once for the same inputs at every prior precision
+    import bnnbench.methods.laplace.subnetwork as subnetwork
+
+    expected = {}
+    for alpha in (0.5, 30.0):
+        laplace.prior_precision = alpha
+        expected[alpha] = predictive.predict(test_x, 1)
+    calls, jacobian = [], subnetwork.subnet_jacobian
+    subnetwork.subnet_jacobian = lambda *args: calls.append(1) or jacobian(*args)
+    try:
+        with predictive.reusing_features():
+            for alpha in (0.5, 30.0):
+                laplace.prior_precision = alpha
+                torch.testing.assert_close(predictive.predict(test_x.clone(), 1), expected[alpha], rtol=0, atol=0)
+    finally:
+        subnetwork.subnet_jacobian = jacobian
+    assert calls == [1]
 
 
 def test_validation_tuning_runs_the_network_once_per_batch_for_a_head_posterior():

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -327,10 +327,29 @@ class LaplacePredictive(ParameterPosterior):
         return self.likelihood.log_predictive(outputs)
 
 
+    _seen: list[tuple[Tensor, Any]] | None = None  # (inputs, what `reused` computed from them), while reusing
+
+    @contextmanager
     def reusing_features(self):
-        """A context in which the same inputs may be predicted again at other prior precisions (validation tuning);
-        a predictive that can reuse work across them overrides it."""
-        return nullcontext()
+        """A context in which the same inputs are predicted again at other prior precisions (validation tuning):
+        what a predictive computes from the inputs and the MAP alone (a head's features, a subnetwork's Jacobians)
+        does not change with the prior precision, so `reused` computes it once per batch (inputs compared whole, so
+        a batch that differs is computed again)."""
+        self._seen = []
+        try:
+            yield
+        finally:
+            self._seen = None
+
+    def reused(self, x: Tensor, compute):
+        """`compute(x)`, or what it gave for the same inputs earlier inside `reusing_features`."""
+        for inputs, value in self._seen or ():
+            if inputs.shape == x.shape and inputs.device == x.device and torch.equal(inputs, x):
+                return value
+        value = compute(x)
+        if self._seen is not None:
+            self._seen.append((x.clone(), value))
+        return value
 
     def glm_predictive(self, outputs: Tensor, covariance: Tensor, n_samples: int) -> Tensor:
         """The GLM predictive from the linearised outputs' Gaussian N(outputs, covariance) (B, C), (B, C, C), as

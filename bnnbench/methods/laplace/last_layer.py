@@ -16,7 +16,6 @@ The posterior itself (curvature, prior, tuning) stays laplace-torch's; the predi
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -77,38 +76,19 @@ class LastLayerPredictive(LaplacePredictive):
     """laplace-torch's last-layer posterior, predicted from the features (see the module docstring). The view's
     all-weights form (`RegressionView`) and features of more than (B, D) take the inherited Jacobian path."""
 
-    _seen: list[tuple[Tensor, Tensor, Tensor]] | None = None  # (inputs, outputs, features) while reusing
-
-    @contextmanager
-    def reusing_features(self):
-        """The head's posterior changes with the prior precision, the network's outputs and features do not: while
-        validation tuning scores the same inputs at every grid point, each batch is run through the network once
-        (inputs compared whole, so a batch that differs is run again)."""
-        self._seen = []
-        try:
-            yield
-        finally:
-            self._seen = None
-
-    def _outputs_and_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        for inputs, outputs, features in self._seen or ():
-            if inputs.shape == x.shape and inputs.device == x.device and torch.equal(inputs, x):
-                return outputs, features
-        with torch.no_grad():
-            outputs, features = self.laplace.model.forward_with_features(x)
-        if self._seen is not None:
-            self._seen.append((x.clone(), outputs, features))
-        return outputs, features
-
     def predict(self, x: Tensor, n_samples: int) -> Tensor:
         if self.view is not None:
             return super().predict(x, n_samples)
-        outputs, features = self._outputs_and_features(x)
+        outputs, features = self.reused(x, self._outputs_and_features)
         if outputs.dim() != 2 or features.dim() != 2:
             return super().predict(x, n_samples)
         if self.pred_type == "nn":
             return self.likelihood.log_predictive(self._sampled_heads(features, max(n_samples, 1)))
         return self.glm_predictive(outputs, self.output_covariance(features), n_samples)
+
+    @torch.no_grad()
+    def _outputs_and_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.laplace.model.forward_with_features(x)
 
     def output_covariance(self, features: Tensor) -> Tensor:
         """J Σ Jᵀ (B, C, C), J = I_C ⊗ [φ, 1]: the GLM's output covariance, from the features alone."""

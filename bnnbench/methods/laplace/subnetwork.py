@@ -133,14 +133,19 @@ class SubnetPredictive(LaplacePredictive):
         return torch.cat([self._predict_rows(part, parts, n_samples) for part in x.split(rows)], dim=1)
 
     def _predict_rows(self, x: Tensor, parts: list[tuple[str, Tensor]], n_samples: int) -> Tensor:
-        with torch.no_grad():
-            outputs = self.model(x)
-        jacobian = subnet_jacobian(self.model, parts, x)  # (B, C, |S|) in the posterior's (sorted) order
+        outputs, jacobian = self.reused(x, lambda rows: _outputs_and_jacobian(self.model, parts, rows))
         if hasattr(self.laplace, "posterior_covariance"):  # full
             covariance = jacobian @ self.laplace.posterior_covariance.to(jacobian) @ jacobian.transpose(1, 2)
         else:  # diag
             covariance = (jacobian * self.laplace.posterior_variance.to(jacobian)) @ jacobian.transpose(1, 2)
         return self.glm_predictive(outputs, covariance, n_samples)
+
+
+def _outputs_and_jacobian(model: nn.Module, parts: list[tuple[str, Tensor]], x: Tensor) -> tuple[Tensor, Tensor]:
+    """f(x; θ*) (B, C) and J_S (B, C, |S|) in the posterior's (sorted) order."""
+    with torch.no_grad():
+        outputs = model(x)
+    return outputs, subnet_jacobian(model, parts, x)
 
 
 def _subnet_parts(model: nn.Module, indices: Tensor) -> list[tuple[str, Tensor]]:
