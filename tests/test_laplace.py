@@ -235,6 +235,17 @@ def _last_layer_posterior(hessian: str, likelihood: str, n_out: int):
     return network, laplace, torch.randn(11, 6, dtype=torch.float64)
 
 
+def _assert_laplace_torchs_glm(predicted: torch.Tensor, laplace, x: torch.Tensor, likelihood: str) -> None:
+    """`predicted` (our log predictive) against laplace-torch's GLM on the same posterior: its probit
+    probabilities, or its Gaussian N(f, var + σ²) with σ = 0.7."""
+    if likelihood == "classification":
+        np.testing.assert_allclose(predicted[0].exp(), laplace(x, pred_type="glm", link_approx="probit"), rtol=1e-10)
+    else:
+        mean, covariance = laplace._glm_predictive_distribution(x)
+        np.testing.assert_allclose(predicted[0, :, 0], mean[:, 0], rtol=1e-12)
+        np.testing.assert_allclose(predicted[0, :, 1].exp().square(), covariance[:, 0, 0] + 0.49, rtol=1e-10)
+
+
 @pytest.mark.parametrize("hessian", ["kron", "full", "diag"])
 @pytest.mark.parametrize("likelihood", ["classification", "regression"])
 def test_the_last_layer_glm_from_features_is_laplace_torchs_glm(hessian, likelihood):
@@ -254,13 +265,7 @@ def test_the_last_layer_glm_from_features_is_laplace_torchs_glm(hessian, likelih
         mean, covariance = laplace._glm_predictive_distribution(x)
         _, features = laplace.model.forward_with_features(x)
         np.testing.assert_allclose(predictive.output_covariance(features), covariance, rtol=1e-10, atol=1e-13)
-        predicted = predictive.predict(x, 1)
-        if likelihood == "classification":
-            np.testing.assert_allclose(predicted[0].exp(), laplace(x, pred_type="glm", link_approx="probit"),
-                                       rtol=1e-10)
-        else:
-            np.testing.assert_allclose(predicted[0, :, 0], mean[:, 0], rtol=1e-12)
-            np.testing.assert_allclose(predicted[0, :, 1].exp().square(), covariance[:, 0, 0] + 0.49, rtol=1e-10)
+        _assert_laplace_torchs_glm(predictive.predict(x, 1), laplace, x, likelihood)
 
 
 @pytest.mark.parametrize("hessian", ["kron", "full", "diag"])
@@ -354,14 +359,8 @@ def test_the_subnetwork_curvature_and_glm_from_subnet_jacobians_are_laplace_torc
                           {} if likelihood == "classification" else {"noise_std": 0.7})
     predictive = SubnetPredictive(laplace, network, indices, ours, "glm", "probit")
     test_x = torch.randn(11, 6, dtype=torch.float64)
-    mean, covariance = laplace._glm_predictive_distribution(test_x)
-    predicted = predictive.predict(test_x, 1)
-    if likelihood == "classification":
-        np.testing.assert_allclose(predicted[0].exp(), laplace(test_x, pred_type="glm", link_approx="probit"),
-                                   rtol=1e-10)
-    else:
-        np.testing.assert_allclose(predicted[0, :, 0], mean[:, 0], rtol=1e-12)
-        np.testing.assert_allclose(predicted[0, :, 1].exp().square(), covariance[:, 0, 0] + 0.49, rtol=1e-10)
+    _assert_laplace_torchs_glm(predictive.predict(test_x, 1), laplace, test_x, likelihood)
+    _, covariance = laplace._glm_predictive_distribution(test_x)
     assert (covariance.diagonal(dim1=1, dim2=2) > 1e-6).all()  # the subnetwork reaches every output
     # validation tuning: the Jacobians are taken once for the same inputs at every prior precision
     import bnnbench.methods.laplace.subnetwork as subnetwork
