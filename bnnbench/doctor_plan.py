@@ -43,11 +43,12 @@ FULL = CheckSizes(REAL_SIZES, bench_steps=50, bench_warmup=10, bench_fit_repeats
                   stage_seconds=STAGE_CAPS)
 # Tiny: a one-block ViT of width 16, and timm's own test ResNet (same ResNet class, BatchNorm, 0.4 M weights; its
 # stem is a Sequential, which the CIFAR stem would replace, so the stem stays). Three warm-up steps: swag's shortest
-# fit must have two SGD steps, each a snapshot (see `bench_settings`); 8 timed steps, so that the steps' milliseconds
-# stand out of the jitter of the fits they are the difference of, each length fitted three times (a CI machine once
-# fitted 3 steps in 0.353 s and the 11 after them in 0.079 s), and three eval calls each (one compiled call of 16
-# images once took 0.19 s beside a CPU-bound process, a whole time slice). Stages get longer caps: a CPU's seconds.
-TINY = CheckSizes(TINY_SIZES, bench_steps=8, bench_warmup=3, bench_fit_repeats=3, eval_repeats=3, eval_batch=16,
+# fit must have two SGD steps, each a snapshot (see `bench_settings`). 40 timed steps, each fit length fitted five
+# times, so that the steps' time stands out of a busy machine's: a tiny ViT step takes ~3 ms, shorter than one time
+# slice, and with 8 timed steps the fastest of three 3-step fits (0.111 s) was once slower than the fastest of three
+# 11-step fits (0.078 s) beside the other tests. Three eval calls (one compiled call of 16 images once took 0.19 s
+# beside a CPU-bound process). Stages get longer caps: a CPU's seconds.
+TINY = CheckSizes(TINY_SIZES, bench_steps=40, bench_warmup=3, bench_fit_repeats=5, eval_repeats=3, eval_batch=16,
                   stage_seconds=dict.fromkeys(STAGE_CAPS, 300.0),
                   settings={"cifar10-vit": {"batch_size": 8, "model.patch_size": 8, "model.embed_dim": 16,
                                             "model.depth": 1, "model.num_heads": 2},
