@@ -23,7 +23,7 @@ Both are checked against laplace-torch's own on the same subnetwork.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 
 import torch
 from torch import Tensor, nn
@@ -125,27 +125,25 @@ class SubnetPredictive(LaplacePredictive):
     """laplace-torch's subnetwork posterior with its GLM predictive from Jacobians over the subnetwork only (see
     the module docstring); pred_type nn and the view's path (`RegressionView`) stay laplace-torch's."""
 
+    @cached_property
+    def _parts(self) -> list[tuple[str, Tensor]]:
+        """The subnetwork's positions per tensor, on the network's device: fixed once fitted."""
+        return _subnet_parts(self.model, self.indices.to(next(self.model.parameters()).device))
+
     def predict(self, x: Tensor, n_samples: int) -> Tensor:
         if self.pred_type != "glm" or self.view is not None:
             return super().predict(x, n_samples)
-        parts = _subnet_parts(self.model, self.indices.to(x.device))
-        rows = jacobian_rows(self.model, x, jacobian_weights(self.model, self.indices), len(x))
-        return torch.cat([self._predict_rows(part, parts, n_samples) for part in x.split(rows)], dim=1)
+        rows = jacobian_rows(self.model, x, _jacobian_span(self.model, self._parts), len(x))
+        # full or diag: one property read per call (laplace-torch recomputes them on every access)
+        full = isinstance(self.laplace, import_laplace().FullLaplace)
+        posterior = self.laplace.posterior_covariance if full else self.laplace.posterior_variance
+        return torch.cat([self._predict_rows(part, posterior, full, n_samples) for part in x.split(rows)], dim=1)
 
-    def _predict_rows(self, x: Tensor, parts: list[tuple[str, Tensor]], n_samples: int) -> Tensor:
-        outputs, jacobian = self.reused(x, lambda rows: _outputs_and_jacobian(self.model, parts, rows))
-        if hasattr(self.laplace, "posterior_covariance"):  # full
-            covariance = jacobian @ self.laplace.posterior_covariance.to(jacobian) @ jacobian.transpose(1, 2)
-        else:  # diag
-            covariance = (jacobian * self.laplace.posterior_variance.to(jacobian)) @ jacobian.transpose(1, 2)
+    def _predict_rows(self, x: Tensor, posterior: Tensor, full: bool, n_samples: int) -> Tensor:
+        jacobian, outputs = self.reused(x, lambda rows: subnet_jacobian(self.model, self._parts, rows))
+        posterior = posterior.to(jacobian)
+        covariance = (jacobian @ posterior if full else jacobian * posterior) @ jacobian.transpose(1, 2)
         return self.glm_predictive(outputs, covariance, n_samples)
-
-
-def _outputs_and_jacobian(model: nn.Module, parts: list[tuple[str, Tensor]], x: Tensor) -> tuple[Tensor, Tensor]:
-    """f(x; θ*) (B, C) and J_S (B, C, |S|) in the posterior's (sorted) order."""
-    with torch.no_grad():
-        outputs = model(x)
-    return outputs, subnet_jacobian(model, parts, x)
 
 
 def _subnet_parts(model: nn.Module, indices: Tensor) -> list[tuple[str, Tensor]]:
@@ -159,23 +157,25 @@ def _subnet_parts(model: nn.Module, indices: Tensor) -> list[tuple[str, Tensor]]
     return parts
 
 
-def subnet_jacobian(model: nn.Module, parts: list[tuple[str, Tensor]], x: Tensor) -> Tensor:
-    """Per-example Jacobians (B, C, |S|) of the outputs with respect to the subnetwork's weights at MAP: reverse
+def subnet_jacobian(model: nn.Module, parts: list[tuple[str, Tensor]], x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-example Jacobians (B, C, |S|) of the outputs with respect to the subnetwork's weights at MAP, and the
+    outputs f(x; θ*) (B, C) from the same pass: reverse
     mode over each image's C outputs, vmapped over the images. Each selected tensor is its MAP value with zeros
     added at its selected entries, so the backward pass forms one layer's per-example gradient at a time and keeps
     its selected entries."""
     base = {name: value.detach() for name, value in model.named_parameters()}
     zeros = tuple(torch.zeros(len(where), dtype=x.dtype, device=x.device) for _, where in parts)
 
-    def outputs(offsets: tuple[Tensor, ...], image: Tensor) -> Tensor:
+    def outputs(offsets: tuple[Tensor, ...], image: Tensor) -> tuple[Tensor, Tensor]:
         weights = dict(base)
         for (name, where), offset in zip(parts, offsets, strict=True):
             weights[name] = base[name].flatten().index_add(0, where, offset).view_as(base[name])
-        return functional_call(model, weights, (image.unsqueeze(0),)).squeeze(0)
+        out = functional_call(model, weights, (image.unsqueeze(0),)).squeeze(0)
+        return out, out
 
     with math_attention():
-        per_part = vmap(jacrev(outputs), in_dims=(None, 0))(zeros, x)
-    return torch.cat(per_part, dim=-1).detach()
+        per_part, values = vmap(jacrev(outputs, has_aux=True), in_dims=(None, 0))(zeros, x)
+    return torch.cat(per_part, dim=-1).detach(), values.detach()
 
 
 
@@ -187,18 +187,20 @@ def subnet_ggn():
 
     class SubnetGGN(import_laplace().curvature.GGNInterface):
         def jacobians(self, x: Tensor, enable_backprop: bool = False) -> tuple[Tensor, Tensor]:
-            parts = _subnet_parts(self.model, self.subnetwork_indices.to(x.device))
-            with torch.no_grad():
-                outputs = self.model(x)
-            return subnet_jacobian(self.model, parts, x), outputs
+            return subnet_jacobian(self.model, _subnet_parts(self.model, self.subnetwork_indices.to(x.device)), x)
 
     return SubnetGGN
 
 
 def jacobian_weights(model: nn.Module, indices: Tensor) -> int:
-    """Weights one image's subnetwork Jacobian spans at once: the selected ones, and the largest selected tensor's
-    per-example gradient while the backward pass is in it."""
-    return max(len(indices), *(model.get_parameter(name).numel() for name, _ in _subnet_parts(model, indices)))
+    """Weights one image's subnetwork Jacobian spans at once (`_jacobian_span`), for `fit_laplace`."""
+    return _jacobian_span(model, _subnet_parts(model, indices))
+
+
+def _jacobian_span(model: nn.Module, parts: list[tuple[str, Tensor]]) -> int:
+    """The selected weights, and the largest selected tensor's per-example gradient while the backward pass is in
+    it."""
+    return max(sum(len(where) for _, where in parts), *(model.get_parameter(name).numel() for name, _ in parts))
 
 SPEC = MethodSpec("laplace-subnet", Hparams, fit, post_hoc=True, needs_validation=tunes_on_validation,
                   posterior_settings=precision_prior_settings("laplace-subnet", tune="none"),
