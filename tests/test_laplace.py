@@ -381,6 +381,58 @@ def test_the_subnetwork_curvature_and_glm_from_subnet_jacobians_are_laplace_torc
     assert calls == [1]
 
 
+class _TiedHead(torch.nn.Module):
+    """Reads a Linear layer's weight without calling the layer (weight tying), as no hook can see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Linear(5, 3)
+
+    def forward(self, x):
+        return torch.nn.functional.linear(torch.tanh(self.embed(x)), self.embed.weight.T)
+
+
+@pytest.mark.parametrize("network", ["conv-norm", "tied"])
+def test_subnet_jacobians_equal_jacobians_over_every_weight_indexed(network):
+    """The sparse output terms of Linear and Conv2d layers (a padded, strided convolution with a bias), a LayerNorm's
+    and a plain tensor's entries, and a tied weight that the sparse terms cannot see: the subnetwork's Jacobians equal
+    torch.func's Jacobian over every weight, indexed at the subnetwork, to rounding."""
+    from torch.func import functional_call, jacrev
+
+    from bnnbench.methods.laplace.subnetwork import _subnet_parts, subnet_jacobian
+
+    torch.manual_seed(0)
+    if network == "tied":
+        model, x = _TiedHead().double(), torch.randn(7, 5, dtype=torch.float64)
+    else:
+        model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, stride=2, padding=1), torch.nn.Flatten(1),
+                                    torch.nn.LayerNorm(36), torch.nn.Tanh(), torch.nn.Linear(36, 3)).double()
+        model.register_parameter("shift", torch.nn.Parameter(torch.randn(3, dtype=torch.float64)))
+        model.register_forward_hook(lambda module, inputs, output: output + module.shift)
+        x = torch.randn(7, 2, 6, 6, dtype=torch.float64)
+    named = dict(model.named_parameters())
+    n_weights = sum(value.numel() for value in named.values())
+    theta = torch.cat([value.detach().flatten() for value in named.values()])
+
+    def flat_outputs(flat):
+        weights = dict(zip(named, flat.split([value.numel() for value in named.values()]), strict=True))
+        weights = {name: value.view_as(named[name]) for name, value in weights.items()}
+        return functional_call(model, weights, (x,))
+
+    every = jacrev(flat_outputs)(theta)  # (B, C, P): outputs depend on their own image only
+    # every other weight (some of every tensor), and a tenth at random (a convolution's input channels in part)
+    for indices in (torch.arange(1, n_weights, 2),
+                    torch.randperm(n_weights, generator=torch.Generator().manual_seed(1))[:n_weights // 10].sort()[0]):
+        parts = _subnet_parts(model, indices)
+        if network == "conv-norm" and len(indices) > n_weights // 3:
+            assert {name for name, _ in parts} == set(named)
+        jacobian, outputs = subnet_jacobian(model, parts, x)
+        torch.testing.assert_close(jacobian, every[..., indices], rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            torch.testing.assert_close(outputs, model(x), rtol=0, atol=0)
+        assert every[..., indices].abs().amax(dim=(0, 1)).min() > 0  # every selected weight moves some output
+
+
 def test_validation_tuning_runs_the_network_once_per_batch_for_a_head_posterior():
     """Inside `reusing_features` the last-layer predictive runs each batch through the network once, whatever the
     prior precision, and predicts exactly what it predicts outside; a batch that differs is run again."""
