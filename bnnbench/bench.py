@@ -72,7 +72,13 @@ class BenchResult:
 
     @property
     def eval_ratio(self) -> float:
+        """Method forward passes/s (images x samples) / bare; below 1 is overhead per pass."""
         return self.method_eval / self.bare_eval
+
+    @property
+    def eval_image_ratio(self) -> float:
+        """Method images/s / bare: what a test image costs against one bare forward, whatever the samples."""
+        return self.eval_ratio / max(self.n_samples, 1)
 
 
 def _synchronize(device: torch.device) -> None:

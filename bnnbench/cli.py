@@ -632,7 +632,8 @@ def bench_(
     if result.post_hoc_map_epochs is not None:
         out.print(f"post-hoc fit after the training steps: {result.post_hoc_seconds:.2f} s, "
                   f"{result.post_hoc_map_epochs:.2f} MAP epochs of the {result.train_images:,} training images")
-    out.print(f"eval images/s: {result.method_eval / max(result.n_samples, 1):,.0f}; train step x bare: "
+    out.print(f"eval images/s: {result.method_eval / max(result.n_samples, 1):,.0f} "
+              f"(x bare per image: {result.eval_image_ratio:.3f}); train step x bare: "
               f"{1 / result.train_ratio:.2f}" + (f"; peak CUDA memory {result.peak_cuda_mb:,.0f} MB"
                                                 if result.peak_cuda_mb is not None else ""))
 

@@ -433,6 +433,55 @@ def test_subnet_jacobians_equal_jacobians_over_every_weight_indexed(network):
         assert every[..., indices].abs().amax(dim=(0, 1)).min() > 0  # every selected weight moves some output
 
 
+@pytest.mark.parametrize("hessian", ["full", "diag"])
+def test_subnetwork_mc_samples_are_tangents_of_the_posterior(hessian):
+    """pred_type glm + link_approx mc: subnet_jvp pushes unit tangents to the Jacobian's columns exactly, and both
+    samplers, f + J_S δ_k by tangents and f + (J_S Σ_S J_Sᵀ)^½ ε from the Jacobians, have the mean f and covariance
+    J_S Σ_S J_Sᵀ (40,000 samples: within 4%, the sampling error being under 1%)."""
+    from bnnbench.methods.laplace.common import import_laplace, quiet_jit_deprecation
+    from bnnbench.methods.laplace.subnetwork import SubnetPredictive, subnet_jacobian, subnet_jvp
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.Tanh(), torch.nn.Linear(9, 4)).double()
+    indices = torch.randperm(99, generator=torch.Generator().manual_seed(1))[:25].sort().values
+    x, y = torch.randn(64, 6, dtype=torch.float64), torch.randint(0, 4, (64,))
+    laplace = import_laplace().Laplace(network, "classification", subset_of_weights="subnetwork",
+                                       hessian_structure=hessian, subnetwork_indices=indices, prior_precision=0.5)
+    with quiet_jit_deprecation():
+        laplace.fit(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16))
+
+    class Samples:  # the likelihood's place: hands back the logits' samples
+        def log_predictive(self, outputs):
+            return outputs
+
+    predictive = SubnetPredictive(laplace, network, indices, Samples(), "glm", "mc")
+    test_x = torch.randn(5, 6, dtype=torch.float64)
+    parts = predictive._parts
+    jacobian, outputs = subnet_jacobian(network, parts, test_x)
+    primal, columns = subnet_jvp(network, parts, test_x, torch.eye(25, dtype=torch.float64))
+    torch.testing.assert_close(primal, outputs, rtol=0, atol=0)
+    torch.testing.assert_close(columns.permute(1, 2, 0), jacobian, rtol=1e-12, atol=1e-12)
+    posterior = laplace.posterior_covariance if hessian == "full" else torch.diag(laplace.posterior_variance)
+    covariance = jacobian @ posterior @ jacobian.transpose(1, 2)
+    scale = covariance.diagonal(dim1=1, dim2=2).sqrt()
+    for samples in (predictive._tangent_samples(test_x, 40_000), predictive.predict(test_x, 40_000)):
+        centred = samples - outputs
+        torch.testing.assert_close(centred.mean(0) / scale, torch.zeros_like(outputs), rtol=0, atol=0.03)
+        torch.testing.assert_close(torch.einsum("sbi,sbj->bij", centred, centred) / len(samples), covariance,
+                                   rtol=0.04, atol=0.04 * scale.max().item() ** 2)
+    # the predictive pushes K tangents where K < C, and takes C cotangents otherwise
+    import bnnbench.methods.laplace.subnetwork as subnetwork
+
+    calls, push = [], subnetwork.subnet_jvp
+    subnetwork.subnet_jvp = lambda *args: calls.append(len(args[3])) or push(*args)
+    try:
+        for n_samples in (3, 4):
+            assert predictive.predict(test_x, n_samples).shape == (n_samples, 5, 4)
+    finally:
+        subnetwork.subnet_jvp = push
+    assert calls == [3]
+
+
 def test_validation_tuning_runs_the_network_once_per_batch_for_a_head_posterior():
     """Inside `reusing_features` the last-layer predictive runs each batch through the network once, whatever the
     prior precision, and predicts exactly what it predicts outside; a batch that differs is run again."""

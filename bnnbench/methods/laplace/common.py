@@ -35,9 +35,9 @@ from bnnbench.params import math_attention
 from bnnbench.train import LoopResult, TrainConfig, loop_config
 from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, ParameterPosterior, Split, TaskSpec
 
-__all__ = ["LINK", "LaplaceHparams", "LaplacePredictive", "RegressionView", "check_kron_layers", "check_memory",
-           "curvature_bytes", "data_loader", "fit_laplace", "gaussian_samples", "jacobian_rows", "laplace_backend",
-           "parameter_indices", "train_map_phase"]
+__all__ = ["LINK", "TANGENT_ROWS", "LaplaceHparams", "LaplacePredictive", "RegressionView", "check_kron_layers",
+           "check_memory", "curvature_bytes", "data_loader", "fit_laplace", "gaussian_samples", "jacobian_rows",
+           "laplace_backend", "parameter_indices", "train_map_phase"]
 
 PRED_TYPES = ("glm", "nn")
 LINK_APPROXIMATIONS = ("probit", "mc")
@@ -45,6 +45,7 @@ TUNINGS = ("val", "marglik", "none")
 HESSIANS = ("full", "kron", "diag")
 JACOBIAN_BYTES = 2**28
 GLM_ROWS = 16
+TANGENT_ROWS = 512  # rows per vmapped jvp over K tangents (K copies of the activations are alive)
 VAL_GRID_LOG10 = (-4.0, 8.0)  # wide on purpose: a minimum on a bound is recorded as a warning
 FLAT_NLL = 1e-4  # relative: a bound within this of the minimum ties it
 LINK = Dimension("link_approx", "categorical", choices=LINK_APPROXIMATIONS)  # what `bnnbench tune` searches

@@ -60,7 +60,13 @@ from torch.func import functional_call, jvp, vjp, vmap
 
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Categorical, Gaussian, Likelihood, get_likelihood
-from bnnbench.methods.laplace.common import LINK_APPROXIMATIONS, PRED_TYPES, quiet_jit_deprecation, train_map_phase
+from bnnbench.methods.laplace.common import (
+    LINK_APPROXIMATIONS,
+    PRED_TYPES,
+    TANGENT_ROWS,
+    quiet_jit_deprecation,
+    train_map_phase,
+)
 from bnnbench.methods.map import precision_prior_settings
 from bnnbench.params import FlatParams, batchnorm_parameter_names, math_attention
 from bnnbench.train import LoopResult, TrainConfig
@@ -80,7 +86,6 @@ __all__ = ["SPEC", "Hparams", "Linearisation", "MacKaySearch", "OutputCurvature"
 
 MACKAY_ESTIMATES = ("weight", "function")
 SOLVERS = ("cg", "sgd")
-EVAL_ROWS = 512  # rows per jvp batch at prediction time and in the linear fit: K copies of the activations are alive
 LBFGS_ROUND = 10  # L-BFGS iterations between checks of the linear fit's tolerance
 
 
@@ -291,7 +296,7 @@ def _system(lin: Linearisation, likelihood: Likelihood, train: Split, alpha: flo
     """v -> (M + αI) v for K stacked vectors, M = Σ_i J_iᵀ H_i J_i over the whole training split (masked)."""
     def product(vectors: Tensor) -> Tensor:
         result = alpha * vectors * lin.mask
-        for rows in torch.arange(len(train), device=train.x.device).split(EVAL_ROWS):
+        for rows in torch.arange(len(train), device=train.x.device).split(TANGENT_ROWS):
             x = train.x[rows]
             outputs, pull = lin.pullback(x)
             result += pull(OutputCurvature(likelihood, outputs).product(lin.jvp(x, vectors)))
@@ -379,7 +384,7 @@ def _fit_linear_map(lin: Linearisation, likelihood: Likelihood, train: Split, st
     def objective_and_gradient(weights: Tensor) -> tuple[float, Tensor]:
         loss, gradient = 0.0, torch.zeros_like(weights)
         # full-batch passes in large chunks: per-call overhead of vmap/jvp/vjp, not flops, dominates at SGD batch sizes
-        for rows in torch.arange(n_train, device=train.x.device).split(EVAL_ROWS):
+        for rows in torch.arange(n_train, device=train.x.device).split(TANGENT_ROWS):
             x, y = train.x[rows], train.y[rows]
             _, pull = lin.pullback(x)
             linear_outputs = lin.jvp(x, weights.unsqueeze(0))[0].requires_grad_(True)
@@ -491,7 +496,7 @@ class SampledLaplacePredictive(ParameterPosterior):
 
     @torch.no_grad()
     def predict(self, x: Tensor, n_samples: int) -> Tensor:
-        return torch.cat([self._predict(part) for part in x.split(EVAL_ROWS)], dim=1)
+        return torch.cat([self._predict(part) for part in x.split(TANGENT_ROWS)], dim=1)
 
     def _predict(self, x: Tensor) -> Tensor:
         if self.pred_type == "nn":
