@@ -88,8 +88,26 @@ def test_memory_guard_refuses_a_full_curvature_that_does_not_fit_and_names_one_t
     assert curvature_bytes(model, "full", list(model.named_parameters())) == 4 * count**2
     assert curvature_bytes(model, "diag", list(model.named_parameters())) == 4 * count
     method = build_method("laplace-all", task, {"hessian": "full", "max_curvature_gb": 1.0})
-    with pytest.raises(UsageError, match=r"needs about 2\.5 GiB.*use hessian=diag or laplace-subnet"):
+    with pytest.raises(UsageError, match=r"needs about 2\.5\d* GiB \(curvature 2\.5\d* GiB\).*"
+                                         r"use hessian=diag or laplace-subnet"):
         method.fit(task, model, None, Budget(max_epochs=1), FitContext(torch.device("cpu"), 0, False))
+
+
+def test_a_subnetworks_memory_estimate_is_its_covariance_and_one_batch_of_jacobians():
+    """O(|S|² + batch · C · |S|): the (|S|, |S|) precision and a batch's (rows, C, |S|) Jacobians, named in the
+    refusal and returned for the run's record; batches are cut to JACOBIAN_BYTES of Jacobian."""
+    from bnnbench.methods.laplace.common import JACOBIAN_BYTES, check_memory, jacobian_bytes
+
+    task = load_task("digits-mlp")
+    model = create_model(task.model, (64,), 10)
+    x = torch.zeros(3, 64)
+    assert jacobian_bytes(model, x, 1000, 64) == 64 * 10 * 1000 * 4
+    assert jacobian_bytes(model, x, 10**6, 64) == JACOBIAN_BYTES // (10 * 10**6 * 4) * 10 * 10**6 * 4
+    estimate = check_memory(model, "full", 1000, 1.0, "laplace-subnet", "a smaller n_params", 64 * 10 * 1000 * 4)
+    assert estimate == {"curvature": 4 * 1000**2, "jacobians": 64 * 10 * 1000 * 4}
+    with pytest.raises(UsageError, match=r"needs about 0\.00611 GiB \(curvature 0\.00373 GiB \+ jacobians 0\.00238 "
+                                         r"GiB\), over max_curvature_gb=0\.001; use a smaller n_params"):
+        check_memory(model, "full", 1000, 1e-3, "laplace-subnet", "a smaller n_params", 64 * 10 * 1000 * 4)
 
 
 def test_kron_over_layers_without_kronecker_factors_is_refused_before_training():

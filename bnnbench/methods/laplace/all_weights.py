@@ -37,15 +37,16 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
     Laplace = import_laplace().Laplace  # noqa: N806 (laplace-torch's factory)
 
     check_kron_layers(model, hparams.hessian, "laplace-all", "hessian=diag, laplace-ll or laplace-subnet")
-    check_memory(model, hparams.hessian, list(model.named_parameters()), hparams.max_curvature_gb, "laplace-all",
-                 "hessian=diag or laplace-subnet")
+    memory = check_memory(model, hparams.hessian, list(model.named_parameters()), hparams.max_curvature_gb,
+                          "laplace-all", "hessian=diag or laplace-subnet")
 
     def make(network, likelihood, noise_std, prior_precision, train):
         laplace = Laplace(network, likelihood, subset_of_weights="all", hessian_structure=hparams.hessian,
                           sigma_noise=noise_std, prior_precision=prior_precision, backend=laplace_backend(network))
         return laplace, None
 
-    return fit_laplace(task, model, data, budget, context, hparams, method="laplace-all", make_laplace=make)
+    return fit_laplace(task, model, data, budget, context, hparams, method="laplace-all", make_laplace=make,
+                       extra={"memory_estimate_bytes": memory})
 
 
 SPEC = MethodSpec("laplace-all", Hparams, fit, post_hoc=True, needs_validation=tunes_on_validation,

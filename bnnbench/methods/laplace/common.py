@@ -36,8 +36,8 @@ from bnnbench.train import LoopResult, TrainConfig, loop_config
 from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, ParameterPosterior, Split, TaskSpec
 
 __all__ = ["LINK", "TANGENT_ROWS", "LaplaceHparams", "LaplacePredictive", "RegressionView", "check_kron_layers",
-           "check_memory", "curvature_bytes", "data_loader", "fit_laplace", "gaussian_samples", "jacobian_rows",
-           "laplace_backend", "parameter_indices", "train_map_phase"]
+           "check_memory", "curvature_bytes", "data_loader", "fit_laplace", "gaussian_samples", "jacobian_bytes",
+           "jacobian_rows", "laplace_backend", "parameter_indices", "train_map_phase"]
 
 PRED_TYPES = ("glm", "nn")
 LINK_APPROXIMATIONS = ("probit", "mc")
@@ -255,13 +255,29 @@ def check_kron_layers(model: nn.Module, hessian: str, method: str, alternatives:
 
 
 def check_memory(model: nn.Module, hessian: str, parameters: list[tuple[str, Tensor]] | int, limit_gb: float,
-                 method: str, alternatives: str) -> int:
-    """Refuse, with the variant to use instead, a curvature that would not fit in `limit_gb`."""
-    needed = curvature_bytes(model, hessian, parameters)
+                 method: str, alternatives: str, jacobian_bytes: int = 0) -> dict[str, int]:
+    """The memory estimate, before any fitting: the posterior precision's bytes (`curvature_bytes`) and, for a
+    posterior whose curvature and predictive take per-example Jacobians over its weights alone (a subnetwork), those
+    Jacobians' bytes per batch (`jacobian_bytes`). Refuse, with the variant to use instead, an estimate over
+    `limit_gb`; else return it for the run's record."""
+    estimate = {"curvature": curvature_bytes(model, hessian, parameters)}
+    if jacobian_bytes:
+        estimate["jacobians"] = jacobian_bytes
+    needed = sum(estimate.values())
     if needed > limit_gb * 2**30:
-        raise UsageError(f"{method} with hessian={hessian} needs about {needed / 2**30:.1f} GiB for the curvature, "
-                         f"over max_curvature_gb={limit_gb:g}; use {alternatives} (or raise max_curvature_gb)")
-    return needed
+        terms = " + ".join(f"{name} {value / 2**30:.3g} GiB" for name, value in estimate.items())
+        raise UsageError(f"{method} with hessian={hessian} needs about {needed / 2**30:.3g} GiB ({terms}), over "
+                         f"max_curvature_gb={limit_gb:g}; use {alternatives} (or raise max_curvature_gb)")
+    return estimate
+
+
+def jacobian_bytes(model: nn.Module, x: Tensor, n_weights: int, batch_size: int) -> int:
+    """Bytes of the per-example Jacobians (rows, C, n_weights) of one batch of `batch_size` rows, cut to
+    JACOBIAN_BYTES (`jacobian_rows`): the batch · C · |S| term of a subnetwork's memory."""
+    with torch.no_grad():
+        outputs = model(x[:1]).flatten(1).shape[-1]
+    rows = jacobian_rows(model, x, n_weights, batch_size)
+    return rows * outputs * n_weights * next(model.parameters()).element_size()
 
 
 class LaplacePredictive(ParameterPosterior):

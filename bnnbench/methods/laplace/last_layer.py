@@ -50,8 +50,8 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
 
     name = last_layer_name(model)
 
-    check_memory(model, hparams.hessian, list(model.get_submodule(name).named_parameters()),
-                 hparams.max_curvature_gb, "laplace-ll", "hessian=kron or hessian=diag")
+    memory = check_memory(model, hparams.hessian, list(model.get_submodule(name).named_parameters()),
+                          hparams.max_curvature_gb, "laplace-ll", "hessian=kron or hessian=diag")
 
     def make(network, likelihood, noise_std, prior_precision, train):
         if isinstance(network, RegressionView):
@@ -68,7 +68,8 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
         return laplace, parameter_indices(network, name)
 
     return fit_laplace(task, model, data, budget, context, hparams, method="laplace-ll", make_laplace=make,
-                       extra={"last_layer": name}, predictive=LastLayerPredictive,
+                       extra={"last_layer": name, "memory_estimate_bytes": memory},
+                       predictive=LastLayerPredictive,
                        jacobian_weights=lambda network, indices: len(indices))
 
 

@@ -42,6 +42,7 @@ from bnnbench.methods.laplace.common import (
     data_loader,
     fit_laplace,
     import_laplace,
+    jacobian_bytes,
     jacobian_rows,
     laplace_backend,
     quiet_jit_deprecation,
@@ -106,7 +107,9 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
 
     chosen = {}
     n_params = min(hparams.n_params, sum(p.numel() for p in model.parameters()))
-    check_memory(model, hparams.hessian, n_params, hparams.max_curvature_gb, "laplace-subnet", "a smaller n_params")
+    probe = data.train.x[:1].to(next(model.parameters()).device)
+    memory = check_memory(model, hparams.hessian, n_params, hparams.max_curvature_gb, "laplace-subnet",
+                          "a smaller n_params", jacobian_bytes(model, probe, n_params, hparams.batch_size))
 
     def make(network, likelihood, noise_std, prior_precision, train):
         indices = select_subnetwork(network, likelihood, hparams.selection, n_params, train, hparams.batch_size,
@@ -119,7 +122,7 @@ def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
 
     predictive, info = fit_laplace(task, model, data, budget, context, hparams, method="laplace-subnet",
                                    make_laplace=make, predictive=SubnetPredictive,
-                                   jacobian_weights=jacobian_weights)
+                                   jacobian_weights=jacobian_weights, extra={"memory_estimate_bytes": memory})
     info.extra |= {"selection": hparams.selection, **chosen}
     return predictive, info
 
