@@ -108,6 +108,10 @@ def test_a_subnetworks_memory_estimate_is_its_covariance_and_one_batch_of_jacobi
     with pytest.raises(UsageError, match=r"needs about 0\.00611 GiB \(curvature 0\.00373 GiB \+ jacobians 0\.00238 "
                                          r"GiB\), over max_curvature_gb=0\.001; use a smaller n_params"):
         check_memory(model, "full", 1000, 1e-3, "laplace-subnet", "a smaller n_params", 64 * 10 * 1000 * 4)
+    # made before MAP training: a BatchNorm network in train mode takes the one-row probe, and is left as it was
+    network = torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 10))
+    assert jacobian_bytes(network, x, 1000, 64) == 64 * 10 * 1000 * 4
+    assert network.training and network[1].num_batches_tracked == 0 and (network[1].running_mean == 0).all()
 
 
 def test_kron_over_layers_without_kronecker_factors_is_refused_before_training():
@@ -411,13 +415,18 @@ class _TiedHead(torch.nn.Module):
 
 
 @pytest.mark.parametrize("network", ["conv-norm", "tied"])
-def test_subnet_jacobians_equal_jacobians_over_every_weight_indexed(network):
-    """The sparse output terms of Linear and Conv2d layers (a padded, strided convolution with a bias), a LayerNorm's
-    and a plain tensor's entries, and a tied weight that the sparse terms cannot see: the subnetwork's Jacobians equal
-    torch.func's Jacobian over every weight, indexed at the subnetwork, to rounding."""
+def test_subnet_jacobians_equal_jacobians_over_every_weight_indexed(network, monkeypatch):
+    """The sparse output terms of Linear and Conv2d weights (a padded, strided convolution), made for every such
+    weight here, biases', a LayerNorm's and a plain tensor's entries, and a tied weight that the sparse terms cannot
+    see: the subnetwork's Jacobians equal torch.func's Jacobian over every weight, indexed at the subnetwork, to
+    rounding."""
     from torch.func import functional_call, jacrev
 
-    from bnnbench.methods.laplace.subnetwork import _subnet_parts, subnet_jacobian
+    import bnnbench.methods.laplace.subnetwork as subnetwork
+    from bnnbench.methods.laplace.subnetwork import _sparse_offsets, _subnet_parts, subnet_jacobian
+
+    monkeypatch.setattr(subnetwork, "SPARSE_MIN_ENTRIES", 0)
+    monkeypatch.setattr(subnetwork, "SPARSE_MAX_SHARE", 1.0)
 
     torch.manual_seed(0)
     if network == "tied":
@@ -444,6 +453,7 @@ def test_subnet_jacobians_equal_jacobians_over_every_weight_indexed(network):
         parts = _subnet_parts(model, indices)
         if network == "conv-norm" and len(indices) > n_weights // 3:
             assert {name for name, _ in parts} == set(named)
+            assert {parts[index][0] for index in _sparse_offsets(model, parts)} == {"0.weight", "4.weight"}
         jacobian, outputs = subnet_jacobian(model, parts, x)
         torch.testing.assert_close(jacobian, every[..., indices], rtol=1e-12, atol=1e-12)
         with torch.no_grad():

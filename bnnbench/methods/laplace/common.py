@@ -274,9 +274,13 @@ def check_memory(model: nn.Module, hessian: str, parameters: list[tuple[str, Ten
 def jacobian_bytes(model: nn.Module, x: Tensor, n_weights: int, batch_size: int) -> int:
     """Bytes of the per-example Jacobians (rows, C, n_weights) of one batch of `batch_size` rows, cut to
     JACOBIAN_BYTES (`jacobian_rows`): the batch · C · |S| term of a subnetwork's memory."""
-    with torch.no_grad():
-        outputs = model(x[:1]).flatten(1).shape[-1]
-    rows = jacobian_rows(model, x, n_weights, batch_size)
+    training = model.training
+    try:  # before training: a BatchNorm in train mode would refuse one row and update its running statistics
+        with torch.no_grad():
+            outputs = model.eval()(x[:1]).flatten(1).shape[-1]
+        rows = jacobian_rows(model, x, n_weights, batch_size)
+    finally:
+        model.train(training)
     return rows * outputs * n_weights * next(model.parameters()).element_size()
 
 
