@@ -12,8 +12,10 @@ Selection (laplace-torch's masks), top `n_params` scores:
 - `random`: uniform scores (seeded by the run seed).
 
 The curvature and the GLM predictive differentiate the outputs with respect to the subnetwork's weights alone
-(`subnet_jacobian`): each weight tensor is its MAP value plus its selected entries, so a per-example reverse pass
-(C cotangents per image, vmapped) yields J_S (B, C, |S|) and never a per-example gradient of more than one tensor.
+(`subnet_jacobian`): a per-example reverse pass (C cotangents per image, vmapped) yields J_S (B, C, |S|); the
+selected entries of large Linear and Conv2d weights enter as sparse output terms, so no per-example gradient of a
+whole weight is formed, and those of other tensors are added to their MAP values. With `link_approx = "mc"` and
+fewer samples than outputs, K tangents are pushed forward instead (`subnet_jvp`).
 The GGN Σ J_Sᵀ Λ J_S is laplace-torch's own formula fed these Jacobians (`SubnetGGN`, its curvature backend), and
 the predictive's J_S Σ_S J_Sᵀ comes from the posterior's (|S|, |S|) covariance or its variances. laplace-torch's
 backends build the (B, C, P) Jacobian over every weight and index it, which cut a ResNet-18's calls to one image.
@@ -196,13 +198,13 @@ def subnet_jacobian(model: nn.Module, parts: list[tuple[str, Tensor]], x: Tensor
     """Per-example Jacobians (B, C, |S|) of the outputs with respect to the subnetwork's weights at MAP, and the
     outputs f(x; θ*) (B, C) from the same pass: reverse mode over each image's C outputs, vmapped over the images.
 
-    The selected entries δ of a Linear or ungrouped Conv2d weight or bias enter as a sparse term added to the layer's
-    output (`_SparseOffset`): a Linear weight's (i, j) entry adds x_j δ to output i, so the derivative for δ is
-    gathered from the layer's input and output gradient at the selected positions, and the backward pass forms no
-    per-example gradient of the whole weight (digits-vit, 1,000 weights: 41 -> 24 forward passes' time). Any other
-    tensor (a LayerNorm's, a position embedding) is its MAP value with δ added at its selected entries, whose
-    per-example gradient the backward pass forms in full. `sparse`: the terms `sparse_terms` gave, else found
-    and checked on the first image here."""
+    The selected entries δ of a large Linear or ungrouped Conv2d weight (`_sparse_offsets`) enter as a sparse term
+    added to the layer's output (`_SparseOffset`): a Linear weight's (i, j) entry adds x_j δ to output i, so the
+    derivative for δ is gathered from the layer's input and output gradient at the selected positions, and the
+    backward pass forms no per-example gradient of the whole weight (digits-vit, 1,000 weights: 46 -> 27 forward
+    passes' time). Any other tensor (a bias, a LayerNorm's, a position embedding) is its MAP value with δ added at
+    its selected entries, whose per-example gradient the backward pass forms in full. `sparse`: the terms
+    `sparse_terms` gave, else found and checked on the first image here."""
     sparse = sparse_terms(model, parts, x[:1]) if sparse is None else sparse
     return _jacobian(model, parts, x, sparse)
 
