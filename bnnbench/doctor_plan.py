@@ -58,10 +58,10 @@ TINY = CheckSizes(TINY_SIZES, bench_steps=40, bench_warmup=3, bench_fit_repeats=
 
 def bench_settings(method: str, sizes: CheckSizes) -> dict[str, Any]:
     """Method settings for its bench only. `bench` times a method's training steps and its predictive, and fits 1 +
-    2 x `bench_fit_repeats` times (the post-hoc part cancels out of the ratio), so post-hoc work that would take
-    minutes on its synthetic set is bounded: sampled-laplace keeps its prior fixed and stops its solves early (its
-    predictive's cost does not depend on them). swag snapshots every step: its shortest fit has a few SGD steps,
-    short of the epoch its default snapshot needs."""
+    2 x `bench_fit_repeats` times (a post-hoc method three times; its post-hoc part is not in the ratio), so
+    post-hoc work that would take minutes on its synthetic set is bounded: sampled-laplace keeps its prior fixed
+    and stops its solves early (its predictive's cost does not depend on them). swag snapshots every step: its
+    shortest fit has a few SGD steps, short of the epoch its default snapshot needs."""
     if method == "sampled-laplace":
         return {"em_steps": 0, "sample_max_iter": 3}
     if method == "swag":
@@ -123,9 +123,9 @@ class CheckReport:
 
 def plan_stages(methods: tuple[str, ...], post_hoc_methods: frozenset[str]) -> list[Stage]:
     """The stages in the order they run: what the issue's targets need first, the post-hoc methods' bench last
-    (`post_hoc_methods`: those whose MethodSpec declares the trait). Each of their 1 + 2 x `bench_fit_repeats` bench
-    fits pays post-hoc curvature or solves (up to the stage cap), and their training steps are map's, so in a short
-    window the other methods' figures come first."""
+    (`post_hoc_methods`: those whose MethodSpec declares the trait). Each of their three bench fits (one of each
+    length after the untimed one) pays post-hoc curvature, selection or solves (up to the stage cap), and their
+    training steps are map's, so in a short window the other methods' figures come first."""
     key = [method for method in KEY_METHODS if method in methods]
     others = [method for method in methods if method not in key and method not in post_hoc_methods]
     post_hoc = [method for method in methods if method in post_hoc_methods]

@@ -196,3 +196,24 @@ def test_a_failed_a_timed_out_and_a_skipped_stage_keep_the_others_figures(cli, t
     statuses = {row["stage"]: row["status"] for row in table(out.read_text(), "Stages")}
     assert set(statuses.values()) == {"skipped"}
     assert "not measured (bench cifar10-vit map: skipped)" in out.read_text()
+
+
+@pytest.mark.parametrize(("method", "fits_of_each_length"), [("laplace-subnet", 1), ("map", 5)])
+def test_a_post_hoc_methods_bench_fits_once_per_length(monkeypatch, tmp_path, method, fits_of_each_length):
+    """A post-hoc method's steps are timed by their own seconds, so its bench fits once per length (each fit pays its
+    curvature or selection); the others keep the fastest of the check's repeats."""
+    import torch
+
+    import bnnbench.bench
+
+    asked = {}
+
+    def bench(*args, **kwargs):
+        asked.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(bnnbench.bench, "bench", bench)
+    work = doctor._Work(tmp_path, torch.device("cpu"), doctor_plan.TINY)
+    with pytest.raises(RuntimeError, match="stop here"):
+        work.bench(doctor_plan.Stage("bench", "cifar10-vit", method))
+    assert doctor_plan.TINY.bench_fit_repeats == 5 and asked["fit_repeats"] == fits_of_each_length
