@@ -331,8 +331,14 @@ def subnet_ggn():
     backends, made once laplace-torch is imported."""
 
     class SubnetGGN(import_laplace().curvature.GGNInterface):
+        _parts: list[tuple[str, Tensor]] | None = None
+        _sparse: dict[int, _SparseOffset] | None = None
+
         def jacobians(self, x: Tensor, enable_backprop: bool = False) -> tuple[Tensor, Tensor]:
-            return subnet_jacobian(self.model, _subnet_parts(self.model, self.subnetwork_indices.to(x.device)), x)
+            if self._parts is None:  # fixed for the fit: found and checked on its first batch, not on every batch
+                self._parts = _subnet_parts(self.model, self.subnetwork_indices.to(x.device))
+                self._sparse = sparse_terms(self.model, self._parts, x[:1])
+            return subnet_jacobian(self.model, self._parts, x, self._sparse)
 
     return SubnetGGN
 
