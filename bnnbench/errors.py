@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["BnnbenchError", "DivergenceError", "UsageError", "error_line", "unknown_choice"]
+__all__ = ["BnnbenchError", "DivergenceError", "RunPruned", "UsageError", "error_line", "unknown_choice"]
 
 
 class BnnbenchError(Exception):
@@ -21,7 +21,15 @@ class UsageError(BnnbenchError):
 
 
 class DivergenceError(BnnbenchError):
-    """Training produced a non-finite loss."""
+    """Training produced a non-finite loss, or (in a tuning trial) a validation NLL far above its best."""
+
+
+class RunPruned(BnnbenchError):  # noqa: N818 (a pruned run is an outcome, not an error)
+    """A tuning trial's pruner stopped the run after `epoch` epochs (its validation NLL trailed the study's)."""
+
+    def __init__(self, message: str, epoch: int) -> None:
+        super().__init__(message)
+        self.epoch = epoch
 
 
 def error_line(error: BaseException) -> str:

@@ -21,7 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from bnnbench.errors import BnnbenchError, UsageError, unknown_choice
+from bnnbench.errors import BnnbenchError, RunPruned, UsageError, unknown_choice
 from bnnbench.results import (
     IDENTITY,
     SCHEMA_VERSION,
@@ -63,6 +63,11 @@ class RunPlan:
     # measures, so it stays out of the config hash; run.json records it (and a fallback to eager).
     compile: bool = False
     identity: dict[str, Any] = dataclasses.field(default_factory=dict)  # what config_hash hashes, for run.json
+    # Neither changes what a run computes (the store's loads are bit-equal to training; a trial's monitor only
+    # stops a run), so both stay out of the config hash. `map_store`: the MAP checkpoint store's directory;
+    # `trial`: the tuning trial this run belongs to (`pruning.TrialLink`, keyed by seed: which seed reports).
+    map_store: Path | None = None
+    trial: Any = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ def prepare(task: str | Path | TaskSpec, method_name: str, *, overrides: dict[st
             results_dir: Path = Path("results/runs"), save_predictions: bool = False,
             show_progress: bool = True, data_dir: Path | None = None, task_dirs: Sequence[str | Path] = (),
             load: bool = True, validation_only: bool = False, tuned: Path | None = None,
-            compile: bool = False) -> RunPlan:
+            compile: bool = False, map_store: Path | None = None, trial: Any = None) -> RunPlan:
     """Validate a run request; raises UsageError (and writes nothing) on any bad input, missing data
     files included (the data are loaded here, once, and shared by the seeds; `load=False` skips them, for
     benchmarks on synthetic inputs). `task` is a name (looked up in `task_dirs` too, `--tasks-dir`), a .toml path,
@@ -118,7 +123,8 @@ def prepare(task: str | Path | TaskSpec, method_name: str, *, overrides: dict[st
     "package.module:attr". `validation_only` runs score the validation split alone and never touch the test split
     (tuning); they are another configuration (run id) than full runs. `tuned` is a `bnnbench tune` file whose
     settings for the method apply under `overrides` (run.json records which file). `compile` runs the network
-    through torch.compile (`bnnbench.compiler`)."""
+    through torch.compile (`bnnbench.compiler`). `map_store` is the MAP checkpoint store's directory
+    (`bnnbench.map_store`); `trial` a tuning trial's `pruning.TrialLink` (validation-only runs alone)."""
     from bnnbench.data import declared_shapes
     from bnnbench.data.files import data_root
     from bnnbench.methods import bind_for_task, find_method
@@ -149,10 +155,12 @@ def prepare(task: str | Path | TaskSpec, method_name: str, *, overrides: dict[st
     if loaded is not None and declared_shapes(task.data, str(task.path)) is None:  # only the data give the shapes
         check_network(task, (loaded.bundle.input_shape, loaded.bundle.num_outputs))
     _check_validation_split(task, spec, method, loaded, validation_only)
+    if trial is not None and not validation_only:
+        raise UsageError("a tuning trial's runs score the validation split only (validation_only)")
     identity = _identity(task, method, budget, loaded, validation_only, tuning)
     return RunPlan(task, method, budget, budget_label, device_name, Path(results_dir), config_hash(identity.config),
                    save_predictions, show_progress, root, identity.variant, identity.hmc_reference, validation_only,
-                   tuning, compile, identity.config)
+                   tuning, compile, identity.config, Path(map_store) if map_store is not None else None, trial)
 
 
 def _check_validation_split(task: TaskSpec, spec: MethodSpec, method: Method, loaded: Any,
@@ -281,6 +289,9 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
         torch.cuda.reset_peak_memory_stats(device)
     try:
         rows, predictions = _fit_and_evaluate(plan, seed, device, compiler, record)
+    except RunPruned as error:  # a tuning trial's pruner stopped it: an outcome, not a failure
+        record.update(status="pruned", error=str(error), pruned_epoch=error.epoch)
+        rows, predictions = [], None
     except Exception as error:  # a method's bug is this run's failure, recorded whole, not a traceback
         record.update(status="failed", error=f"{type(error).__name__}: {error}")
         if not isinstance(error, BnnbenchError):  # ours carry their own explanation; anything else needs the trace
@@ -319,8 +330,16 @@ def _fit_and_evaluate(plan: RunPlan, seed: int, device, compiler, record: dict[s
     record.update(corruption_source=plan_splits.corruption_source, data_info=loaded.info)
     model = compiler(create_model(task.model, loaded.bundle.input_shape, loaded.bundle.num_outputs, str(task.path)))
     record["n_params"] = sum(p.numel() for p in model.parameters())
-    context = FitContext(device=device, seed=seed, show_progress=plan.show_progress)
-    predictive, info = plan.method.fit(task, model, loaded.bundle, plan.budget, context)
+    context = FitContext(device=device, seed=seed, show_progress=plan.show_progress,
+                         map_store=_map_store(plan), monitor=_monitor(plan, seed, loaded.bundle, device))
+    try:
+        predictive, info = plan.method.fit(task, model, loaded.bundle, plan.budget, context)
+    finally:  # what the store and the monitor saw, whether the fit ended, failed or was pruned
+        if context.map_store is not None:
+            record["map_store"] = {"directory": str(plan.map_store), "lookups": context.map_store.events}
+        if context.monitor is not None:
+            record["trial"] = {"study": plan.trial[seed].study, "number": plan.trial[seed].number,
+                               "epochs": context.monitor.epoch, "val_nll": context.monitor.values}
     record.update(fit_seconds=info.seconds, fit_steps=info.steps, fit_epochs=info.epochs, fit_extra=info.extra)
     torch.manual_seed(seed)  # sampling predictives draw from the global generator: same seed, same draws
     likelihood = get_likelihood(task.likelihood, task.likelihood_options, str(task.path))
@@ -336,6 +355,34 @@ def _fit_and_evaluate(plan: RunPlan, seed: int, device, compiler, record: dict[s
     if not all(np.isfinite(row["value"]) for row in rows):
         raise BnnbenchError("a metric is not finite (the predictive produced NaN or inf)")
     return rows, evaluation.test_predictions if plan.save_predictions else None
+
+
+def _map_store(plan: RunPlan):
+    """The run's MAP store (None without one). Its scope is what the task contributes to a MAP's key: every table
+    of the task but not the method's settings (the MAP's own settings enter the key where `train_map` runs)."""
+    if plan.map_store is None:
+        return None
+    import torch
+
+    from bnnbench.map_store import MapStore
+
+    scope = {"task": plan.task.name, "task_version": plan.task.version, "tables": plan.identity.get("task"),
+             "data_fingerprint": plan.identity.get("data_fingerprint"), "data_variant": plan.data_variant,
+             "bnnbench": __version__, "torch": torch.__version__, "compile": plan.compile,
+             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return MapStore(plan.map_store, scope)
+
+
+def _monitor(plan: RunPlan, seed: int, bundle: Any, device):
+    """A tuning trial's epoch monitor for this seed's run (None outside a trial)."""
+    if plan.trial is None:
+        return None
+    from bnnbench.likelihoods import get_likelihood
+    from bnnbench.pruning import EpochMonitor
+
+    likelihood = get_likelihood(plan.task.likelihood, plan.task.likelihood_options, str(plan.task.path))
+    return EpochMonitor(plan.trial[seed], bundle.val, likelihood, int(plan.task.eval.get("batch_size", 1024)),
+                        device)
 
 
 def _reset_peak_rss() -> None:

@@ -185,6 +185,8 @@ class TrainStepper:
     `make_optimizer(groups, config)` builds the optimiser (AdamW unless a method's phase needs another).
     With `closed_form`, `loss_fn` returns the loss and the gradients of `parameters` (in order), so a step
     needs no backward pass; its loss may be None (left out of the epoch's mean loss), but not at every step.
+    `predictive(x)`: the log predictive (S, B, ...) of the state being trained, which a tuning trial's monitor
+    (`context.monitor`) scores on the validation split after each epoch; it may stop the run there.
     """
 
     def __init__(
@@ -202,12 +204,14 @@ class TrainStepper:
         on_epoch: Callable[[], dict[str, float]] | None = None,
         make_optimizer: Callable[[list[dict], TrainConfig], torch.optim.Optimizer] = adamw,
         closed_form: bool = False,
+        predictive: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         groups = _parameter_groups(parameters)
         self.parameters = [tensor for group in groups for tensor in group["params"]]
         self.loss_fn, self.on_batch, self.on_epoch, self.inner_steps = loss_fn, on_batch, on_epoch, inner_steps
         self.config, self.description, self.closed_form = config, description, closed_form
         self.device, self.show_progress = context.device, context.show_progress
+        self.monitor, self.predictive = context.monitor, predictive
         self.x, self.y = data.x.to(self.device), data.y.to(self.device)
         self.total_batches = planned_batches(len(self.y), config.batch_size, budget)
         self.factor = _schedule(config.schedule, self.total_batches * inner_steps)
@@ -273,7 +277,8 @@ class TrainStepper:
         deadline passed between the budget check and its first batch).
 
         Raises:
-            DivergenceError: the epoch's mean loss is not finite.
+            DivergenceError: the epoch's mean loss is not finite, or the monitor found the run diverging.
+        RunPruned: the monitor's pruner stopped the run.
         """
         if self.losses == 0:
             return None
@@ -287,6 +292,8 @@ class TrainStepper:
             raise DivergenceError(
                 f"{self.description}: training loss is {epoch_loss} in epoch {self.result.epochs} "
                 f"(lr={self.config.lr}); lower the learning rate or set grad_clip")
+        if self.monitor is not None and self.predictive is not None:
+            self.monitor.end_epoch(self.predictive)
         return epoch_loss
 
     def finish(self) -> LoopResult:

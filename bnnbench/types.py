@@ -126,6 +126,10 @@ class FitContext:
     device: torch.device
     seed: int
     show_progress: bool = True
+    # `map_store.MapStore`: where `train_map` looks for, and keeps, a MAP already trained (None: no store)
+    map_store: Any = None
+    # `pruning.EpochMonitor`: told the validation NLL after each training epoch of a tuning trial (None: no trial)
+    monitor: Any = None
 
 
 @dataclass

@@ -114,9 +114,16 @@ def _train_vmapped(members: list[nn.Module], likelihood: Likelihood, data: DataB
 
     positions = torch.arange(len(data.train))
     # the loop sees row positions, not images: it must not augment them
+    def members_now(x: Tensor) -> Tensor:  # the members as they stand, for a tuning trial's monitor
+        stacked.base.eval()
+        try:
+            return EnsemblePredictive(likelihood, stacked=stacked).predict(x, len(members))
+        finally:
+            stacked.base.train()
+
     loop = train_loop(stacked.params.values(), loss_fn, Split(positions, positions),
                       dataclasses.replace(hparams, augment="none"), budget, context,
-                      description=f"ensemble x{len(members)} (vmap)")
+                      description=f"ensemble x{len(members)} (vmap)", predictive=members_now)
     for params in stacked.params.values():
         params.requires_grad_(False)
     stacked.base.eval()

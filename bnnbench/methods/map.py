@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Likelihood, get_likelihood
-from bnnbench.train import LoopResult, TrainConfig, autocast, train_loop
+from bnnbench.train import LoopResult, TrainConfig, autocast, loop_config, train_loop
 from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, MethodSpec, ParameterPosterior, TaskSpec
 
 __all__ = ["SPEC", "Hparams", "PointPredictive", "fit", "gaussian_log_prior", "map_objective",
@@ -52,6 +52,7 @@ def gaussian_log_prior(precision: float) -> Callable[[dict[str, Tensor]], Tensor
     def log_prior(params: dict[str, Tensor]) -> Tensor:
         return -0.5 * precision * sum(value.square().sum() for value in params.values())
 
+    log_prior.store_key = f"gaussian precision {precision!r}"  # what the MAP store's key says of this prior
     return log_prior
 
 
@@ -81,14 +82,32 @@ def precision_prior_settings(method: str, **fixed: Any) -> Callable[[dict[str, f
 def train_map(model: nn.Module, likelihood: Likelihood, data: DataBundle, config: TrainConfig, budget: Budget,
               context: FitContext, description: str = "map",
               log_prior: Callable[[dict[str, Tensor]], Tensor] | None = None,
-              temperature: float = 1.0, **loop_options) -> LoopResult:
+              temperature: float = 1.0, reusable: bool = False, **loop_options) -> LoopResult:
     """Train `model` in place to the MAP estimate on `data.train` (also the warm-up of other methods).
 
     Without `log_prior` the prior is AdamW's weight decay; with it (a method's own prior), the loss is
     −(1/T) mean log p(y | x, θ) − log p(θ) / N, the negative log posterior per data point. `loop_options` go
-    to `train_loop` (e.g. SWAG's snapshot hook and SGD)."""
+    to `train_loop` (e.g. SWAG's snapshot hook and SGD).
+
+    `reusable`: a MAP that other runs start from too (Laplace's, SWAG's warm start, a VI warm-up): with a MAP
+    store in `context` (`bnnbench.map_store`), a training the store holds is loaded instead of run, and one it
+    lacks is stored. A loop with hooks (`loop_options`), a time limit or a prior that does not name itself is always
+    run. With a
+    monitor in `context` (a tuning trial), each epoch's network is scored on the validation split."""
     model.to(context.device).train()
     n_data = len(data.train)
+    store, key = context.map_store, None
+    prior = "weight decay" if log_prior is None else getattr(log_prior, "store_key", None)
+    if reusable and store is not None and not loop_options and budget.max_seconds is None and prior is not None:
+        key = store.key(model, data.train, loop_config(config), budget, prior, temperature, context.seed,
+                        context.device)
+        stored = store.load(key, model, context.device)
+        if stored is not None:
+            loop = stored["loop"]
+            if context.monitor is not None:  # the run's epochs count on as if it had trained them
+                context.monitor.skip(loop["epochs"])
+            return LoopResult(loop["steps"], loop["epochs"], 0.0, loop["epoch_losses"], loop["epoch_seconds"],
+                              loop["epoch_diagnostics"])
 
     def loss_fn(x: Tensor, y: Tensor) -> Tensor:
         loss = -likelihood.log_likelihood(model(x), y).mean() / temperature
@@ -96,8 +115,21 @@ def train_map(model: nn.Module, likelihood: Likelihood, data: DataBundle, config
             loss = loss - log_prior(dict(model.named_parameters())) / n_data
         return loss
 
-    return train_loop(model.parameters(), loss_fn, data.train, config, budget, context, description=description,
-                      **loop_options)
+    def network_predictive(x: Tensor) -> Tensor:  # the network as it stands (dropout off), for the monitor
+        model.eval()
+        try:
+            with torch.no_grad(), autocast(x.device):
+                outputs = model(x)
+        finally:
+            model.train()
+        return likelihood.log_predictive(outputs).unsqueeze(0)
+
+    loop = train_loop(model.parameters(), loss_fn, data.train, config, budget, context, description=description,
+                      predictive=network_predictive, **loop_options)
+    if key is not None:
+        store.save(key, model, context.device, {"description": description, "seconds": loop.seconds,
+                                                "loop": dataclasses.asdict(loop)})
+    return loop
 
 
 def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,

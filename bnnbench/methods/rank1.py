@@ -267,7 +267,15 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     groups = [{"params": [*model.parameters(), factors.bias]},
               {"params": [factors.loc, factors.rho], "weight_decay": 0.0,
                "lr": hparams.lr * hparams.factor_lr_scale}]
-    loop = train_loop(groups, loss_fn, data.train, objective["config"], budget, context, description=f"rank1 K={k}")
+    def components(x: Tensor) -> Tensor:  # one pass of the K components, as evaluated, for a trial's monitor
+        model.eval()
+        try:
+            return StochasticForwardPredictive(model, likelihood, lambda n: k, group=k).predict(x, k)
+        finally:
+            model.train()
+
+    loop = train_loop(groups, loss_fn, data.train, objective["config"], budget, context, description=f"rank1 K={k}",
+                      predictive=components)
     model.eval()
     n_rank1 = factors.loc.numel() + factors.rho.numel() + factors.bias.numel()
     predictive = StochasticForwardPredictive(model, likelihood, lambda n: k * math.ceil(n / k), group=k)

@@ -192,7 +192,8 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     warm_config = loop_config(hparams, weight_decay=weight_decay)
     steps, epochs, seconds = 0, 0, 0.0
     if warm_budget is not None:
-        warm = train_map(model, likelihood, data, warm_config, warm_budget, context, "swag warm-up", log_prior)
+        warm = train_map(model, likelihood, data, warm_config, warm_budget, context, "swag warm-up", log_prior,
+                         reusable=True)
         steps, epochs, seconds = warm.steps, warm.epochs, warm.seconds
 
     layout = FlatParams(model)

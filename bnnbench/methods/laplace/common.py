@@ -434,11 +434,12 @@ def train_map_phase(model: nn.Module, likelihood: Likelihood, data: DataBundle, 
     """The MAP a Laplace approximation is centred on: the mode of N(0, 1/fixed_prior_precision) when the prior
     is fixed, else the task's AdamW weight decay (the prior precision is tuned afterwards)."""
     if fixed_prior_precision is None:
-        loop = train_map(model, likelihood, data, hparams, budget, context, description=f"{method} map")
+        loop = train_map(model, likelihood, data, hparams, budget, context, description=f"{method} map",
+                         reusable=True)
     else:
         config = loop_config(hparams, weight_decay=0.0)
         loop = train_map(model, likelihood, data, config, budget, context, description=f"{method} map",
-                         log_prior=gaussian_log_prior(fixed_prior_precision))
+                         log_prior=gaussian_log_prior(fixed_prior_precision), reusable=True)
     # laplace-torch flattens parameters with .view(-1), which channels_last convolution weights (a training
     # speed-up) do not allow; the posterior is post-hoc, so the weights go back to the standard layout
     model.to(memory_format=torch.contiguous_format).eval()

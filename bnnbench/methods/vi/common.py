@@ -143,14 +143,15 @@ def _warm_up(model: nn.Module, likelihood: Likelihood, data: DataBundle, hparams
     parameters (for a Gaussian posterior this is its mean, so VI starts there) and no weight decay; with
     the prior centred at the warm-up weights there is no prior yet, so AdamW's decay stands in."""
     if hparams.prior_centre == "warmup":
-        return train_map(model, likelihood, data, hparams, budget, context, f"{name} warm-up")
+        return train_map(model, likelihood, data, hparams, budget, context, f"{name} warm-up", reusable=True)
     names = list(select_parameters(model, hparams.variational_params)[0])
 
     def log_prior(params: Params) -> Tensor:  # up to a constant
         return -0.5 * sum((params[name] ** 2).sum() for name in names) / hparams.prior_std**2
 
+    log_prior.store_key = f"gaussian std {hparams.prior_std!r} over {','.join(names)}"  # for the MAP store's key
     return train_map(model, likelihood, data, dataclasses.replace(hparams, weight_decay=0.0), budget, context,
-                     f"{name} warm-up", log_prior, hparams.temperature)
+                     f"{name} warm-up", log_prior, hparams.temperature, reusable=True)
 
 
 MakeObjective = Callable[[DiagonalGaussian, DiagonalGaussian, LogLikelihood, int], Any]
@@ -176,9 +177,20 @@ def fit_variational(task: TaskSpec, model: nn.Module, data: DataBundle, budget: 
     vi_steps = min(s for s in (vi_budget.max_steps, vi_budget.max_epochs and vi_budget.max_epochs * batches) if s)
     objective = make_objective(q, prior, log_likelihood, vi_steps * inner_steps)
     closed_form = hasattr(objective, "loss_and_gradients")
+
+    def mean_network(x: Tensor) -> Tensor:  # the network at q's mean, for a tuning trial's monitor
+        model.eval()
+        try:
+            with torch.no_grad(), autocast(x.device):
+                outputs = functional_call(model, {**fixed, **q.named(q.mean.detach())}, (x,))
+        finally:
+            model.train()
+        return likelihood.log_predictive(outputs).unsqueeze(0)
+
     loop = train_loop(q.parameters(), objective.loss_and_gradients if closed_form else objective.loss, data.train,
                       vi_config, vi_budget, context, name, on_batch=getattr(objective, "on_batch", None),
-                      inner_steps=inner_steps, on_epoch=objective.epoch_diagnostics, closed_form=closed_form)
+                      inner_steps=inner_steps, on_epoch=objective.epoch_diagnostics, closed_form=closed_form,
+                      predictive=mean_network)
     warm_seconds = warm.seconds if warm else 0.0
     extra = {
         "warmup_epochs": warm.epochs if warm else 0,

@@ -102,7 +102,8 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
                          f"'{task.likelihood}' likelihood")
     if len(data.val) == 0:
         raise UsageError(f"temperature-scaling fits T on the validation split, and task '{task.name}' has none")
-    loop = train_map(model, likelihood, data, hparams, budget, context, description="temperature-scaling")
+    loop = train_map(model, likelihood, data, hparams, budget, context, description="temperature-scaling",
+                     reusable=True)  # one MAP per seed for all of a study's trials
     start = time.perf_counter()
     logits = _logits(model, data.val, context.device).double()
     labels = data.val.y.to(logits.device)

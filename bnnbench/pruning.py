@@ -1,0 +1,136 @@
+"""A tuning trial's runs, watched epoch by epoch: validation NLL told to the study, pruned or stopped early.
+
+`bnnbench tune` gives each trial run a `TrialLink` (which study and trial, which pruner); the runner builds an
+`EpochMonitor` from it, and the shared training loop calls `end_epoch` after every epoch with the log predictive of
+what it is training (the network, q's mean, the current SGD iterate). The monitor scores it on the validation split
+with the evaluator's own NLL (`evaluate.score_split`), and then:
+- stops the run as diverged (`DivergenceError`, a failed run) when the NLL is not finite or exceeds its best so far
+  by more than `(divergence_factor - 1) x |best|` (for a positive best: above `divergence_factor` x best);
+- reports it to the Optuna trial (only the trial's first seed reports: Optuna keeps one value per step) and, when the
+  study's pruner says so, stops the run as pruned (`RunPruned`, status "pruned", with the epoch it reached).
+
+Steps are the run's epochs, counted over all its training phases (a VI warm-up, then VI; SWAG's warm start, then
+SGD), and a phase loaded from the MAP store counts its epochs too (`skip`), so step e means the same point of the
+budget in every trial of a method.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from bnnbench.errors import DivergenceError, RunPruned, UsageError, unknown_choice
+
+__all__ = ["DIVERGENCE_FACTOR", "PRUNERS", "EpochMonitor", "TrialLink", "make_pruner", "min_epochs_for"]
+
+PRUNERS = ("sha", "hyperband", "none")
+DIVERGENCE_FACTOR = 3.0
+REDUCTION_FACTOR = 3  # successive halving keeps the best third at each rung
+
+
+def min_epochs_for(max_epochs: int | None) -> int:
+    """The first rung: 1/27 of the run's epochs (so rungs at m, 3m, 9m lie inside it and 27m is the whole run),
+    at least 1. Rungs at 1 epoch favour settings that learn fast over ones that end best (the short-horizon bias);
+    at 1/27 a pruned trial still costs little."""
+    return max(1, (max_epochs or 0) // 27)
+
+
+def make_pruner(name: str, max_epochs: int | None = None, min_epochs: int | None = None) -> Any:
+    """Optuna's pruner by name: "sha" (asynchronous successive halving with rungs at m, 3m, 9m, ... epochs, m =
+    `min_epochs`, by default `min_epochs_for(max_epochs)`), "hyperband" (several such brackets, up to `max_epochs`),
+    "none"."""
+    import optuna
+
+    first = min_epochs or min_epochs_for(max_epochs)
+    if name == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=REDUCTION_FACTOR)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=max_epochs or "auto",
+                                              reduction_factor=REDUCTION_FACTOR)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise unknown_choice("pruner", name, PRUNERS, "--pruner")
+
+
+@dataclass(frozen=True)
+class TrialLink:
+    """What a trial run needs to talk to its study: the storage URL, the study's name, the trial's number, whether
+    this run reports (the trial's first seed), the pruner and the divergence factor. Not part of a run's identity:
+    a run in a trial computes what the same run outside one does, until it is stopped."""
+
+    storage: str
+    study: str
+    number: int
+    reports: bool
+    pruner: str = "sha"
+    max_epochs: int | None = None
+    divergence_factor: float = DIVERGENCE_FACTOR
+    min_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.pruner not in PRUNERS:
+            raise unknown_choice("pruner", self.pruner, PRUNERS, "--pruner")
+        if not self.divergence_factor > 1:
+            raise UsageError(f"--divergence-factor must be > 1, got {self.divergence_factor}")
+
+
+class _Point:
+    """A log-predictive function as the evaluator's Predictive."""
+
+    def __init__(self, predictive: Callable[[Tensor], Tensor]) -> None:
+        self.function = predictive
+
+    def predict(self, x: Tensor, n_samples: int) -> Tensor:
+        return self.function(x)
+
+
+class EpochMonitor:
+    """Scores each epoch on `val` and stops the run when it diverges or its trial is pruned (module docstring).
+    `values` are the validation NLLs, one per monitored epoch; `epoch` counts every epoch of the run."""
+
+    def __init__(self, link: TrialLink, val: Any, likelihood: Any, batch_size: int, device: torch.device) -> None:
+        self.link, self.val, self.likelihood = link, val, likelihood
+        self.batch_size, self.device = batch_size, device
+        self.epoch, self.best, self.values = 0, math.inf, []
+        self.trial = None
+        if link.pruner != "none":
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            storage = optuna.storages.RDBStorage(link.storage, engine_kwargs={"connect_args": {"timeout": 120}})
+            study = optuna.load_study(study_name=link.study, storage=storage,
+                                      pruner=make_pruner(link.pruner, link.max_epochs, link.min_epochs))
+            trial_id = storage.get_trial_id_from_study_id_trial_number(
+                storage.get_study_id_from_name(link.study), link.number)
+            self.trial = optuna.trial.Trial(study, trial_id)
+
+    def skip(self, epochs: int) -> None:
+        """Epochs the run did not train here (loaded from the MAP store): counted, not scored."""
+        self.epoch += epochs
+
+    def end_epoch(self, predictive: Callable[[Tensor], Tensor]) -> None:
+        from bnnbench.evaluate import score_split
+
+        self.epoch += 1
+        # a predictive that samples (rank-1's factors) draws from the global generator: the run's own draws after
+        # this epoch must be those of the same run outside a trial
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            value = score_split(_Point(predictive), self.likelihood, self.val, "nll", 1, self.batch_size,
+                                self.device)
+        self.values.append(value)
+        limit = self.best + (self.link.divergence_factor - 1) * abs(self.best)
+        if not math.isfinite(value) or value > limit:
+            raise DivergenceError(f"diverged: validation NLL {value:.4g} at epoch {self.epoch} is above "
+                                  f"{self.link.divergence_factor:g}x its best ({self.best:.4g})")
+        self.best = min(self.best, value)
+        if self.trial is None:
+            return
+        if self.link.reports:
+            self.trial.report(value, self.epoch)
+        if self.trial.should_prune():
+            raise RunPruned(f"pruned at epoch {self.epoch} (validation NLL {value:.4g})", self.epoch)
