@@ -533,3 +533,21 @@ def test_validation_tuning_runs_the_network_once_per_batch_for_a_head_posterior(
     assert calls == [11, 11]
     predictive.predict(x, 1)  # outside: no reuse
     assert calls == [11, 11, 11]
+
+
+def test_largest_variance_selection_leaves_no_hooks_that_break_the_subnetwork_jacobians():
+    """The diagonal Laplace that "largest-variance" fits extends the model with BackPACK, which left full backward
+    hooks on every layer; the subnetwork's torch.func Jacobians then failed (a tune of digits-mlp: 4 of 12 trials)."""
+    from torch.func import functional_call, jacrev
+
+    from bnnbench.methods.laplace.subnetwork import select_subnetwork
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    train = Split(torch.randn(64, 8), torch.randint(0, 3, (64,)))
+    indices = select_subnetwork(model, "classification", "largest-variance", 20, train, 32, 0)
+    assert len(indices) == 20
+    assert not any(module._backward_hooks or module._forward_hooks for module in model.modules())
+    params = {name: value.detach() for name, value in model.named_parameters()}
+    jacobian = jacrev(lambda p: functional_call(model, p, (train.x[:2],)))(params)
+    assert jacobian["0.weight"].shape == (2, 3, 16, 8)

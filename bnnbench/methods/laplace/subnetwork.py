@@ -25,6 +25,7 @@ Both are checked against laplace-torch's own on the same subnetwork.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, cached_property
@@ -102,8 +103,27 @@ def select_subnetwork(model, likelihood: str, selection: str, n_params: int, tra
         torch.manual_seed(seed)
         mask = RandomSubnetMask(model, n_params)
     view = model if isinstance(model, RegressionView) else None
-    indices = mask.select(data_loader(train, rows, likelihood == "regression", view))
+    with _module_hooks_kept(model):
+        indices = mask.select(data_loader(train, rows, likelihood == "regression", view))
     return indices.sort().values.cpu()  # laplace-torch checks for a (CPU) torch.LongTensor; it indexes CUDA with it
+
+
+@contextmanager
+def _module_hooks_kept(model: nn.Module) -> Iterator[None]:
+    """The model's module hooks as they were before: BackPACK's `extend` (the diagonal Laplace that
+    "largest-variance" fits) leaves full backward hooks on every layer, and torch.func's Jacobians of the
+    subnetwork then fail on them ("an autograd.Function with functorch transforms must override setup_context")."""
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    saved = {(module, kind): dict(getattr(module, kind)) for module in model.modules() for kind in kinds}
+    try:
+        yield
+    finally:
+        for (module, kind), hooks in saved.items():
+            current = getattr(module, kind)
+            current.clear()
+            current.update(hooks)
+        for module in model.modules():  # the full backward hooks' switch, set by register_full_backward_hook
+            module._is_full_backward_hook = None if not module._backward_hooks else module._is_full_backward_hook
 
 
 def fit(task, model, data, budget, context, hparams: Hparams = Hparams()):
