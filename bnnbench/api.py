@@ -72,6 +72,10 @@ def run(task: PathLike | TaskSpec, method: str, seeds: Iterable[int] = (0,), ove
     from bnnbench.runner import prepare
 
     seeds = check_seeds(seeds)
+    if tuned is not None:
+        from bnnbench.tuned import check_report_seeds
+
+        check_report_seeds(Path(tuned), seeds)
     if overrides is not None and not isinstance(overrides, Mapping):
         raise UsageError(f"overrides must be a dict of hyper-parameter values, got {overrides!r}")
     plan = prepare(task, method, overrides=dict(overrides or {}), budget_name=budget, epochs=epochs, device=device,
@@ -120,6 +124,10 @@ def sweep(tasks: Iterable[PathLike | TaskSpec], methods: Iterable[str], seeds: I
                 "data_dir": _path(data_dir), "save_predictions": save_predictions, "task_dirs": list(task_dirs),
                 "tuned": _path(tuned)})
     _check_executor(executor, workers, threads)
+    if tuned is not None:
+        from bnnbench.tuned import check_report_seeds
+
+        check_report_seeds(Path(tuned), request[2])
     if executor == "ray":
         return run_ray(expand(*request), address=ray_address, cpus=workers, cpus_per_run=threads,
                        gpus_per_run=gpus_per_run, force=force, on_update=on_update)
@@ -140,23 +148,33 @@ class TuneResult:
     path: Path  # `run(..., tuned=path)` applies its settings
 
 
-def tune(task: PathLike | TaskSpec, methods: Iterable[str], trials: int = 24, seeds: Iterable[int] = (0,),
+def tune(task: PathLike | TaskSpec, methods: Iterable[str], trials: int = 24, seeds: Iterable[int] = (1000,),
          objective: str = "nll", executor: str = "local", workers: int = 1, study_dir: PathLike = "studies",
          out: PathLike | None = None, budget_seconds: float | None = None, sampler_seed: int = 0,
          budget: str | None = None, epochs: int | None = None, device: str = "auto", threads: int | None = None,
          ray_address: str | None = None, data_dir: PathLike | None = None, task_dirs: Iterable[PathLike] = (),
-         on_trial: Callable[[str, str, int, float | None], None] | None = None) -> TuneResult:
+         on_trial: Callable[[str, str, int, float | None], None] | None = None, pruner: str = "sha",
+         min_epochs: int | None = None, divergence_factor: float | None = None) -> TuneResult:
     """`bnnbench tune`: `trials` Optuna trials per method (each the mean validation `objective` over `seeds`) on
     the task's validation split only, run by the sweep executors (`executor`, `workers`, `threads`, `ray_address`
     as in `sweep`), resumable from `study_dir`; then the tuned file, `out` (default tuned/<task>.toml).
-    `budget_seconds` also stops a method's study once its runs took that long. `on_trial(task, method, number,
-    value)` hears of each trial that ends; `value` is None for a failed one."""
+    `methods` may be "all" (bnnbench's own methods). Trials run at the task's default (full) budget unless `budget`
+    names another; `pruner` ("sha", "hyperband", "none", first rung `min_epochs`) stops trials whose validation
+    NLL trails, and a run whose validation NLL exceeds `divergence_factor` x its best stops as diverged
+    (`bnnbench.pruning`). `budget_seconds` also stops a method's study once its runs took that long.
+    `on_trial(task, method, number, value)` hears of each trial that ends; `value` is None for a failed or pruned
+    one."""
     from bnnbench.methods import find_method
+    from bnnbench.pruning import DIVERGENCE_FACTOR
     from bnnbench.tasks import load_task
     from bnnbench.tune import tune as tune_studies
     from bnnbench.tuned import write_tuned
 
     names, seeds, task_dirs = _names(methods, "methods"), check_seeds(seeds), list(task_dirs)
+    if names in (["all"], "all"):
+        from bnnbench.methods import METHODS
+
+        names = [name for name in METHODS.names() if METHODS.origin(name) is None]
     _check_executor(executor, workers, threads)
     if not isinstance(task, TaskSpec):
         task = load_task(task, task_dirs, methods=[find_method(name)[0] for name in names])
@@ -169,7 +187,9 @@ def tune(task: PathLike | TaskSpec, methods: Iterable[str], trials: int = 24, se
 
     outcome = tune_studies(task, names, trials, seeds, objective, Path(study_dir), options,
                            _trial_executor(executor, workers, threads, ray_address), workers,
-                           sampler_seed=sampler_seed, budget_seconds=budget_seconds, on_trial=report)
+                           sampler_seed=sampler_seed, budget_seconds=budget_seconds, on_trial=report, pruner=pruner,
+                           divergence_factor=DIVERGENCE_FACTOR if divergence_factor is None else divergence_factor,
+                           min_epochs=min_epochs)
     path = Path(out) if out is not None else Path("tuned") / f"{task.name}.toml"
     write_tuned(path, task, outcome)
     return TuneResult(outcome, path)

@@ -299,13 +299,14 @@ class _SweepProgress:
         return table
 
 
-@app.command(epilog="Example: `bnnbench tune --task digits-mlp --methods map,score-vi --trials 24 --budget ci "
-                     "--workers 2`")
+@app.command(epilog="Example: `bnnbench tune --task digits-mlp --methods all --workers 2` (24 trials per method at "
+                     "the task's full budget, pruned by successive halving)")
 def tune(
     task: Annotated[str, typer.Option(help="task name (see `bnnbench list tasks`) or path to a .toml")],
-    methods: Annotated[str, typer.Option(help="comma-separated method names")],
+    methods: Annotated[str, typer.Option(help="comma-separated method names, or all (bnnbench's own)")],
     trials: Annotated[int, typer.Option(help="trials per method: the same budget for each")] = 24,
-    seeds: Annotated[str, typer.Option(help="seeds each trial runs (its value is their mean), e.g. 0 or 0-2")] = "0",
+    seeds: Annotated[str, typer.Option(help="seeds each trial runs (its value is their mean), e.g. 1000 or "
+                                            "1000-1002; `run --tuned` refuses them")] = "1000",
     objective: Annotated[str, typer.Option(help="a metric of the task's validation split, e.g. nll or ece")] = "nll",
     executor: Annotated[Executor, typer.Option(help="where trial runs execute")] = Executor.local,
     workers: Annotated[int, typer.Option(help="trials in flight; worker processes (local), CPUs of a Ray "
@@ -318,7 +319,14 @@ def tune(
                                                               "this many seconds (an equal wall-clock budget)")]
     = None,
     sampler_seed: Annotated[int, typer.Option(help="seed of the TPE samplers")] = 0,
-    budget: Annotated[str | None, typer.Option(help="a named budget of the task for the trials, e.g. ci")] = None,
+    budget: Annotated[str | None, typer.Option(help="a named budget of the task for the trials, e.g. ci (default: "
+                                                    "the task's full budget, the one reported)")] = None,
+    pruner: Annotated[str, typer.Option(help="stop trials whose validation NLL trails: sha (successive halving), "
+                                             "hyperband or none")] = "sha",
+    min_epochs: Annotated[int | None, typer.Option(help="the pruner's first rung in epochs (default 1/27 of the "
+                                                        "budget's)")] = None,
+    divergence_factor: Annotated[float, typer.Option(help="stop a run as diverged when its validation NLL exceeds "
+                                                          "its best by this factor")] = 3.0,
     epochs: Annotated[int | None, typer.Option(help="override the budget's epochs")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch threads per worker (local, default 1); ray: CPUs and "
@@ -333,18 +341,21 @@ def tune(
     from bnnbench import api
 
     def report(task_name: str, method: str, number: int, value: float | None) -> None:
-        _say(f"tune {task_name} {method} trial {number}: {objective} {'failed' if value is None else f'{value:.4f}'}")
+        _say(f"tune {task_name} {method} trial {number}: {objective} "
+             f"{'failed or pruned' if value is None else f'{value:.4f}'}")
 
     names = [name for name in methods.split(",") if name]
     tuned = api.tune(task, names, trials, parse_seeds([seeds]), objective, executor=executor.value, workers=workers,
                      study_dir=study_dir, out=out_file, budget_seconds=budget_seconds, sampler_seed=sampler_seed,
                      budget=budget, epochs=epochs, device=device, threads=threads, ray_address=ray_address,
-                     data_dir=data_dir, task_dirs=tasks_dir, on_trial=None if quiet else report)
-    for method in names:
-        summary = tuned.outcome.summaries[method]
+                     data_dir=data_dir, task_dirs=tasks_dir, on_trial=None if quiet else report, pruner=pruner,
+                     min_epochs=min_epochs, divergence_factor=divergence_factor)
+    for method, summary in tuned.outcome.summaries.items():
         best = summary.get("best_value")
-        out.print(f"{method}: {summary['complete']} complete, {summary['failed']} failed of {trials} trials; best "
-                  f"{objective} {'-' if best is None else f'{best:.4f}'} {tuned.outcome.best.get(method, {})}",
+        cost = f"{summary['full_runs']:g} full runs" if "full_runs" in summary else "cost unknown"
+        out.print(f"{method}: {summary['complete']} complete, {summary['pruned']} pruned, {summary['failed']} failed "
+                  f"({summary['diverged']} diverged) of {summary['trials']} trials, {cost}; best {objective} "
+                  f"{'-' if best is None else f'{best:.4f}'} {tuned.outcome.best.get(method, {})}",
                   markup=False, highlight=False)
     out.print(f"wrote {tuned.path}", markup=False, highlight=False)
 

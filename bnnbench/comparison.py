@@ -265,8 +265,9 @@ def leaderboard(runs: pd.DataFrame, table: pd.DataFrame, metrics: list[str] | No
 
 
 def _tuning(runs: pd.DataFrame, labels: dict[tuple[str, str, str], str]) -> dict[tuple[str, str], str]:
-    """{(task, method label): "24 trials (ci, 13 s)"} for configurations whose runs applied a `bnnbench tune` file
-    (its trials, budget and the study's run seconds)."""
+    """{(task, method label): "24 trials, 15 pruned (default, 5.2 full runs)"} for configurations whose runs applied
+    a `bnnbench tune` file: its trials, how many were pruned, the budget and the study's cost in full-run
+    equivalents (a file from before pruning: its run seconds)."""
     if "tuned" not in runs:
         return {}
     tuning = {}
@@ -274,9 +275,11 @@ def _tuning(runs: pd.DataFrame, labels: dict[tuple[str, str, str], str]) -> dict
         record = row.tuned
         if isinstance(record, dict):
             label = labels.get((row.task, row.method, row.config_hash), row.method)
-            seconds = record.get("seconds")
-            spent = f", {seconds:.0f} s" if isinstance(seconds, int | float) else ""
-            tuning[(row.task, label)] = f"{record.get('trials')} trials ({record.get('budget')}{spent})"
+            seconds, full_runs, pruned = record.get("seconds"), record.get("full_runs"), record.get("pruned")
+            spent = (f", {full_runs:g} full runs" if isinstance(full_runs, int | float) else
+                     f", {seconds:.0f} s" if isinstance(seconds, int | float) else "")
+            pruned = f", {pruned} pruned" if isinstance(pruned, int) else ""
+            tuning[(row.task, label)] = f"{record.get('trials')} trials{pruned} ({record.get('budget')}{spent})"
     return tuning
 
 

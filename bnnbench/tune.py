@@ -23,24 +23,27 @@ file records.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
 import os
 import socket
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bnnbench.errors import UsageError, unknown_choice
+from bnnbench.pruning import DIVERGENCE_FACTOR, REDUCTION_FACTOR, TrialLink, make_pruner, min_epochs_for
 from bnnbench.tuned import TuneOutcome
 from bnnbench.types import Dimension, MethodSpec, TaskSpec
 
 __all__ = ["SearchSpace", "Tuner", "search_space", "study_name", "tune"]
 
 TIE = 1e-3  # relative: trials whose objectives differ by less than this are a tie
+MAX_INVALID = 100  # settings a method may refuse in a row before the tune gives up on its space
 STUDY_FILE = "{task}.db"
 
 
@@ -111,13 +114,17 @@ def _storage(study_dir: Path, task: TaskSpec):
 def tune(task: TaskSpec, methods: list[str], trials: int, seeds: list[int], objective: str, study_dir: Path,
          options: dict[str, Any], run_jobs: Callable[..., Any], workers: int, sampler_seed: int = 0,
          budget_seconds: float | None = None, on_trial: Callable[[str, int, str, float | None], None] | None = None,
+         pruner: str = "sha", divergence_factor: float = DIVERGENCE_FACTOR, min_epochs: int | None = None,
          ) -> TuneOutcome:
     """Run the studies of `methods` on `task` until each has `trials` finished trials (or `budget_seconds` of its
     runs' time). `options` are `runner.prepare`'s keyword arguments for the trial runs (budget, device, ...);
     `run_jobs(jobs, on_done=...)` executes jobs (`sweep.run_local` or `run_ray`, bound to their pool); `workers`
-    trials are in flight at once. `on_trial(method, number, state, value)` reports each trial that ends."""
+    trials are in flight at once. `on_trial(method, number, state, value)` reports each trial that ends.
+    `pruner` ("sha", "hyperband", "none") stops trials whose validation NLL trails; `divergence_factor` stops a
+    run whose validation NLL exceeds its best by that factor; `min_epochs` is the pruner's first rung
+    (`bnnbench.pruning`)."""
     return Tuner(task, methods, trials, seeds, objective, study_dir, options, run_jobs, workers, sampler_seed,
-                 budget_seconds, on_trial).run()
+                 budget_seconds, on_trial, pruner, divergence_factor, min_epochs).run()
 
 
 class Tuner:
@@ -127,26 +134,79 @@ class Tuner:
     def __init__(self, task: TaskSpec, methods: list[str], trials: int, seeds: list[int], objective: str,
                  study_dir: Path, options: dict[str, Any], run_jobs: Callable[..., Any], workers: int,
                  sampler_seed: int = 0, budget_seconds: float | None = None,
-                 on_trial: Callable[[str, int, str, float | None], None] | None = None) -> None:
+                 on_trial: Callable[[str, int, str, float | None], None] | None = None, pruner: str = "sha",
+                 divergence_factor: float = DIVERGENCE_FACTOR, min_epochs: int | None = None) -> None:
+        from bnnbench.map_store import STORE_DIRECTORY
         from bnnbench.methods import find_method
 
         if trials < 1 or workers < 1:
             raise UsageError(f"--trials and --workers must be >= 1, got {trials} and {workers}")
+        if min_epochs is not None and min_epochs < 1:
+            raise UsageError(f"--min-epochs must be >= 1, got {min_epochs}")
+        TrialLink("", "", 0, True, pruner, None, divergence_factor)  # a bad pruner or factor: exit 2 here
         specs = {name: find_method(name)[0] for name in methods}
         self.task, self.methods, self.trials, self.seeds, self.objective = task, methods, trials, seeds, objective
         self.direction = _direction(objective, task)
         self.spaces = {name: SearchSpace.of(spec, task) for name, spec in specs.items()}
         self.study_dir, self.run_jobs, self.workers = study_dir, run_jobs, workers
         self.sampler_seed, self.budget_seconds, self.on_trial = sampler_seed, budget_seconds, on_trial
-        self.options = {**options, "results_dir": study_dir / "runs", "validation_only": True}
+        self.pruner, self.divergence_factor, self.min_epochs = pruner, divergence_factor, min_epochs
+        # post-hoc methods' trials share the MAP they start from (one training per seed, not one per trial)
+        self.options = {**options, "results_dir": study_dir / "runs", "validation_only": True,
+                        "map_store": study_dir / "runs" / STORE_DIRECTORY}
         for name in methods:  # every configuration must load before anything runs: bad names fail here, exit 2
-            self.jobs(name, self.spaces[name].midpoint(), self.seeds[:1])
+            self.jobs(name, self._accepted_midpoint(name), self.seeds[:1])
 
-    def jobs(self, method: str, params: dict[str, Any], seeds: list[int] | None = None) -> list[Any]:
-        """The runs of one trial: one per seed (`sweep.expand`, which checks that the configuration loads)."""
+    def jobs(self, method: str, params: dict[str, Any], seeds: list[int] | None = None,
+             number: int | None = None) -> list[Any]:
+        """The runs of one trial: one per seed (`sweep.expand`, which checks that the configuration loads); with the
+        trial's `number`, each run is linked to it (its epochs are reported; the first seed's are the trial's)."""
         from bnnbench.sweep import expand
 
-        return expand([self.task], [method], self.seeds if seeds is None else seeds, [params], self.options)
+        seeds = self.seeds if seeds is None else seeds
+        options = self.options
+        if number is not None:
+            storage = f"sqlite:///{(self.study_dir / STUDY_FILE.format(task=self.task.name)).resolve()}"
+            options = {**options, "trial": {seed: TrialLink(storage, study_name(self.task, method), number,
+                                                             seed == seeds[0], self.pruner, self._epochs(),
+                                                             self.divergence_factor, self.min_epochs)
+                                          for seed in seeds}}
+        return expand([self.task], [method], seeds, [params], options)
+
+    def _epochs(self) -> int | None:
+        """The trial runs' epochs (Hyperband's largest resource), from their budget."""
+        from bnnbench.runner import resolve_budget
+
+        return resolve_budget(self.task, self.options.get("budget_name"), self.options.get("epochs"))[0].max_epochs
+
+    def pruning(self) -> dict[str, Any]:
+        """How trials were stopped early, for the tuned file."""
+        return {"pruner": self.pruner, "first_rung_epochs": self.min_epochs or min_epochs_for(self._epochs()),
+                "reduction_factor": REDUCTION_FACTOR, "divergence_factor": self.divergence_factor}
+
+    def _accepted_midpoint(self, method: str) -> dict[str, Any]:
+        """A setting inside the space that the method accepts (the midpoint, with categorical choices varied until
+        one is), to check that its configurations load; the first refusal's UsageError when none is accepted."""
+        why = self.refusal(method)
+        candidates = self.spaces[method].midpoints()
+        first = next(candidates)
+        for params in itertools.chain([first], itertools.islice(candidates, MAX_INVALID)):
+            if why(params) is None:
+                return params
+        return first  # refused: loading it raises the method's own one-line error
+
+    def refusal(self, method: str) -> Callable[[dict[str, Any]], str | None]:
+        """Why the method refuses a trial's settings (its hyper-parameters' own checks), or None."""
+        from bnnbench.methods import build_method
+
+        def why(params: dict[str, Any]) -> str | None:
+            try:
+                build_method(method, self.task, params)
+            except UsageError as error:
+                return str(error)
+            return None
+
+        return why
 
     def run(self) -> TuneOutcome:
         import optuna
@@ -155,9 +215,11 @@ class Tuner:
         storage = _storage(self.study_dir, self.task)
         studies = {}
         for name in self.methods:
-            studies[name] = _MethodStudy.open(storage, self.task, self.spaces[name], self.direction, self.trials)
+            studies[name] = _MethodStudy.open(storage, self.task, self.spaces[name], self.direction, self.trials,
+                                              make_pruner(self.pruner, self._epochs(), self.min_epochs))
         for name in self.methods:
             studies[name].enqueue_grid(self.trials)
+            studies[name].enqueue_first(self.defaults(name))
         scheduler = _Scheduler(self, studies, storage, _Objective(self.objective, storage, self.on_trial))
         first = scheduler.resume()
         scheduler.settle()
@@ -167,16 +229,21 @@ class Tuner:
         scheduler.settle()
         return self.outcome(studies, storage)
 
-    def outcome(self, studies: dict[str, _MethodStudy], storage: Any) -> TuneOutcome:
-        """Each study's summary and best settings, for `tuned.write_tuned`."""
+    def defaults(self, method: str) -> dict[str, Any]:
+        """The method's own setting (its defaults under the task's table) of each searched dimension."""
         from bnnbench.methods import build_method
 
-        outcome = TuneOutcome(self.task.name, self.objective, self.direction, storage=str(storage.url))
+        hparams = build_method(method, self.task).hparams
+        return {d.name: getattr(hparams, d.name) for d in self.spaces[method].dimensions}
+
+    def outcome(self, studies: dict[str, _MethodStudy], storage: Any) -> TuneOutcome:
+        """Each study's summary and best settings, for `tuned.write_tuned`."""
+        outcome = TuneOutcome(self.task.name, self.objective, self.direction, storage=str(storage.url),
+                              seeds=list(self.seeds))
         for name in self.methods:
-            dimensions = self.spaces[name].dimensions
-            defaults = {d.name: getattr(build_method(name, self.task).hparams, d.name) for d in dimensions}
-            outcome.summaries[name], outcome.best[name] = _summary(studies[name].study, dimensions, self.seeds,
-                                                                   self.options, defaults)
+            outcome.summaries[name], outcome.best[name] = _summary(studies[name].study, self.spaces[name].dimensions,
+                                                                   self.seeds, self.options, self.defaults(name),
+                                                                   self.pruning())
         return outcome
 
 
@@ -213,6 +280,23 @@ class SearchSpace:
         """A setting inside every dimension, to check that the method's configurations load before any trial."""
         return {dimension.name: self._midpoint(dimension) for dimension in self.dimensions}
 
+    def holds(self, params: dict[str, Any]) -> bool:
+        """Whether every dimension's value in `params` lies in its range or choices."""
+        for dimension in self.dimensions:
+            value = params.get(dimension.name)
+            if dimension.distribution == "categorical":
+                if value not in dimension.choices:
+                    return False
+            elif not (isinstance(value, int | float) and dimension.low <= value <= dimension.high):
+                return False
+        return True
+
+    def midpoints(self) -> Iterator[dict[str, Any]]:
+        """`midpoint()`, then the same with every other combination of the categorical choices."""
+        categorical = [d for d in self.dimensions if d.distribution == "categorical"]
+        for values in itertools.product(*(d.choices for d in categorical)):
+            yield self.midpoint() | {d.name: value for d, value in zip(categorical, values, strict=True)}
+
     def _midpoint(self, dimension: Dimension) -> Any:
         if dimension.distribution == "categorical":
             return dimension.choices[0]
@@ -243,11 +327,13 @@ class _MethodStudy:
     target: int
 
     @classmethod
-    def open(cls, storage: Any, task: TaskSpec, space: SearchSpace, direction: str, trials: int) -> _MethodStudy:
+    def open(cls, storage: Any, task: TaskSpec, space: SearchSpace, direction: str, trials: int,
+             pruner: Any) -> _MethodStudy:
         import optuna
 
         name = study_name(task, space.method)
-        study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True,
+                                    pruner=pruner)
         return cls(task.name, space, study, storage.get_study_id_from_name(name), trials)
 
     def enqueue_grid(self, trials: int) -> None:
@@ -262,6 +348,13 @@ class _MethodStudy:
         for params in untried[:max(0, len(grid) - len(existing))]:  # never past the budget a study already spent
             self.study.enqueue_trial(params)
 
+    def enqueue_first(self, defaults: dict[str, Any]) -> None:
+        """A fresh study's first trial is the method's own setting, where the space holds it: the study then always
+        measures what it would replace (a tie keeps it, `_summary`), and TPE starts from a setting that works."""
+        if self.study.get_trials(deepcopy=False) or self.space.grid() is not None or not self.space.holds(defaults):
+            return
+        self.study.enqueue_trial(defaults)
+
     def spent(self) -> tuple[int, float]:
         """Trials that count against the budget (finished, or running in a live process) and the seconds the
         finished trials' runs took."""
@@ -269,6 +362,8 @@ class _MethodStudy:
 
         count, seconds = 0, 0.0
         for frozen in self.study.get_trials(deepcopy=False):
+            if "invalid" in frozen.user_attrs:  # a combination the method refuses: no run, no cost
+                continue
             if frozen.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED):
                 count += 1
                 seconds += float(frozen.user_attrs.get("seconds", 0.0))
@@ -276,17 +371,28 @@ class _MethodStudy:
                 count += 1
         return count, seconds
 
-    def ask(self, sampler_seed: int) -> tuple[int, dict[str, Any]]:
-        """A new trial's number and settings."""
+    def ask(self, sampler_seed: int, valid: Callable[[dict[str, Any]], str | None]) -> tuple[int, dict[str, Any]]:
+        """A new trial's number and settings. A combination the method refuses (`valid` returns why: antithetic
+        pairs with an odd sample count) is told failed, marked invalid and not counted, and another is asked."""
         import optuna
+        from optuna.trial import TrialState
 
-        trial = self.study.ask()
-        # the sampler is seeded per trial number, which the storage hands out once: a resumed study, or two tunes
-        # started at once on one study, draw new settings, and one tune of a fresh study draws the same ones again
-        self.study.sampler = optuna.samplers.TPESampler(
-            seed=_sampler_seed(sampler_seed, f"{self.task}:{self.space.method}", trial.number))
-        trial.set_user_attr("owner", _owner())
-        return trial.number, self.space.suggest(trial)
+        for _ in range(MAX_INVALID):
+            trial = self.study.ask()
+            # the sampler is seeded per trial number, which the storage hands out once: a resumed study, or two
+            # tunes started at once on one study, draw new settings, and one tune of a fresh study draws the same
+            # ones again
+            self.study.sampler = optuna.samplers.TPESampler(
+                seed=_sampler_seed(sampler_seed, f"{self.task}:{self.space.method}", trial.number))
+            trial.set_user_attr("owner", _owner())
+            params = self.space.suggest(trial)
+            reason = valid(params)
+            if reason is None:
+                return trial.number, params
+            trial.set_user_attr("invalid", reason)
+            self.study.tell(trial.number, state=TrialState.FAIL)
+        raise UsageError(f"{self.space.method}: {MAX_INVALID} settings in a row were refused by the method; "
+                         f"narrow its search space ({reason})")
 
     def orphans(self) -> list[Any]:
         """The trials a killed tune left RUNNING (their owner process is gone)."""
@@ -338,7 +444,7 @@ class _Scheduler:
         """Open a trial; returns the runs to submit (not those that exist or another trial is running)."""
         from bnnbench.sweep import job_ended_ok
 
-        jobs = self.tuner.jobs(method, params)
+        jobs = self.tuner.jobs(method, params, number=number)
         trial = _Trial(method, number, params, jobs, {job.run_id for job in jobs})
         submit = []
         for job in jobs:
@@ -361,7 +467,7 @@ class _Scheduler:
             name = self._next_method()
             if name is None:
                 break
-            jobs += self.start(name, *self.studies[name].ask(self.tuner.sampler_seed))
+            jobs += self.start(name, *self.studies[name].ask(self.tuner.sampler_seed, self.tuner.refusal(name)))
             self.settle()
         return jobs
 
@@ -400,13 +506,21 @@ class _Objective:
     on_trial: Callable[[str, int, str, float | None], None] | None
 
     def tell(self, method: _MethodStudy, trial: _Trial) -> None:
-        """Tell Optuna the trial's value, and keep its runs' ids and seconds (and any error) with the trial."""
+        """Tell Optuna the trial's value (or that it was pruned, diverged or failed), and keep with the trial its
+        runs' ids, seconds, the seconds a full run of it costs, and the MAP trainings it paid for."""
         from optuna.trial import TrialState
 
-        seconds, values = self._read_runs(trial)
+        costs = _TrialCosts()
+        values = self._read_runs(trial, costs)
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(method.study_id, trial.number)
-        self.storage.set_trial_user_attr(trial_id, "seconds", seconds)
+        for name, value in dataclasses.asdict(costs).items():
+            self.storage.set_trial_user_attr(trial_id, name, value)
         self.storage.set_trial_user_attr(trial_id, "run_ids", [job.run_id for job in trial.jobs])
+        if costs.pruned_epoch is not None:
+            self.storage.set_trial_user_attr(trial_id, "error", trial.error)
+            method.study.tell(trial.number, state=TrialState.PRUNED)
+            self._report(trial, "pruned", None)
+            return
         if trial.error or not values or not all(math.isfinite(v) for v in values):
             self.storage.set_trial_user_attr(trial_id, "error", trial.error or "no finite validation value")
             method.study.tell(trial.number, state=TrialState.FAIL)
@@ -416,10 +530,10 @@ class _Objective:
         method.study.tell(trial.number, value)
         self._report(trial, "complete", value)
 
-    def _read_runs(self, trial: _Trial) -> tuple[float, list[float]]:
-        """The seconds of the runs the trial executed, and the validation values of its runs that ended ok; the
-        first failure becomes the trial's error."""
-        seconds, values = 0.0, []
+    def _read_runs(self, trial: _Trial, costs: _TrialCosts) -> list[float]:
+        """The validation values of the trial's runs that ended ok, and into `costs` what its runs cost; the first
+        failure (or pruning) becomes the trial's error."""
+        values = []
         for job in trial.jobs:
             directory = Path(job.directory)
             try:
@@ -427,17 +541,44 @@ class _Objective:
             except (OSError, ValueError):
                 trial.error = trial.error or f"run {job.run_id} wrote no run.json"
                 continue
-            if job.run_id in trial.executed:
-                seconds += float(record.get("duration_s", 0.0))
+            costs.add(record, executed=job.run_id in trial.executed)
             if record.get("status") != "ok":
                 trial.error = trial.error or record.get("error", "failed")
                 continue
             values.append(_validation_value(directory, self.metric))
-        return seconds, values
+        return values
 
     def _report(self, trial: _Trial, state: str, value: float | None) -> None:
         if self.on_trial is not None:
             self.on_trial(trial.method, trial.number, state, value)
+
+
+@dataclass
+class _TrialCosts:
+    """What a trial's runs cost: `seconds` (the runs it executed), `full_run_seconds` (what each of its runs would
+    have cost trained whole: its seconds plus those of any MAP it loaded from the store; for a complete trial, a
+    full run), `map_trainings` (MAPs it trained and stored), `epochs` (the furthest epoch its runs reached),
+    `pruned_epoch` (set when its runs were pruned) and `diverged` (a non-finite training loss, or a validation NLL
+    past the divergence factor)."""
+
+    seconds: float = 0.0
+    full_run_seconds: list[float] = field(default_factory=list)
+    map_trainings: int = 0
+    epochs: int = 0
+    pruned_epoch: int | None = None
+    diverged: bool = False
+
+    def add(self, record: dict[str, Any], executed: bool) -> None:
+        lookups = record.get("map_store", {}).get("lookups", [])
+        reused = sum(float(lookup["train_seconds"]) for lookup in lookups if lookup["reused"])
+        self.full_run_seconds.append(float(record.get("duration_s", 0.0)) + reused)
+        self.epochs = max(self.epochs, int(record.get("trial", {}).get("epochs", 0)))
+        if record.get("status") == "pruned":
+            self.pruned_epoch = int(record.get("pruned_epoch", 0))
+        self.diverged = self.diverged or str(record.get("error", "")).startswith("DivergenceError")
+        if executed:  # a run shared with another trial costs once
+            self.seconds += float(record.get("duration_s", 0.0))
+            self.map_trainings += sum(not lookup["reused"] for lookup in lookups)
 
 
 def _sampler_seed(seed: int, study: str, trial_number: int) -> int:
@@ -461,21 +602,42 @@ def _validation_value(directory: Path, metric: str) -> float:
     return math.nan
 
 
+def _cost(complete: list[Any], trials: list[Any], seconds: float, n_seeds: int) -> dict[str, Any]:
+    """A study's cost in full-run equivalents: its runs' seconds over the median seconds of one full run (a
+    complete trial's run, with the MAP it loaded from the store counted as trained), and its MAP trainings per
+    seed. Without a complete trial there is no full run to measure against."""
+    import statistics
+
+    full = [value for t in complete for value in t.user_attrs.get("full_run_seconds", [])]
+    cost = {"map_trainings_per_seed": round(sum(int(t.user_attrs.get("map_trainings", 0)) for t in trials) /
+                                            n_seeds, 2)}
+    if full:
+        cost.update(full_run_seconds=round(statistics.median(full), 2),
+                    full_runs=round(seconds / statistics.median(full), 2))
+    return cost
+
+
 def _summary(study: Any, space: list[Dimension], seeds: list[int], options: dict[str, Any],
-             defaults: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+             defaults: dict[str, Any], pruning: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The study's record for the tuned file, and its best settings: the best trial's, or, when the method's own
     setting (`defaults`) was tried and ties the best within `TIE` (relative), that one."""
     from optuna.trial import TrialState
 
     from bnnbench.version import __version__
 
-    frozen = study.get_trials(deepcopy=False)
+    frozen = [t for t in study.get_trials(deepcopy=False) if "invalid" not in t.user_attrs]
     complete = [t for t in frozen if t.state == TrialState.COMPLETE]
-    summary = {"study": study.study_name, "trials": len(complete) + sum(t.state == TrialState.FAIL for t in frozen),
-               "complete": len(complete), "failed": sum(t.state == TrialState.FAIL for t in frozen),
-               "seconds": round(sum(float(t.user_attrs.get("seconds", 0.0)) for t in frozen), 1),
+    pruned = [t for t in frozen if t.state == TrialState.PRUNED]
+    failed = [t for t in frozen if t.state == TrialState.FAIL]
+    seconds = sum(float(t.user_attrs.get("seconds", 0.0)) for t in frozen)
+    summary = {"study": study.study_name, "trials": len(complete) + len(failed) + len(pruned),
+               "complete": len(complete), "failed": len(failed), "pruned": len(pruned),
+               "diverged": sum(bool(t.user_attrs.get("diverged")) for t in frozen),
+               "pruned_epochs": sorted(int(t.user_attrs.get("pruned_epoch", 0)) for t in pruned),
+               "seconds": round(seconds, 1), **_cost(complete, frozen, seconds, len(seeds)),
                "seeds": list(seeds), "budget": options.get("budget_name") or "default", "sampler": "TPE",
-               "search_space": {d.name: d.as_table() for d in space}, "bnnbench_version": __version__}
+               **pruning, "search_space": {d.name: d.as_table() for d in space},
+               "bnnbench_version": __version__}
     if not complete:
         return summary, {}
     best = study.best_trial

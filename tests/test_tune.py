@@ -38,8 +38,10 @@ def run_serial(jobs, on_done):
 
 
 def _tune(tmp_path, methods=("map",), trials=3, **kwargs):
+    kwargs.setdefault("pruner", "none")  # these tests are about the studies; pruning has its own
     task = load_task("digits-mlp")
-    return task, tune(task, list(methods), trials, [0], "nll", tmp_path / "studies", OPTIONS, run_serial, 1, **kwargs)
+    return task, tune(task, list(methods), trials, [1000], "nll", tmp_path / "studies", OPTIONS, run_serial, 1,
+                      **kwargs)
 
 
 def _val_nll(run_json: Path) -> float:
@@ -52,9 +54,11 @@ def _val_nll(run_json: Path) -> float:
 def test_search_space_takes_the_task_table_and_leaves_out_what_the_posterior_fixes(tmp_path):
     score_vi = find_method("score-vi")[0]
     declared = [dimension.name for dimension in score_vi.search_space]
-    assert declared == ["vi_lr", "prior_std", "inner_steps", "prox_weight"]
+    assert declared[:2] == ["vi_lr", "prior_std"] and {"inner_steps", "prox_weight", "init_std"} <= set(declared)
+    assert {"train_samples", "antithetic", "control_variate"} <= set(declared)  # the score's noise is a setting too
     fidelity = [dimension.name for dimension in search_space(score_vi, load_task("digits-fidelity"))]
-    assert fidelity == ["vi_lr", "inner_steps", "prox_weight"]  # prior_std is the task's [posterior]
+    assert "prior_std" not in fidelity and "prior_centre" not in fidelity  # the task's [posterior] fixes them
+    assert fidelity[0] == "vi_lr" and "prox_weight" in fidelity
     text = load_task("digits-mlp").path.read_text()
     task_file = tmp_path / "digits-mlp.toml"
     task_file.write_text(text + '\n[tune.score-vi]\nvi_lr = { distribution = "log-uniform", low = 1e-5, high = 1e-4 }'
@@ -166,7 +170,8 @@ def test_run_tuned_applies_the_settings_records_them_and_compare_says_so(tmp_pat
     board = cli("compare", "--task", "digits-mlp", "--results-dir", str(results), "--format", "csv")
     assert board.code == 0
     rows = list(csv.DictReader(board.stdout.splitlines()))
-    assert {row["tuning"] for row in rows} == {"hand", f"2 trials (ci, {outcome.summaries['map']['seconds']:.0f} s)"}
+    summary = outcome.summaries["map"]
+    assert {row["tuning"] for row in rows} == {"hand", f"2 trials, 0 pruned (ci, {summary['full_runs']:g} full runs)"}
     from matplotlib.image import imread
 
     from bnnbench.report import build_report
@@ -211,7 +216,7 @@ def test_a_small_categorical_space_is_tried_once_per_setting(tmp_path):
     task_file.write_text(load_task("digits-mlp").path.read_text() + "\n[tune.map]\nlr = { choices = [1e-3, 2e-3] }\n"
                          "weight_decay = { choices = [0.0, 1e-4] }\n")
     task = load_task(str(task_file))
-    outcome = tune(task, ["map"], 6, [0], "nll", tmp_path / "studies", OPTIONS, run_serial, 1)
+    outcome = tune(task, ["map"], 6, [1000], "nll", tmp_path / "studies", OPTIONS, run_serial, 1, pruner="none")
     study = optuna.load_study(study_name=study_name(task, "map"),
                               storage=f"sqlite:///{tmp_path / 'studies' / 'digits-mlp.db'}")
     settings = sorted((t.params["lr"], t.params["weight_decay"]) for t in study.trials)
@@ -227,7 +232,7 @@ def test_a_tie_keeps_the_methods_own_setting(tmp_path):
              'grad_clip = { choices = [1e9, 0.0] }\n')
     task_file.write_text(load_task("digits-mlp").path.read_text() + "\n" + table)
     task = load_task(str(task_file))
-    outcome = tune(task, ["laplace-ll"], 2, [0], "nll", tmp_path / "studies", OPTIONS, run_serial, 1)
+    outcome = tune(task, ["laplace-ll"], 2, [1000], "nll", tmp_path / "studies", OPTIONS, run_serial, 1)
     summary = outcome.summaries["laplace-ll"]
     assert summary["tied_trials"] == 2 and summary["chose_default"] and summary["best_trial"] == 1
     assert outcome.best["laplace-ll"] == {"hessian": "kron", "link_approx": "probit", "grad_clip": 0.0}
@@ -237,7 +242,7 @@ def test_the_sampler_seed_makes_a_fresh_study_repeatable(tmp_path):
     """Seeded per (seed, task, method, trial number): two fresh studies draw the same settings, another seed others."""
     def settings(folder, seed=0):
         task = load_task("digits-mlp")
-        tune(task, ["map"], 2, [0], "nll", folder, OPTIONS, run_serial, 1, sampler_seed=seed)
+        tune(task, ["map"], 2, [1000], "nll", folder, OPTIONS, run_serial, 1, sampler_seed=seed, pruner="none")
         study = optuna.load_study(study_name=study_name(task, "map"), storage=f"sqlite:///{folder / 'digits-mlp.db'}")
         return [trial.params for trial in study.trials]
 
