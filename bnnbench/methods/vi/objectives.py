@@ -23,6 +23,7 @@ __all__ = ["LogLikelihood", "NegativeELBO", "ScoreMatching"]
 
 LogLikelihood = Callable[[Params, Tensor, Tensor], Tensor]
 WEIGHTINGS = ("q_t", "none")
+CV_DECAY = 0.98  # score-vi's control variate: decay of the running curvature estimate (≈ 100 batches' memory)
 
 
 class _Diagnostics:
@@ -57,11 +58,33 @@ class ScoreMatching:
     backward passes, nothing flows through the sampler). `loss` is then minimised for K inner steps on that
     fixed set. The loss is linear in ĝ_s and the weight w (σ_t², `weighting="q_t"`, or 1) depends only on
     q_t, so the stochastic gradient is unbiased for the full-data one.
+
+    `control_variate` (off by default; off, every operation is the plain estimator's) subtracts a zero-mean
+    term from the μ-gradient. With θ_s = μ_t + σ_t ε_s, the anchor's own score u_s = ∇log q_t(θ_s) = −(θ_s −
+    μ_t) σ_t⁻² has E_{q_t}[u_s] = 0, so for any c fixed given q_t and the past, replacing the residual R_s =
+    ĝ_s − ∇log q(θ_s) = ĝ_s + (θ_s − μ) σ⁻² by R_s − c ⊙ u_s in ∂/∂μ = −(2/S) Σ_s w R_s σ⁻² + λ (μ − μ_t) σ⁻²
+    (linear in R_s, coefficients fixed given q and q_t) leaves its expectation unchanged. Since
+    (θ_s − μ) σ⁻² = (μ_t − μ) σ⁻² − σ_t² σ⁻² u_s, the plain estimator is the member c = 0 of the family
+    R_s − c u_s = ĝ_s − β ⊙ u_s + (μ_t − μ) σ⁻², β = c + σ_t² σ⁻² (the plain one has β = σ_t² σ⁻²: q's own
+    precision). Per coordinate the variance Var(ĝ_d − β_d u_d) is least at the regression coefficient
+    β_d = Cov(ĝ_d, u_d) / Var(u_d) = σ_t,d² E_{q_t}[ĝ_d u_d] = σ_t,d² h_d, where by Stein's lemma
+    h_d = E_{q_t}[−∂² log p̃ / ∂θ_d²] is the target's mean diagonal curvature. The rule: h is an exponential
+    moving average (decay `CV_DECAY`, bias-corrected as Adam's moments) of the per-batch means of ĝ_s ⊙ u_s
+    over the *previous* mini-batches only, so it is independent of this batch's ε_s and the gradient stays
+    unbiased; before any batch has been seen, c = 0. The μ-gradient then uses R_s + (h − σ⁻²) ⊙ (θ_s − μ_t):
+    the noise of q's own score, σ⁻² σ_t ε_s, is replaced by h σ_t ε_s, which cancels the part of ĝ_s that
+    its own coordinate's ε_s predicts (−h σ_t ε_s). It helps where σ⁻² is far from h (early, from a small
+    init_std, or wherever the iterate's σ is off) and is the plain estimator at the per-coordinate fixed
+    point σ⁻² = h; it cannot remove noise from other coordinates' ε (off-diagonal curvature) or from the
+    mini-batch. No extra network evaluation: u_s comes from the stored θ_s, h from the stored ĝ_s.
+    The loss value and the ω-gradient are the plain ones: the same substitution in ∂/∂ω, which carries
+    R_s (θ_s − μ), would add a term of mean c (E[u_s (θ_s − μ)] = −1), a bias. Antithetic pairs already
+    cancel the term (the u_s of a pair sum to zero), so with `antithetic` it changes nothing but rounding.
     """
 
     def __init__(self, q: DiagonalGaussian, prior: DiagonalGaussian, log_likelihood: LogLikelihood, *,
                  train_samples: int, prox_weight: float, refresh_every: int, weighting: str,
-                 antithetic: bool = False, inner_steps: int = 1) -> None:
+                 antithetic: bool = False, inner_steps: int = 1, control_variate: bool = False) -> None:
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting '{weighting}'; valid choices: {', '.join(WEIGHTINGS)}")
         self.q, self.prior, self.log_likelihood = q, prior, log_likelihood
@@ -74,6 +97,10 @@ class ScoreMatching:
         self.scores: list[Tensor] = []  # ĝ_s, flat
         self.batches = 0
         self.diagnostics = _Diagnostics()
+        self.control_variate = control_variate
+        self._curvature = torch.zeros_like(self.q.mean.detach()) if control_variate else None  # h, un-corrected
+        self._curvature_batches = 0
+        self._cv_terms: tuple[Tensor, Tensor] | None = None  # (h lagged, Σ_s (θ_s − μ_t)) for this batch
 
     def target_scores(self, theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """ĝ(θ) on one mini-batch (flat, like θ), and the log-likelihood estimate at θ."""
@@ -96,6 +123,24 @@ class ScoreMatching:
             self.samples.append(theta)
             self.scores.append(score)
             self.diagnostics.add("neg_log_likelihood", -log_likelihood)
+        if self.control_variate:
+            self._prepare_control_variate()
+
+    def _prepare_control_variate(self) -> None:
+        """This batch's control-variate terms from the previous batches' curvature estimate h (lagged: the
+        coefficient must not depend on this batch's draws), then h updated with this batch's ĝ_s ⊙ u_s."""
+        with torch.no_grad():
+            offsets = [theta - self.anchor.mean for theta in self.samples]  # θ_s − μ_t = σ_t ε_s
+            offset_sum = torch.stack(offsets).sum(0)
+            self._cv_terms = None
+            if self._curvature_batches:
+                lagged = self._curvature / (1.0 - CV_DECAY**self._curvature_batches)
+                self._cv_terms = (lagged, offset_sum)
+            # mean over s of ĝ_s ⊙ u_s, u_s = −(θ_s − μ_t) σ_t⁻²: Stein's unbiased estimate of h under q_t
+            product = torch.stack([score * offset for score, offset in zip(self.scores, offsets, strict=True)])
+            estimate = product.mean(0).div_(self._anchor_var).neg_()
+            self._curvature.mul_(CV_DECAY).add_(estimate, alpha=1.0 - CV_DECAY)
+            self._curvature_batches += 1
 
     def set_anchor(self, anchor: DiagonalGaussian) -> None:
         """Make `anchor` the q_t of the proximal term and of the sampler (on_batch does, every
@@ -150,6 +195,12 @@ class ScoreMatching:
                 self.diagnostics.add("score_loss", score_loss)
                 self.diagnostics.add("prox_kl", proximal)
                 value = score_loss + lam * proximal
+            if self._cv_terms is not None:  # Σ_s w (R_s − c u_s) = Σ_s w R_s + w (h − σ⁻²) Σ_s (θ_s − μ_t)
+                curvature, offset_sum = self._cv_terms
+                correction = (curvature - inv_var).mul_(offset_sum)
+                if self.weighting == "q_t":
+                    correction.mul_(self._anchor_var)
+                weighted_sum = weighted_sum + correction
             grad_mean = shift.mul_(lam).sub_(weighted_sum, alpha=2.0 / train_samples).mul_(inv_var)
             grad_log_std = spread.mul_(-lam).add_(lam).addcmul_(weighted_spread, inv_var, value=-4.0 / train_samples)
         return value, [grad_mean, grad_log_std]
