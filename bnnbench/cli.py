@@ -323,7 +323,7 @@ def tune(
                                                     "the task's full budget, the one reported)")] = None,
     pruner: Annotated[str, typer.Option(help="stop trials whose validation NLL trails: sha (successive halving), "
                                              "hyperband or none")] = "sha",
-    min_epochs: Annotated[int | None, typer.Option(help="the pruner's first rung in epochs (default 1/27 of the "
+    min_epochs: Annotated[int | None, typer.Option(help="the pruner's first rung in epochs (default 1/9 of the "
                                                         "budget's)")] = None,
     divergence_factor: Annotated[float, typer.Option(help="stop a run as diverged when its validation NLL exceeds "
                                                           "its best by this factor")] = 3.0,

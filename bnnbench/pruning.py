@@ -34,10 +34,11 @@ REDUCTION_FACTOR = 3  # successive halving keeps the best third at each rung
 
 
 def min_epochs_for(max_epochs: int | None) -> int:
-    """The first rung: 1/27 of the run's epochs (so rungs at m, 3m, 9m lie inside it and 27m is the whole run),
-    at least 1. Rungs at 1 epoch favour settings that learn fast over ones that end best (the short-horizon bias);
-    at 1/27 a pruned trial still costs little."""
-    return max(1, (max_epochs or 0) // 27)
+    """The first rung: 1/9 of the run's epochs (rungs at m, 3m, 9m: a ninth, a third, the whole run), at least 1.
+    Measured on digits-mlp (50 epochs): with the first rung at 1 epoch, 21 to 23 of each method's 24 trials were
+    pruned there, and the survivors were the settings that learn fastest, not those that end best (rank1's best
+    validation NLL 0.332, score-vi's 0.272, against 0.17-0.19 by hand): the short-horizon bias."""
+    return max(1, (max_epochs or 0) // 9)
 
 
 def make_pruner(name: str, max_epochs: int | None = None, min_epochs: int | None = None) -> Any:
