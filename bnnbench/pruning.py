@@ -10,8 +10,8 @@ with the evaluator's own NLL (`evaluate.score_split`), and then:
   study's pruner says so, stops the run as pruned (`RunPruned`, status "pruned", with the epoch it reached).
 
 Steps are the run's epochs, counted over all its training phases (a VI warm-up, then VI; SWAG's warm start, then
-SGD), and a phase loaded from the MAP store counts its epochs too (`skip`), so step e means the same point of the
-budget in every trial of a method.
+SGD), and a phase loaded from the MAP store replays its epochs' scores (`replay`), so step e means the same point of
+the budget in every trial of a method, and trials that share a warm-up tie on it.
 """
 
 from __future__ import annotations
@@ -110,19 +110,30 @@ class EpochMonitor:
                 storage.get_study_id_from_name(link.study), link.number)
             self.trial = optuna.trial.Trial(study, trial_id)
 
-    def skip(self, epochs: int) -> None:
-        """Epochs the run did not train here (loaded from the MAP store): counted, not scored."""
-        self.epoch += epochs
+    def replay(self, epochs: int, values: list[float] | None, predictive: Callable[[Tensor], Tensor]) -> None:
+        """Epochs the run loaded from the MAP store instead of training: told as the training that stored them
+        scored them (`values`), or, when it was not scored (trained outside a trial), all at the loaded network's
+        score. Every trial that shares a warm-up then reports the same values at the same epochs, and is compared
+        with the others where their settings act, not on its first epochs after the warm-up."""
+        if values is None or len(values) != epochs:
+            values = [self._score(predictive)] * epochs
+        for value in values:
+            self._tell(value)
 
     def end_epoch(self, predictive: Callable[[Tensor], Tensor]) -> None:
+        self._tell(self._score(predictive))
+
+    def _score(self, predictive: Callable[[Tensor], Tensor]) -> float:
         from bnnbench.evaluate import score_split
 
-        self.epoch += 1
         # a predictive that samples (rank-1's factors) draws from the global generator: the run's own draws after
         # this epoch must be those of the same run outside a trial
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            value = score_split(_Point(predictive), self.likelihood, self.val, "nll", 1, self.batch_size,
-                                self.device)
+            return score_split(_Point(predictive), self.likelihood, self.val, "nll", 1, self.batch_size, self.device)
+
+    def _tell(self, value: float) -> None:
+        """One epoch's score: stop as diverged, report to the trial, stop as pruned."""
+        self.epoch += 1
         self.values.append(value)
         limit = self.best + (self.link.divergence_factor - 1) * abs(self.best)
         if not math.isfinite(value) or value > limit:

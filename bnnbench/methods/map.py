@@ -92,28 +92,10 @@ def train_map(model: nn.Module, likelihood: Likelihood, data: DataBundle, config
     `reusable`: a MAP that other runs start from too (Laplace's, SWAG's warm start, a VI warm-up): with a MAP
     store in `context` (`bnnbench.map_store`), a training the store holds is loaded instead of run, and one it
     lacks is stored. A loop with hooks (`loop_options`), a time limit or a prior that does not name itself is always
-    run. With a
-    monitor in `context` (a tuning trial), each epoch's network is scored on the validation split."""
+    run. With a monitor in `context` (a tuning trial), each epoch's network is scored on the validation split; a
+    loaded training replays the scores its epochs had (`EpochMonitor.replay`)."""
     model.to(context.device).train()
     n_data = len(data.train)
-    store, key = context.map_store, None
-    prior = "weight decay" if log_prior is None else getattr(log_prior, "store_key", None)
-    if reusable and store is not None and not loop_options and budget.max_seconds is None and prior is not None:
-        key = store.key(model, data.train, loop_config(config), budget, prior, temperature, context.seed,
-                        context.device)
-        stored = store.load(key, model, context.device)
-        if stored is not None:
-            loop = stored["loop"]
-            if context.monitor is not None:  # the run's epochs count on as if it had trained them
-                context.monitor.skip(loop["epochs"])
-            return LoopResult(loop["steps"], loop["epochs"], 0.0, loop["epoch_losses"], loop["epoch_seconds"],
-                              loop["epoch_diagnostics"])
-
-    def loss_fn(x: Tensor, y: Tensor) -> Tensor:
-        loss = -likelihood.log_likelihood(model(x), y).mean() / temperature
-        if log_prior is not None:
-            loss = loss - log_prior(dict(model.named_parameters())) / n_data
-        return loss
 
     def network_predictive(x: Tensor) -> Tensor:  # the network as it stands (dropout off), for the monitor
         model.eval()
@@ -124,11 +106,32 @@ def train_map(model: nn.Module, likelihood: Likelihood, data: DataBundle, config
             model.train()
         return likelihood.log_predictive(outputs).unsqueeze(0)
 
+    store, key = context.map_store, None
+    prior = "weight decay" if log_prior is None else getattr(log_prior, "store_key", None)
+    if reusable and store is not None and not loop_options and budget.max_seconds is None and prior is not None:
+        key = store.key(model, data.train, loop_config(config), budget, prior, temperature, context.seed,
+                        context.device)
+        stored = store.load(key, model, context.device)
+        if stored is not None:
+            loop = stored["loop"]
+            if context.monitor is not None:  # the run's epochs are scored as if it had trained them
+                context.monitor.replay(loop["epochs"], stored.get("val_nll"), network_predictive)
+            return LoopResult(loop["steps"], loop["epochs"], 0.0, loop["epoch_losses"], loop["epoch_seconds"],
+                              loop["epoch_diagnostics"])
+
+    def loss_fn(x: Tensor, y: Tensor) -> Tensor:
+        loss = -likelihood.log_likelihood(model(x), y).mean() / temperature
+        if log_prior is not None:
+            loss = loss - log_prior(dict(model.named_parameters())) / n_data
+        return loss
+
     loop = train_loop(model.parameters(), loss_fn, data.train, config, budget, context, description=description,
                       predictive=network_predictive, **loop_options)
     if key is not None:
-        store.save(key, model, context.device, {"description": description, "seconds": loop.seconds,
-                                                "loop": dataclasses.asdict(loop)})
+        record = {"description": description, "seconds": loop.seconds, "loop": dataclasses.asdict(loop)}
+        if context.monitor is not None:  # its epochs' validation NLLs, which a trial that loads it replays
+            record["val_nll"] = context.monitor.values[-loop.epochs:] if loop.epochs else []
+        store.save(key, model, context.device, record)
     return loop
 
 

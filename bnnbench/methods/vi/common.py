@@ -37,8 +37,10 @@ PRIOR_CENTRES = ("zero", "warmup")
 # What `bnnbench tune` searches for both VI methods (each adds its own); prior_std and prior_centre leave the space on
 # fidelity tasks. init_std and prior_centre are in it because they decide how far q leaves its start: on digits-mlp
 # at the defaults (init_std 1e-3, prior centred at zero) score-vi's mean σ ended at 0.0015 and its test NLL at 0.262,
-# against 0.172 with init_std 1e-2 and the prior centred at the warm-up weights (issue 32).
-VI_SEARCH_SPACE = (Dimension("vi_lr", "log-uniform", 1e-4, 1e-2), Dimension("prior_std", "log-uniform", 0.1, 10.0),
+# against 0.172 with init_std 1e-2 and the prior centred at the warm-up weights (issue 32). vi_lr reaches 1e-1:
+# elbo-vi's best hand setting on digits-mlp, 3e-2, lay outside a range ending at 1e-2 (validation NLL on seed 1000
+# 0.179, against 0.189 for the best of a study in that range).
+VI_SEARCH_SPACE = (Dimension("vi_lr", "log-uniform", 1e-4, 1e-1), Dimension("prior_std", "log-uniform", 0.1, 10.0),
                    Dimension("init_std", "log-uniform", 1e-4, 1e-1),
                    Dimension("prior_centre", "categorical", choices=PRIOR_CENTRES))
 
