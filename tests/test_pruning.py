@@ -100,21 +100,27 @@ def test_successive_halving_prunes_trials_records_where_and_states_the_cost(tmp_
     assert summary["pruner"] == "sha" and summary["first_rung_epochs"] == 1
 
 
-def test_a_trial_run_computes_what_the_same_run_outside_a_trial_does(tmp_path):
-    """The monitor only watches: rank-1 samples its factors when scored, from a forked generator, so a trial's
-    run and a plain validation-only run of the same settings write the same numbers."""
-    task = load_task("digits-mlp")
-    table = '\n[tune.rank1]\nlr = { choices = [1e-3] }\nprior_std = { choices = [0.1] }\n' \
-            'factor_lr_scale = { choices = [10.0] }\n'
-    task_file = tmp_path / "digits-mlp.toml"
-    task_file.write_text(task.path.read_text() + table)
-    task = load_task(str(task_file))
-    tune(task, ["rank1"], 1, [1000], "nll", tmp_path / "studies", OPTIONS, run_serial, 1, pruner="sha")
-    [record] = _runs(tmp_path, "rank1").values()
+@pytest.mark.parametrize("method", ["rank1", "mc-dropout", "score-vi"])
+def test_a_trial_run_computes_what_the_same_run_outside_a_trial_does(tmp_path, method):
+    """The monitor only watches: the predictives it scores sample (rank-1's factors, dropout masks, q's draws) from
+    a forked generator, so a trial's run and a plain validation-only run of the same settings write the same
+    numbers."""
+    from bnnbench.methods import build_method, find_method
     from bnnbench.runner import prepare, run
+    from bnnbench.tomlfile import toml_value
+    from bnnbench.tune import search_space
 
-    plan = prepare(task, "rank1", overrides={"lr": 1e-3, "prior_std": 0.1, "factor_lr_scale": 10.0},
-                   results_dir=tmp_path / "plain", validation_only=True, show_progress=False, **OPTIONS)
+    task = load_task("digits-mlp")
+    hparams = build_method(method, task).hparams
+    settings = {d.name: getattr(hparams, d.name) for d in search_space(find_method(method)[0], task)}
+    table = "".join(f"{name} = {{ choices = [{toml_value(value)}] }}\n" for name, value in settings.items())
+    task_file = tmp_path / "digits-mlp.toml"
+    task_file.write_text(task.path.read_text() + f"\n[tune.{method}]\n{table}")
+    task = load_task(str(task_file))
+    tune(task, [method], 1, [1000], "nll", tmp_path / "studies", OPTIONS, run_serial, 1, pruner="sha")
+    [record] = _runs(tmp_path, method).values()
+    plan = prepare(task, method, overrides=settings, results_dir=tmp_path / "plain", validation_only=True,
+                   show_progress=False, **OPTIONS)
     plain = run(plan, 1000)
     assert plain.run_id == record["run_id"] and len(record["trial"]["val_nll"]) == 2
 
@@ -122,7 +128,7 @@ def test_a_trial_run_computes_what_the_same_run_outside_a_trial_does(tmp_path):
         with open(directory / "metrics.csv", newline="") as handle:
             return [(r["metric"], r["value"]) for r in csv.DictReader(handle)]
 
-    trial_dir = next((tmp_path / "studies" / "runs").glob(f"*/rank1/{record['run_id']}"))
+    trial_dir = next((tmp_path / "studies" / "runs").glob(f"*/{method}/{record['run_id']}"))
     assert rows(trial_dir) == rows(plain.directory)
 
 

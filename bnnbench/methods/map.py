@@ -82,7 +82,8 @@ def precision_prior_settings(method: str, **fixed: Any) -> Callable[[dict[str, f
 def train_map(model: nn.Module, likelihood: Likelihood, data: DataBundle, config: TrainConfig, budget: Budget,
               context: FitContext, description: str = "map",
               log_prior: Callable[[dict[str, Tensor]], Tensor] | None = None,
-              temperature: float = 1.0, reusable: bool = False, **loop_options) -> LoopResult:
+              temperature: float = 1.0, reusable: bool = False,
+              monitor_predictive: Callable[[Tensor], Tensor] | None = None, **loop_options) -> LoopResult:
     """Train `model` in place to the MAP estimate on `data.train` (also the warm-up of other methods).
 
     Without `log_prior` the prior is AdamW's weight decay; with it (a method's own prior), the loss is
@@ -92,8 +93,9 @@ def train_map(model: nn.Module, likelihood: Likelihood, data: DataBundle, config
     `reusable`: a MAP that other runs start from too (Laplace's, SWAG's warm start, a VI warm-up): with a MAP
     store in `context` (`bnnbench.map_store`), a training the store holds is loaded instead of run, and one it
     lacks is stored. A loop with hooks (`loop_options`), a time limit or a prior that does not name itself is always
-    run. With a monitor in `context` (a tuning trial), each epoch's network is scored on the validation split; a
-    loaded training replays the scores its epochs had (`EpochMonitor.replay`)."""
+    run. With a monitor in `context` (a tuning trial), each epoch's network (or `monitor_predictive`, a method's
+    own predictive of what it trains) is scored on the validation split; a loaded training replays the scores its
+    epochs had (`EpochMonitor.replay`)."""
     model.to(context.device).train()
     n_data = len(data.train)
 
@@ -106,6 +108,7 @@ def train_map(model: nn.Module, likelihood: Likelihood, data: DataBundle, config
             model.train()
         return likelihood.log_predictive(outputs).unsqueeze(0)
 
+    monitored = monitor_predictive or network_predictive
     store, key = context.map_store, None
     prior = "weight decay" if log_prior is None else getattr(log_prior, "store_key", None)
     if reusable and store is not None and not loop_options and budget.max_seconds is None and prior is not None:
@@ -115,7 +118,7 @@ def train_map(model: nn.Module, likelihood: Likelihood, data: DataBundle, config
         if stored is not None:
             loop = stored["loop"]
             if context.monitor is not None:  # the run's epochs are scored as if it had trained them
-                context.monitor.replay(loop["epochs"], stored.get("val_nll"), network_predictive)
+                context.monitor.replay(loop["epochs"], stored.get("val_nll"), monitored)
             return LoopResult(loop["steps"], loop["epochs"], 0.0, loop["epoch_losses"], loop["epoch_seconds"],
                               loop["epoch_diagnostics"])
 
@@ -126,7 +129,7 @@ def train_map(model: nn.Module, likelihood: Likelihood, data: DataBundle, config
         return loss
 
     loop = train_loop(model.parameters(), loss_fn, data.train, config, budget, context, description=description,
-                      predictive=network_predictive, **loop_options)
+                      predictive=monitored, **loop_options)
     if key is not None:
         record = {"description": description, "seconds": loop.seconds, "loop": dataclasses.asdict(loop)}
         if context.monitor is not None:  # its epochs' validation NLLs, which a trial that loads it replays

@@ -27,7 +27,7 @@ from bnnbench.methods.stochastic import MAX_ROWS
 from bnnbench.methods.vi.family import DiagonalGaussian, Params
 from bnnbench.methods.vi.objectives import LogLikelihood
 from bnnbench.params import StackedWeights, batched_passes
-from bnnbench.train import TrainConfig, autocast, loop_config, split_budget, train_loop
+from bnnbench.train import MONITOR_SAMPLES, TrainConfig, autocast, loop_config, split_budget, train_loop
 from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, ParameterPosterior, TaskSpec
 
 __all__ = ["VI_SEARCH_SPACE", "GaussianPosteriorPredictive", "VIHparams", "fit_variational"]
@@ -186,19 +186,16 @@ def fit_variational(task: TaskSpec, model: nn.Module, data: DataBundle, budget: 
     objective = make_objective(q, prior, log_likelihood, vi_steps * inner_steps)
     closed_form = hasattr(objective, "loss_and_gradients")
 
-    def mean_network(x: Tensor) -> Tensor:  # the network at q's mean, for a tuning trial's monitor
-        model.eval()
+    def sampled_predictive(x: Tensor) -> Tensor:  # q as it stands, sampled as evaluated, for a trial's monitor
         try:
-            with torch.no_grad(), autocast(x.device):
-                outputs = functional_call(model, {**fixed, **q.named(q.mean.detach())}, (x,))
+            return GaussianPosteriorPredictive(model, q.detached(), fixed, likelihood).predict(x, MONITOR_SAMPLES)
         finally:
             model.train()
-        return likelihood.log_predictive(outputs).unsqueeze(0)
 
     loop = train_loop(q.parameters(), objective.loss_and_gradients if closed_form else objective.loss, data.train,
                       vi_config, vi_budget, context, name, on_batch=getattr(objective, "on_batch", None),
                       inner_steps=inner_steps, on_epoch=objective.epoch_diagnostics, closed_form=closed_form,
-                      predictive=mean_network)
+                      predictive=sampled_predictive)
     warm_seconds = warm.seconds if warm else 0.0
     extra = {
         "warmup_epochs": warm.epochs if warm else 0,
