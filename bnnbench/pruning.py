@@ -2,16 +2,19 @@
 
 `bnnbench tune` gives each trial run a `TrialLink` (which study and trial, which pruner); the runner builds an
 `EpochMonitor` from it, and the shared training loop calls `end_epoch` after every epoch with the log predictive of
-what it is training (the network, q's mean, the current SGD iterate). The monitor scores it on the validation split
-with the evaluator's own NLL (`evaluate.score_split`), and then:
+what it is training (the network, q's samples, dropout passes, the current SGD iterate). The monitor scores it on
+the validation split with the evaluator's own NLL (`evaluate.score_split`), and then:
 - stops the run as diverged (`DivergenceError`, a failed run) when the NLL is not finite or exceeds its best so far
   by more than `(divergence_factor - 1) x |best|` (for a positive best: above `divergence_factor` x best);
 - reports it to the Optuna trial (only the trial's first seed reports: Optuna keeps one value per step) and, when the
   study's pruner says so, stops the run as pruned (`RunPruned`, status "pruned", with the epoch it reached).
 
-Steps are the run's epochs, counted over all its training phases (a VI warm-up, then VI; SWAG's warm start, then
-SGD), and a phase loaded from the MAP store replays its epochs' scores (`replay`), so step e means the same point of
-the budget in every trial of a method, and trials that share a warm-up tie on it.
+Steps are the epochs of the phases where the trial's settings act. A phase that other runs share (a MAP
+warm-up: VI's, SWAG's warm start, the Laplace methods' MAP; `train_map(reusable=True)`) is scored for divergence
+but not reported, and not counted when loaded from the MAP store: reported, such a phase is where successive
+halving judged every VI trial (its first rungs at 5 and 15 of 50 epochs lay inside the 25-epoch warm-up, which
+does not depend on most VI settings), by differences of 0.001 in a warm-up's NLL; counted without scores, trials
+that loaded it were judged on their first epochs after it.
 """
 
 from __future__ import annotations
@@ -92,12 +95,13 @@ class _Point:
 
 class EpochMonitor:
     """Scores each epoch on `val` and stops the run when it diverges or its trial is pruned (module docstring).
-    `values` are the validation NLLs, one per monitored epoch; `epoch` counts every epoch of the run."""
+    `values` are the validation NLLs, one per scored epoch; `epoch` counts every epoch of the run, `step` the ones
+    reported to the trial."""
 
     def __init__(self, link: TrialLink, val: Any, likelihood: Any, batch_size: int, device: torch.device) -> None:
         self.link, self.val, self.likelihood = link, val, likelihood
         self.batch_size, self.device = batch_size, device
-        self.epoch, self.best, self.values = 0, math.inf, []
+        self.epoch, self.step, self.best, self.values = 0, 0, math.inf, []
         self.trial = None
         if link.pruner != "none":
             import optuna
@@ -110,18 +114,27 @@ class EpochMonitor:
                 storage.get_study_id_from_name(link.study), link.number)
             self.trial = optuna.trial.Trial(study, trial_id)
 
-    def replay(self, epochs: int, values: list[float] | None, predictive: Callable[[Tensor], Tensor]) -> None:
-        """Epochs the run loaded from the MAP store instead of training: told as the training that stored them
-        scored them (`values`), or, when it was not scored (trained outside a trial), all at the loaded network's
-        score. Every trial that shares a warm-up then reports the same values at the same epochs, and is compared
-        with the others where their settings act, not on its first epochs after the warm-up."""
-        if values is None or len(values) != epochs:
-            values = [self._score(predictive)] * epochs
-        for value in values:
-            self._tell(value)
+    def skip(self, epochs: int) -> None:
+        """Epochs the run loaded from the MAP store instead of training them: counted, not scored."""
+        self.epoch += epochs
 
-    def end_epoch(self, predictive: Callable[[Tensor], Tensor]) -> None:
-        self._tell(self._score(predictive))
+    def end_epoch(self, predictive: Callable[[Tensor], Tensor], report: bool = True) -> None:
+        """Score the epoch; stop as diverged; with `report`, tell the trial and stop when it is pruned."""
+        self.epoch += 1
+        value = self._score(predictive)
+        self.values.append(value)
+        limit = self.best + (self.link.divergence_factor - 1) * abs(self.best)
+        if not math.isfinite(value) or value > limit:
+            raise DivergenceError(f"diverged: validation NLL {value:.4g} at epoch {self.epoch} is above "
+                                  f"{self.link.divergence_factor:g}x its best ({self.best:.4g})")
+        self.best = min(self.best, value)
+        if not report or self.trial is None:
+            return
+        self.step += 1
+        if self.link.reports:
+            self.trial.report(value, self.step)
+        if self.trial.should_prune():
+            raise RunPruned(f"pruned at epoch {self.epoch} (validation NLL {value:.4g})", self.epoch)
 
     def _score(self, predictive: Callable[[Tensor], Tensor]) -> float:
         from bnnbench.evaluate import score_split
@@ -130,19 +143,3 @@ class EpochMonitor:
         # this epoch must be those of the same run outside a trial
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             return score_split(_Point(predictive), self.likelihood, self.val, "nll", 1, self.batch_size, self.device)
-
-    def _tell(self, value: float) -> None:
-        """One epoch's score: stop as diverged, report to the trial, stop as pruned."""
-        self.epoch += 1
-        self.values.append(value)
-        limit = self.best + (self.link.divergence_factor - 1) * abs(self.best)
-        if not math.isfinite(value) or value > limit:
-            raise DivergenceError(f"diverged: validation NLL {value:.4g} at epoch {self.epoch} is above "
-                                  f"{self.link.divergence_factor:g}x its best ({self.best:.4g})")
-        self.best = min(self.best, value)
-        if self.trial is None:
-            return
-        if self.link.reports:
-            self.trial.report(value, self.epoch)
-        if self.trial.should_prune():
-            raise RunPruned(f"pruned at epoch {self.epoch} (validation NLL {value:.4g})", self.epoch)

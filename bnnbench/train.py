@@ -191,7 +191,8 @@ class TrainStepper:
     With `closed_form`, `loss_fn` returns the loss and the gradients of `parameters` (in order), so a step
     needs no backward pass; its loss may be None (left out of the epoch's mean loss), but not at every step.
     `predictive(x)`: the log predictive (S, B, ...) of the state being trained, which a tuning trial's monitor
-    (`context.monitor`) scores on the validation split after each epoch; it may stop the run there.
+    (`context.monitor`) scores on the validation split after each epoch; it may stop the run there. Without
+    `report_to_trial` (a phase other runs share) it only checks for divergence.
     """
 
     def __init__(
@@ -210,13 +211,14 @@ class TrainStepper:
         make_optimizer: Callable[[list[dict], TrainConfig], torch.optim.Optimizer] = adamw,
         closed_form: bool = False,
         predictive: Callable[[Tensor], Tensor] | None = None,
+        report_to_trial: bool = True,
     ) -> None:
         groups = _parameter_groups(parameters)
         self.parameters = [tensor for group in groups for tensor in group["params"]]
         self.loss_fn, self.on_batch, self.on_epoch, self.inner_steps = loss_fn, on_batch, on_epoch, inner_steps
         self.config, self.description, self.closed_form = config, description, closed_form
         self.device, self.show_progress = context.device, context.show_progress
-        self.monitor, self.predictive = context.monitor, predictive
+        self.monitor, self.predictive, self.report_to_trial = context.monitor, predictive, report_to_trial
         self.x, self.y = data.x.to(self.device), data.y.to(self.device)
         self.total_batches = planned_batches(len(self.y), config.batch_size, budget)
         self.factor = _schedule(config.schedule, self.total_batches * inner_steps)
@@ -298,7 +300,7 @@ class TrainStepper:
                 f"{self.description}: training loss is {epoch_loss} in epoch {self.result.epochs} "
                 f"(lr={self.config.lr}); lower the learning rate or set grad_clip")
         if self.monitor is not None and self.predictive is not None:
-            self.monitor.end_epoch(self.predictive)
+            self.monitor.end_epoch(self.predictive, report=self.report_to_trial)
         return epoch_loss
 
     def finish(self) -> LoopResult:

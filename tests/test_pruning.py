@@ -55,12 +55,15 @@ def test_the_monitor_scores_each_epoch_with_the_evaluators_nll_and_stops_a_run_p
         nan.end_epoch(lambda x: torch.full((1, len(x), 2), math.nan))
 
 
-def test_epochs_loaded_from_the_store_are_told_as_they_were_scored():
+def test_shared_phases_are_checked_for_divergence_but_not_told_and_loaded_ones_are_counted():
     monitor = _monitor()
-    monitor.replay(3, [0.9, 0.5, 0.4], _predicting(2.0))  # scored when trained: those values, not the network's
-    monitor.replay(2, None, _predicting(0.3))  # trained outside a trial: the loaded network's score, per epoch
+    monitor.end_epoch(_predicting(0.9), report=False)
+    monitor.skip(3)
     monitor.end_epoch(_predicting(0.25))
-    assert monitor.epoch == 6 and monitor.values == pytest.approx([0.9, 0.5, 0.4, 0.3, 0.3, 0.25], rel=1e-12)
+    assert (monitor.epoch, monitor.step) == (5, 0)  # no trial here (pruner none): nothing is told
+    assert monitor.values == pytest.approx([0.9, 0.25], rel=1e-12)
+    with pytest.raises(DivergenceError):
+        monitor.end_epoch(_predicting(0.8), report=False)
     assert min_epochs_for(50) == 5 and min_epochs_for(8) == 1 and min_epochs_for(None) == 1
 
 

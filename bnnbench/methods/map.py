@@ -94,8 +94,8 @@ def train_map(model: nn.Module, likelihood: Likelihood, data: DataBundle, config
     store in `context` (`bnnbench.map_store`), a training the store holds is loaded instead of run, and one it
     lacks is stored. A loop with hooks (`loop_options`), a time limit or a prior that does not name itself is always
     run. With a monitor in `context` (a tuning trial), each epoch's network (or `monitor_predictive`, a method's
-    own predictive of what it trains) is scored on the validation split; a loaded training replays the scores its
-    epochs had (`EpochMonitor.replay`)."""
+    own predictive of what it trains) is scored on the validation split, and reported to the trial unless the MAP
+    is `reusable` (a shared phase, `bnnbench.pruning`)."""
     model.to(context.device).train()
     n_data = len(data.train)
 
@@ -117,8 +117,8 @@ def train_map(model: nn.Module, likelihood: Likelihood, data: DataBundle, config
         stored = store.load(key, model, context.device)
         if stored is not None:
             loop = stored["loop"]
-            if context.monitor is not None:  # the run's epochs are scored as if it had trained them
-                context.monitor.replay(loop["epochs"], stored.get("val_nll"), monitored)
+            if context.monitor is not None:
+                context.monitor.skip(loop["epochs"])
             return LoopResult(loop["steps"], loop["epochs"], 0.0, loop["epoch_losses"], loop["epoch_seconds"],
                               loop["epoch_diagnostics"])
 
@@ -129,12 +129,10 @@ def train_map(model: nn.Module, likelihood: Likelihood, data: DataBundle, config
         return loss
 
     loop = train_loop(model.parameters(), loss_fn, data.train, config, budget, context, description=description,
-                      predictive=monitored, **loop_options)
+                      predictive=monitored, report_to_trial=not reusable, **loop_options)
     if key is not None:
-        record = {"description": description, "seconds": loop.seconds, "loop": dataclasses.asdict(loop)}
-        if context.monitor is not None:  # its epochs' validation NLLs, which a trial that loads it replays
-            record["val_nll"] = context.monitor.values[-loop.epochs:] if loop.epochs else []
-        store.save(key, model, context.device, record)
+        store.save(key, model, context.device, {"description": description, "seconds": loop.seconds,
+                                                "loop": dataclasses.asdict(loop)})
     return loop
 
 
