@@ -103,7 +103,7 @@ def test_successive_halving_prunes_trials_records_where_and_states_the_cost(tmp_
     assert summary["pruner"] == "sha" and summary["first_rung_epochs"] == 1
 
 
-@pytest.mark.parametrize("method", ["rank1", "mc-dropout", "score-vi"])
+@pytest.mark.parametrize("method", ["rank1", "mc-dropout", "score-vi", "swag"])
 def test_a_trial_run_computes_what_the_same_run_outside_a_trial_does(tmp_path, method):
     """The monitor only watches: the predictives it scores sample (rank-1's factors, dropout masks, q's draws) from
     a forked generator, so a trial's run and a plain validation-only run of the same settings write the same
@@ -120,12 +120,13 @@ def test_a_trial_run_computes_what_the_same_run_outside_a_trial_does(tmp_path, m
     task_file = tmp_path / "digits-mlp.toml"
     task_file.write_text(task.path.read_text() + f"\n[tune.{method}]\n{table}")
     task = load_task(str(task_file))
-    tune(task, [method], 1, [1000], "nll", tmp_path / "studies", OPTIONS, run_serial, 1, pruner="sha")
+    options = {**OPTIONS, "epochs": 4}  # swag needs two snapshots: two SGD epochs after its warm start
+    tune(task, [method], 1, [1000], "nll", tmp_path / "studies", options, run_serial, 1, pruner="sha")
     [record] = _runs(tmp_path, method).values()
     plan = prepare(task, method, overrides=settings, results_dir=tmp_path / "plain", validation_only=True,
-                   show_progress=False, **OPTIONS)
+                   show_progress=False, **options)
     plain = run(plan, 1000)
-    assert plain.run_id == record["run_id"] and len(record["trial"]["val_nll"]) == 2
+    assert plain.run_id == record["run_id"] and len(record["trial"]["val_nll"]) == 4
 
     def rows(directory):
         with open(directory / "metrics.csv", newline="") as handle:

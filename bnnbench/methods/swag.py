@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Likelihood, get_likelihood
@@ -210,10 +211,23 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     def sgd(groups: list[dict], config: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=config.lr, momentum=hparams.momentum, weight_decay=config.weight_decay)
 
+    def swa_mean(x: Tensor) -> Tensor:  # the snapshots' running mean, for a tuning trial's monitor
+        params = layout.unflatten(moments.mean) if moments.n else dict(model.named_parameters())
+        model.eval()
+        try:
+            with torch.no_grad(), autocast(x.device):
+                outputs = functional_call(model, params, (x,))
+        finally:
+            model.train()
+        return likelihood.log_predictive(outputs).unsqueeze(0)
+
     swa_config = loop_config(hparams, lr=hparams.swa_lr, schedule="constant",
                              weight_decay=0.0 if log_prior else hparams.swa_weight_decay)
+    # a trial scores the SWA mean, which SWAG's predictive is centred on, not the SGD iterate: at the rates SWAG
+    # needs the iterate bounces, and scoring it chose swa_lr 0.044 on digits-mlp where 0.1 did better (test NLL
+    # 0.1662 against 0.1588)
     loop = train_map(model, likelihood, data, swa_config, swag_budget, context, "swag sgd", log_prior,
-                     on_batch=snapshot_every_interval, make_optimizer=sgd)
+                     on_batch=snapshot_every_interval, make_optimizer=sgd, monitor_predictive=swa_mean)
     if batches % interval == 0:
         moments.collect(layout.flatten(dict(model.named_parameters())))
     if moments.n < 2:
