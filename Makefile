@@ -11,8 +11,10 @@ CI_METHODS = $(shell $(BIN)/bnnbench list methods --names --built-in)
 CI_TASKS := digits-mlp ts-co2-mlp digits-fidelity digits-overconfident
 # digits-vit's Laplace rows run at the task's default budget: at its ci budget (3 epochs) the ViT is at chance.
 CI_VIT_METHODS := map laplace-ll laplace-subnet sampled-laplace
-CI_RUN = for task in $(CI_TASKS); do for method in $(CI_METHODS); do OMP_NUM_THREADS=1 $(BIN)/bnnbench run \
-	--task $$task --method $$method --seed 0..2 --budget ci --quiet --results-dir $(CI_RUNS) || exit 1; done; done; \
+# A task with a committed tuned file (tasks/tuned/, made by `bnnbench tune --methods all`) runs with its settings.
+CI_RUN = for task in $(CI_TASKS); do tuned=""; test -f tasks/tuned/$$task.toml && tuned="--tuned tasks/tuned/$$task.toml"; \
+	for method in $(CI_METHODS); do OMP_NUM_THREADS=1 $(BIN)/bnnbench run --task $$task --method $$method --seed 0..2 \
+	--budget ci --quiet --results-dir $(CI_RUNS) $$tuned || exit 1; done; done; \
 	for method in $(CI_VIT_METHODS); do OMP_NUM_THREADS=1 $(BIN)/bnnbench run --task digits-vit --method $$method \
 	--seed 0..2 --quiet --results-dir $(CI_RUNS) || exit 1; done
 

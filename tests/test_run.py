@@ -20,6 +20,12 @@ BASELINE = REPO / "results" / "baselines" / "ci-cpu.csv"
 CPU = ("--device", "cpu")  # exact repeatability and the baseline are CPU properties; a GPU machine would pick cuda
 
 
+def tuned_args(task: str) -> tuple[str, ...]:
+    """`--tuned` with the task's committed tuned file where it has one, as `make check` runs it."""
+    path = REPO / "tasks" / "tuned" / f"{task}.toml"
+    return ("--tuned", str(path)) if path.is_file() else ()
+
+
 def test_same_seed_gives_identical_metrics_csv(cli, tmp_path):
     texts = []
     for name in ("a", "b"):
@@ -140,7 +146,7 @@ def test_ci_gate_passes_against_committed_baseline(cli, results_dir, task, metho
     baseline, which must pass; the other groups' rows are missing ('?'), which does not fail a check."""
     for method in methods:
         result = cli("run", "--task", task, "--method", method, "--budget", "ci", "--seed", "0..2", "--quiet",
-                     *CPU, "--results-dir", str(results_dir))
+                     *CPU, "--results-dir", str(results_dir), *tuned_args(task))
         assert result.code == 0, result.stderr
     checked = cli("check", "--baseline", str(BASELINE), "--results-dir", str(results_dir))
     assert checked.code == 0, checked.stdout + checked.stderr
@@ -175,7 +181,8 @@ def test_ci_gate_holds_whatever_the_cpu_vector_unit(tmp_path, capability):
     for task in ("digits-mlp", "ts-co2-mlp"):
         completed = subprocess.run([sys.executable, "-m", "bnnbench", "run", "--task", task, "--method", "map",
                                     "--budget", "ci", "--seed", "0..2", "--quiet", *CPU, "--results-dir",
-                                    str(results_dir)], env=env, capture_output=True, text=True, timeout=600)
+                                    str(results_dir), *tuned_args(task)], env=env, capture_output=True, text=True,
+                                   timeout=600)
         assert completed.returncode == 0, completed.stderr
     _gate_holds(results_dir, "digits-mlp", ("map",), DIGITS_ROWS)
     _gate_holds(results_dir, "ts-co2-mlp", ("map",), FORECAST_ROWS)
