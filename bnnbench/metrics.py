@@ -5,6 +5,8 @@ predictive (see `Likelihood.mixture`) and the targets. Classification: log-proba
 and integer labels (N,). Conventions (uncertainty-baselines / Ovadia et al. 2019):
 - `nll`: mean negative log of the mixture probability of the true class.
 - `ece`: 15 equal-width bins on the top-label confidence, bins closed on the right, weighted by count.
+- `ece_classwise`: the same 15 bins over all N x C class probabilities p(y = c | x) against 1[y = c] (the
+  score-VI paper's protocol, BayesDLL's `calibration.calc_bins`), not only the top label's.
 - `brier`: squared error of the probability vector against the one-hot label, summed over classes and
   averaged over examples (range 0 to 2).
 Gaussian regression: mixture components (N, S, ..., 2) as (mean, log std) and real targets (N, ...).
@@ -36,8 +38,9 @@ from bnnbench.registry import Registry
 from bnnbench.types import Windows
 
 __all__ = ["METRICS", "OOD_METRICS", "Metric", "accuracy", "aupr", "auroc", "brier_score",
-           "expected_calibration_error", "gaussian_mse", "gaussian_nll", "gaussian_w2", "metrics_for",
-           "negative_log_likelihood", "reliability_bins", "top_class_agreement", "total_variation"]
+           "classwise_calibration_error", "expected_calibration_error", "gaussian_mse", "gaussian_nll",
+           "gaussian_w2", "metrics_for", "negative_log_likelihood", "reliability_bins", "top_class_agreement",
+           "total_variation"]
 
 ECE_BINS = 15
 
@@ -100,6 +103,21 @@ def expected_calibration_error(log_probs: np.ndarray, labels: np.ndarray, n_bins
     """Top-label ECE with `n_bins` equal-width bins (lo, hi] over [0, 1]."""
     bins = reliability_bins(np.exp(log_probs), labels, n_bins)
     return float(np.abs(bins["correct"] - bins["confidence"]).sum() / bins["count"].sum())
+
+
+def classwise_calibration_error(log_probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """ECE over every class probability: each of the N x C pairs (p(y = c | x_n), 1[y_n = c]) falls in one of
+    `n_bins` bins and the bins' |mean indicator - mean probability| are weighted by their share of the N x C pairs.
+    The bins are BayesDLL's (`calibration.calc_bins`, from which the score-VI paper's ECE comes): closed on the
+    left, [lo, hi), with right edges k (1 + 1e-8) / n_bins, so that a probability of exactly 1 falls in the last
+    one. Top-label `ece` bins are closed on the right; the two differ only for probabilities on an edge."""
+    probs = np.exp(log_probs).ravel()
+    indicators = (np.arange(log_probs.shape[1])[None, :] == labels[:, None]).astype(np.float64).ravel()
+    right_edges = np.linspace(0.0, 1.0 + 1e-8, n_bins + 1)[1:]
+    bins = np.minimum(np.digitize(probs, right_edges), n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    gap = np.bincount(bins, weights=indicators, minlength=n_bins) - np.bincount(bins, weights=probs, minlength=n_bins)
+    return float(np.abs(gap).sum() / count.sum())
 
 
 def brier_score(log_probs: np.ndarray, labels: np.ndarray) -> float:
@@ -189,6 +207,8 @@ for _metric, _summary in (
                            "student-t": student_t_nll}),
      "negative log predictive density"),
     (Metric("ece", False, {"categorical": expected_calibration_error}), "expected calibration error, 15 bins"),
+    (Metric("ece_classwise", False, {"categorical": classwise_calibration_error}),
+     "calibration error over all N x C class probabilities, 15 bins (BayesDLL's; not top-label)"),
     (Metric("brier", False, {"categorical": brier_score}), "Brier score, summed over classes"),
     (Metric("mse", False, _real(gaussian_mse)), "squared error of the predictive mean"),
     (Metric("crps", False, _real(forecast.crps), needs_windows=True),

@@ -9,7 +9,14 @@ from sklearn.metrics import accuracy_score, log_loss
 from torchmetrics.classification import MulticlassCalibrationError
 
 from bnnbench.likelihoods import mixture_log_predictive
-from bnnbench.metrics import METRICS, accuracy, brier_score, expected_calibration_error, negative_log_likelihood
+from bnnbench.metrics import (
+    METRICS,
+    accuracy,
+    brier_score,
+    classwise_calibration_error,
+    expected_calibration_error,
+    negative_log_likelihood,
+)
 
 
 def random_predictions(seed: int, n: int = 2000, classes: int = 7, temperature: float = 2.0):
@@ -78,3 +85,34 @@ def test_mixture_survives_underflow():
 def test_directions():
     assert METRICS.get("acc").higher_is_better
     assert not any(METRICS.get(name).higher_is_better for name in ("nll", "ece", "brier"))
+
+
+def test_classwise_ece_is_the_hand_computation_over_every_class_probability():
+    """Nine (probability, indicator) pairs from three images of three classes, binned by hand in BayesDLL's 15 bins
+    [lo, hi) with right edges k (1 + 1e-8) / 15 (so 0.2 = 3/15 falls in the bin that closes at it):
+    bin 10: (0.7, 1), (0.72, 0) -> |1 - 1.42| = 0.42; bin 2: (0.2, 0), (0.18, 1) -> |1 - 0.38| = 0.62;
+    bin 1: (0.1, 0) x 3 -> 0.3; bin 7: (0.5, 0) -> 0.5; bin 5: (0.4, 1) -> 0.6. Sum 2.44 over 9 pairs."""
+    probs = np.array([[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.72, 0.18, 0.10]])
+    labels = np.array([0, 1, 1])
+    assert classwise_calibration_error(np.log(probs), labels) == pytest.approx(2.44 / 9, abs=1e-12)
+    # the top-label ECE of the same predictions is another number: bin 10 (0.7 right, 0.72 wrong), bin 7 (0.5 wrong)
+    assert expected_calibration_error(np.log(probs), labels) == pytest.approx(0.92 / 3, abs=1e-12)
+    assert METRICS.get("ece_classwise").score("categorical", np.log(probs), labels, None) == pytest.approx(2.44 / 9)
+
+
+def test_classwise_ece_equals_a_loop_over_pairs_on_random_predictions():
+    """Against a plain loop over the N x C pairs that bins each by the same left-closed rule."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(200, 7)) * 3
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = rng.integers(0, 7, size=200)
+    edges = [k * (1 + 1e-8) / 15 for k in range(16)]
+    sums = {}
+    for n in range(200):
+        for c in range(7):
+            b = next(i for i in range(15) if edges[i] <= probs[n, c] < edges[i + 1])
+            total = sums.setdefault(b, [0.0, 0.0])
+            total[0] += float(labels[n] == c)
+            total[1] += probs[n, c]
+    expected = sum(abs(hits - mass) for hits, mass in sums.values()) / (200 * 7)
+    assert classwise_calibration_error(np.log(probs), labels) == pytest.approx(expected, rel=1e-12)
