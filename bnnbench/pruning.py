@@ -29,7 +29,8 @@ from torch import Tensor
 
 from bnnbench.errors import DivergenceError, RunPruned, UsageError, unknown_choice
 
-__all__ = ["DIVERGENCE_FACTOR", "PRUNERS", "EpochMonitor", "TrialLink", "make_pruner", "min_epochs_for"]
+__all__ = ["DIVERGENCE_FACTOR", "PRUNERS", "EpochMonitor", "TrialLink", "check_options", "make_pruner",
+           "min_epochs_for"]
 
 PRUNERS = ("sha", "hyperband", "none")
 DIVERGENCE_FACTOR = 3.0
@@ -61,6 +62,14 @@ def make_pruner(name: str, max_epochs: int | None = None, min_epochs: int | None
     raise unknown_choice("pruner", name, PRUNERS, "--pruner")
 
 
+def check_options(pruner: str, divergence_factor: float) -> None:
+    """UsageError (one line) for an unknown pruner or a divergence factor that is not above 1."""
+    if pruner not in PRUNERS:
+        raise unknown_choice("pruner", pruner, PRUNERS, "--pruner")
+    if not divergence_factor > 1:
+        raise UsageError(f"--divergence-factor must be > 1, got {divergence_factor}")
+
+
 @dataclass(frozen=True)
 class TrialLink:
     """What a trial run needs to talk to its study: the storage URL, the study's name, the trial's number, whether
@@ -77,10 +86,7 @@ class TrialLink:
     min_epochs: int | None = None
 
     def __post_init__(self) -> None:
-        if self.pruner not in PRUNERS:
-            raise unknown_choice("pruner", self.pruner, PRUNERS, "--pruner")
-        if not self.divergence_factor > 1:
-            raise UsageError(f"--divergence-factor must be > 1, got {self.divergence_factor}")
+        check_options(self.pruner, self.divergence_factor)
 
 
 class _Point:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -20,7 +21,7 @@ from bnnbench.errors import DivergenceError, UsageError
 from bnnbench.types import Budget, FitContext, Split
 
 __all__ = ["AUGMENTATIONS", "MONITOR_SAMPLES", "LoopResult", "TrainConfig", "TrainStepper", "augment_images",
-           "autocast", "loop_config", "planned_batches", "progress_bar", "split_budget", "train_loop"]
+           "autocast", "evaluating", "loop_config", "planned_batches", "progress_bar", "split_budget", "train_loop"]
 
 
 AUGMENTATIONS = ("none", "crop-flip")
@@ -101,6 +102,16 @@ class LoopResult:
 def autocast(device: torch.device):
     """bf16 autocast on CUDA (fast matmuls), a no-op context elsewhere (exact CPU runs)."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@contextmanager
+def evaluating(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """`module` in eval mode, back in train mode after: a tuning trial's monitor scores a network mid-training."""
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train()
 
 
 def progress_bar(enabled: bool):
@@ -285,7 +296,7 @@ class TrainStepper:
 
         Raises:
             DivergenceError: the epoch's mean loss is not finite, or the monitor found the run diverging.
-        RunPruned: the monitor's pruner stopped the run.
+            RunPruned: the monitor's pruner stopped the run.
         """
         if self.losses == 0:
             return None

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bnnbench.errors import UsageError, unknown_choice
-from bnnbench.pruning import DIVERGENCE_FACTOR, REDUCTION_FACTOR, TrialLink, make_pruner, min_epochs_for
+from bnnbench.pruning import DIVERGENCE_FACTOR, REDUCTION_FACTOR, TrialLink, check_options, make_pruner, min_epochs_for
 from bnnbench.tuned import TuneOutcome
 from bnnbench.types import Dimension, MethodSpec, TaskSpec
 
@@ -102,11 +102,15 @@ def _owner_gone(owner: str | None) -> bool:
     return False
 
 
+def _storage_url(study_dir: Path, task: TaskSpec) -> str:
+    return f"sqlite:///{(study_dir / STUDY_FILE.format(task=task.name)).resolve()}"
+
+
 def _storage(study_dir: Path, task: TaskSpec):
     import optuna
 
     study_dir.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{(study_dir / STUDY_FILE.format(task=task.name)).resolve()}"
+    url = _storage_url(study_dir, task)
     # two tune processes on one file wait for each other's writes instead of failing at once
     return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
 
@@ -143,7 +147,7 @@ class Tuner:
             raise UsageError(f"--trials and --workers must be >= 1, got {trials} and {workers}")
         if min_epochs is not None and min_epochs < 1:
             raise UsageError(f"--min-epochs must be >= 1, got {min_epochs}")
-        TrialLink("", "", 0, True, pruner, None, divergence_factor)  # a bad pruner or factor: exit 2 here
+        check_options(pruner, divergence_factor)
         specs = {name: find_method(name)[0] for name in methods}
         self.task, self.methods, self.trials, self.seeds, self.objective = task, methods, trials, seeds, objective
         self.direction = _direction(objective, task)
@@ -166,7 +170,7 @@ class Tuner:
         seeds = self.seeds if seeds is None else seeds
         options = self.options
         if number is not None:
-            storage = f"sqlite:///{(self.study_dir / STUDY_FILE.format(task=self.task.name)).resolve()}"
+            storage = _storage_url(self.study_dir, self.task)
             options = {**options, "trial": {seed: TrialLink(storage, study_name(self.task, method), number,
                                                              seed == seeds[0], self.pruner, self._epochs(),
                                                              self.divergence_factor, self.min_epochs)

@@ -28,7 +28,7 @@ from bnnbench.likelihoods import Likelihood, get_likelihood
 from bnnbench.methods.map import LR, WEIGHT_DECAY, map_objective, train_map
 from bnnbench.models import create_model
 from bnnbench.params import StackedWeights, math_attention
-from bnnbench.train import TrainConfig, augment_images, autocast, train_loop
+from bnnbench.train import TrainConfig, augment_images, autocast, evaluating, train_loop
 from bnnbench.types import Budget, DataBundle, FitContext, FitInfo, MethodSpec, Split, TaskSpec
 
 __all__ = ["SPEC", "EnsemblePredictive", "Hparams", "fit", "member_models"]
@@ -115,11 +115,8 @@ def _train_vmapped(members: list[nn.Module], likelihood: Likelihood, data: DataB
     positions = torch.arange(len(data.train))
     # the loop sees row positions, not images: it must not augment them
     def members_now(x: Tensor) -> Tensor:  # the members as they stand, for a tuning trial's monitor
-        stacked.base.eval()
-        try:
+        with evaluating(stacked.base):
             return EnsemblePredictive(likelihood, stacked=stacked).predict(x, len(members))
-        finally:
-            stacked.base.train()
 
     loop = train_loop(stacked.params.values(), loss_fn, Split(positions, positions),
                       dataclasses.replace(hparams, augment="none"), budget, context,

@@ -13,13 +13,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Likelihood, get_likelihood
-from bnnbench.train import LoopResult, TrainConfig, autocast, loop_config, train_loop
+from bnnbench.train import LoopResult, TrainConfig, autocast, evaluating, loop_config, train_loop
 from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, MethodSpec, ParameterPosterior, TaskSpec
 
-__all__ = ["SPEC", "Hparams", "PointPredictive", "fit", "gaussian_log_prior", "map_objective",
+__all__ = ["SPEC", "Hparams", "PointPredictive", "fit", "gaussian_log_prior", "map_objective", "network_log_predictive",
            "precision_prior_settings", "train_map"]
 
 
@@ -79,6 +80,15 @@ def precision_prior_settings(method: str, **fixed: Any) -> Callable[[dict[str, f
     return settings
 
 
+def network_log_predictive(model: nn.Module, likelihood: Likelihood, x: Tensor,
+                           params: dict[str, Tensor] | None = None) -> Tensor:
+    """The (1, B, ...) log predictive of `model` (at `params` when given) in eval mode, the model back in train
+    mode after: what a tuning trial's monitor scores of a point estimate being trained."""
+    with evaluating(model), torch.no_grad(), autocast(x.device):
+        outputs = model(x) if params is None else functional_call(model, params, (x,))
+    return likelihood.log_predictive(outputs).unsqueeze(0)
+
+
 def train_map(model: nn.Module, likelihood: Likelihood, data: DataBundle, config: TrainConfig, budget: Budget,
               context: FitContext, description: str = "map",
               log_prior: Callable[[dict[str, Tensor]], Tensor] | None = None,
@@ -100,13 +110,7 @@ def train_map(model: nn.Module, likelihood: Likelihood, data: DataBundle, config
     n_data = len(data.train)
 
     def network_predictive(x: Tensor) -> Tensor:  # the network as it stands (dropout off), for the monitor
-        model.eval()
-        try:
-            with torch.no_grad(), autocast(x.device):
-                outputs = model(x)
-        finally:
-            model.train()
-        return likelihood.log_predictive(outputs).unsqueeze(0)
+        return network_log_predictive(model, likelihood, x)
 
     monitored = monitor_predictive or network_predictive
     store, key = context.map_store, None

@@ -11,8 +11,6 @@ Everything else in the network (BatchNorm, LayerNorm) is in eval mode at test ti
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -21,7 +19,7 @@ from bnnbench.errors import UsageError
 from bnnbench.likelihoods import get_likelihood
 from bnnbench.methods.map import LR, WEIGHT_DECAY, map_objective, train_map
 from bnnbench.methods.stochastic import StochasticForwardPredictive
-from bnnbench.train import MONITOR_SAMPLES, TrainConfig
+from bnnbench.train import MONITOR_SAMPLES, TrainConfig, evaluating
 from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, MethodSpec, TaskSpec
 
 __all__ = ["SPEC", "Hparams", "enable_dropout", "fit"]
@@ -77,18 +75,6 @@ def enable_dropout(model: nn.Module, rate: float, placement: str) -> tuple[list[
                       "layers": linears}
 
 
-@contextmanager
-def _evaluated(model: nn.Module, dropouts: list[nn.Dropout]) -> Iterator[None]:
-    """The network in eval mode with its MC dropout layers on (as `fit` leaves it), then back in train mode."""
-    model.eval()
-    for dropout in dropouts:
-        dropout.train()
-    try:
-        yield
-    finally:
-        model.train()
-
-
 def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
         hparams: Hparams = Hparams()) -> tuple[StochasticForwardPredictive, FitInfo]:
     """Train with dropout to the MAP estimate, then keep dropout on in an otherwise eval-mode network."""
@@ -96,8 +82,10 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
     dropouts, where = enable_dropout(model, hparams.rate, hparams.placement)
     predictive = StochasticForwardPredictive(model, likelihood, lambda n: hparams.test_passes or n)
 
-    def dropout_passes(x: Tensor) -> Tensor:  # the predictive as evaluated, for a tuning trial's monitor
-        with _evaluated(model, dropouts):
+    def dropout_passes(x: Tensor) -> Tensor:  # the predictive as evaluated (MC dropout on), for a trial's monitor
+        with evaluating(model):
+            for dropout in dropouts:
+                dropout.train()
             return predictive.predict(x, MONITOR_SAMPLES)
 
     loop = train_map(model, likelihood, data, budget=budget, context=context, description="mc-dropout",

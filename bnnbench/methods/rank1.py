@@ -38,7 +38,7 @@ from bnnbench.errors import UsageError
 from bnnbench.likelihoods import get_likelihood
 from bnnbench.methods.map import LR, map_objective
 from bnnbench.methods.stochastic import StochasticForwardPredictive
-from bnnbench.train import TrainConfig, planned_batches, train_loop
+from bnnbench.train import TrainConfig, evaluating, planned_batches, train_loop
 from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, MethodSpec, TaskSpec
 
 __all__ = ["SPEC", "Hparams", "Rank1Factors", "fit", "gaussian_kl"]
@@ -268,11 +268,8 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
               {"params": [factors.loc, factors.rho], "weight_decay": 0.0,
                "lr": hparams.lr * hparams.factor_lr_scale}]
     def components(x: Tensor) -> Tensor:  # one pass of the K components, as evaluated, for a trial's monitor
-        model.eval()
-        try:
+        with evaluating(model):
             return StochasticForwardPredictive(model, likelihood, lambda n: k, group=k).predict(x, k)
-        finally:
-            model.train()
 
     loop = train_loop(groups, loss_fn, data.train, objective["config"], budget, context, description=f"rank1 K={k}",
                       predictive=components)

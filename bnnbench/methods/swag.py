@@ -22,11 +22,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Likelihood, get_likelihood
-from bnnbench.methods.map import gaussian_log_prior, precision_prior_settings, train_map
+from bnnbench.methods.map import gaussian_log_prior, network_log_predictive, precision_prior_settings, train_map
 from bnnbench.params import FlatParams, StackedWeights
 from bnnbench.train import TrainConfig, autocast, loop_config, split_budget
 from bnnbench.types import (
@@ -212,14 +211,7 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
         return torch.optim.SGD(groups, lr=config.lr, momentum=hparams.momentum, weight_decay=config.weight_decay)
 
     def swa_mean(x: Tensor) -> Tensor:  # the snapshots' running mean, for a tuning trial's monitor
-        params = layout.unflatten(moments.mean) if moments.n else dict(model.named_parameters())
-        model.eval()
-        try:
-            with torch.no_grad(), autocast(x.device):
-                outputs = functional_call(model, params, (x,))
-        finally:
-            model.train()
-        return likelihood.log_predictive(outputs).unsqueeze(0)
+        return network_log_predictive(model, likelihood, x, layout.unflatten(moments.mean) if moments.n else None)
 
     swa_config = loop_config(hparams, lr=hparams.swa_lr, schedule="constant",
                              weight_decay=0.0 if log_prior else hparams.swa_weight_decay)

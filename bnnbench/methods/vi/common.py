@@ -27,7 +27,7 @@ from bnnbench.methods.stochastic import MAX_ROWS
 from bnnbench.methods.vi.family import DiagonalGaussian, Params
 from bnnbench.methods.vi.objectives import LogLikelihood
 from bnnbench.params import StackedWeights, batched_passes
-from bnnbench.train import MONITOR_SAMPLES, TrainConfig, autocast, loop_config, split_budget, train_loop
+from bnnbench.train import MONITOR_SAMPLES, TrainConfig, autocast, evaluating, loop_config, split_budget, train_loop
 from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, ParameterPosterior, TaskSpec
 
 __all__ = ["VI_SEARCH_SPACE", "GaussianPosteriorPredictive", "VIHparams", "fit_variational"]
@@ -187,10 +187,8 @@ def fit_variational(task: TaskSpec, model: nn.Module, data: DataBundle, budget: 
     closed_form = hasattr(objective, "loss_and_gradients")
 
     def sampled_predictive(x: Tensor) -> Tensor:  # q as it stands, sampled as evaluated, for a trial's monitor
-        try:
+        with evaluating(model):
             return GaussianPosteriorPredictive(model, q.detached(), fixed, likelihood).predict(x, MONITOR_SAMPLES)
-        finally:
-            model.train()
 
     loop = train_loop(q.parameters(), objective.loss_and_gradients if closed_form else objective.loss, data.train,
                       vi_config, vi_budget, context, name, on_batch=getattr(objective, "on_batch", None),
