@@ -217,9 +217,11 @@ def test_cifar10c_corruption_names():
 
 
 def test_archives_table():
-    assert set(download_module.ARCHIVES) == {"cifar10", "cifar100", "cifar10c", "svhn"}
-    for archive in download_module.ARCHIVES.values():
-        assert len(archive.md5) == 32 and int(archive.md5, 16) >= 0
+    assert set(download_module.ARCHIVES) == {"cifar10", "cifar100", "cifar10c", "svhn", "pets", "flowers", "aircraft",
+                                             "dtd"}
+    for files_of_a_set in download_module.ARCHIVES.values():
+        for archive in download_module.parts(files_of_a_set):
+            assert len(archive.md5) == 32 and int(archive.md5, 16) >= 0
     assert download_module.ARCHIVES["cifar10"].extracts_to == "cifar-10-batches-py"
     assert download_module.ARCHIVES["svhn"].extracts_to == "svhn/test_32x32.mat"
 

@@ -32,6 +32,10 @@ DATA_SOURCES.register("diabetes", "bnnbench.data.diabetes")
 DATA_SOURCES.register("cifar10", "bnnbench.data.cifar")
 DATA_SOURCES.register("cifar100", "bnnbench.data.cifar")
 DATA_SOURCES.register("timeseries", "bnnbench.data.timeseries")
+DATA_SOURCES.register("pets", "bnnbench.data.finegrained")
+DATA_SOURCES.register("flowers", "bnnbench.data.finegrained")
+DATA_SOURCES.register("aircraft", "bnnbench.data.finegrained")
+DATA_SOURCES.register("dtd", "bnnbench.data.finegrained")
 
 
 @dataclass(frozen=True)

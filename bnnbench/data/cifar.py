@@ -29,7 +29,7 @@ from bnnbench.data.cifar_c import cifar10c_dir, official_cifar10c
 from bnnbench.errors import UsageError
 from bnnbench.types import DataBundle, Split
 
-__all__ = ["Config", "load", "shapes"]
+__all__ = ["Config", "load", "shapes", "stratified_holdout"]
 
 OOD_SETS = {"cifar10": ("cifar100", "svhn"), "cifar100": ("cifar10", "svhn")}  # defaults per source
 
@@ -59,7 +59,7 @@ def _split(images: np.ndarray, labels: np.ndarray) -> Split:
     return Split(x, torch.from_numpy(labels.astype(np.int64)))
 
 
-def _stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, validation rows) with `fraction` of the rows of each class held out for validation."""
     index = np.arange(len(labels))
     if fraction == 0:
@@ -144,7 +144,7 @@ def load(config: Config, root: Path) -> LoadedData:
     """Train/val/test of `config.source` as float tensors in [0, 1], shape (N, 3, 32, 32), plus OOD sets and,
     for CIFAR-10, the official CIFAR-10-C files when they are under the data root."""
     arrays = data_files.read_cifar(root, config.source)
-    train_rows, val_rows = _stratified_holdout(arrays.train_labels, config.val_fraction, config.split_seed)
+    train_rows, val_rows = stratified_holdout(arrays.train_labels, config.val_fraction, config.split_seed)
     input_shape, num_outputs = shapes(config)  # read_cifar refuses a meta file of another class count
     bundle = DataBundle(train=_split(arrays.train_images[train_rows], arrays.train_labels[train_rows]),
                         val=_split(arrays.train_images[val_rows], arrays.train_labels[val_rows]),

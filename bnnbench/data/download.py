@@ -1,7 +1,9 @@
 """`bnnbench data download`: fetch a data set's official files, check the publisher's MD5 sum, unpack.
 
-Archives are extracted next to the target first and moved into place with `os.replace`, so an interrupted
-download never leaves a half-written data set that later reads would accept.
+A data set is one file or several (Oxford-IIIT Pets ships its images and annotations apart, Flowers-102 a JPEG
+archive and two .mat files); each is fetched, checked and put in place on its own, so a retry fetches only what is
+still missing. Archives are extracted next to the target first and moved into place with `os.replace`, so an
+interrupted download never leaves a half-written data set that later reads would accept.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import BinaryIO
 from bnnbench import atomic
 from bnnbench.errors import UsageError, unknown_choice
 
-__all__ = ["ARCHIVES", "Archive", "download"]
+__all__ = ["ARCHIVES", "Archive", "DataSetFiles", "download", "parts"]
 
 # ------------------------------------------------------------------------------------------- downloads
 
@@ -31,15 +33,21 @@ __all__ = ["ARCHIVES", "Archive", "download"]
 @dataclass(frozen=True)
 class Archive:
     """A file to fetch: `filename` is its name under root/.download while in transit; `extracts_to` is the
-    path relative to the data root it ends up as (the folder a tar holds, or the file itself otherwise)."""
+    path relative to the data root it ends up as: for a tar, the folder `folder_in_archive` it holds (by default
+    a folder of that same path), otherwise the file itself."""
 
     url: str
     md5: str
     filename: str
     extracts_to: str
+    folder_in_archive: str = ""
 
 
-ARCHIVES: dict[str, Archive] = {
+# One data set: its one file, or the several files that make it up, each put in place on its own.
+DataSetFiles = Archive | tuple[Archive, ...]
+
+_VGG = "https://www.robots.ox.ac.uk/~vgg/data"
+ARCHIVES: dict[str, DataSetFiles] = {
     # md5 as published on https://www.cs.toronto.edu/~kriz/cifar.html ("CIFAR-10 python version") and in
     # torchvision/datasets/cifar.py (CIFAR10.tgz_md5, torchvision 0.29).
     "cifar10": Archive("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
@@ -55,6 +63,29 @@ ARCHIVES: dict[str, Archive] = {
     # Not an archive: the .mat file itself. md5 from torchvision/datasets/svhn.py (SVHN.split_list["test"]).
     "svhn": Archive("http://ufldl.stanford.edu/housenumbers/test_32x32.mat",
                     "eb5a983be6a315427106f1b164d9cef3", "test_32x32.mat", "svhn/test_32x32.mat"),
+    # The fine-grained sets land where torchvision's download puts them (bnnbench.data.finegrained reads them there).
+    # URLs and md5s from torchvision/datasets/oxford_iiit_pet.py (OxfordIIITPet._RESOURCES, torchvision 0.29); both
+    # archives unpack into oxford-iiit-pet/.
+    "pets": (Archive(f"{_VGG}/pets/data/images.tar.gz", "5c4f3ee8e5d25df40f4fd59a7f44e54c", "images.tar.gz",
+                     "oxford-iiit-pet/images", "images"),
+             Archive(f"{_VGG}/pets/data/annotations.tar.gz", "95a8c909bbe2e81eed6a22bccdf3f68f",
+                     "annotations.tar.gz", "oxford-iiit-pet/annotations", "annotations")),
+    # URLs and md5s from torchvision/datasets/flowers102.py (Flowers102._download_url_prefix and _file_dict).
+    "flowers": (Archive(f"{_VGG}/flowers/102/102flowers.tgz", "52808999861908f626f3c1f4e79d11fa", "102flowers.tgz",
+                        "flowers-102/jpg", "jpg"),
+                Archive(f"{_VGG}/flowers/102/imagelabels.mat", "e0620be6f572b9609742df49c70aed4d", "imagelabels.mat",
+                        "flowers-102/imagelabels.mat"),
+                Archive(f"{_VGG}/flowers/102/setid.mat", "a5357ecc9cb78c4bef273ce3793fc85c", "setid.mat",
+                        "flowers-102/setid.mat")),
+    # URL from torchvision/datasets/fgvc_aircraft.py (FGVCAircraft._URL). torchvision checks no md5 for it: this one is
+    # the sum that public loaders which check the archive agree on (e.g. the R torchvision port's
+    # fgvc_aircraft_dataset); not checked here against the publisher's own page (archives/fgvc-aircraft-2013b.html).
+    "aircraft": Archive(f"{_VGG}/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",
+                        "d4acdd33327262359767eeaa97a4f732", "fgvc-aircraft-2013b.tar.gz", "fgvc-aircraft-2013b"),
+    # URL and md5 from torchvision/datasets/dtd.py (DTD._URL, DTD._MD5); torchvision unpacks the archive's dtd/ folder
+    # into a folder dtd, hence dtd/dtd.
+    "dtd": Archive(f"{_VGG}/dtd/download/dtd-r1.0.1.tar.gz", "fff73e5086ae6bdbea199a49dfb8a4c1", "dtd-r1.0.1.tar.gz",
+                   "dtd/dtd", "dtd"),
 }
 
 _CHUNK = 1 << 20
@@ -84,7 +115,7 @@ def _progress_bar(label: str, total: int | None, show: bool) -> Iterator[Callabl
         yield lambda n: progress.advance(task, n)
 
 
-def _fetch(archive: Archive, dest: Path, progress: bool) -> None:
+def _fetch(name: str, archive: Archive, dest: Path, progress: bool) -> None:
     """Stream `archive.url` to `dest`, hashing as it arrives; `dest` appears only once its md5 matches."""
 
     def stream(out: BinaryIO) -> None:
@@ -109,8 +140,8 @@ def _fetch(archive: Archive, dest: Path, progress: bool) -> None:
             reason: object = f"HTTP {error.code} {error.reason}"
         else:
             reason = error.reason if isinstance(error, urllib.error.URLError) else error
-        raise UsageError(f"cannot download {archive.url}: {reason}; on a machine without network, copy the file "
-                         f"to {dest} yourself") from None
+        raise UsageError(f"cannot download {archive.url}: {reason}; on a machine without network, copy that file "
+                         f"to {dest} yourself and run `bnnbench data download {name}` again") from None
 
 
 def _check_members(tar: tarfile.TarFile, path: Path) -> list[tarfile.TarInfo]:
@@ -145,28 +176,48 @@ def _extract(archive_path: Path, archive: Archive, target: Path) -> None:
                     tar.extractall(tmp, members=members)  # members checked above
         except tarfile.TarError as error:
             raise UsageError(f"{archive_path}: cannot extract ({error})") from None
-        extracted = tmp / archive.extracts_to
+        folder = archive.folder_in_archive or archive.extracts_to
+        extracted = tmp / folder
         if not extracted.is_dir():
-            raise UsageError(f"{archive_path}: holds no folder {archive.extracts_to!r}")
+            raise UsageError(f"{archive_path}: holds no folder {folder!r}")
         os.replace(extracted, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def download(name: str, root: Path, *, archives: Mapping[str, Archive] = ARCHIVES, progress: bool = True) -> Path:
-    """Fetch data set `name` under `root` (checked against its md5) and return its path there.
+def parts(files: DataSetFiles) -> tuple[Archive, ...]:
+    """The files of one data set, one or several."""
+    return (files,) if isinstance(files, Archive) else files
 
-    A target already present is returned untouched, without network. A file already at
-    root/.download/FILENAME (copied there by hand on a machine without network) is used instead of
-    fetching, once its md5 matches.
+
+def download(name: str, root: Path, *, archives: Mapping[str, DataSetFiles] = ARCHIVES, progress: bool = True,
+             ) -> Path:
+    """Fetch data set `name` under `root` (each file checked against its md5) and return its path there: the
+    file or folder of a one-file set, the folder that holds all the parts of one of several files.
+
+    Parts already present are left untouched, without network. A file already at root/.download/FILENAME (copied
+    there by hand on a machine without network) is used instead of fetching, once its md5 matches. A part that
+    fails does not stop the others; the error then has one line per failed part.
     """
     if name not in archives:
         raise unknown_choice("data set to download", name, archives)
-    archive = archives[name]
+    files = parts(archives[name])
     root = Path(root)
+    failures = []
+    for archive in files:
+        try:
+            _download_part(name, archive, root, progress)
+        except UsageError as error:
+            failures.append(str(error))
+    if failures:
+        raise UsageError("\n".join(failures))
+    return root / os.path.commonpath([archive.extracts_to for archive in files])
+
+
+def _download_part(name: str, archive: Archive, root: Path, progress: bool) -> None:
     target = root / archive.extracts_to
     if target.exists():
-        return target
+        return
     staging = root / ".download"
     staging.mkdir(parents=True, exist_ok=True)
     dest = staging / archive.filename
@@ -177,7 +228,7 @@ def download(name: str, root: Path, *, archives: Mapping[str, Archive] = ARCHIVE
                 raise UsageError(f"{dest}: md5 checksum mismatch (expected {archive.md5}, got {got}); it is not "
                                  f"the official {archive.filename}: delete or replace it")
         else:
-            _fetch(archive, dest, progress)
+            _fetch(name, archive, dest, progress)
         # On failure the verified file stays in .download, so a retry (after freeing disk space, say) needs
         # no network; on success it has served its purpose.
         if archive.filename.endswith(_TAR_SUFFIXES):
@@ -189,4 +240,3 @@ def download(name: str, root: Path, *, archives: Mapping[str, Archive] = ARCHIVE
     finally:
         with suppress(OSError):  # not empty: a kept file, or another download in flight
             staging.rmdir()
-    return target

@@ -1,9 +1,11 @@
 """Data sets of random pixels written in the publishers' real on-disk formats: CIFAR-10/100 python pickles, the
-SVHN test .mat and CIFAR-10-C .npy files. The readers cannot tell them from the real files, so code that reads
-data (the tests, `bnnbench doctor --gpu`) runs the real paths without a download.
+SVHN test .mat and CIFAR-10-C .npy files, and the JPEG folders with split and label files of Oxford-IIIT Pets,
+Flowers-102, FGVC-Aircraft and DTD. The readers cannot tell them from the real files, so code that reads data (the
+tests, `bnnbench doctor --gpu`) runs the real paths without a download.
 
 `write_image_sets(root, sizes)` writes everything a cifar10 task reads, at the real sizes (`REAL_SIZES`) or a few
-images each (`TINY_SIZES`); the single-set writers are what the tests build their cases from.
+images each (`TINY_SIZES`); `write_fake_finegrained(root, source)` writes one fine-grained set with every class,
+a few small JPEGs each; the single-set writers are what the tests build their cases from.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import numpy as np
 
 from bnnbench.data.cifar_c import CIFAR10C_CORRUPTIONS, cifar10c_dir
 
-__all__ = ["CIFAR10_CLASSES", "REAL_SIZES", "TINY_SIZES", "ImageSetSizes", "pickle_file", "random_images", "rows",
-           "write_cifar10", "write_cifar100", "write_cifar10c", "write_image_sets", "write_svhn_test"]
+__all__ = ["CIFAR10_CLASSES", "DTD_CLASSES", "PETS_BREEDS", "REAL_SIZES", "TINY_SIZES", "ImageSetSizes", "pickle_file",
+           "random_images", "rows", "write_cifar10", "write_cifar100", "write_cifar10c", "write_fake_aircraft",
+           "write_fake_dtd", "write_fake_finegrained", "write_fake_flowers", "write_fake_pets", "write_image_sets",
+           "write_svhn_test"]
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # Protocol 4, stated: the default becomes 5 in Python 3.14, whose numpy arrays pickle through a global
@@ -137,3 +141,136 @@ def write_image_sets(root: Path, sizes: ImageSetSizes = REAL_SIZES, seed: int = 
     write_cifar100(root, random_images(sizes.cifar100_train, seed + 1), [i % 100 for i in range(sizes.cifar100_train)],
                    random_images(sizes.cifar100_test, seed + 2), [i % 100 for i in range(sizes.cifar100_test)])
     write_svhn_test(root, random_images(sizes.svhn_test, seed + 3), [1 + i % 10 for i in range(sizes.svhn_test)])
+
+
+# ------------------------------------------------------------------------------ fine-grained image folders
+
+# Oxford-IIIT Pets' 37 breeds as its file names spell them: cats capitalised, dogs in lower case. The official
+# class ids number them alphabetically, case ignored; breed ids number them within their species.
+PETS_BREEDS = (
+    "Abyssinian", "Bengal", "Birman", "Bombay", "British_Shorthair", "Egyptian_Mau", "Maine_Coon", "Persian",
+    "Ragdoll", "Russian_Blue", "Siamese", "Sphynx", "american_bulldog", "american_pit_bull_terrier", "basset_hound",
+    "beagle", "boxer", "chihuahua", "english_cocker_spaniel", "english_setter", "german_shorthaired",
+    "great_pyrenees", "havanese", "japanese_chin", "keeshond", "leonberger", "miniature_pinscher", "newfoundland",
+    "pomeranian", "pug", "saint_bernard", "samoyed", "scottish_terrier", "shiba_inu", "staffordshire_bull_terrier",
+    "wheaten_terrier", "yorkshire_terrier")
+DTD_CLASSES = (
+    "banded", "blotchy", "braided", "bubbly", "bumpy", "chequered", "cobwebbed", "cracked", "crosshatched",
+    "crystalline", "dotted", "fibrous", "flecked", "freckled", "frilly", "gauzy", "grid", "grooved", "honeycombed",
+    "interlaced", "knitted", "lacelike", "lined", "marbled", "matted", "meshed", "paisley", "perforated", "pitted",
+    "pleated", "polka-dotted", "porous", "potholed", "scaly", "smeared", "spiralled", "sprinkled", "stained",
+    "stratified", "striped", "studded", "swirly", "veined", "waffled", "woven", "wrinkled", "zigzagged")
+FLOWERS_CLASSES, AIRCRAFT_VARIANTS = 102, 100
+_SPLITS = ("train", "val", "test")
+
+
+class _FakeJpegs:
+    """Random-pixel JPEGs of 20-40 px a side, every 7th greyscale and every 11th CMYK (the real sets hold both)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.written = 0
+
+    def write(self, path: Path) -> None:
+        from PIL import Image
+
+        height, width = (int(side) for side in self.rng.integers(20, 41, size=2))
+        mode = "L" if self.written % 7 == 3 else "CMYK" if self.written % 11 == 5 else "RGB"
+        pixels = self.rng.integers(0, 256, size=(height, width, len(mode)), dtype=np.uint8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode).save(path, format="JPEG")
+        self.written += 1
+
+
+def write_fake_pets(root: Path, per_class_per_split: int = 1, seed: int = 0) -> Path:
+    """`oxford-iiit-pet/`: images/<Breed>_<n>.jpg and annotations/{trainval,test}.txt, lines
+    "<image> <class id> <species: 1 cat, 2 dog> <breed id>"; trainval holds 2 x `per_class_per_split` images of each
+    breed (the publisher's train and val, pooled as it ships them), test `per_class_per_split`."""
+    folder = Path(root) / "oxford-iiit-pet"
+    jpegs = _FakeJpegs(seed)
+    class_ids = {breed: number for number, breed in enumerate(sorted(PETS_BREEDS, key=str.lower), 1)}
+    cats = [breed for breed in PETS_BREEDS if breed[0].isupper()]
+    dogs = [breed for breed in PETS_BREEDS if breed[0].islower()]
+    lines: dict[str, list[str]] = {"trainval": [], "test": []}
+    for breed in sorted(PETS_BREEDS, key=str.lower):
+        species, breed_id = (1, cats.index(breed) + 1) if breed in cats else (2, dogs.index(breed) + 1)
+        for number in range(1, 3 * per_class_per_split + 1):
+            image = f"{breed}_{number}"
+            jpegs.write(folder / "images" / f"{image}.jpg")
+            split = "trainval" if number <= 2 * per_class_per_split else "test"
+            lines[split].append(f"{image} {class_ids[breed]} {species} {breed_id}")
+    (folder / "annotations").mkdir(parents=True)
+    for split, split_lines in lines.items():
+        (folder / "annotations" / f"{split}.txt").write_text("".join(f"{line}\n" for line in split_lines))
+    return folder
+
+
+def write_fake_flowers(root: Path, per_class_per_split: int = 1, seed: int = 0) -> Path:
+    """`flowers-102/`: jpg/image_<nnnnn>.jpg, imagelabels.mat ('labels', 1..102, shape (1, N)) and setid.mat
+    ('trnid', 'valid', 'tstid': 1-based image numbers, shape (1, n)); image numbers are shuffled across splits and
+    classes, as the publisher's are."""
+    import scipy.io
+
+    folder = Path(root) / "flowers-102"
+    jpegs = _FakeJpegs(seed)
+    per_class = len(_SPLITS) * per_class_per_split
+    count = FLOWERS_CLASSES * per_class
+    numbers = jpegs.rng.permutation(count) + 1  # the k-th image of the listing below is image_<numbers[k]>
+    labels = np.zeros(count, np.uint8)
+    ids: dict[str, list[int]] = {split: [] for split in _SPLITS}
+    for k, number in enumerate(numbers):
+        labels[number - 1] = k // per_class + 1
+        ids[_SPLITS[k % per_class // per_class_per_split]].append(int(number))
+    for number in range(1, count + 1):
+        jpegs.write(folder / "jpg" / f"image_{number:05d}.jpg")
+    scipy.io.savemat(folder / "imagelabels.mat", {"labels": labels[None]})
+    scipy.io.savemat(folder / "setid.mat", {key: np.array(ids[split], np.uint16)[None]
+                                             for split, key in zip(_SPLITS, ("trnid", "valid", "tstid"), strict=True)})
+    return folder
+
+
+def write_fake_aircraft(root: Path, per_class_per_split: int = 1, seed: int = 0) -> Path:
+    """`fgvc-aircraft-2013b/data/`: images/<7-digit id>.jpg, variants.txt (100 names, with spaces) and
+    images_variant_{train,val,test}.txt, lines "<id> <variant name>"."""
+    data = Path(root) / "fgvc-aircraft-2013b" / "data"
+    jpegs = _FakeJpegs(seed)
+    variants = [f"Model {number:03d}-{number % 7}00 ER" for number in range(1, AIRCRAFT_VARIANTS + 1)]
+    image_ids = jpegs.rng.choice(10**7, size=AIRCRAFT_VARIANTS * len(_SPLITS) * per_class_per_split, replace=False)
+    lines: dict[str, list[str]] = {split: [] for split in _SPLITS}
+    for k, image_id in enumerate(image_ids):
+        jpegs.write(data / "images" / f"{image_id:07d}.jpg")
+        variant, split = divmod(k, len(_SPLITS) * per_class_per_split)
+        lines[_SPLITS[split // per_class_per_split]].append(f"{image_id:07d} {variants[variant]}")
+    (data / "variants.txt").write_text("".join(f"{name}\n" for name in variants))
+    for split, split_lines in lines.items():
+        (data / f"images_variant_{split}.txt").write_text("".join(f"{line}\n" for line in split_lines))
+    return data.parent
+
+
+def write_fake_dtd(root: Path, per_class_per_split: int = 1, seed: int = 0) -> Path:
+    """`dtd/dtd/` (torchvision unpacks the archive's `dtd` folder into `dtd`): images/<class>/<class>_<nnnn>.jpg and
+    labels/{train,val,test}{1..10}.txt, lines "<class>/<file>.jpg"; partition p rotates the splits by p - 1, so
+    every partition splits the same images differently."""
+    data = Path(root) / "dtd" / "dtd"
+    jpegs = _FakeJpegs(seed)
+    lines: dict[tuple[str, int], list[str]] = {(split, p): [] for split in _SPLITS for p in range(1, 11)}
+    for name in DTD_CLASSES:
+        for k in range(len(_SPLITS) * per_class_per_split):
+            image = f"{name}/{name}_{k + 1:04d}.jpg"
+            jpegs.write(data / "images" / image)
+            for partition in range(1, 11):
+                lines[_SPLITS[(k // per_class_per_split + partition - 1) % len(_SPLITS)], partition].append(image)
+    (data / "labels").mkdir(parents=True)
+    for (split, partition), split_lines in lines.items():
+        (data / "labels" / f"{split}{partition}.txt").write_text("".join(f"{line}\n" for line in split_lines))
+    return data.parent
+
+
+def write_fake_finegrained(root: Path, source: str, per_class_per_split: int = 1, seed: int = 0) -> Path:
+    """The whole tree of fine-grained source `source` (pets, flowers, aircraft or dtd) under `root`, every class with
+    `per_class_per_split` images in each of the publisher's train, val and test splits; returns the set's folder."""
+    writers = {"pets": write_fake_pets, "flowers": write_fake_flowers, "aircraft": write_fake_aircraft,
+               "dtd": write_fake_dtd}
+    if source not in writers:
+        raise ValueError(f"unknown fine-grained source '{source}'; valid choices: {', '.join(writers)}")
+    return writers[source](root, per_class_per_split, seed)
