@@ -370,16 +370,26 @@ def compare(
     = Pivot.metric,
     rank_by: Annotated[str | None, typer.Option(help="rank by this clean-test column alone (e.g. agreement) instead "
                                                      "of the mean rank over all quality columns")] = None,
+    published: Annotated[bool, typer.Option("--published/--no-published",
+                                            help="show published figures (a paper's numbers, marked †, never "
+                                                 "ranked) for the tasks the tables name")] = True,
+    published_table: Annotated[list[Path], typer.Option(help="a published-figure table to show instead of the "
+                                                             "shipped ones (repeatable)")] = [],  # noqa: B006
 ) -> None:
-    """Leaderboards per task: mean ± stderr over seeds, best per column, mean rank, cost columns."""
-    from bnnbench.comparison import TASK_KEY, aggregate, leaderboard
+    """Leaderboards per task: mean ± stderr over seeds, best per column, mean rank, cost columns. Published figures
+    of the tasks (the shipped tables', or --published-table's) follow as unranked rows marked †, with a footnote."""
+    from bnnbench.comparison import TASK_KEY, aggregate, leaderboard, with_published
     from bnnbench.metrics import METRICS
+    from bnnbench.published import load_published, shipped_tables
     from bnnbench.results import load_results
 
     for name in [*metric, *([rank_by] if rank_by else [])]:
         METRICS.check(name)
     if pivot is Pivot.task and len(metric) != 1:
         raise UsageError(f"--pivot task shows one metric across tasks: give exactly one --metric, not {len(metric)}")
+    if published_table and not published:
+        raise UsageError("--published-table names tables to show, --no-published shows none: give one of them")
+    tables = [load_published(path) for path in (published_table or shipped_tables())] if published else []
     runs, metrics = load_results(results_dir, _warn)
     if runs.empty:
         raise UsageError(f"no runs found under '{results_dir}'; run `bnnbench run` first")
@@ -398,7 +408,7 @@ def compare(
         if name not in there:
             raise UsageError(f"metric '{name}' does not apply to these results; metrics there: "
                              f"{', '.join(there) or 'none'}")
-    board = leaderboard(runs, table, metric or None, rank_by)
+    board = with_published(leaderboard(runs, table, metric or None, rank_by), tables, metric or None)
     if pivot is Pivot.task:
         from bnnbench.render import pivot_tasks
 
@@ -530,7 +540,7 @@ def report(
 
 @data_app.command("download", epilog="Example: `bnnbench data download cifar10`")
 def data_download(
-    name: Annotated[str, typer.Argument(help="cifar10, cifar100, cifar10c or svhn")],
+    name: Annotated[str, typer.Argument(help="cifar10, cifar100, cifar10c, svhn, pets, flowers, aircraft or dtd")],
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
 ) -> None:
     """Download a data set's official files, check their md5 checksum and unpack them under the data root."""

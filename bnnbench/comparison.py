@@ -20,10 +20,11 @@ import pandas as pd
 from bnnbench import tomlfile
 from bnnbench.errors import UsageError
 from bnnbench.metrics import METRICS
+from bnnbench.published import PublishedTable
 
 __all__ = ["BASELINE_COLUMNS", "TASK_KEY", "CheckConfig", "Tolerance", "aggregate", "check", "check_failed",
            "leaderboard",
-           "load_baseline", "load_check_config", "method_labels", "summary_rows", "with_variant"]
+           "load_baseline", "load_check_config", "method_labels", "summary_rows", "with_published", "with_variant"]
 
 # A task's results are comparable only within one version and data variant (official vs generated CIFAR-10-C)
 TASK_KEY = ["task", "task_version", "data_variant"]
@@ -262,6 +263,29 @@ def leaderboard(runs: pd.DataFrame, table: pd.DataFrame, metrics: list[str] | No
                                                                                       strict=True)]
         columns.append("tuning")
     return board[columns]
+
+
+def with_published(board: pd.DataFrame, tables: list[PublishedTable], metrics: list[str] | None = None
+                   ) -> pd.DataFrame:
+    """`board` (a `leaderboard`) with one reference row per published figure of its tasks (of `metrics`, when
+    given), appended after the ranks and bests are set, so that a paper's number never ranks, is never best and
+    never counts as a seed: its stderr is NaN, its n, rank and best empty. Where any is added, a `kind` column says
+    "run" or "published" and `note` holds each published row's footnote; a board none applies to comes back as it
+    was, so outputs without published figures keep their columns."""
+    rows = []
+    for (task, version, variant), _ in board.groupby(TASK_KEY, sort=True):
+        for table in tables:
+            for figure in table.figures_for(task, metrics):
+                rows.append({"task": task, "task_version": version, "data_variant": variant,
+                             "method": table.method_label, "column": figure.metric, "mean": figure.shown,
+                             "stderr": math.nan, "n": pd.NA, "rank": math.nan, "best": False,
+                             "higher_is_better": METRICS.get(figure.metric).higher_is_better,
+                             "kind": "published", "note": table.footnote(figure)})
+    if not rows:
+        return board
+    runs = board.assign(kind="run", note="", n=board["n"].astype("Int64"))
+    published = pd.DataFrame(rows, columns=[*board.columns, "kind", "note"]).astype({"n": "Int64", "best": bool})
+    return pd.concat([runs, published], ignore_index=True).sort_values(TASK_KEY, kind="stable", ignore_index=True)
 
 
 def _tuning(runs: pd.DataFrame, labels: dict[tuple[str, str, str], str]) -> dict[tuple[str, str], str]:
