@@ -5,6 +5,9 @@ sets of random pixels into a temporary data root (removed afterwards), then runs
 1. `bench` of map and score-vi on cifar10-vit: train and eval throughput against the bare timm step and forward;
 2. one real epoch of cifar10-vit for map and score-vi, at the task's settings;
 3. a full evaluation (clean test, 15 x 5 CIFAR-10-C, OOD) of those two posteriors with 8 samples;
+3b. pets-vitl32 (fake Pets JPEGs, ViT-L/32 at 224 px with timm's initialisation): score-vi's memory estimate, stated
+   before it runs (with the refusal a run would give when over the device's memory), then one epoch of map and of
+   score-vi, bf16 autocast, each with its peak memory;
 4. `bench` of the other methods on cifar10-vit, and of those and map and score-vi on cifar10-resnet18;
 5. `bench --compile` of map and score-vi on cifar10-vit, set against their eager bench;
 6. `bench` of score-vi and ensemble on cifar10-vit with posterior samples run the other way than the device's
@@ -42,6 +45,7 @@ from bnnbench.doctor_plan import (
     N_SAMPLES,
     NO_CUDA,
     TINY,
+    TRANSFER_TASK,
     CheckOptions,
     CheckReport,
     CheckSizes,
@@ -206,7 +210,7 @@ class _Work:
 
     def __init__(self, root: Path, device, sizes: CheckSizes) -> None:
         self.root, self.device, self.sizes = root, device, sizes
-        self.loaded = None
+        self.loaded: dict[str, Any] = {}  # task -> its loaded data
         self.predictives: dict[str, Any] = {}
 
     def data(self, stage: Stage) -> None:
@@ -214,6 +218,9 @@ class _Work:
         from bnnbench.data.synthetic_files import write_image_sets
         from bnnbench.tasks import load_task
 
+        if stage.task == TRANSFER_TASK:
+            self.transfer_data(stage)
+            return
         start = time.perf_counter()
         write_image_sets(self.root / "data", self.sizes.images)
         stage.figures["write_seconds"] = time.perf_counter() - start
@@ -221,13 +228,52 @@ class _Work:
                                           if path.is_file()) / 1e9
         task = load_task(EPOCH_TASK)
         start = time.perf_counter()
-        self.loaded = load_data(task.data, str(task.path), self.root / "data")
+        loaded = self.loaded[EPOCH_TASK] = load_data(task.data, str(task.path), self.root / "data")
         stage.figures["load_seconds"] = time.perf_counter() - start
-        official = self.loaded.official_corruptions
-        stage.figures |= {"train": len(self.loaded.bundle.train), "val": len(self.loaded.bundle.val),
-                          "test": len(self.loaded.test), "ood": {name: len(split) for name, split in
-                                                                 self.loaded.ood.items()},
+        official = loaded.official_corruptions
+        stage.figures |= {"train": len(loaded.bundle.train), "val": len(loaded.bundle.val),
+                          "test": len(loaded.test), "ood": {name: len(split) for name, split in loaded.ood.items()},
                           "cifar10c_files": len(official.names) if official else 0}
+
+    def transfer_data(self, stage: Stage) -> None:
+        """Fake Pets files in the publisher's format (random JPEGs, every breed), read as pets-vitl32 reads them."""
+        from bnnbench.data import load_data
+        from bnnbench.data.synthetic_files import write_fake_finegrained
+        from bnnbench.tasks import load_task
+
+        task = load_task(TRANSFER_TASK)
+        start = time.perf_counter()
+        write_fake_finegrained(self.root / "data", task.data["source"], self.sizes.transfer_per_class)
+        stage.figures["write_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        loaded = self.loaded[TRANSFER_TASK] = load_data(task.data, str(task.path), self.root / "data")
+        stage.figures |= {"load_seconds": time.perf_counter() - start, "train": len(loaded.bundle.train),
+                          "val": len(loaded.bundle.val), "test": len(loaded.test),
+                          "image_shape": list(loaded.bundle.input_shape)}
+
+    def memory(self, stage: Stage) -> None:
+        """score-vi's memory estimate on the transfer task's network, stated before its epoch stage runs it: each
+        term, the device's memory, and the refusal (with the variant that fits) a run would give when over."""
+        import torch
+
+        from bnnbench.methods.vi.common import check_vi_memory, device_memory_bytes, vi_memory_estimate
+        from bnnbench.models import create_model
+        from bnnbench.runner import prepare
+
+        plan = prepare(stage.task, stage.method, overrides=self.sizes.settings.get(stage.task), device=self.device.type,
+                       results_dir=self.root / "runs", show_progress=False, data_dir=self.root / "data", load=False)
+        bundle = self._loaded(stage.task).bundle
+        with torch.device("meta"):
+            model = create_model(plan.task.model, bundle.input_shape, bundle.num_outputs, str(plan.task.path))
+        estimate = vi_memory_estimate(model, plan.method.hparams, stage.method)
+        available = device_memory_bytes(self.device)
+        stage.figures |= {"weights": estimate.n_variational, "estimate_bytes": estimate.total,
+                          "terms_bytes": estimate.terms, "device_bytes": available,
+                          "fits": estimate.total <= available, "last_layer_bytes": estimate.last_layer_bytes}
+        try:
+            check_vi_memory(model, plan.method.hparams, stage.method, self.device)
+        except UsageError as refusal:
+            stage.figures["refusal"] = str(refusal)
 
     def bench(self, stage: Stage, compile: bool = False) -> None:
         from bnnbench.bench import bench
@@ -283,7 +329,7 @@ class _Work:
         from bnnbench.train import split_budget
         from bnnbench.types import Budget, FitContext
 
-        bundle = self._loaded().bundle
+        bundle = self._loaded(stage.task).bundle
         plan = prepare(stage.task, stage.method, overrides=self.sizes.settings.get(stage.task), device=self.device.type,
                        results_dir=self.root / "runs", show_progress=False, data_dir=self.root / "data", load=False)
         fraction = getattr(plan.method.hparams, "warmup_fraction", 0.0)
@@ -297,7 +343,8 @@ class _Work:
                           "augment": plan.method.hparams.augment}
         predictive, info = plan.method.fit(plan.task, model, bundle, Budget(max_epochs=epochs),
                                            FitContext(self.device, 0, False))
-        self.predictives[stage.method] = predictive
+        if stage.task == EPOCH_TASK:  # what the evaluation stages score
+            self.predictives[stage.method] = predictive
         extra = info.extra
         if "vi_seconds_per_epoch" in extra:
             warm_epochs = int(extra.get("warmup_epochs", 0))
@@ -322,7 +369,7 @@ class _Work:
         if stage.method not in self.predictives:
             raise UsageError(f"no trained {stage.method} posterior: its epoch stage did not finish")
         task = load_task(stage.task)
-        plan = eval_plan(task.eval, self._loaded(), str(task.path))
+        plan = eval_plan(task.eval, self._loaded(stage.task), str(task.path))
         stage.figures |= {"corruption_source": plan.corruption_source, "n_samples": N_SAMPLES}
         splits = _WithoutValidation(plan)
         counted = _CountedPredictive(self.predictives[stage.method], stage.figures)
@@ -332,10 +379,10 @@ class _Work:
                               show_progress=False)
         stage.figures |= {"splits": splits.count, "eval_seconds": evaluation.seconds}
 
-    def _loaded(self):
-        if self.loaded is None:
-            raise UsageError("no data: the data stage did not finish")
-        return self.loaded
+    def _loaded(self, task: str):
+        if task not in self.loaded:
+            raise UsageError(f"no data for {task}: its data stage did not finish")
+        return self.loaded[task]
 
 
 class _WithoutValidation:

@@ -9,12 +9,14 @@ from typing import Any
 
 from bnnbench.data.synthetic_files import REAL_SIZES, TINY_SIZES, ImageSetSizes
 
-__all__ = ["BENCH_TASKS", "EPOCH_TASK", "FULL", "N_SAMPLES", "TINY", "CheckOptions", "CheckReport", "CheckSizes",
-           "Stage", "bench_settings", "plan_stages"]
+__all__ = ["BENCH_TASKS", "EPOCH_TASK", "FULL", "N_SAMPLES", "TINY", "TRANSFER_TASK", "CheckOptions", "CheckReport",
+           "CheckSizes", "Stage", "bench_settings", "plan_stages"]
 
 EPOCH_TASK = "cifar10-vit"  # the task the issue's targets are about
 BENCH_TASKS = (EPOCH_TASK, "cifar10-resnet18")
 KEY_METHODS = ("map", "score-vi")  # trained for an epoch, evaluated in full, compiled
+# The score-VI paper's transfer benchmark at its real size: a pretrained ViT-L/32 (306 M weights) fine-tuned at 224 px
+TRANSFER_TASK = "pets-vitl32"
 N_SAMPLES = 8  # posterior samples of every evaluation here
 NO_CUDA = ("no CUDA device is visible (torch.cuda.is_available() is False); run on a GPU machine or pass "
            "--device cpu --tiny")
@@ -33,14 +35,21 @@ class CheckSizes:
     eval_batch: int | None  # None: the task's [eval] batch_size
     stage_seconds: dict[str, float]
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    transfer_per_class: int = 20  # fake Pets images per breed and split (trainval, test) for the transfer stages
 
 
-STAGE_CAPS = {"data": 180.0, "bench": 60.0, "epoch": 120.0, "evaluation": 150.0, "compile": 180.0, "passes": 60.0}
+STAGE_CAPS = {"data": 180.0, "bench": 60.0, "epoch": 120.0, "evaluation": 150.0, "compile": 180.0, "passes": 60.0,
+              "memory": 60.0}
+# The GPU machine has no Hugging Face cache: the transfer stages build ViT-L/32 (timm's vit_large_patch32_224: width
+# 1024, 24 blocks, 16 heads, MLP ratio 4) with timm's initialisation, the same shapes, memory and time as the
+# pretrained weights.
+_TRANSFER_SETTINGS = {"model.pretrained": False}
+_VIT_LARGE = {"model.embed_dim": 1024, "model.depth": 24, "model.num_heads": 16, "model.mlp_ratio": 4.0}
 # Benched again with posterior samples run the other way (one batched vmap pass, or a loop of passes): which is
 # faster decides `params.batched_passes`' default per device, measured on a CPU only so far.
 PASSES_METHODS = ("score-vi", "ensemble")
 FULL = CheckSizes(REAL_SIZES, bench_steps=50, bench_warmup=10, bench_fit_repeats=2, eval_repeats=5, eval_batch=None,
-                  stage_seconds=STAGE_CAPS)
+                  stage_seconds=STAGE_CAPS, settings={TRANSFER_TASK: {**_TRANSFER_SETTINGS, **_VIT_LARGE}})
 # Tiny: a one-block ViT of width 16, and timm's own test ResNet (same ResNet class, BatchNorm, 0.4 M weights; its
 # stem is a Sequential, which the CIFAR stem would replace, so the stem stays). Three warm-up steps: swag's shortest
 # fit must have two SGD steps, each a snapshot (see `bench_settings`). 40 timed steps, each fit length fitted five
@@ -53,7 +62,10 @@ TINY = CheckSizes(TINY_SIZES, bench_steps=40, bench_warmup=3, bench_fit_repeats=
                   settings={"cifar10-vit": {"batch_size": 8, "model.patch_size": 8, "model.embed_dim": 16,
                                             "model.depth": 1, "model.num_heads": 2},
                             "cifar10-resnet18": {"batch_size": 8, "model.architecture": "test_resnet",
-                                                 "model.cifar_stem": False}})
+                                                 "model.cifar_stem": False},
+                            TRANSFER_TASK: {**_TRANSFER_SETTINGS, "batch_size": 4, "model.embed_dim": 16,
+                                            "model.depth": 1, "model.num_heads": 2}},
+                  transfer_per_class=1)
 
 
 def bench_settings(method: str, sizes: CheckSizes) -> dict[str, Any]:
@@ -133,6 +145,8 @@ def plan_stages(methods: tuple[str, ...], post_hoc_methods: frozenset[str]) -> l
     stages += [Stage("bench", EPOCH_TASK, method) for method in key]
     stages += [Stage("epoch", EPOCH_TASK, method) for method in KEY_METHODS]
     stages += [Stage("evaluation", EPOCH_TASK, method) for method in KEY_METHODS]
+    stages += [Stage("data", TRANSFER_TASK), Stage("memory", TRANSFER_TASK, "score-vi")]
+    stages += [Stage("epoch", TRANSFER_TASK, method) for method in KEY_METHODS]
     stages += [Stage("bench", EPOCH_TASK, method) for method in others]
     stages += [Stage("bench", BENCH_TASKS[1], method) for method in key + others]
     stages += [Stage("compile", EPOCH_TASK, method) for method in key]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bnnbench.doctor_plan import BENCH_TASKS, EPOCH_TASK, N_SAMPLES, CheckReport, Stage, bench_settings
+from bnnbench.doctor_plan import BENCH_TASKS, EPOCH_TASK, N_SAMPLES, TRANSFER_TASK, CheckReport, Stage, bench_settings
 
 __all__ = ["render"]
 
@@ -18,7 +18,7 @@ MAP_EPOCHS, MAP_SECONDS = 100, 600.0  # MAP 100 epochs within 10 minutes
 
 def render(report: CheckReport) -> str:
     parts = [_header(report), _targets(report), _bench(report), _epochs(report), _evaluations(report),
-             _compiled(report), _passes(report), _stages(report)]
+             _transfer(report), _compiled(report), _passes(report), _stages(report)]
     return "\n\n".join(part for part in parts if part) + "\n"
 
 
@@ -183,7 +183,7 @@ def _bench(report: CheckReport) -> str:
 
 def _epochs(report: CheckReport) -> str:
     rows = []
-    for stage in (s for s in report.stages if s.kind == "epoch"):
+    for stage in (s for s in report.stages if s.kind == "epoch" and s.task == EPOCH_TASK):
         f = stage.figures
         rows.append([stage.method, str(f.get("timed", "")), str(f.get("epochs", "")),
                      f"{f['steps_per_epoch']} x {f['batch']}" if "batch" in f else "", str(f.get("augment", "")),
@@ -194,6 +194,43 @@ def _epochs(report: CheckReport) -> str:
             "both one epoch; the VI epoch is what is timed, and its warm-up epoch is a second MAP epoch.\n\n"
             + _table(["method", "timed", "epochs run", "steps x batch", "augment", "s per epoch", "images/s",
                       "warm-up epoch s", "peak CUDA MB", "status"], rows, "llrrlrrrrl"))
+
+
+def _transfer(report: CheckReport) -> str:
+    """The transfer task's stages: score-vi's memory estimate on ViT-L/32, then an epoch of map and of score-vi."""
+    memory = report.stage("memory", TRANSFER_TASK, "score-vi")
+    data = report.stage("data", TRANSFER_TASK)
+    if memory is None:
+        return ""
+    f = memory.figures
+    lines = [f"## {TRANSFER_TASK}: score-vi's memory on its ViT-L/32, and one epoch", ""]
+    if "estimate_bytes" in f:
+        terms = " + ".join(f"{term} {_size(value)}" for term, value in f["terms_bytes"].items())
+        verdict = ("fits" if f["fits"] else f"refused: {f.get('refusal', '')}")
+        lines += [f"Estimated before running (`vi_memory_estimate`): a diagonal Gaussian over {f['weights']:,} weights "
+                  f"needs about {_size(f['estimate_bytes'])} ({terms}; activations not counted) of the device's "
+                  f"{_size(f['device_bytes'])}: {verdict}. Over the last layer alone: {_size(f['last_layer_bytes'])}. "
+                  "The score-vi epoch below measures its peak.", ""]
+    else:
+        lines += [f"Memory estimate: {_status(memory)}", ""]
+    if data is not None and data.status == "ok":
+        d = data.figures
+        lines += [f"Data: fake Pets JPEGs in the publisher's layout, read at {' x '.join(map(str, d['image_shape']))}: "
+                  f"{d['train']:,} train / {d['val']:,} validation / {d['test']:,} test images, written in "
+                  f"{d['write_seconds']:.1f} s, loaded in {d['load_seconds']:.1f} s.", ""]
+    rows = []
+    for stage in (s for s in report.stages if s.kind == "epoch" and s.task == TRANSFER_TASK):
+        e = stage.figures
+        rows.append([stage.method, str(e.get("timed", "")),
+                     f"{e['steps_per_epoch']} x {e['batch']}" if "batch" in e else "", str(e.get("augment", "")),
+                     _number(e.get("epoch_seconds"), 2), _number(e.get("images_per_second"), 1),
+                     _number(stage.peak_cuda_mb), _status(stage)])
+    return "\n".join(lines) + "\n" + _table(["method", "timed", "steps x batch", "augment", "s per epoch", "images/s",
+                                      "peak CUDA MB", "status"], rows, "llrlrrrl")
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.2f} MiB"
 
 
 def _evaluations(report: CheckReport) -> str:

@@ -129,7 +129,7 @@ def prepare(task: str | Path | TaskSpec, method_name: str, *, overrides: dict[st
     from bnnbench.data.files import data_root
     from bnnbench.methods import bind_for_task, find_method
     from bnnbench.models import check_pretrained_weights
-    from bnnbench.tasks import check_network, load_task
+    from bnnbench.tasks import check_network, load_task, task_at_budget
 
     spec, origin = find_method(method_name)
     if not isinstance(task, TaskSpec):
@@ -140,6 +140,7 @@ def prepare(task: str | Path | TaskSpec, method_name: str, *, overrides: dict[st
 
         settings, tuning = tuned_overrides(Path(tuned), task, spec.name)
         overrides = {**settings, **(overrides or {})}
+    task = task_at_budget(task, budget_name)  # before `--set model.KEY`, which has the last word
     method_overrides, model_overrides = split_overrides(task, spec, overrides or {})
     if model_overrides:  # another network than the one load_task sized: sized again, before any data are read
         task = dataclasses.replace(task, model={**task.model, **model_overrides})

@@ -24,8 +24,8 @@ from bnnbench.package_files import builtin_tasks_dir
 from bnnbench.schema import check_types
 from bnnbench.types import Budget, Dimension, MethodSpec, Resources, TaskSpec
 
-__all__ = ["check_network", "is_forecasting", "list_tasks", "load_task", "resources_for", "task_description",
-           "task_paths", "task_search_path"]
+__all__ = ["check_network", "is_forecasting", "list_tasks", "load_task", "resources_for", "task_at_budget",
+           "task_description", "task_paths", "task_search_path"]
 
 # Extra directories of task files, separated by os.pathsep. BNNBENCH_TASKS_PATH is the documented name (plural,
 # like --tasks-dir); BNNBENCH_TASK_PATH, the first one, is still read, before it.
@@ -33,7 +33,8 @@ TASKS_PATH_ENVS = ("BNNBENCH_TASK_PATH", "BNNBENCH_TASKS_PATH")
 _TOP_LEVEL = {"name", "version", "description", "likelihood", "include", "data", "model", "train", "budget",
               "eval", "methods", "resources", "posterior", "tune"}
 _REQUIRED = ("name", "version", "description", "likelihood", "data", "model", "budget")
-# An including file's [model] and [data] replace the included ones: options only make sense with their name.
+# An including file's [model] and [data] replace the included ones: options only make sense with their name. So does
+# a named budget's [budget.<name>.model].
 _REPLACED_WHOLE = frozenset({"model", "data"})
 _BUDGET_KEYS = {f.name for f in fields(Budget)}
 _RESOURCE_KEYS = {f.name for f in fields(Resources)}
@@ -114,6 +115,9 @@ def _read_with_includes(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if not isinstance(include, str):
         raise UsageError(f"{path}: key 'include' must be a file name, got {include!r}")
     base = _read_with_includes(path.parent / include, seen + (path,))
+    for name, table in raw.get("budget", {}).items():  # a budget's [model] keys replace the included ones whole too
+        if isinstance(table, dict) and "model" in table and isinstance(base.get("budget", {}).get(name), dict):
+            base["budget"][name] = {key: value for key, value in base["budget"][name].items() if key != "model"}
     return _merge(base, raw, replace=_REPLACED_WHOLE)
 
 
@@ -168,6 +172,8 @@ def _parse(raw: dict[str, Any], path: Path) -> TaskSpec:
             raise UsageError(f"{where}: missing required key '{section}.{key}'")
     budget_raw = dict(raw["budget"])
     named = {name: value for name, value in budget_raw.items() if isinstance(value, dict)}
+    budget_models = {name: model for name, value in named.items()
+                     if (model := _budget_model(value, where, f"budget.{name}"))}
     budget = _budget(budget_raw, Budget(), where, "budget")
     eval_section = raw.get("eval", {})
     for key in eval_section:
@@ -194,7 +200,27 @@ def _parse(raw: dict[str, Any], path: Path) -> TaskSpec:
         resources=_resources(raw.get("resources", {}), list(named), where),
         posterior=posterior,
         tune=_tune(raw.get("tune", {}), where),
+        budget_models=budget_models,
     )
+
+
+def _budget_model(table: dict[str, Any], where: str, prefix: str) -> dict[str, Any]:
+    """`[<prefix>.model]`, the [model] keys a named budget replaces ({} when none); the only table a budget may
+    hold."""
+    for key, value in table.items():
+        if isinstance(value, dict) and key != "model":
+            raise unknown_choice("table", f"{prefix}.{key}", [f"{prefix}.model"], where)
+    return dict(table.get("model", {}))
+
+
+def task_at_budget(task: TaskSpec, budget_name: str | None) -> TaskSpec:
+    """`task` as a run under the named budget sees it: its [model] with the budget's model keys put in, or replaced
+    whole when they name another model (checked when the task was loaded). A ci budget may so swap a pretrained
+    ViT-L for a small network that a CPU runs in seconds; the run's identity holds the network it trained."""
+    replaced = task.budget_models.get(budget_name or "default")
+    if not replaced:
+        return task
+    return dataclasses.replace(task, model=dict(replaced) if "name" in replaced else {**task.model, **replaced})
 
 
 def _tune(table: dict[str, Any], where: str) -> dict[str, dict[str, Dimension]]:
@@ -311,6 +337,10 @@ def _validated(task: TaskSpec, methods: Sequence[MethodSpec]) -> TaskSpec:
     _check_metrics(task, where)
     check_eval_config(task.eval, where)
     check_network(task)
+    for name in task.budget_models:  # each budget's network, as a run at that budget builds it
+        at_budget = task_at_budget(task, name)
+        check_model_config(at_budget.model, f"{where} [budget.{name}.model]")
+        check_network(at_budget)
     return dataclasses.replace(task, methods=_checked_method_tables(task, methods))
 
 

@@ -73,17 +73,22 @@ class TaskSpec:
     posterior: dict[str, Any] = field(default_factory=dict)
     # [tune.<method>]: search-space dimensions replacing a method's own for `bnnbench tune` (name -> Dimension)
     tune: dict[str, dict[str, Dimension]] = field(default_factory=dict)
+    # [budget.<name>.model]: [model] keys a named budget replaces (a network a CPU smoke run can afford), per budget
+    budget_models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Windows:
     """Per-example facts of forecasting windows that the evaluator needs, each (N,): the normalisation the
-    data applied to each window (`y = (series - shift) / scale`), which it undoes before scoring, and the
-    seasonal naive error of the history before the window (MASE's scale), in series units."""
+    data applied to each window (`y = (series - shift) / scale`), which it undoes before scoring, the
+    seasonal naive error of the history before the window (MASE's scale), in series units, and the standard
+    deviation of the training part of the window's series (the scale of the long-term forecasting literature's
+    z-scored MSE and MAE; None where the data do not say)."""
 
     shift: Tensor
     scale: Tensor
     seasonal_error: Tensor
+    train_std: Tensor | None = None
 
 
 @dataclass(frozen=True)

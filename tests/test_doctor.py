@@ -77,9 +77,31 @@ def assert_complete_tiny_report(report: str, methods: list[str]) -> None:
     for row in passes.values():  # the CPU's default is the loop; the stage runs the batched pass
         assert row["status"] == "ok" and (row["default"], row["other"]) == ("loop", "batched"), row
         assert number(row["eval ratio"]) > 0 and number(row["eval ratio (other)"]) > 0
+    assert_transfer_section(report)
     assert "**The GPU figures are pending**" in report
     for name in ("GPU", "driver", "torch", "CUDA (torch.version.cuda)"):
         assert f"| {name} |" in report
+
+
+def assert_transfer_section(report: str) -> None:
+    """pets-vitl32's stages: score-vi's memory estimate (16 float32 copies of the tiny ViT's weights, counted here
+    from the network itself) before its epoch, then an epoch of map and of score-vi on fake Pets JPEGs."""
+    import torch
+
+    from bnnbench.models import create_model
+    from bnnbench.runner import prepare
+
+    settings = doctor_plan.TINY.settings[doctor_plan.TRANSFER_TASK]
+    plan = prepare(doctor_plan.TRANSFER_TASK, "score-vi", overrides=settings, device="cpu", load=False)
+    with torch.device("meta"):
+        network = create_model(plan.task.model, (3, 224, 224), 37)
+    n = sum(parameter.numel() for parameter in network.parameters())
+    assert f"a diagonal Gaussian over {n:,} weights needs about {16 * 4 * n / 2**20:.2f} MiB" in report
+    assert ": fits." in report and "37 train / 37 validation / 37 test images" in report
+    epochs = {row["method"]: row for row in table(report, f"{doctor_plan.TRANSFER_TASK}: ")}
+    assert set(epochs) == {"map", "score-vi"} and all(row["status"] == "ok" for row in epochs.values())
+    assert epochs["score-vi"]["timed"] == "VI epoch (after 0 MAP warm-up epochs)"  # the protocol has no warm-up
+    assert epochs["map"]["steps x batch"] == "10 x 4" and epochs["map"]["augment"] == "resized-crop-flip-rotate"
 
 
 def doctor_report_images() -> int:
@@ -140,7 +162,8 @@ def test_a_failed_a_timed_out_and_a_skipped_stage_keep_the_others_figures(cli, t
     """Stage bodies are replaced by fakes (the real ones are the tests above): a raising epoch, a compile stage past
     its cap, a budget spent before the last stage. The report read mid-check already holds what was done."""
     monkeypatch.setattr(doctor, "TINY", doctor_plan.CheckSizes(TINY_SIZES, 1, 1, 1, 1, 16, {
-        **doctor_plan.STAGE_CAPS, "compile": 0.5}, {}))
+        **doctor_plan.STAGE_CAPS, "compile": 0.5},
+        {doctor_plan.TRANSFER_TASK: doctor_plan.TINY.settings[doctor_plan.TRANSFER_TASK]}, transfer_per_class=1))
     seen_mid_check = {}
 
     def fake_bench(self, stage, compile=False):
@@ -176,7 +199,8 @@ def test_a_failed_a_timed_out_and_a_skipped_stage_keep_the_others_figures(cli, t
     assert result.stderr.splitlines() == [
         "failed: epoch cifar10-vit score-vi: RuntimeError: CUDA out of memory",
         "failed: evaluation cifar10-vit score-vi: UsageError: no trained score-vi posterior: its epoch stage did "
-        "not finish"]
+        "not finish",
+        "failed: epoch pets-vitl32 score-vi: RuntimeError: CUDA out of memory"]
     stages = {row["stage"]: row for row in table(out.read_text(), "Stages")}
     assert stages["compile cifar10-vit map"]["status"] == "timed out"
     assert stages["evaluation cifar10-vit map"]["status"] == "ok"

@@ -30,7 +30,8 @@ from bnnbench.params import StackedWeights, batched_passes
 from bnnbench.train import MONITOR_SAMPLES, TrainConfig, autocast, evaluating, loop_config, split_budget, train_loop
 from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, ParameterPosterior, TaskSpec
 
-__all__ = ["VI_SEARCH_SPACE", "GaussianPosteriorPredictive", "VIHparams", "fit_variational"]
+__all__ = ["VI_SEARCH_SPACE", "GaussianPosteriorPredictive", "MemoryEstimate", "VIHparams", "check_vi_memory",
+           "device_memory_bytes", "fit_variational", "vi_memory_estimate", "vi_state_bytes"]
 
 PRIOR_CENTRES = ("zero", "warmup")
 
@@ -162,6 +163,86 @@ def _warm_up(model: nn.Module, likelihood: Likelihood, data: DataBundle, hparams
                      f"{name} warm-up", log_prior, hparams.temperature, reusable=True)
 
 
+_FLOAT32_BYTES = 4
+
+
+def vi_state_bytes(n_variational: int, n_fixed: int, train_samples: int, score_matching: bool,
+                   control_variate: bool = False) -> dict[str, int]:
+    """What a diagonal-Gaussian VI fit holds in float32, by term, for P variational and F fixed weights: the network
+    (P + F), q's mean and log-std (2P), their gradients (2P), Adam's two moments of each (4P), the prior's mean and
+    precision (2P), and per mini-batch the S draws θ_s (SP) with their gradients (elbo-vi) or target scores ĝ_s
+    (score-vi); score-vi adds its anchor q_t (mean, log-std, variance: 3P) and, with the control variate, its
+    curvature average and lagged terms (2P). Activations are not counted: they scale with the batch, not with P,
+    and are small beside these terms for a pretrained backbone fine-tuned at batch 16."""
+    p = n_variational
+    terms = {"network": p + n_fixed, "q": 2 * p, "q gradients": 2 * p, "Adam moments": 4 * p, "prior": 2 * p,
+             "draws and their " + ("scores" if score_matching else "gradients"): 2 * train_samples * p}
+    if score_matching:
+        terms["anchor q_t"] = 3 * p
+        if control_variate:
+            terms["control variate"] = 2 * p
+    return {name: count * _FLOAT32_BYTES for name, count in terms.items()}
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    """The memory a fit on `device` can hold at most: the GPU's, or on a CPU the machine's physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """A VI fit's memory estimate: the bytes by term (`vi_state_bytes`), the weights q covers and, for the refusal,
+    the network's last layer with the estimate of q over it alone."""
+
+    terms: dict[str, int]
+    n_variational: int
+    last_layer: str
+    last_layer_weights: int
+    last_layer_bytes: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.terms.values())
+
+
+def vi_memory_estimate(model: nn.Module, hparams: VIHparams, name: str) -> MemoryEstimate:
+    """The memory of `name`'s fit (score-vi or elbo-vi) on `model` with `hparams`, and of the variant that covers the
+    last layer alone. Counts come from the parameters' shapes: a network built on the meta device will do."""
+    from bnnbench.models import last_layer_name
+
+    variational, fixed = select_parameters(model, hparams.variational_params)
+    score_matching = name == "score-vi"
+    control_variate = bool(getattr(hparams, "control_variate", False))
+
+    def estimate(n_variational: int, n_fixed: int) -> dict[str, int]:
+        return vi_state_bytes(n_variational, n_fixed, hparams.train_samples, score_matching, control_variate)
+
+    n_variational = sum(value.numel() for value in variational.values())
+    n_all = n_variational + sum(value.numel() for value in fixed.values())
+    head = last_layer_name(model)
+    n_head = sum(value.numel() for key, value in model.named_parameters() if key.startswith(f"{head}."))
+    return MemoryEstimate(estimate(n_variational, n_all - n_variational), n_variational, head, n_head,
+                          sum(estimate(n_head, n_all - n_head).values()))
+
+
+def check_vi_memory(model: nn.Module, hparams: VIHparams, name: str, device: torch.device) -> dict[str, int]:
+    """The VI fit's memory estimate by term, stated before any training; UsageError, naming the variant that fits (q
+    over the last layer alone), when it is over the device's memory (`device_memory_bytes`)."""
+    estimate = vi_memory_estimate(model, hparams, name)
+    available = device_memory_bytes(device)
+    if estimate.total > available:
+        listed = " + ".join(f"{term} {value / 2**30:.3g}" for term, value in estimate.terms.items())
+        raise UsageError(f"{name} with a diagonal Gaussian over {estimate.n_variational:,} weights needs about "
+                         f"{estimate.total / 2**30:.3g} GiB ({listed} GiB), over the {available / 2**30:.3g} GiB of "
+                         f"{device.type}; use variational_params = \"{estimate.last_layer}.*\" (the last layer's "
+                         f"{estimate.last_layer_weights:,} weights: about {estimate.last_layer_bytes / 2**30:.3g} GiB)")
+    return estimate.terms
+
+
 MakeObjective = Callable[[DiagonalGaussian, DiagonalGaussian, LogLikelihood, int], Any]
 
 
@@ -170,6 +251,7 @@ def fit_variational(task: TaskSpec, model: nn.Module, data: DataBundle, budget: 
                     inner_steps: int = 1) -> tuple[GaussianPosteriorPredictive, FitInfo]:
     """MAP warm-up, then fit q with `make_objective(q, prior, log_likelihood, vi_steps)` in the shared loop."""
     likelihood = get_likelihood(task.likelihood, task.likelihood_options)
+    memory = check_vi_memory(model, hparams, name, context.device)  # before any work
     warm_budget, vi_budget = split_budget(budget, hparams.warmup_fraction)
     model = model.to(context.device)
     warm = _warm_up(model, likelihood, data, hparams, warm_budget, context, name) if warm_budget else None
@@ -205,6 +287,7 @@ def fit_variational(task: TaskSpec, model: nn.Module, data: DataBundle, budget: 
         "vi_seconds_per_epoch": loop.seconds / max(loop.epochs, 1),
         **{key: [d[key] for d in loop.epoch_diagnostics] for key in loop.epoch_diagnostics[0]},
         "mean_std": q.mean_std(),
+        "memory_estimate_bytes": memory,
     }
     info = FitInfo(steps=(warm.steps if warm else 0) + loop.steps, seconds=warm_seconds + loop.seconds,
                    epochs=(warm.epochs if warm else 0) + loop.epochs, extra=extra)
