@@ -15,16 +15,23 @@ component k mod S), so every method and every metric sees draws made the same wa
   steps, in series units: the probabilistic counterpart of `mae`, which it equals for a point forecast.
 - `coverage_50`, `coverage_90`: fraction of targets inside the central 50% / 90% interval of the samples;
   the nominal level is the optimum.
+- `mse_std`, `mae_std`: the long-term forecasting literature's MSE and MAE, on series z-scored with the mean and
+  standard deviation (ddof = 0) of their training part (`Windows.train_std`): each window's errors divided by its
+  series' training std (squared for the MSE). The point forecasts are those of `mse` (the mixture mean) and `mae`
+  (the sample median), so on one series mse_std = mse / std^2 and mae_std = mae / std. The shift of the z-score
+  cancels in an error.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from bnnbench.errors import UsageError
 from bnnbench.types import Windows
 
 __all__ = ["FAN_LEVELS", "FORECAST_SAMPLES", "QUANTILE_LEVELS", "coverage", "crps", "fan_quantiles",
-           "forecast_samples", "gluonts_metric", "sample_crps", "sample_quantiles"]
+           "forecast_samples", "gluonts_metric", "sample_crps", "sample_quantiles", "standardised_mae",
+           "standardised_mse"]
 
 FORECAST_SAMPLES = 200
 SAMPLE_SEED = 0
@@ -80,6 +87,25 @@ def coverage(level: float):
 
     fn.__name__ = f"coverage_{round(level * 100)}"
     return fn
+
+
+def _train_std(windows: Windows) -> np.ndarray:
+    """(N, 1) training-part standard deviations of the windows' series, float64."""
+    if windows.train_std is None:
+        raise UsageError("mse_std and mae_std need the training standard deviation of each window's series, which "
+                         "these forecasting windows do not carry")
+    return windows.train_std.numpy().astype(np.float64)[:, None]
+
+
+def standardised_mse(mixture: np.ndarray, targets: np.ndarray, windows: Windows) -> float:
+    """Mean over windows and steps of ((mixture mean - target) / training std)^2."""
+    return float(np.mean(((mixture[..., 0].mean(axis=1) - targets) / _train_std(windows)) ** 2))
+
+
+def standardised_mae(mixture: np.ndarray, targets: np.ndarray, windows: Windows) -> float:
+    """Mean over windows and steps of |sample median - target| / training std (the median `mae` scores)."""
+    [median] = sample_quantiles(forecast_samples(mixture), [0.5])
+    return float(np.mean(np.abs(median - targets) / _train_std(windows)))
 
 
 def _gluonts_data(mixture: np.ndarray, targets: np.ndarray, windows: Windows) -> dict[str, np.ndarray]:

@@ -13,7 +13,9 @@ Gaussian regression: mixture components (N, S, ..., 2) as (mean, log std) and re
 - `nll`: mean over examples of -log mean_s N(y; m_s, s_s^2), exact (logsumexp over components).
 - `mse`: squared error of the mixture mean, averaged over examples (and target dimensions).
 Forecasting (Gaussian mixtures over windows, in series units; `bnnbench.forecast_metrics`): `crps`, `mase`,
-`smape`, `mae`, `wql`, `coverage_50`, `coverage_90`. They take the split's `Windows` as a third argument.
+`smape`, `mae`, `wql`, `coverage_50`, `coverage_90`, and `mse_std`, `mae_std` on the series z-scored by their
+training part (the long-term forecasting literature's MSE and MAE). They take the split's `Windows` as a third
+argument.
 Out-of-distribution detection (`auroc_*`, `aupr_*`) scores how well an uncertainty score (`entropy` of the
 mixture, or `mi`, its epistemic part) separates OOD inputs (the positive class) from the clean test split.
 Posterior fidelity (`w2_mean_err`, `var_ratio`, `pred_var_ratio`) compares a method's parameter posterior
@@ -219,6 +221,10 @@ for _metric, _summary in (
      "symmetric mean absolute percentage error of the median forecast (gluonts)"),
     (Metric("mae", False, _real(forecast.gluonts_metric("mae")), needs_windows=True),
      "mean absolute error of the median forecast (gluonts)"),
+    (Metric("mse_std", False, _real(forecast.standardised_mse), needs_windows=True),
+     "squared error of the predictive mean on the series z-scored by its training part (LTSF's MSE)"),
+    (Metric("mae_std", False, _real(forecast.standardised_mae), needs_windows=True),
+     "absolute error of the median forecast on the series z-scored by its training part (LTSF's MAE)"),
     (Metric("wql", False, _real(forecast.gluonts_metric("wql")), needs_windows=True),
      "mean weighted quantile loss over levels 0.1..0.9 (gluonts)"),
     (Metric("coverage_50", False, _real(forecast.coverage(0.5)), optimum=0.5, needs_windows=True),

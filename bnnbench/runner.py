@@ -141,9 +141,10 @@ def prepare(task: str | Path | TaskSpec, method_name: str, *, overrides: dict[st
         settings, tuning = tuned_overrides(Path(tuned), task, spec.name)
         overrides = {**settings, **(overrides or {})}
     task = task_at_budget(task, budget_name)  # before `--set model.KEY`, which has the last word
-    method_overrides, model_overrides = split_overrides(task, spec, overrides or {})
-    if model_overrides:  # another network than the one load_task sized: sized again, before any data are read
-        task = dataclasses.replace(task, model={**task.model, **model_overrides})
+    method_overrides, model_overrides, data_overrides = split_overrides(task, spec, overrides or {})
+    if model_overrides or data_overrides:  # another network or data than load_task sized: sized again, before any
+        task = dataclasses.replace(task, model={**task.model, **model_overrides},  # data are read
+                                   data={**task.data, **data_overrides})
         check_network(task)
     check_pretrained_weights(task.model, str(task.path))
     method = bind_for_task(spec, task, method_overrides, origin)
@@ -226,18 +227,22 @@ def sample_passes(device_name: str) -> str:
     return "batched" if batched_passes(torch.device(device_name)) else "loop"
 
 
-def split_overrides(task: TaskSpec, spec: MethodSpec, overrides: dict[str, Any]) -> tuple[dict, dict]:
-    """(method hyper-parameters, model options) from `--set` pairs: `model.KEY` is a model option; a bare
-    key is the method's hyper-parameter when it has one by that name, else the task model's option. The model
-    options are checked here against the model's own rule; the method's are checked where they are bound."""
+def split_overrides(task: TaskSpec, spec: MethodSpec, overrides: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """(method hyper-parameters, model options, data options) from `--set` pairs: `model.KEY` is a model option,
+    `data.KEY` a key of the task's [data] table (a forecasting task's horizon: `data.prediction_length`); a bare key is
+    the method's hyper-parameter when it has one by that name, else the task model's option. Model and data options
+    are checked here against their own rules; the method's are checked where they are bound."""
+    from bnnbench.data import check_data_config
     from bnnbench.models import check_model_config, model_options
 
     hparams = {item.name for item in dataclasses.fields(spec.hparams_class)}
     options = model_options(task.model["name"], str(task.path))
-    method, model = {}, {}
+    method, model, data = {}, {}, {}
     for key, value in overrides.items():
         bare = key.removeprefix("model.")
-        if key.startswith("model.") or (key not in hparams and key in options):
+        if key.startswith("data."):
+            data[key.removeprefix("data.")] = value
+        elif key.startswith("model.") or (key not in hparams and key in options):
             if bare not in options:
                 raise unknown_choice(f"option of model '{task.model['name']}'", key,
                                      [f"model.{option}" for option in options], "--set")
@@ -246,7 +251,11 @@ def split_overrides(task: TaskSpec, spec: MethodSpec, overrides: dict[str, Any])
             method[key] = value  # bind_for_task names the valid hyper-parameters if the key is not one
     if model:
         check_model_config({"name": task.model["name"], **model}, "--set")
-    return method, model
+    if data:
+        if "source" in data:
+            raise UsageError("--set data.source: another data source is another task; write a task file for it")
+        check_data_config({**task.data, **data}, "--set")
+    return method, model, data
 
 
 def _load(task: TaskSpec, root: Path | None):

@@ -19,7 +19,9 @@ window's label, and no validation target in a test label.
 Each window is normalised by its own context: x = (context - shift) / scale, y = (label - shift) / scale with
 shift the context mean and scale its standard deviation (floored at `min_scale` times the standard deviation of
 the series' training part, so flat contexts stay finite). Methods see normalised windows; the evaluator maps the
-predictive back with the split's `Windows` and scores in series units.
+predictive back with the split's `Windows` and scores in series units. `Windows.train_std` carries that training
+part's standard deviation (numpy's, ddof = 0, as the LTSF line's `StandardScaler`) for the z-scored metrics
+`mse_std` and `mae_std`; the training part is everything before the validation and test spans.
 """
 
 from __future__ import annotations
@@ -228,15 +230,17 @@ def _seasonality(config: Config, series: Series) -> int:
     return get_seasonality(series.start.freqstr)
 
 
-def _windows(inputs: list[np.ndarray], labels: list[np.ndarray], config: Config, floor: list[float],
+def _windows(inputs: list[np.ndarray], labels: list[np.ndarray], config: Config, train_std: list[float],
              seasonality: list[int] | None) -> Split:
-    """Normalised (context, label) windows with their `Windows`; inputs are whole histories. Without
-    `seasonality` (training windows, never scored) the seasonal errors are NaN."""
+    """Normalised (context, label) windows with their `Windows`; inputs are whole histories, `train_std` each
+    window's series' training-part standard deviation. Without `seasonality` (training windows, never scored)
+    the seasonal errors are NaN."""
     from gluonts.ev.ts_stats import seasonal_error
 
     contexts = np.stack([history[-config.context_length:] for history in inputs])
     shift = contexts.mean(axis=1)
-    scale = np.maximum(contexts.std(axis=1), np.asarray(floor))
+    floor = config.min_scale * np.maximum(np.asarray(train_std), np.finfo(np.float64).tiny)
+    scale = np.maximum(contexts.std(axis=1), floor)
     errors = (np.full(len(inputs), np.nan) if seasonality is None else
               [seasonal_error(history, season).item() for history, season in zip(inputs, seasonality, strict=True)])
 
@@ -245,13 +249,13 @@ def _windows(inputs: list[np.ndarray], labels: list[np.ndarray], config: Config,
 
     x = (contexts - shift[:, None]) / scale[:, None]
     y = (np.stack(labels) - shift[:, None]) / scale[:, None]
-    return Split(tensor(x), tensor(y), Windows(tensor(shift), tensor(scale), tensor(errors)))
+    return Split(tensor(x), tensor(y), Windows(tensor(shift), tensor(scale), tensor(errors), tensor(train_std)))
 
 
 def _empty(config: Config) -> Split:
     zeros = torch.zeros(0)
     return Split(torch.zeros(0, config.context_length), torch.zeros(0, config.prediction_length),
-                 Windows(zeros, zeros, zeros))
+                 Windows(zeros, zeros, zeros, zeros))
 
 
 def window_splits(series: list[Series], config: Config) -> tuple[Split, Split, Split]:
@@ -267,7 +271,7 @@ def window_splits(series: list[Series], config: Config) -> tuple[Split, Split, S
                              f"need at least {needed} (context, one training window, validation and test)")
     entries = [{"start": item.start, "target": item.values, "item_id": index} for index, item in enumerate(series)]
     train_part = [item.values[:len(item.values) - span["test"] - span["val"]] for item in series]
-    floor = [config.min_scale * max(float(part.std()), np.finfo(np.float64).tiny) for part in train_part]
+    train_std = [float(part.std()) for part in train_part]  # ddof = 0
     seasons = [_seasonality(config, item) for item in series]
 
     def evaluation_windows(dataset: list[dict], offset: int, windows: int) -> Split:
@@ -276,7 +280,7 @@ def window_splits(series: list[Series], config: Config) -> tuple[Split, Split, S
                                                  distance=config.distance))
         per_window = [p // windows for p in range(len(pairs))]  # pairs come series by series
         return _windows([p[0]["target"] for p in pairs], [p[1]["target"] for p in pairs], config,
-                        [floor[i] for i in per_window], [seasons[i] for i in per_window])
+                        [train_std[i] for i in per_window], [seasons[i] for i in per_window])
 
     test = evaluation_windows(entries, span["test"], config.test_windows)
     without_test = [dict(entry, target=entry["target"][:-span["test"]]) for entry in entries]
@@ -289,7 +293,7 @@ def window_splits(series: list[Series], config: Config) -> tuple[Split, Split, S
             inputs.append(part[:end - config.prediction_length])
             labels.append(part[end - config.prediction_length:end])
             owners.append(index)
-    train = _windows(inputs, labels, config, [floor[i] for i in owners], None)
+    train = _windows(inputs, labels, config, [train_std[i] for i in owners], None)
     return train, val, test
 
 

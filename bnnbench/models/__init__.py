@@ -28,6 +28,7 @@ MODELS.register("resnet", "bnnbench.models.resnet:resnet")
 MODELS.register("forecast-mlp", "bnnbench.models.forecast:forecast_mlp")
 MODELS.register("dlinear", "bnnbench.models.forecast:dlinear")
 MODELS.register("patchtst", "bnnbench.models.forecast:patchtst")
+MODELS.register("koopa", "bnnbench.models.koopa:koopa")
 
 # The most memory a network's float32 parameters may take: 4 GiB, 2**30 parameters. The shipped tasks' networks have at
 # most 11.2 M (ResNet-18), and ViT-L/16, about the largest one would fine-tune as a BNN, 304 M. Training holds at
