@@ -193,8 +193,9 @@ def test_bare_set_key_goes_to_the_model_when_the_method_lacks_it():
 
     task = load_task("cifar10-vit")
     map_spec = find_method("map")[0]
-    assert split_overrides(task, map_spec, {"pretrained": True, "lr": 0.1}) == ({"lr": 0.1}, {"pretrained": True})
-    assert split_overrides(task, map_spec, {"model.depth": 2}) == ({}, {"depth": 2})
+    assert split_overrides(task, map_spec, {"pretrained": True, "lr": 0.1}) == ({"lr": 0.1}, {"pretrained": True}, {})
+    assert split_overrides(task, map_spec, {"model.depth": 2}) == ({}, {"depth": 2}, {})
+    assert split_overrides(task, map_spec, {"data.val_fraction": 0.2}) == ({}, {}, {"val_fraction": 0.2})
     with pytest.raises(UsageError, match="unknown option of model 'vit' 'model.widht'"):
         split_overrides(task, map_spec, {"model.widht": 2})
 
