@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from bnnbench.data.splits import EvalPlan
+from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Likelihood, mixture_moments
-from bnnbench.metrics import HMC_METRICS, METRICS, OOD_METRICS, POSTERIOR_METRICS
+from bnnbench.metrics import HMC_METRICS, METRICS, OOD_METRICS, POSTERIOR_METRICS, fit_temperature, temperature_scaled
 from bnnbench.reference import ExactLinearGaussian, PredictiveReference, fidelity_metrics, predictive_fidelity
 from bnnbench.train import progress_bar
 from bnnbench.types import EvalSplit, Predictive, Split
@@ -29,11 +30,13 @@ __all__ = ["Evaluation", "evaluate", "predict_mixture", "score_split"]
 
 @dataclass
 class Evaluation:
-    """Metric rows (split, corruption, severity, metric, value), the clean test predictions, seconds."""
+    """Metric rows (split, corruption, severity, metric, value), the clean test predictions, seconds, and the
+    temperature fitted on the validation split when a temperature-scaled metric was asked for."""
 
     rows: list[dict]
     test_predictions: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: float = 0.0
+    temperature: float | None = None
 
 
 def predict_mixture(predictive: Predictive, likelihood: Likelihood, data: Split, n_samples: int,
@@ -104,7 +107,16 @@ def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], met
             else:
                 mixture, targets = _in_series_units(likelihood, mixture, split.data)
                 values = {metric.name: metric.score(likelihood.name, mixture, targets, split.data.windows)
-                          for metric in metrics}
+                          for metric in metrics if not metric.temperature_scaled}
+                if any(metric.temperature_scaled for metric in metrics):
+                    if evaluation.temperature is None:
+                        if split.split != "val":
+                            raise UsageError("temperature-scaled metrics need the validation split, scored first, to "
+                                             "fit the temperature; this evaluation has none")
+                        evaluation.temperature = fit_temperature(mixture, targets)
+                    scaled = temperature_scaled(mixture, evaluation.temperature)
+                    values |= {metric.name: metric.score(likelihood.name, scaled, targets, split.data.windows)
+                               for metric in metrics if metric.temperature_scaled}
             if clean_test:
                 test_scores = scores
                 evaluation.test_predictions = likelihood.saved_predictions(mixture, targets)

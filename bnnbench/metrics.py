@@ -9,6 +9,9 @@ and integer labels (N,). Conventions (uncertainty-baselines / Ovadia et al. 2019
   score-VI paper's protocol, BayesDLL's `calibration.calc_bins`), not only the top label's.
 - `brier`: squared error of the probability vector against the one-hot label, summed over classes and
   averaged over examples (range 0 to 2).
+- `nll_ts`, `ece_ts`, `ece_classwise_ts`: the same after temperature scaling (Guo et al. 2017) of the mixture,
+  softmax(log p / T), with T fitted on the validation split's mixture to its NLL (`fit_temperature`); the evaluator
+  fits T once per run, before it scores the test splits with it, and run.json records T.
 Gaussian regression: mixture components (N, S, ..., 2) as (mean, log std) and real targets (N, ...).
 - `nll`: mean over examples of -log mean_s N(y; m_s, s_s^2), exact (logsumexp over components).
 - `mse`: squared error of the mixture mean, averaged over examples (and target dimensions).
@@ -40,9 +43,10 @@ from bnnbench.registry import Registry
 from bnnbench.types import Windows
 
 __all__ = ["METRICS", "OOD_METRICS", "Metric", "accuracy", "aupr", "auroc", "brier_score",
-           "classwise_calibration_error", "expected_calibration_error", "gaussian_mse", "gaussian_nll",
-           "gaussian_w2", "metrics_for", "negative_log_likelihood", "reliability_bins", "top_class_agreement",
-           "total_variation"]
+           "classwise_calibration_error", "expected_calibration_error", "fit_temperature", "gaussian_mse",
+           "gaussian_nll",
+           "gaussian_w2", "metrics_for", "negative_log_likelihood", "reliability_bins", "temperature_scaled",
+           "top_class_agreement", "total_variation"]
 
 ECE_BINS = 15
 
@@ -60,6 +64,8 @@ class Metric:
     fns: dict[str, Callable[..., float]] = field(default_factory=dict)
     optimum: float | None = None
     needs_windows: bool = False  # forecasting metrics: fn(mixture, targets, windows)
+    # scored on the mixture after temperature scaling fitted on the validation split (`evaluate` fits T)
+    temperature_scaled: bool = False
 
     def fn_for(self, likelihood: str) -> Callable[..., float]:
         """The metric's function for predictions of `likelihood` (a task's metrics are checked up front)."""
@@ -120,6 +126,33 @@ def classwise_calibration_error(log_probs: np.ndarray, labels: np.ndarray, n_bin
     count = np.bincount(bins, minlength=n_bins)
     gap = np.bincount(bins, weights=indicators, minlength=n_bins) - np.bincount(bins, weights=probs, minlength=n_bins)
     return float(np.abs(gap).sum() / count.sum())
+
+
+# The fitted temperature's range: far outside what a network's predictive needs (T of 1.5-3 is typical of over-confident
+# networks), so the bound only keeps a degenerate split (one class, all correct) from pushing T to 0 or infinity.
+TEMPERATURE_RANGE = (1e-2, 1e2)
+
+
+def temperature_scaled(log_probs: np.ndarray, temperature: float) -> np.ndarray:
+    """log softmax(log p / T): the mixture's log-probabilities after temperature scaling."""
+    from scipy.special import log_softmax
+
+    return log_softmax(log_probs / temperature, axis=1)
+
+
+def fit_temperature(log_probs: np.ndarray, labels: np.ndarray) -> float:
+    """The T in TEMPERATURE_RANGE that minimises the mean NLL of softmax(log p / T) on (`log_probs`, `labels`). The NLL
+    is convex in 1/T (a log-sum-exp of functions linear in it, minus a linear one), so it has one minimum, and a
+    bounded scalar search over log T finds it to 1e-6 relative (BayesDLL runs scipy's BFGS from T = 1 on the same
+    objective)."""
+    from scipy.optimize import minimize_scalar
+
+    def mean_nll(log_temperature: float) -> float:
+        return negative_log_likelihood(temperature_scaled(log_probs, math.exp(log_temperature)), labels)
+
+    low, high = (math.log(bound) for bound in TEMPERATURE_RANGE)
+    found = minimize_scalar(mean_nll, bounds=(low, high), method="bounded", options={"xatol": 1e-6})
+    return float(math.exp(found.x))
 
 
 def brier_score(log_probs: np.ndarray, labels: np.ndarray) -> float:
@@ -212,6 +245,12 @@ for _metric, _summary in (
     (Metric("ece_classwise", False, {"categorical": classwise_calibration_error}),
      "calibration error over all N x C class probabilities, 15 bins (BayesDLL's; not top-label)"),
     (Metric("brier", False, {"categorical": brier_score}), "Brier score, summed over classes"),
+    (Metric("nll_ts", False, {"categorical": negative_log_likelihood}, temperature_scaled=True),
+     "nll after temperature scaling fitted on the validation split"),
+    (Metric("ece_ts", False, {"categorical": expected_calibration_error}, temperature_scaled=True),
+     "ece after temperature scaling fitted on the validation split"),
+    (Metric("ece_classwise_ts", False, {"categorical": classwise_calibration_error}, temperature_scaled=True),
+     "ece_classwise after temperature scaling fitted on the validation split (BayesDLL's reported ECE)"),
     (Metric("mse", False, _real(gaussian_mse)), "squared error of the predictive mean"),
     (Metric("crps", False, _real(forecast.crps), needs_windows=True),
      "CRPS of the forecast samples, mean over windows and steps, series units"),

@@ -168,10 +168,16 @@ def prepare(task: str | Path | TaskSpec, method_name: str, *, overrides: dict[st
 def _check_validation_split(task: TaskSpec, spec: MethodSpec, method: Method, loaded: Any,
                             validation_only: bool) -> None:
     """Refuse, before any work, a run that would score a validation split the task does not have."""
+    from bnnbench.metrics import METRICS
+
     if loaded is None or len(loaded.bundle.val) > 0:
         return
     if validation_only:
         raise UsageError(f"task '{task.name}' has no validation split, which tuning scores; set data.val_fraction")
+    scaled = [name for name in task.eval.get("metrics", []) if METRICS.get(name).temperature_scaled]
+    if scaled:
+        raise UsageError(f"task '{task.name}' has no validation split, on which {', '.join(scaled)} fit their "
+                         "temperature; set data.val_fraction or leave them out of eval.metrics")
     if spec.needs_validation is not None and spec.needs_validation(method.hparams):
         raise UsageError(f"method '{spec.name}' with these settings scores a validation split (tune=val) and task "
                          f"'{task.name}' has none; set data.val_fraction, or tune=marglik or tune=none")
@@ -359,6 +365,8 @@ def _fit_and_evaluate(plan: RunPlan, seed: int, device, compiler, record: dict[s
                           likelihood, plan.budget.n_eval_samples, int(task.eval.get("batch_size", 1024)),
                           device, reference, plan.show_progress, plan.predictive_reference)
     record["eval_seconds"] = evaluation.seconds
+    if evaluation.temperature is not None:  # fitted on the validation split for the temperature-scaled metrics
+        record["temperature_scaling"] = {"temperature": evaluation.temperature, "fitted_on": "val"}
     keys = {"run_id": record["run_id"], "task": task.name, "task_version": task.version,
             "method": plan.method.name, "seed": seed}
     rows = [keys | row for row in evaluation.rows]
