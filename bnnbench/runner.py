@@ -153,9 +153,14 @@ def prepare(task: str | Path | TaskSpec, method_name: str, *, overrides: dict[st
     sample_passes(device_name)  # a bad BNNBENCH_SAMPLE_PASSES is a usage error, before any work
     check_writable(results_dir, task.name, method.name)
     root = data_root(data_dir)
+    declared = declared_shapes(task.data, str(task.path))
+    if declared is not None:
+        _check_memory(task, spec, method, declared, device_name)
     loaded = _load(task, root) if load else None
-    if loaded is not None and declared_shapes(task.data, str(task.path)) is None:  # only the data give the shapes
-        check_network(task, (loaded.bundle.input_shape, loaded.bundle.num_outputs))
+    if loaded is not None and declared is None:  # only the data give the shapes
+        shapes = loaded.bundle.input_shape, loaded.bundle.num_outputs
+        check_network(task, shapes)
+        _check_memory(task, spec, method, shapes, device_name)
     _check_validation_split(task, spec, method, loaded, validation_only)
     if trial is not None and not validation_only:
         raise UsageError("a tuning trial's runs score the validation split only (validation_only)")
@@ -181,6 +186,21 @@ def _check_validation_split(task: TaskSpec, spec: MethodSpec, method: Method, lo
     if spec.needs_validation is not None and spec.needs_validation(method.hparams):
         raise UsageError(f"method '{spec.name}' with these settings scores a validation split (tune=val) and task "
                          f"'{task.name}' has none; set data.val_fraction, or tune=marglik or tune=none")
+
+
+def _check_memory(task: TaskSpec, spec: MethodSpec, method: Method, shapes: tuple[tuple[int, ...], int],
+                  device_name: str) -> None:
+    """Refuse, before any work, a fit its method says would not fit in the device's memory (`check_memory`), sized on
+    the task's network for `shapes` (input shape, outputs) built on the meta device (no memory, no weights read)."""
+    if spec.check_memory is None:
+        return
+    import torch
+
+    from bnnbench.models import create_model
+
+    with torch.device("meta"):
+        network = create_model(task.model, *shapes, str(task.path))
+    spec.check_memory(network, method.hparams, torch.device(device_name))
 
 
 @dataclass(frozen=True)

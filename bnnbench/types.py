@@ -225,7 +225,9 @@ class MethodSpec:
     Traits, declared rather than guessed from a name: `post_hoc` (the fit trains a MAP network with the shared loop,
     then builds its posterior around it; `FitInfo.extra["map_seconds"]` holds that training's seconds) and
     `needs_validation(hparams)` (whether the fit, with these settings, scores the validation split: a task without
-    one is then refused before anything runs).
+    one is then refused before anything runs) and `check_memory(network, hparams, device)` (given the task's network
+    built on the meta device, raise UsageError, naming the variant that fits, when the fit would not fit in the
+    device's memory: a run is then refused at the door, before its data are read).
     """
 
     name: str
@@ -237,6 +239,7 @@ class MethodSpec:
     search_space: tuple[Dimension, ...] = ()
     post_hoc: bool = False
     needs_validation: Callable[[Any], bool] | None = None
+    check_memory: Callable[[Any, Any, Any], None] | None = None
 
     def __post_init__(self) -> None:
         # checked here, at the plugin's import, so that a mistake names the method instead of failing mid-run

@@ -137,3 +137,19 @@ def test_score_vi_on_vit_large_states_its_memory_and_refuses_with_the_variant_th
     assert f'variational_params = "head.*" (the last layer\'s {head:,} weights' in message
     fits = 4 * (n + 15 * head) / 2**30  # the network whole, q's terms over the head alone
     assert f"about {fits:.3g} GiB)" in message and fits < 8
+
+
+def test_a_run_over_the_devices_memory_is_refused_at_the_door(cli, tmp_path, results_dir, monkeypatch):
+    """Through `bnnbench run`: exit 2 and one line, before the data are read and with no result directory."""
+    from bnnbench.methods.vi import common
+
+    monkeypatch.setattr(common, "device_memory_bytes", lambda device: 2**20)  # 1 MiB: the ci ViT needs 3.2
+    result = cli("run", "--task", "pets-vitl32", "--method", "score-vi", "--budget", "ci", "--data-dir",
+                 str(tmp_path / "no-data-here"), "--results-dir", str(results_dir), "--device", "cpu")
+    assert result.code == 2 and result.stderr.count("\n") == 1, result.stderr
+    # the ci ViT's weights: patch embedding 3·32·32·16 + 16, class token and 50 positions 816, one block of width 16
+    # (norms 64, qkv 816, projection 272, MLP 16-32-16 1,072), final norm 32, head 16·37 + 37
+    n = 49_168 + 816 + 2_224 + 32 + 629
+    assert f"over {n:,} weights needs about {16 * 4 * n / 2**30:.3g} GiB" in result.stderr
+    assert 'use variational_params = "head.*"' in result.stderr
+    assert not results_dir.exists()

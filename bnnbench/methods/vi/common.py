@@ -31,7 +31,7 @@ from bnnbench.train import MONITOR_SAMPLES, TrainConfig, autocast, evaluating, l
 from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, ParameterPosterior, TaskSpec
 
 __all__ = ["VI_SEARCH_SPACE", "GaussianPosteriorPredictive", "MemoryEstimate", "VIHparams", "check_vi_memory",
-           "device_memory_bytes", "fit_variational", "vi_memory_estimate", "vi_state_bytes"]
+           "device_memory_bytes", "fit_variational", "memory_check", "vi_memory_estimate", "vi_state_bytes"]
 
 PRIOR_CENTRES = ("zero", "warmup")
 
@@ -241,6 +241,14 @@ def check_vi_memory(model: nn.Module, hparams: VIHparams, name: str, device: tor
                          f"{device.type}; use variational_params = \"{estimate.last_layer}.*\" (the last layer's "
                          f"{estimate.last_layer_weights:,} weights: about {estimate.last_layer_bytes / 2**30:.3g} GiB)")
     return estimate.terms
+
+
+def memory_check(name: str) -> Callable[[nn.Module, VIHparams, torch.device], None]:
+    """`MethodSpec.check_memory` of VI method `name`: `check_vi_memory` at the door of a run."""
+    def check(network: nn.Module, hparams: VIHparams, device: torch.device) -> None:
+        check_vi_memory(network, hparams, name, device)
+
+    return check
 
 
 MakeObjective = Callable[[DiagonalGaussian, DiagonalGaussian, LogLikelihood, int], Any]

@@ -18,6 +18,7 @@ from bnnbench.methods.vi.common import (
     GaussianPosteriorPredictive,
     VIHparams,
     fit_variational,
+    memory_check,
     vi_posterior_settings,
 )
 from bnnbench.methods.vi.objectives import NegativeELBO
@@ -47,6 +48,6 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
 
 
 SPEC = MethodSpec("elbo-vi", Hparams, fit,
-                  posterior_settings=vi_posterior_settings,
+                  posterior_settings=vi_posterior_settings, check_memory=memory_check("elbo-vi"),
                   search_space=(*VI_SEARCH_SPACE, Dimension("init_std", "log-uniform", 1e-4, 1e-1),
                                 Dimension("kl_anneal_fraction", "uniform", 0.0, 0.5)))

@@ -38,6 +38,7 @@ from bnnbench.methods.vi.common import (
     GaussianPosteriorPredictive,
     VIHparams,
     fit_variational,
+    memory_check,
     vi_posterior_settings,
 )
 from bnnbench.methods.vi.objectives import WEIGHTINGS, ScoreMatching
@@ -75,7 +76,7 @@ def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, cont
 
 
 SPEC = MethodSpec("score-vi", Hparams, fit,
-                  posterior_settings=vi_posterior_settings,
+                  posterior_settings=vi_posterior_settings, check_memory=memory_check("score-vi"),
                   search_space=(*VI_SEARCH_SPACE, Dimension("inner_steps", "categorical", choices=(1, 2, 5, 10)),
                                 Dimension("prox_weight", "log-uniform", 0.1, 10.0),
                                 Dimension("train_samples", "categorical", choices=(1, 2, 4)),
