@@ -256,24 +256,23 @@ class _Work:
         term, the device's memory, and the refusal (with the variant that fits) a run would give when over."""
         import torch
 
-        from bnnbench.methods.vi.common import check_vi_memory, device_memory_bytes, vi_memory_estimate
+        from bnnbench.methods.vi.common import device_memory_bytes, memory_refusal, vi_memory_estimate
         from bnnbench.models import create_model
-        from bnnbench.runner import prepare
+        from bnnbench.runner import bind_run
 
-        plan = prepare(stage.task, stage.method, overrides=self.sizes.settings.get(stage.task), device=self.device.type,
-                       results_dir=self.root / "runs", show_progress=False, data_dir=self.root / "data", load=False)
+        # bound, not prepared: a run's door would refuse an estimate over the device's memory, which is a figure here
+        task, _, method, _ = bind_run(stage.task, stage.method, self.sizes.settings.get(stage.task))
         bundle = self._loaded(stage.task).bundle
         with torch.device("meta"):
-            model = create_model(plan.task.model, bundle.input_shape, bundle.num_outputs, str(plan.task.path))
-        estimate = vi_memory_estimate(model, plan.method.hparams, stage.method)
+            model = create_model(task.model, bundle.input_shape, bundle.num_outputs, str(task.path))
+        estimate = vi_memory_estimate(model, method.hparams, stage.method)
         available = device_memory_bytes(self.device)
         stage.figures |= {"weights": estimate.n_variational, "estimate_bytes": estimate.total,
                           "terms_bytes": estimate.terms, "device_bytes": available,
                           "fits": estimate.total <= available, "last_layer_bytes": estimate.last_layer_bytes}
-        try:
-            check_vi_memory(model, plan.method.hparams, stage.method, self.device)
-        except UsageError as refusal:
-            stage.figures["refusal"] = str(refusal)
+        refusal = memory_refusal(estimate, stage.method, available, self.device.type)
+        if refusal is not None:
+            stage.figures["refusal"] = refusal
 
     def bench(self, stage: Stage, compile: bool = False) -> None:
         from bnnbench.bench import bench

@@ -87,6 +87,8 @@ def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], met
     skipped. OOD splits must come after the clean test split (EvalPlan's order)."""
     against_hmc = {name for names in HMC_METRICS.values() for name in names}
     metrics = [METRICS.get(name) for name in metric_names if name not in POSTERIOR_METRICS and name not in against_hmc]
+    scaled_metrics = [metric for metric in metrics if metric.temperature_scaled]
+    metrics = [metric for metric in metrics if not metric.temperature_scaled]
     wanted_fidelity = [name for name in metric_names if name in POSTERIOR_METRICS]
     wanted_hmc = [name for name in metric_names if name in against_hmc]
     evaluation = Evaluation(rows=[])
@@ -107,8 +109,8 @@ def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], met
             else:
                 mixture, targets = _in_series_units(likelihood, mixture, split.data)
                 values = {metric.name: metric.score(likelihood.name, mixture, targets, split.data.windows)
-                          for metric in metrics if not metric.temperature_scaled}
-                if any(metric.temperature_scaled for metric in metrics):
+                          for metric in metrics}
+                if scaled_metrics:
                     if evaluation.temperature is None:
                         if split.split != "val":
                             raise UsageError("temperature-scaled metrics need the validation split, scored first, to "
@@ -116,7 +118,7 @@ def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], met
                         evaluation.temperature = fit_temperature(mixture, targets)
                     scaled = temperature_scaled(mixture, evaluation.temperature)
                     values |= {metric.name: metric.score(likelihood.name, scaled, targets, split.data.windows)
-                               for metric in metrics if metric.temperature_scaled}
+                               for metric in scaled_metrics}
             if clean_test:
                 test_scores = scores
                 evaluation.test_predictions = likelihood.saved_predictions(mixture, targets)

@@ -37,7 +37,7 @@ from bnnbench.results import (
 from bnnbench.types import Budget, Method, MethodSpec, TaskSpec
 from bnnbench.version import __version__
 
-__all__ = ["RunOutcome", "RunPlan", "finished_run", "prepare", "resolve_budget", "run", "run_id_of",
+__all__ = ["RunOutcome", "RunPlan", "bind_run", "finished_run", "prepare", "resolve_budget", "run", "run_id_of",
            "select_device"]
 
 
@@ -127,27 +127,11 @@ def prepare(task: str | Path | TaskSpec, method_name: str, *, overrides: dict[st
     (`bnnbench.map_store`); `trial` a tuning trial's `pruning.TrialLink` (validation-only runs alone)."""
     from bnnbench.data import declared_shapes
     from bnnbench.data.files import data_root
-    from bnnbench.methods import bind_for_task, find_method
     from bnnbench.models import check_pretrained_weights
-    from bnnbench.tasks import check_network, load_task, task_at_budget
+    from bnnbench.tasks import check_network
 
-    spec, origin = find_method(method_name)
-    if not isinstance(task, TaskSpec):
-        task = load_task(task, task_dirs, (spec,))
-    tuning = None
-    if tuned is not None:
-        from bnnbench.tuned import tuned_overrides
-
-        settings, tuning = tuned_overrides(Path(tuned), task, spec.name)
-        overrides = {**settings, **(overrides or {})}
-    task = task_at_budget(task, budget_name)  # before `--set model.KEY`, which has the last word
-    method_overrides, model_overrides, data_overrides = split_overrides(task, spec, overrides or {})
-    if model_overrides or data_overrides:  # another network or data than load_task sized: sized again, before any
-        task = dataclasses.replace(task, model={**task.model, **model_overrides},  # data are read
-                                   data={**task.data, **data_overrides})
-        check_network(task)
+    task, spec, method, tuning = bind_run(task, method_name, overrides, budget_name, task_dirs, tuned)
     check_pretrained_weights(task.model, str(task.path))
-    method = bind_for_task(spec, task, method_overrides, origin)
     budget, budget_label = resolve_budget(task, budget_name, epochs)
     device_name = str(select_device(device))
     sample_passes(device_name)  # a bad BNNBENCH_SAMPLE_PASSES is a usage error, before any work
@@ -168,6 +152,33 @@ def prepare(task: str | Path | TaskSpec, method_name: str, *, overrides: dict[st
     return RunPlan(task, method, budget, budget_label, device_name, Path(results_dir), config_hash(identity.config),
                    save_predictions, show_progress, root, identity.variant, identity.hmc_reference, validation_only,
                    tuning, compile, identity.config, Path(map_store) if map_store is not None else None, trial)
+
+
+def bind_run(task: str | Path | TaskSpec, method_name: str, overrides: dict[str, Any] | None = None,
+             budget_name: str | None = None, task_dirs: Sequence[str | Path] = (),
+             tuned: Path | None = None) -> tuple[TaskSpec, MethodSpec, Method, dict[str, Any] | None]:
+    """(task, method spec, bound method, tuning record) of a run request, before any device, data or result directory
+    is looked at: the task as the named budget sees it, with `--set` (method, model and data keys, over a tuned file's
+    settings) applied and checked, its network sized again when they change it."""
+    from bnnbench.methods import bind_for_task, find_method
+    from bnnbench.tasks import check_network, load_task, task_at_budget
+
+    spec, origin = find_method(method_name)
+    if not isinstance(task, TaskSpec):
+        task = load_task(task, task_dirs, (spec,))
+    tuning = None
+    if tuned is not None:
+        from bnnbench.tuned import tuned_overrides
+
+        settings, tuning = tuned_overrides(Path(tuned), task, spec.name)
+        overrides = {**settings, **(overrides or {})}
+    task = task_at_budget(task, budget_name)  # before `--set model.KEY`, which has the last word
+    method_overrides, model_overrides, data_overrides = split_overrides(task, spec, overrides or {})
+    if model_overrides or data_overrides:  # another network or data than load_task sized: sized again, before any
+        task = dataclasses.replace(task, model={**task.model, **model_overrides},  # data are read
+                                   data={**task.data, **data_overrides})
+        check_network(task)
+    return task, spec, bind_for_task(spec, task, method_overrides, origin), tuning
 
 
 def _check_validation_split(task: TaskSpec, spec: MethodSpec, method: Method, loaded: Any,

@@ -21,16 +21,18 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["dlinear", "forecast_mlp", "patchtst"]
+__all__ = ["dlinear", "forecast_mlp", "patchtst", "per_step_head", "window_length"]
 
 
-def _head(width: int, horizon: int, channels: int) -> list[nn.Module]:
+def per_step_head(width: int, horizon: int, channels: int) -> list[nn.Module]:
+    """The output layer every forecasting network ends in: features (B, width) -> (B, horizon, channels)."""
     if channels not in (1, 2):
         raise ValueError(f"channels must be 1 (fixed noise) or 2 (mean and log scale), got {channels}")
     return [nn.Linear(width, horizon * channels), nn.Unflatten(1, (horizon, channels))]
 
 
-def _context_length(input_shape: tuple[int, ...]) -> int:
+def window_length(input_shape: tuple[int, ...]) -> int:
+    """The context length of a forecasting network's (context_length,) input shape."""
     if len(input_shape) != 1:
         raise ValueError(f"forecasting models take (context_length,) inputs, got input shape {input_shape}")
     return input_shape[0]
@@ -39,11 +41,11 @@ def _context_length(input_shape: tuple[int, ...]) -> int:
 def forecast_mlp(input_shape: tuple[int, ...], num_classes: int, hidden: list[int] = (128, 128),
                  channels: int = 2) -> nn.Module:
     """Linear-ReLU blocks of widths `hidden` on the context, then the per-step head."""
-    widths = [_context_length(input_shape), *hidden]
+    widths = [window_length(input_shape), *hidden]
     layers: list[nn.Module] = []
     for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
         layers += [nn.Linear(width_in, width_out), nn.ReLU()]
-    layers += _head(widths[-1], num_classes, channels)
+    layers += per_step_head(widths[-1], num_classes, channels)
     model = nn.Sequential(*layers)
     model.bnnbench_last_layer = str(len(layers) - 2)
     return model
@@ -68,8 +70,8 @@ class TrendRemainder(nn.Module):
 
 def dlinear(input_shape: tuple[int, ...], num_classes: int, moving_average: int = 25, channels: int = 2) -> nn.Module:
     """DLinear: one linear map from (trend, remainder) of the context to the horizon."""
-    context = _context_length(input_shape)
-    model = nn.Sequential(TrendRemainder(moving_average), *_head(2 * context, num_classes, channels))
+    context = window_length(input_shape)
+    model = nn.Sequential(TrendRemainder(moving_average), *per_step_head(2 * context, num_classes, channels))
     model.bnnbench_last_layer = "1"
     return model
 
@@ -119,7 +121,7 @@ class PatchEncoder(nn.Module):
 def patchtst(input_shape: tuple[int, ...], num_classes: int, patch_len: int = 16, stride: int = 8, width: int = 64,
              depth: int = 2, heads: int = 4, mlp_ratio: float = 2.0, channels: int = 2) -> nn.Module:
     """A small PatchTST: patch tokens through `depth` transformer blocks, then a linear head to the horizon."""
-    encoder = PatchEncoder(_context_length(input_shape), patch_len, stride, width, depth, heads, mlp_ratio)
-    model = nn.Sequential(encoder, *_head(encoder.n_patches * width, num_classes, channels))
+    encoder = PatchEncoder(window_length(input_shape), patch_len, stride, width, depth, heads, mlp_ratio)
+    model = nn.Sequential(encoder, *per_step_head(encoder.n_patches * width, num_classes, channels))
     model.bnnbench_last_layer = "1"
     return model

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from bnnbench.models.forecast import _context_length, _head
+from bnnbench.models.forecast import per_step_head, window_length
 
 __all__ = ["LOCAL_RIDGE", "FourierFilter", "Koopa", "KoopmanOperator", "LocalOperator", "TimeVariantPredictor",
            "fit_local_operator", "koopa"]
@@ -180,7 +180,7 @@ class Koopa(nn.Module):
         self.variant = TimeVariantPredictor(
             context, horizon, seg_len, _mlp(seg_len, hidden_dim, hidden_layers, dynamic_dim, nn.Tanh),
             _mlp(dynamic_dim, hidden_dim, hidden_layers, seg_len, nn.Tanh))
-        self.head, self.unflatten = _head(horizon, horizon, channels)
+        self.head, self.unflatten = per_step_head(horizon, horizon, channels)
         with torch.no_grad():  # mean channel = the Koopa forecast, log scale 0 (see the module docstring)
             self.head.weight.zero_()
             self.head.bias.zero_()
@@ -207,7 +207,7 @@ def koopa(input_shape: tuple[int, ...], num_classes: int, seg_len: int = 24, dyn
     """Koopa for a (context_length,) window and a `num_classes`-step horizon. `hidden_layers` hidden layers of width
     `hidden_dim` in each encoder and decoder MLP (the authors' `--hidden_layers N` counts the output layer too:
     theirs 2 is 1 here); `invariant_fraction` is the paper's alpha."""
-    model = Koopa(_context_length(input_shape), num_classes, seg_len, dynamic_dim, hidden_dim, hidden_layers,
+    model = Koopa(window_length(input_shape), num_classes, seg_len, dynamic_dim, hidden_dim, hidden_layers,
                   num_blocks, invariant_fraction, channels)
     model.bnnbench_last_layer = "head"
     return model

@@ -31,7 +31,8 @@ from bnnbench.train import MONITOR_SAMPLES, TrainConfig, autocast, evaluating, l
 from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, ParameterPosterior, TaskSpec
 
 __all__ = ["VI_SEARCH_SPACE", "GaussianPosteriorPredictive", "MemoryEstimate", "VIHparams", "check_vi_memory",
-           "device_memory_bytes", "fit_variational", "memory_check", "vi_memory_estimate", "vi_state_bytes"]
+           "device_memory_bytes", "fit_variational", "memory_check", "memory_refusal", "vi_memory_estimate",
+           "vi_state_bytes"]
 
 PRIOR_CENTRES = ("zero", "warmup")
 
@@ -229,17 +230,25 @@ def vi_memory_estimate(model: nn.Module, hparams: VIHparams, name: str) -> Memor
                           sum(estimate(n_head, n_all - n_head).values()))
 
 
+def memory_refusal(estimate: MemoryEstimate, name: str, available: int, device_type: str) -> str | None:
+    """The one-line refusal of a fit whose estimate is over `available` bytes, naming the variant that fits (q over
+    the last layer alone); None when it fits."""
+    if estimate.total <= available:
+        return None
+    listed = " + ".join(f"{term} {value / 2**30:.3g}" for term, value in estimate.terms.items())
+    return (f"{name} with a diagonal Gaussian over {estimate.n_variational:,} weights needs about "
+            f"{estimate.total / 2**30:.3g} GiB ({listed} GiB), over the {available / 2**30:.3g} GiB of {device_type}; "
+            f"use variational_params = \"{estimate.last_layer}.*\" (the last layer's {estimate.last_layer_weights:,} "
+            f"weights: about {estimate.last_layer_bytes / 2**30:.3g} GiB)")
+
+
 def check_vi_memory(model: nn.Module, hparams: VIHparams, name: str, device: torch.device) -> dict[str, int]:
-    """The VI fit's memory estimate by term, stated before any training; UsageError, naming the variant that fits (q
-    over the last layer alone), when it is over the device's memory (`device_memory_bytes`)."""
+    """The VI fit's memory estimate by term; UsageError (`memory_refusal`) when it is over the device's memory
+    (`device_memory_bytes`)."""
     estimate = vi_memory_estimate(model, hparams, name)
-    available = device_memory_bytes(device)
-    if estimate.total > available:
-        listed = " + ".join(f"{term} {value / 2**30:.3g}" for term, value in estimate.terms.items())
-        raise UsageError(f"{name} with a diagonal Gaussian over {estimate.n_variational:,} weights needs about "
-                         f"{estimate.total / 2**30:.3g} GiB ({listed} GiB), over the {available / 2**30:.3g} GiB of "
-                         f"{device.type}; use variational_params = \"{estimate.last_layer}.*\" (the last layer's "
-                         f"{estimate.last_layer_weights:,} weights: about {estimate.last_layer_bytes / 2**30:.3g} GiB)")
+    refusal = memory_refusal(estimate, name, device_memory_bytes(device), device.type)
+    if refusal is not None:
+        raise UsageError(refusal)
     return estimate.terms
 
 
@@ -259,7 +268,8 @@ def fit_variational(task: TaskSpec, model: nn.Module, data: DataBundle, budget: 
                     inner_steps: int = 1) -> tuple[GaussianPosteriorPredictive, FitInfo]:
     """MAP warm-up, then fit q with `make_objective(q, prior, log_likelihood, vi_steps)` in the shared loop."""
     likelihood = get_likelihood(task.likelihood, task.likelihood_options)
-    memory = check_vi_memory(model, hparams, name, context.device)  # before any work
+    # refused at the door when over the device's memory (`MethodSpec.check_memory`); run.json records the estimate
+    memory = vi_memory_estimate(model, hparams, name).terms
     warm_budget, vi_budget = split_budget(budget, hparams.warmup_fraction)
     model = model.to(context.device)
     warm = _warm_up(model, likelihood, data, hparams, warm_budget, context, name) if warm_budget else None
