@@ -24,17 +24,28 @@ from bnnbench.errors import UsageError
 from bnnbench.likelihoods import Likelihood, get_likelihood
 from bnnbench.methods.map import train_map
 from bnnbench.methods.stochastic import MAX_ROWS
-from bnnbench.methods.vi.family import DiagonalGaussian, Params
+from bnnbench.methods.vi.family import (
+    FAMILIES,
+    DiagonalGaussian,
+    FullGaussian,
+    GaussianFamily,
+    Params,
+    family_numbers,
+    make_family,
+)
 from bnnbench.methods.vi.objectives import LogLikelihood
 from bnnbench.params import StackedWeights, batched_passes
 from bnnbench.train import MONITOR_SAMPLES, TrainConfig, autocast, evaluating, loop_config, split_budget, train_loop
 from bnnbench.types import Budget, DataBundle, Dimension, FitContext, FitInfo, ParameterPosterior, TaskSpec
 
 __all__ = ["VI_SEARCH_SPACE", "GaussianPosteriorPredictive", "MemoryEstimate", "VIHparams", "check_vi_memory",
-           "device_memory_bytes", "fit_variational", "memory_check", "memory_refusal", "vi_memory_estimate",
-           "vi_state_bytes"]
+           "device_memory_bytes", "fit_variational", "memory_check", "memory_refusal", "network_log_likelihood",
+           "select_parameters", "vi_memory_estimate", "vi_state_bytes", "warm_up"]
 
 PRIOR_CENTRES = ("zero", "warmup")
+# A dense P × P covariance (family = "full", GSM, BaM) beyond this many weights: 128 MiB per float64 matrix and
+# O(P³) work per step, which the methods' per-step solves make the cost of a fit.
+MAX_FULL_DIM = 4096
 
 # What `bnnbench tune` searches for both VI methods (each adds its own); prior_std and prior_centre leave the space on
 # fidelity tasks. init_std and prior_centre are in it because they decide how far q leaves its start: on digits-mlp
@@ -53,7 +64,9 @@ class VIHparams(TrainConfig):
     """The shared training settings (`TrainConfig`) drive the MAP warm-up; these drive the VI phase.
 
     variational_params: comma-separated glob patterns over parameter names (`*`: all; `head.*`: the
-        ViT head); the rest stay at the warm-up weights.
+        ViT head; `last-layer`: the network's output layer); the rest stay at the warm-up weights.
+    family: q's covariance, "diag" (mean-field), "lowrank" (diagonal plus `rank` directions) or "full"
+        (Cholesky; at most `MAX_FULL_DIM` variational weights).
     """
 
     warmup_fraction: float = 0.5
@@ -65,9 +78,15 @@ class VIHparams(TrainConfig):
     variational_params: str = "*"
     train_samples: int = 1  # S, samples from q per mini-batch in the training objective
     antithetic: bool = False  # draw samples in pairs μ ± σε (variance reduction; needs an even train_samples)
+    family: str = "diag"
+    rank: int = 4  # R of family = "lowrank"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.family not in FAMILIES:
+            raise UsageError(f"unknown family '{self.family}'; valid choices: {', '.join(FAMILIES)}")
+        if self.rank < 1:
+            raise UsageError(f"rank must be >= 1, got {self.rank}")
         if self.prior_centre not in PRIOR_CENTRES:
             raise UsageError(f"unknown prior_centre '{self.prior_centre}'; valid choices: {', '.join(PRIOR_CENTRES)}")
         if not 0 <= self.warmup_fraction < 1:
@@ -84,8 +103,12 @@ def vi_posterior_settings(posterior: dict[str, float]) -> dict[str, Any]:
 
 
 def select_parameters(model: nn.Module, patterns: str) -> tuple[Params, Params]:
-    """(variational, fixed) parameters of `model` by glob patterns over their names."""
+    """(variational, fixed) parameters of `model` by glob patterns over their names; the pattern `last-layer` stands
+    for the network's output layer (`models.last_layer_name`), whatever the architecture calls it."""
+    from bnnbench.models import last_layer_name
+
     globs = [pattern.strip() for pattern in patterns.split(",") if pattern.strip()]
+    globs = [f"{last_layer_name(model)}.*" if pattern == "last-layer" else pattern for pattern in globs]
     variational, fixed = {}, {}
     for name, value in model.named_parameters():
         (variational if any(fnmatch.fnmatchcase(name, g) for g in globs) else fixed)[name] = value.detach()
@@ -112,7 +135,7 @@ class GaussianPosteriorPredictive(ParameterPosterior):
     a few wide passes instead of S narrow ones; on a CPU, where that was measured slower, and where vmap cannot
     run the network (the first batch decides), a loop over the same draws (`params.batched_passes`)."""
 
-    def __init__(self, model: nn.Module, posterior: DiagonalGaussian, fixed: Params, likelihood: Likelihood) -> None:
+    def __init__(self, model: nn.Module, posterior: GaussianFamily, fixed: Params, likelihood: Likelihood) -> None:
         self.model, self.posterior, self.fixed, self.likelihood = model.eval(), posterior, fixed, likelihood
         self.stack = StackedWeights(model, {}, {})
         self.checked = False
@@ -147,7 +170,7 @@ class GaussianPosteriorPredictive(ParameterPosterior):
         return moments
 
 
-def _warm_up(model: nn.Module, likelihood: Likelihood, data: DataBundle, hparams: VIHparams, budget: Budget,
+def warm_up(model: nn.Module, likelihood: Likelihood, data: DataBundle, hparams: VIHparams, budget: Budget,
              context: FitContext, name: str):
     """MAP before VI, in place. With the prior centred at zero: MAP under that prior over the variational
     parameters (for a Gaussian posterior this is its mean, so VI starts there) and no weight decay; with
@@ -168,18 +191,20 @@ _FLOAT32_BYTES = 4
 
 
 def vi_state_bytes(n_variational: int, n_fixed: int, train_samples: int, score_matching: bool,
-                   control_variate: bool = False) -> dict[str, int]:
-    """What a diagonal-Gaussian VI fit holds in float32, by term, for P variational and F fixed weights: the network
-    (P + F), q's mean and log-std (2P), their gradients (2P), Adam's two moments of each (4P), the prior's mean and
-    precision (2P), and per mini-batch the S draws θ_s (SP) with their gradients (elbo-vi) or target scores ĝ_s
-    (score-vi); score-vi adds its anchor q_t (mean, log-std, variance: 3P) and, with the control variate, its
-    curvature average and lagged terms (2P). Activations are not counted: they scale with the batch, not with P,
-    and are small beside these terms for a pretrained backbone fine-tuned at batch 16."""
+                   control_variate: bool = False, family: str = "diag", rank: int = 4) -> dict[str, int]:
+    """What a Gaussian VI fit holds in float32, by term, for P variational and F fixed weights and a family of Q
+    numbers (`family_numbers`: 2P diagonal, (2 + R)P low-rank, 2P + P² full): the network (P + F), q (Q), its
+    gradients (Q), Adam's two moments (2Q), the prior's mean and precision (2P), and per mini-batch the S draws θ_s
+    (SP) with their gradients (elbo-vi) or target scores ĝ_s (score-vi); score-vi adds its anchor q_t (Q, and its
+    variance: P) and, with the control variate, its curvature average and lagged terms (2P). Activations are not
+    counted: they scale with the batch, not with P, and are small beside these terms for a pretrained backbone
+    fine-tuned at batch 16."""
     p = n_variational
-    terms = {"network": p + n_fixed, "q": 2 * p, "q gradients": 2 * p, "Adam moments": 4 * p, "prior": 2 * p,
-             "draws and their " + ("scores" if score_matching else "gradients"): 2 * train_samples * p}
+    numbers = family_numbers(family, p, rank)
+    terms = {"network": p + n_fixed, "q": numbers, "q gradients": numbers, "Adam moments": 2 * numbers,
+             "prior": 2 * p, "draws and their " + ("scores" if score_matching else "gradients"): 2 * train_samples * p}
     if score_matching:
-        terms["anchor q_t"] = 3 * p
+        terms["anchor q_t"] = numbers + p
         if control_variate:
             terms["control variate"] = 2 * p
     return {name: count * _FLOAT32_BYTES for name, count in terms.items()}
@@ -200,6 +225,7 @@ class MemoryEstimate:
     the network's last layer with the estimate of q over it alone."""
 
     terms: dict[str, int]
+    family: str
     n_variational: int
     last_layer: str
     last_layer_weights: int
@@ -220,13 +246,15 @@ def vi_memory_estimate(model: nn.Module, hparams: VIHparams, name: str) -> Memor
     control_variate = bool(getattr(hparams, "control_variate", False))
 
     def estimate(n_variational: int, n_fixed: int) -> dict[str, int]:
-        return vi_state_bytes(n_variational, n_fixed, hparams.train_samples, score_matching, control_variate)
+        return vi_state_bytes(n_variational, n_fixed, hparams.train_samples, score_matching, control_variate,
+                              hparams.family, hparams.rank)
 
     n_variational = sum(value.numel() for value in variational.values())
     n_all = n_variational + sum(value.numel() for value in fixed.values())
     head = last_layer_name(model)
     n_head = sum(value.numel() for key, value in model.named_parameters() if key.startswith(f"{head}."))
-    return MemoryEstimate(estimate(n_variational, n_all - n_variational), n_variational, head, n_head,
+    return MemoryEstimate(estimate(n_variational, n_all - n_variational), _family_words(hparams), n_variational,
+                          head, n_head,
                           sum(estimate(n_head, n_all - n_head).values()))
 
 
@@ -236,16 +264,23 @@ def memory_refusal(estimate: MemoryEstimate, name: str, available: int, device_t
     if estimate.total <= available:
         return None
     listed = " + ".join(f"{term} {value / 2**30:.3g}" for term, value in estimate.terms.items())
-    return (f"{name} with a diagonal Gaussian over {estimate.n_variational:,} weights needs about "
+    return (f"{name} with {estimate.family} over {estimate.n_variational:,} weights needs about "
             f"{estimate.total / 2**30:.3g} GiB ({listed} GiB), over the {available / 2**30:.3g} GiB of {device_type}; "
             f"use variational_params = \"{estimate.last_layer}.*\" (the last layer's {estimate.last_layer_weights:,} "
             f"weights: about {estimate.last_layer_bytes / 2**30:.3g} GiB)")
 
 
+def _family_words(hparams: VIHparams) -> str:
+    return {"diag": "a diagonal Gaussian", "lowrank": f"a rank-{hparams.rank} plus diagonal Gaussian",
+            "full": "a full-covariance Gaussian"}[hparams.family]
+
+
 def check_vi_memory(model: nn.Module, hparams: VIHparams, name: str, device: torch.device) -> dict[str, int]:
     """The VI fit's memory estimate by term; UsageError (`memory_refusal`) when it is over the device's memory
-    (`device_memory_bytes`)."""
+    (`device_memory_bytes`), or when family = "full" covers more than `MAX_FULL_DIM` weights."""
     estimate = vi_memory_estimate(model, hparams, name)
+    if hparams.family == "full":
+        FullGaussian.check_size(estimate.n_variational, MAX_FULL_DIM, f"{name} with family = \"full\"")
     refusal = memory_refusal(estimate, name, device_memory_bytes(device), device.type)
     if refusal is not None:
         raise UsageError(refusal)
@@ -260,7 +295,7 @@ def memory_check(name: str) -> Callable[[nn.Module, VIHparams, torch.device], No
     return check
 
 
-MakeObjective = Callable[[DiagonalGaussian, DiagonalGaussian, LogLikelihood, int], Any]
+MakeObjective = Callable[[GaussianFamily, DiagonalGaussian, LogLikelihood, int], Any]
 
 
 def fit_variational(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
@@ -272,9 +307,9 @@ def fit_variational(task: TaskSpec, model: nn.Module, data: DataBundle, budget: 
     memory = vi_memory_estimate(model, hparams, name).terms
     warm_budget, vi_budget = split_budget(budget, hparams.warmup_fraction)
     model = model.to(context.device)
-    warm = _warm_up(model, likelihood, data, hparams, warm_budget, context, name) if warm_budget else None
+    warm = warm_up(model, likelihood, data, hparams, warm_budget, context, name) if warm_budget else None
     variational, fixed = select_parameters(model, hparams.variational_params)
-    q = DiagonalGaussian.trainable(variational, hparams.init_std)
+    q = make_family(hparams.family, variational, hparams.init_std, hparams.rank)
     centre = (variational if hparams.prior_centre == "warmup"
               else {name: torch.zeros_like(value) for name, value in variational.items()})
     prior = DiagonalGaussian.isotropic(centre, hparams.prior_std)
@@ -284,7 +319,7 @@ def fit_variational(task: TaskSpec, model: nn.Module, data: DataBundle, budget: 
     batches = math.ceil(len(data.train) / hparams.batch_size)
     vi_steps = min(s for s in (vi_budget.max_steps, vi_budget.max_epochs and vi_budget.max_epochs * batches) if s)
     objective = make_objective(q, prior, log_likelihood, vi_steps * inner_steps)
-    closed_form = hasattr(objective, "loss_and_gradients")
+    closed_form = objective.closed_form
 
     def sampled_predictive(x: Tensor) -> Tensor:  # q as it stands, sampled as evaluated, for a trial's monitor
         with evaluating(model):

@@ -1,7 +1,9 @@
-"""The two objectives over the shared diagonal Gaussian; everything else about the methods is shared.
+"""The two objectives over the shared Gaussian families; everything else about the methods is shared.
 
 Both see the target through `log_likelihood(theta, x, y)`: an unbiased mini-batch estimate of the
-(tempered) full-data log-likelihood, (N / (b T)) Σ_{i∈B} log p(y_i | x_i, θ), and a Gaussian prior.
+(tempered) full-data log-likelihood, (N / (b T)) Σ_{i∈B} log p(y_i | x_i, θ), and a Gaussian prior. With no
+prior (`prior=None`), `log_likelihood` is the whole unnormalised log density log p̃ (a synthetic target of the
+convergence benchmark) and KL(q ‖ prior) becomes −H(q) throughout.
 Both plug into the shared training loop: `on_batch(x, y)` once per mini-batch, `loss(x, y)` per optimiser
 step, `epoch_diagnostics()` once per epoch.
 
@@ -17,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from bnnbench.methods.vi.family import DiagonalGaussian, Params, kl_divergence
+from bnnbench.methods.vi.family import DiagonalGaussian, GaussianFamily, Params, entropy, kl_divergence
 
 __all__ = ["LogLikelihood", "NegativeELBO", "ScoreMatching"]
 
@@ -43,10 +45,15 @@ class _Diagnostics:
         return means
 
 
-def _with_neg_elbo(values: dict[str, float], q: DiagonalGaussian, prior: DiagonalGaussian) -> dict[str, float]:
+def prior_term(q: GaussianFamily, prior: DiagonalGaussian | None) -> Tensor:
+    """KL(q ‖ prior), or −H(q) without a prior (the log-likelihood is then the whole log p̃)."""
+    return kl_divergence(q, prior) if prior is not None else -entropy(q)
+
+
+def _with_neg_elbo(values: dict[str, float], q: GaussianFamily, prior: DiagonalGaussian | None) -> dict[str, float]:
     """An epoch's means plus KL(q ‖ prior) at its end and neg_elbo = mean(−log-likelihood) + KL."""
     with torch.no_grad():
-        kl = kl_divergence(q, prior).item()
+        kl = prior_term(q, prior).item()
     return values | {"kl": kl, "neg_elbo": values.pop("neg_log_likelihood") + kl}
 
 
@@ -82,16 +89,21 @@ class ScoreMatching:
     cancel the term (the u_s of a pair sum to zero), so with `antithetic` it changes nothing but rounding.
     """
 
-    def __init__(self, q: DiagonalGaussian, prior: DiagonalGaussian, log_likelihood: LogLikelihood, *,
+    def __init__(self, q: GaussianFamily, prior: DiagonalGaussian | None, log_likelihood: LogLikelihood, *,
                  train_samples: int, prox_weight: float, refresh_every: int, weighting: str,
                  antithetic: bool = False, inner_steps: int = 1, control_variate: bool = False) -> None:
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting '{weighting}'; valid choices: {', '.join(WEIGHTINGS)}")
+        # the closed-form inner step is written for the diagonal family; the others take autograd's gradient of
+        # the same loss (`reference_loss`), and the control variate's derivation is per coordinate
+        self.closed_form = isinstance(q, DiagonalGaussian)
+        if control_variate and not self.closed_form:
+            raise ValueError("the control variate is derived for the diagonal family only")
         self.q, self.prior, self.log_likelihood = q, prior, log_likelihood
         self.inner_steps, self._steps_left = inner_steps, inner_steps
         self.train_samples, self.prox_weight, self.antithetic = train_samples, prox_weight, antithetic
         self.refresh_every, self.weighting = refresh_every, weighting
-        self._prior_precision = prior.variance().reciprocal()
+        self._prior_precision = prior.variance().reciprocal() if prior is not None else None
         self.set_anchor(self.q.detached())
         self.samples: list[Tensor] = []  # θ_s, flat
         self.scores: list[Tensor] = []  # ĝ_s, flat
@@ -107,6 +119,8 @@ class ScoreMatching:
         theta = theta.detach().requires_grad_(True)
         log_likelihood = self.log_likelihood(self.q.named(theta), x, y)
         [grads] = torch.autograd.grad(log_likelihood, [theta])
+        if self.prior is None:
+            return grads, log_likelihood.detach()
         with torch.no_grad():  # the prior's score in closed form, −(θ − μ_p) σ_p⁻²
             return torch.addcmul(grads, self.prior.mean - theta, self._prior_precision), log_likelihood.detach()
 
@@ -142,11 +156,13 @@ class ScoreMatching:
             self._curvature.mul_(CV_DECAY).add_(estimate, alpha=1.0 - CV_DECAY)
             self._curvature_batches += 1
 
-    def set_anchor(self, anchor: DiagonalGaussian) -> None:
+    def set_anchor(self, anchor: GaussianFamily) -> None:
         """Make `anchor` the q_t of the proximal term and of the sampler (on_batch does, every
         `refresh_every` mini-batches, with a frozen copy of q)."""
         self.anchor = anchor
-        self._anchor_var = torch.exp(anchor.log_std).square()  # σ_t², rounded as the runs before issue 23 had it
+        # σ_t² (the diagonal of Σ_t), rounded for the diagonal family as the runs before issue 23 had it
+        self._anchor_var = (torch.exp(anchor.log_std).square() if isinstance(anchor, DiagonalGaussian)
+                            else anchor.variance())
 
     def reference_loss(self) -> tuple[Tensor, Tensor]:
         """(score loss, KL(q_t ‖ q)) by autograd-able tensor ops, written as in the spec; `loss` must agree."""
@@ -154,6 +170,16 @@ class ScoreMatching:
         score_loss = sum((weight * (self.q.score(theta) - target) ** 2).sum()
                          for theta, target in zip(self.samples, self.scores, strict=True))
         return score_loss / len(self.samples), kl_divergence(self.anchor, self.q)
+
+    def _autograd_loss(self) -> Tensor:
+        """L_t(φ) for any family, differentiable in its parameters (the score loss batched over the S samples)."""
+        weight = self._anchor_var if self.weighting == "q_t" else 1.0
+        samples, targets = torch.stack(self.samples), torch.stack(self.scores)
+        score_loss = (weight * (self.q.score(samples) - targets).square()).sum() / len(self.samples)
+        proximal = kl_divergence(self.anchor, self.q)
+        self.diagnostics.add("score_loss", score_loss)
+        self.diagnostics.add("prox_kl", proximal)
+        return score_loss + self.prox_weight * proximal
 
     def loss_and_gradients(self, x: Tensor | None = None,
                            y: Tensor | None = None) -> tuple[Tensor | None, list[Tensor]]:
@@ -207,7 +233,9 @@ class ScoreMatching:
 
     def loss(self, x: Tensor | None = None, y: Tensor | None = None) -> Tensor:
         """L_t(φ) as a tensor whose backward pass hands (μ, ω) the closed-form gradient (for callers that use
-        autograd; the training loop takes `loss_and_gradients` and skips it)."""
+        autograd; the training loop takes `loss_and_gradients` and skips it); autograd's for the other families."""
+        if not self.closed_form:
+            return self._autograd_loss()
         value, gradients = self._closed_form(with_value=True)
         return _with_gradients(value, self.q.parameters(), gradients)
 
@@ -239,7 +267,9 @@ class NegativeELBO:
     divided by N so the loss reads per data point. β rises linearly from 0 to 1 over the first
     `kl_anneal_steps` optimiser steps (0: no annealing)."""
 
-    def __init__(self, q: DiagonalGaussian, prior: DiagonalGaussian, log_likelihood: LogLikelihood, *,
+    closed_form = False
+
+    def __init__(self, q: GaussianFamily, prior: DiagonalGaussian | None, log_likelihood: LogLikelihood, *,
                  n_data: int, train_samples: int, kl_anneal_steps: int, antithetic: bool = False) -> None:
         self.q, self.prior, self.log_likelihood = q, prior, log_likelihood
         self.n_data, self.train_samples, self.kl_anneal_steps = n_data, train_samples, kl_anneal_steps
@@ -253,7 +283,7 @@ class NegativeELBO:
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         draws = self.q.samples(self.train_samples, self.antithetic)
         expected = sum(self.log_likelihood(theta, x, y) for theta in draws) / self.train_samples
-        kl = kl_divergence(self.q, self.prior)
+        kl = prior_term(self.q, self.prior)
         self.diagnostics.add("neg_log_likelihood", -expected)
         self.steps += 1
         return (-expected + self.kl_weight() * kl) / self.n_data

@@ -61,6 +61,8 @@ class Hparams(VIHparams):
             raise UsageError(f"unknown weighting '{self.weighting}'; valid choices: {', '.join(WEIGHTINGS)}")
         if self.inner_steps < 1 or self.refresh_every < 1 or self.prox_weight < 0:
             raise UsageError("inner_steps and refresh_every must be >= 1 and prox_weight >= 0")
+        if self.control_variate and self.family != "diag":
+            raise UsageError(f"control_variate is derived for family = \"diag\" only, not \"{self.family}\"")
 
 
 def fit(task: TaskSpec, model: nn.Module, data: DataBundle, budget: Budget, context: FitContext,
