@@ -8,7 +8,7 @@ BASELINE := results/baselines/ci-cpu.csv
 # One torch thread for the CI-budget runs, as in the tests, so baseline and check add up alike.
 # The built-in methods, from the method registry (evaluated where used, after install), less the two whose dense
 # covariance the CI tasks' networks exceed (gsm, bam: at most 4,096 weights; their own tests gate them).
-CI_DENSE_ONLY := gsm bam
+CI_DENSE_ONLY := bam gsm
 CI_METHODS = $(filter-out $(CI_DENSE_ONLY),$(shell $(BIN)/bnnbench list methods --names --built-in))
 CI_TASKS := digits-mlp ts-co2-mlp digits-fidelity digits-overconfident
 # digits-vit's Laplace rows run at the task's default budget: at its ci budget (3 epochs) the ViT is at chance.

@@ -498,13 +498,66 @@ def baseline_(
     out.print(f"wrote {len(table)} rows from {len(runs)} runs to {out_path}", markup=False, soft_wrap=True)
 
 
-@app.command(epilog="Example: `bnnbench convergence --task digits-mlp --out convergence.png`")
+@app.command(epilog="Examples: `bnnbench convergence --task gauss-d100-k1000 --methods score-vi,elbo-vi,gsm,bam "
+                     "--seed 0..4`; `bnnbench convergence --task digits-mlp --from-runs --out convergence.png`")
 def convergence(
-    task: Annotated[str, typer.Option(help="task whose score-vi / elbo-vi runs to draw")],
-    png: Annotated[Path, typer.Option("--out", help="PNG file to write")] = Path("convergence.png"),
-    results_dir: Annotated[Path, typer.Option(help="where the runs are")] = Path("results/runs"),
+    task: Annotated[str, typer.Option(help="a target (`bnnbench convergence --list`); with --from-runs, a task")]
+    = "",
+    methods: Annotated[str, typer.Option(help="comma-separated, of score-vi, elbo-vi, gsm, bam")]
+    = "score-vi,elbo-vi,gsm,bam",
+    seed: Annotated[list[str], typer.Option(help="seeds, e.g. 0..4")] = ["0..4"],  # noqa: B006
+    iterations: Annotated[int, typer.Option(help="updates per method and seed")] = 500,
+    batch: Annotated[int, typer.Option(help="score evaluations per update, every method")] = 8,
+    out_dir: Annotated[Path, typer.Option(help="where rows.csv, settings.json and the figure go (per target)")]
+    = Path("results/convergence"),
+    from_runs: Annotated[bool, typer.Option("--from-runs", help="draw the neg-ELBO curves that VI runs recorded")]
+    = False,
+    png: Annotated[Path, typer.Option("--out", help="with --from-runs: PNG file to write")] = Path("convergence.png"),
+    results_dir: Annotated[Path, typer.Option(help="with --from-runs: where the runs are")] = Path("results/runs"),
+    list_targets: Annotated[bool, typer.Option("--list", help="list the targets and exit")] = False,
 ) -> None:
-    """Plot negative ELBO against wall-clock seconds for each VI run (the paper's convergence comparison)."""
+    """The convergence benchmark: score-vi against ADVI (elbo-vi), GSM and BaM on a target with a known answer, from
+    the same start, step sizes chosen by one stated rule; or, with --from-runs, the curves VI runs recorded."""
+    if list_targets:
+        from bnnbench.convergence_benchmark import target_names
+
+        for name in target_names():
+            out.print(name, markup=False)
+        return
+    if not task:
+        raise UsageError("--task is required: a target (see `bnnbench convergence --list`) or, with --from-runs, "
+                         "a task")
+    if from_runs:
+        _convergence_from_runs(task, png, results_dir)
+        return
+    from bnnbench.convergence_benchmark import (
+        BenchmarkSettings,
+        plot_benchmark,
+        resolve_target,
+        run_benchmark,
+        summary_table,
+        write_benchmark,
+    )
+
+    chosen = [name.strip() for name in methods.split(",") if name.strip()]
+    if iterations < 1 or batch < 1:
+        raise UsageError(f"--iterations and --batch must be >= 1, got {iterations} and {batch}")
+    settings = BenchmarkSettings(iterations=iterations, batch=batch, record_every=max(1, iterations // 50))
+    resolve_target(task)  # a bad name is exit 2 before any work
+    seeds = parse_seeds(seed)
+    result = run_benchmark(task, chosen, seeds, settings, progress=lambda line: _say(line))
+    directory = write_benchmark(result, task, settings, out_dir)
+    plot_benchmark(result.rows, task, directory / "convergence.png")
+    for failure in result.failures:
+        _say(f"failed: {failure}")
+    out.print(f"{task}: convergence over {len(seeds)} seeds (step sizes {result.chosen})", markup=False,
+              soft_wrap=True)
+    out.print(summary_table(result.rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"), markup=False,
+              soft_wrap=True)
+    out.print(f"wrote {directory}/rows.csv, settings.json and convergence.png", markup=False, soft_wrap=True)
+
+
+def _convergence_from_runs(task: str, png: Path, results_dir: Path) -> None:
     from bnnbench.convergence import plot_convergence
     from bnnbench.results import load_results
 
@@ -526,11 +579,15 @@ def report(
     = Path("report"),
     results_dir: Annotated[Path, typer.Option(help="results to report on")] = Path("results/runs"),
     task: Annotated[list[str], typer.Option(help="only these tasks (repeatable)")] = [],  # noqa: B006
+    convergence_dir: Annotated[Path | None, typer.Option(help="`bnnbench convergence` output to add (default: "
+                                                               "results/convergence where it exists)")] = None,
 ) -> None:
     """An HTML page with PNG figures: leaderboards, reliability, corruption severity, cost, forecasts, convergence."""
     from bnnbench.report import build_report
 
-    written = build_report(results_dir, out_dir, task or None, warn=_warn)
+    if convergence_dir is None and Path("results/convergence").is_dir():
+        convergence_dir = Path("results/convergence")
+    written = build_report(results_dir, out_dir, task or None, warn=_warn, convergence_dir=convergence_dir)
     if written.n_failed == written.n_runs:  # still written: the page lists each failure and its error
         _say(f"no successful runs under {results_dir} ({written.n_failed} failed); the report lists the failures")
     for note in written.notes:

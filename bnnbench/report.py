@@ -78,10 +78,11 @@ class _Group:
 
 
 def build_report(results_dir: Path, out: Path, tasks: list[str] | None = None,
-                 warn: Callable[[str], None] | None = None) -> Report:
+                 warn: Callable[[str], None] | None = None, convergence_dir: Path | None = None) -> Report:
     """Write `out`/index.html and `out`/figures/*.png for the runs under `results_dir` (only `tasks`, if given).
     Runs or prediction files that cannot be read are left out, with one line each naming the file to `warn`
-    (see `load_results`)."""
+    (see `load_results`). With `convergence_dir`, the convergence benchmark's targets found there (`bnnbench
+    convergence`) get a section each: the figure and the summary table."""
     from bnnbench.atomic import write_directory
     from bnnbench.comparison import TASK_KEY, aggregate, leaderboard, method_labels
     from bnnbench.results import load_results
@@ -108,6 +109,8 @@ def build_report(results_dir: Path, out: Path, tasks: list[str] | None = None,
     with write_directory(out) as staging:
         report = Report(page=out / "index.html", n_runs=len(runs), n_failed=int((runs["status"] != "ok").sum()))
         bodies = [_task_section(group, Path(results_dir), staging, report) for group in groups]
+        if convergence_dir is not None:
+            bodies.append(_benchmark_section(Path(convergence_dir), staging, report))
         page = _page(Path(results_dir), runs, groups, bodies)
         (staging / "index.html").write_text(page, encoding="utf-8")
     report.images = [out / image.relative_to(staging) for image in report.images]
@@ -413,6 +416,33 @@ figure img { max-width: 100%; }
 figcaption, .caption, .meta, .missing { color: #555; font-size: 0.85em; }
 nav ul { columns: 2; }
 """
+
+
+def _benchmark_section(convergence_dir: Path, staging: Path, report: Report) -> str:
+    """The convergence benchmark's section: per target, its figure and summary table, and how steps were chosen."""
+    from bnnbench.convergence_benchmark import load_benchmark, plot_benchmark, summary_table
+
+    found = load_benchmark(convergence_dir)
+    parts = ['<section id="convergence-benchmark">', "<h2>Convergence benchmark: score-vi, elbo-vi, GSM, BaM</h2>"]
+    if not found:
+        report.notes.append(f"convergence benchmark: no readable rows.csv under {convergence_dir}")
+        return "\n".join([*parts, f'<p class="missing">No benchmark rows under '
+                                  f"<code>{html.escape(str(convergence_dir))}</code>.</p>", "</section>"])
+    for target, (rows, meta) in found.items():
+        png = staging / "figures" / f"convergence-benchmark-{target}.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        plot_benchmark(rows, target, png)
+        report.images.append(png)
+        table = summary_table(rows).drop(columns="target")
+        parts += [f"<h3>{html.escape(target)} (D = {meta.get('dim')})</h3>",
+                  "<p>" + html.escape(f"{meta.get('description', '')}. Moments: {meta.get('moments')}. Step sizes: "
+                                      f"{meta.get('chosen_steps')} ({meta.get('step_rule')}).") + "</p>",
+                  f'<figure><img src="figures/{png.name}" alt="{html.escape(f"Convergence benchmark: {target}")}">'
+                  "<figcaption>Negative ELBO minus the best value any run reached, against score evaluations and "
+                  "against seconds in the methods' updates; thin lines are seeds, thick lines their median."
+                  "</figcaption></figure>",
+                  table.to_html(index=False, float_format=lambda value: f"{value:.4g}", na_rep="–", border=0)]
+    return "\n".join([*parts, "</section>"])
 
 
 def _page(results_dir: Path, runs: pd.DataFrame, groups: list[_Group], bodies: list[str]) -> str:

@@ -135,11 +135,16 @@ def _fit(name: str, task: TaskSpec, model: nn.Module, data: DataBundle, budget: 
             draws = mean + torch.randn(hparams.batch_samples, size, dtype=torch.float64,
                                        device=mean.device) @ chol.T
             batch_scores, values = scores(draws, x_all[rows], y_all[rows])
+            if not (torch.isfinite(batch_scores).all() and torch.isfinite(values).all()):
+                raise DivergenceError(f"{name}: a score or log-likelihood is not finite at update {steps}")
             if name == "gsm":
                 mean, covariance = gsm_update(mean, covariance, draws, batch_scores)
             else:
                 rate = bam_learning_rate(steps, hparams.batch_samples, size, hparams.learning_rate_scale)
-                mean, covariance = bam_update(mean, covariance, draws, batch_scores, rate)
+                try:
+                    mean, covariance = bam_update(mean, covariance, draws, batch_scores, rate)
+                except RuntimeError as error:  # the factorisations of a broken covariance
+                    raise DivergenceError(f"{name}: the update failed at update {steps} ({error})") from error
             covariance = 0.5 * (covariance + covariance.T)
             neg_log_likelihoods.append(-values.mean())
             steps += 1
