@@ -165,7 +165,8 @@ def test_convergence_skips_damaged_and_hidden_runs(cli, tree, tmp_path):
     vi_curve(shutil.copytree(good, good.with_name(f".{good.name}.partial")), "half-written")
     vi_curve(shutil.copytree(good, tree / ".trash" / GOOD / good.name), "thrown-away")
 
-    result = cli("convergence", "--from-runs", "--task", TASK, "--results-dir", str(tree), "--out", str(tmp_path / "c.png"))
+    result = cli("convergence", "--from-runs", "--task", TASK, "--results-dir", str(tree),
+                 "--out", str(tmp_path / "c.png"))
     assert_clean(result, 0)
     assert_warned_once(result, bad_file)
     assert "elbo-vi seed 0" in result.stdout
@@ -177,7 +178,8 @@ def test_convergence_skips_a_run_with_a_malformed_curve(cli, tree, tmp_path):
     vi_curve(good_run(tree), "elbo-vi")
     malformed = second_run(tree)
     relabel(malformed, fit_extra={"neg_elbo": "lots", "epoch_seconds": [0.1]})
-    result = cli("convergence", "--from-runs", "--task", TASK, "--results-dir", str(tree), "--out", str(tmp_path / "c.png"))
+    result = cli("convergence", "--from-runs", "--task", TASK, "--results-dir", str(tree),
+                 "--out", str(tmp_path / "c.png"))
     assert_clean(result, 0)
     assert_warned_once(result, malformed / "run.json")
     assert "elbo-vi seed 0" in result.stdout
@@ -231,7 +233,8 @@ def test_check_report_and_convergence_on_only_failed_runs(cli, tree, tmp_path):
     assert reported.stderr.strip() == f"no successful runs under {tree} (1 failed); the report lists the failures"
     assert "boom" in (tmp_path / "report" / "index.html").read_text()
 
-    drawn = cli("convergence", "--from-runs", "--task", TASK, "--results-dir", str(tree), "--out", str(tmp_path / "c.png"))
+    drawn = cli("convergence", "--from-runs", "--task", TASK, "--results-dir", str(tree),
+                "--out", str(tmp_path / "c.png"))
     assert_clean(drawn, 1)
     assert drawn.stderr.strip() == f"no successful runs of task {TASK} under {tree} (1 failed)"
 
@@ -321,7 +324,8 @@ def test_figures_draw_names_holding_dollar_signs(cli, tree, tmp_path):
     assert_clean(reported, 0)
     assert "figures" in reported.stdout and r"m$\frac$" in (tmp_path / "report" / "index.html").read_text()
     vi_curve(good_run(tree), r"vi$\frac$")
-    drawn = cli("convergence", "--from-runs", "--task", TASK, "--results-dir", str(tree), "--out", str(tmp_path / "c.png"))
+    drawn = cli("convergence", "--from-runs", "--task", TASK, "--results-dir", str(tree),
+                "--out", str(tmp_path / "c.png"))
     assert_clean(drawn, 0)
 
 

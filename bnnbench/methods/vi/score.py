@@ -52,7 +52,7 @@ class Hparams(VIHparams):
     inner_steps: int = 5  # K: optimiser steps on one set of samples and scores
     prox_weight: float = 1.0  # λ
     refresh_every: int = 1  # mini-batches between anchor refreshes q_t <- q
-    weighting: str = "q_t"  # residual weight: "q_t" (σ_t²) or "none"
+    weighting: str = "q_t"  # residual weight: "q_t" (σ_t²), "q_t_full" (Σ_t; σ_t² for family = diag) or "none"
     control_variate: bool = False  # zero-mean control variate on the μ-gradient (ScoreMatching's docstring)
 
     def __post_init__(self) -> None:
