@@ -275,7 +275,10 @@ for _metric, _summary in (
     (Metric("auroc_mi", True), "OOD detection AUROC of the mutual information (methods with samples)"),
     (Metric("aupr_mi", True), "OOD detection average precision of the mutual information"),
     (Metric("w2_mean_err", False), "||mu - m|| / ||m|| against the exact posterior mean"),
-    (Metric("var_ratio", False, optimum=1.0), "mean over parameters of var / exact diagonal variance"),
+    (Metric("var_ratio", False, optimum=1.0), "mean over parameters of var x exact precision's diagonal (1: the "
+     "mean-field optimum 1/Λ_dd)"),
+    (Metric("marginal_var_ratio", False, optimum=1.0), "mean over parameters of var / exact marginal variance (1: "
+     "the posterior's own, a full-covariance method's target)"),
     (Metric("pred_var_ratio", False, optimum=1.0), "mean over test points of predictive var / exact"),
     (Metric("agreement", True), "share of test points whose top class is the HMC reference's"),
     (Metric("tv", False), "mean total variation distance to the HMC reference predictive"),
@@ -285,7 +288,8 @@ for _metric, _summary in (
         f"{'higher' if _metric.higher_is_better else 'lower'} is better")
     METRICS.register(_metric.name, _metric, f"{_summary}; {_direction}")
 
-POSTERIOR_METRICS = ("w2_mean_err", "var_ratio", "pred_var_ratio")  # need an exact reference posterior
+# these need an exact reference posterior
+POSTERIOR_METRICS = ("w2_mean_err", "var_ratio", "marginal_var_ratio", "pred_var_ratio")
 HMC_METRICS = {"categorical": ("agreement", "tv"), "gaussian": ("w2",)}  # need an HMC reference predictive
 OOD_METRICS = {"auroc": auroc, "aupr": aupr}  # each of a likelihood's uncertainty scores: f"{name}_{score}"
 

@@ -76,5 +76,6 @@ def test_parameter_moments_are_scored_only_for_predictives_that_declare_them():
     scored = fidelity_metrics(exact, ExactMoments(), x, exact_variance)
     assert scored["w2_mean_err"] < 1e-12 and scored["pred_var_ratio"] == pytest.approx(1.0)
     assert scored["var_ratio"] == pytest.approx(np.mean(np.diag(exact.covariance) * np.diag(exact.precision)))
+    assert scored["marginal_var_ratio"] == pytest.approx(1.0) and scored["var_ratio"] > 1.05  # a correlated posterior
     assert set(fidelity_metrics(exact, object(), x, 2 * exact_variance)) == {"pred_var_ratio"}
     assert issubclass(PointPredictive, ParameterPosterior) and not issubclass(EnsemblePredictive, ParameterPosterior)
