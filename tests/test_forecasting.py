@@ -301,7 +301,10 @@ def test_student_t_likelihood_metrics_and_samples_match_scipy():
         StudentT(df=2)
 
 
-@pytest.mark.parametrize("method", ["map", "laplace-ll", "sampled-laplace"])
+# sampled-laplace's EM and sample solves on ts-co2 took 38.6 s alone and 142 s inside `make test` (2 workers) on
+# 2026-12-07: `make test-all` runs it; the ts-co2 CI gate runs sampled-laplace with the Gaussian head in make test
+@pytest.mark.parametrize("method", ["map", "laplace-ll",
+                                    pytest.param("sampled-laplace", marks=pytest.mark.slow)])
 def test_student_t_head_runs_on_ts_co2(cli, tmp_path, results_dir, method):
     from bnnbench.tasks import load_task
 
