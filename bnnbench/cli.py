@@ -543,10 +543,10 @@ def convergence(
     if iterations < 1 or batch < 1:
         raise UsageError(f"--iterations and --batch must be >= 1, got {iterations} and {batch}")
     settings = BenchmarkSettings(iterations=iterations, batch=batch, record_every=max(1, iterations // 50))
-    resolve_target(task)  # a bad name is exit 2 before any work
     seeds = parse_seeds(seed)
-    result = run_benchmark(task, chosen, seeds, settings, progress=lambda line: _say(line))
-    directory = write_benchmark(result, task, settings, out_dir)
+    target = resolve_target(task)  # a bad name is exit 2 before any work
+    result = run_benchmark(target, chosen, seeds, settings, progress=lambda line: _say(line))
+    directory = write_benchmark(result, settings, out_dir)
     plot_benchmark(result.rows, task, directory / "convergence.png")
     for failure in result.failures:
         _say(f"failed: {failure}")

@@ -125,6 +125,7 @@ def _network_target(name: str):
 
 @dataclass(frozen=True)
 class ConvergenceResult:
+    target: object  # the `targets.Target` the rows are of
     rows: pd.DataFrame
     chosen: dict[str, float | None]  # each method's step size from its grid (None: GSM has none)
     failures: list[str]
@@ -291,39 +292,40 @@ def choose_step(method: str, target, settings: BenchmarkSettings) -> float | Non
     return min(finals, key=lambda step: (finals[step], step))
 
 
-def run_benchmark(target_name: str, methods: list[str], seeds: list[int], settings: BenchmarkSettings,
+def run_benchmark(target, methods: list[str], seeds: list[int], settings: BenchmarkSettings,
                   progress: Callable[[str], None] | None = None) -> ConvergenceResult:
-    """Every method on `target_name` for every seed, after choosing its step size on the tuning seed."""
+    """Every method on `target` (a `targets.Target`, or its name) for every seed, after choosing its step size on
+    the tuning seed."""
     unknown = [method for method in methods if method not in METHODS]
     if unknown:
         from bnnbench.errors import unknown_choice
 
         raise unknown_choice("convergence method", unknown[0], METHODS)
-    target = resolve_target(target_name)
+    target = resolve_target(target) if isinstance(target, str) else target
     frames, chosen, failures = [], {}, []
     for method in methods:
         chosen[method] = choose_step(method, target, settings)
         if progress:
-            progress(f"{target_name} {method}: step {chosen[method]}")
+            progress(f"{target.name} {method}: step {chosen[method]}")
         for seed in seeds:
             try:
                 frames.append(_run_one(method, target, settings, seed, chosen[method]))
             except (_Diverged, RuntimeError) as error:
                 failures.append(f"{method} seed {seed}: {error}")
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ROW_COLUMNS)
-    return ConvergenceResult(rows, chosen, failures)
+    return ConvergenceResult(target, rows, chosen, failures)
 
 
-def write_benchmark(result: ConvergenceResult, target_name: str, settings: BenchmarkSettings, out_dir: Path) -> Path:
+def write_benchmark(result: ConvergenceResult, settings: BenchmarkSettings, out_dir: Path) -> Path:
     """rows.csv and settings.json under out_dir/<target>, each written atomically."""
     from bnnbench import atomic
     from bnnbench.version import __version__
 
-    directory = Path(out_dir) / target_name
+    target = result.target
+    directory = Path(out_dir) / target.name
     directory.mkdir(parents=True, exist_ok=True)
     atomic.write_text(directory / "rows.csv", result.rows.to_csv(index=False, float_format="%.10g"))
-    target = resolve_target(target_name)
-    meta = {"target": target_name, "description": target.description, "dim": target.dim, "moments": target.moments,
+    meta = {"target": target.name, "description": target.description, "dim": target.dim, "moments": target.moments,
             "settings": asdict(settings), "chosen_steps": result.chosen, "step_rule": STEP_RULE,
             "tuning_seed": TUNING_SEED, "failures": result.failures, "bnnbench": __version__,
             "torch": torch.__version__}

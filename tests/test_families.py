@@ -4,8 +4,6 @@ with the full family reaches a dense Gaussian target's exact posterior; the memo
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -190,4 +188,4 @@ def test_the_control_variate_is_refused_for_a_non_diagonal_family():
 
     with pytest.raises(UsageError, match="diag"):
         Hparams(family="lowrank", control_variate=True)
-    assert math.isfinite(Hparams(family="lowrank").rank)
+    Hparams(family="lowrank")  # the family itself is accepted

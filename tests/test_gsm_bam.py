@@ -81,7 +81,7 @@ def test_the_benchmark_records_exact_kl_and_gsm_bam_converge_on_a_gaussian(tmp_p
     final = rows[rows["iteration"] == 60]
     assert (rows[rows["iteration"] == 0]["kl"] > 1).all()
     assert (final[final["method"] == "bam"]["kl"] < 1e-8).all() and (final[final["method"] == "gsm"]["kl"] < 1e-3).all()
-    directory = write_benchmark(result, "gauss-d10-k10", settings, tmp_path)
+    directory = write_benchmark(result, settings, tmp_path)
     loaded, meta = load_benchmark(tmp_path)["gauss-d10-k10"]
     assert len(loaded) == len(rows) and meta["chosen_steps"]["gsm"] is None and (directory / "rows.csv").exists()
 
@@ -149,8 +149,7 @@ def test_the_report_draws_a_figure_and_a_summary_per_benchmark_target(tmp_path):
     from bnnbench.report import Report, _benchmark_section
 
     settings = BenchmarkSettings(iterations=20, batch=4, record_every=10)
-    write_benchmark(run_benchmark("gauss-d10-k10", ["gsm", "bam"], [0, 1], settings), "gauss-d10-k10", settings,
-                    tmp_path / "conv")
+    write_benchmark(run_benchmark("gauss-d10-k10", ["gsm", "bam"], [0, 1], settings), settings, tmp_path / "conv")
     report = Report(page=tmp_path / "index.html", n_runs=0, n_failed=0)
     html = _benchmark_section(tmp_path / "conv", tmp_path / "staging", report)
     (image,) = report.images

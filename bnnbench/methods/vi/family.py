@@ -160,6 +160,13 @@ class _Structured:
     def names(self) -> list[str]:
         return self.layout.names
 
+    def parameters(self) -> list[Tensor]:
+        raise NotImplementedError
+
+    def detached(self):
+        """A frozen copy (the proximal anchor q_t, or the fitted posterior): every parameter detached, cloned."""
+        return type(self)(self.layout, *(parameter.detach().clone() for parameter in self.parameters()))
+
     def named(self, flat: Tensor) -> Params:
         return self.layout.unflatten(flat)
 
@@ -235,10 +242,6 @@ class LowRankGaussian(_Structured):
     def parameters(self) -> list[Tensor]:
         return [self.mean, self.log_std, self.shape]
 
-    def detached(self) -> LowRankGaussian:
-        return LowRankGaussian(self.layout, self.mean.detach().clone(), self.log_std.detach().clone(),
-                               self.shape.detach().clone())
-
     def noise_size(self) -> int:
         return self.numel() + self.shape.shape[1]
 
@@ -306,10 +309,6 @@ class FullGaussian(_Structured):
 
     def parameters(self) -> list[Tensor]:
         return [self.mean, self.log_std, self.lower]
-
-    def detached(self) -> FullGaussian:
-        return FullGaussian(self.layout, self.mean.detach().clone(), self.log_std.detach().clone(),
-                            self.lower.detach().clone())
 
     def scale_tril(self) -> Tensor:
         unit = torch.tril(self.lower, -1) + torch.eye(self.numel(), dtype=self.mean.dtype, device=self.mean.device)
