@@ -128,3 +128,56 @@ def gluonts_metric(name: str):
 
     fn.__name__ = name
     return fn
+
+
+# Per-window terms (N, K) of each metric, for paired bootstraps over test windows (`Metric.terms`); the mean of a
+# window's terms over steps is the window's share, so windows are the examples a bootstrap resamples.
+
+def _per_window(values: np.ndarray) -> np.ndarray:
+    return values.reshape(len(values), -1).mean(axis=1, keepdims=True)
+
+
+def crps_terms(mixture: np.ndarray, targets: np.ndarray, windows: Windows) -> np.ndarray:
+    return _per_window(sample_crps(forecast_samples(mixture), targets))
+
+
+def coverage_terms(level: float):
+    def fn(mixture: np.ndarray, targets: np.ndarray, windows: Windows) -> np.ndarray:
+        low, high = sample_quantiles(forecast_samples(mixture), [(1 - level) / 2, (1 + level) / 2])
+        return _per_window((targets >= low) & (targets <= high))
+
+    return fn
+
+
+def standardised_mse_terms(mixture: np.ndarray, targets: np.ndarray, windows: Windows) -> np.ndarray:
+    return _per_window(((mixture[..., 0].mean(axis=1) - targets) / _train_std(windows)) ** 2)
+
+
+def standardised_mae_terms(mixture: np.ndarray, targets: np.ndarray, windows: Windows) -> np.ndarray:
+    [median] = sample_quantiles(forecast_samples(mixture), [0.5])
+    return _per_window(np.abs(median - targets) / _train_std(windows))
+
+
+def gluonts_metric_terms(name: str):
+    """Per-window terms of gluonts' metric `name`, as gluonts.ev defines it: MAE, MASE (the absolute error over the
+    window's seasonal error) and sMAPE are means over windows and steps; wql's terms are each level's summed
+    quantile loss and the summed |label| of the window, which `weighted_quantile_loss` combines as a ratio."""
+    def fn(mixture: np.ndarray, targets: np.ndarray, windows: Windows) -> np.ndarray:
+        data = _gluonts_data(mixture, targets, windows)
+        median, label = data["0.5"], data["label"]
+        if name == "mae":
+            return _per_window(np.abs(label - median))
+        if name == "mase":
+            return _per_window(np.abs(label - median) / data["seasonal_error"])
+        if name == "smape":
+            return _per_window(2 * np.abs(label - median) / (np.abs(label) + np.abs(median)))
+        losses = [2 * np.abs((label - data[str(q)]) * ((label <= data[str(q)]) - q)).reshape(len(label), -1).sum(1)
+                  for q in QUANTILE_LEVELS]
+        return np.stack([*losses, np.abs(label).reshape(len(label), -1).sum(1)], axis=1)
+
+    return fn
+
+
+def weighted_quantile_loss(mean_terms: np.ndarray) -> np.ndarray:
+    """wql from the mean over windows of `gluonts_metric_terms("wql")`: the mean over levels of loss / |label|."""
+    return (mean_terms[..., :-1] / mean_terms[..., -1:]).mean(axis=-1)

@@ -66,6 +66,12 @@ class Metric:
     needs_windows: bool = False  # forecasting metrics: fn(mixture, targets, windows)
     # scored on the mixture after temperature scaling fitted on the validation split (`evaluate` fits T)
     temperature_scaled: bool = False
+    # The metric as per-example terms, for paired bootstraps over test examples (`bnnbench compare --against`):
+    # per likelihood, `terms(mixture, targets[, windows]) -> (N, K)`, and `combine` maps the terms' (weighted) mean
+    # over examples, shape (..., K), to the metric, shape (...); combine(terms.mean(0)) is the metric's value (a
+    # test checks each one). None: the terms have one column whose mean is the value.
+    terms: dict[str, Callable[..., np.ndarray]] = field(default_factory=dict)
+    combine: Callable[[np.ndarray], np.ndarray] | None = None
 
     def fn_for(self, likelihood: str) -> Callable[..., float]:
         """The metric's function for predictions of `likelihood` (a task's metrics are checked up front)."""
@@ -78,6 +84,18 @@ class Metric:
         if windows is None:
             raise UsageError(f"metric '{self.name}' scores forecasting windows; this task's data has none")
         return self.fn_for(likelihood)(mixture, targets, windows)
+
+    def pointwise(self, likelihood: str, mixture: np.ndarray, targets: np.ndarray,
+                  windows: Windows | None) -> np.ndarray | None:
+        """The metric's per-example terms (N, K) on a split, or None when it has none for `likelihood`."""
+        if likelihood not in self.terms:
+            return None
+        fn = self.terms[likelihood]
+        return np.asarray(fn(mixture, targets, windows) if self.needs_windows else fn(mixture, targets), np.float64)
+
+    def from_mean_terms(self, mean_terms: np.ndarray) -> np.ndarray:
+        """The metric from the mean over examples of its terms, (..., K) -> (...)."""
+        return mean_terms[..., 0] if self.combine is None else self.combine(mean_terms)
 
     def badness(self, value: float) -> float:
         """A number that orders values from best (lowest) to worst, whatever the direction."""
@@ -230,6 +248,85 @@ def gaussian_w2(mean: np.ndarray, variance: np.ndarray, reference_mean: np.ndarr
                                  + (np.sqrt(variance) - np.sqrt(reference_variance)) ** 2)))
 
 
+def _column(values: np.ndarray) -> np.ndarray:
+    return np.asarray(values, np.float64).reshape(len(values), 1)
+
+
+def accuracy_terms(log_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return _column(log_probs.argmax(axis=1) == labels)
+
+
+def nll_terms(log_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return _column(-log_probs[np.arange(len(labels)), labels])
+
+
+def brier_terms(log_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    probs = np.exp(log_probs)
+    probs[np.arange(len(labels)), labels] -= 1.0
+    return _column(np.sum(probs**2, axis=1))
+
+
+def ece_terms(log_probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
+    """(N, n_bins): each example's correctness minus confidence, in its confidence bin's column; ECE is the sum
+    over bins of the absolute mean of a column (`_sum_of_absolutes`)."""
+    probs = np.exp(log_probs)
+    confidence = probs.max(axis=1)
+    gap = (probs.argmax(axis=1) == labels) - confidence
+    bins = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    terms = np.zeros((len(labels), n_bins))
+    terms[np.arange(len(labels)), bins] = gap
+    return terms
+
+
+def classwise_ece_terms(log_probs: np.ndarray, labels: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
+    """(N, n_bins): per example, the sum over its classes of indicator minus probability in each bin, divided by
+    the classes (the metric weighs bins by their share of the N x C pairs)."""
+    probs = np.exp(log_probs)
+    n, classes = probs.shape
+    gap = (np.arange(classes)[None, :] == labels[:, None]) - probs
+    bins = np.minimum(np.digitize(probs, np.linspace(0.0, 1.0 + 1e-8, n_bins + 1)[1:]), n_bins - 1)
+    terms = np.zeros((n, n_bins))
+    np.add.at(terms, (np.repeat(np.arange(n), classes), bins.ravel()), gap.ravel() / classes)
+    return terms
+
+
+def _sum_of_absolutes(mean_terms: np.ndarray) -> np.ndarray:
+    return np.abs(mean_terms).sum(axis=-1)
+
+
+def agreement_terms(log_probs: np.ndarray, reference_probs: np.ndarray) -> np.ndarray:
+    return _column(log_probs.argmax(axis=1) == reference_probs.argmax(axis=1))
+
+
+def total_variation_terms(log_probs: np.ndarray, reference_probs: np.ndarray) -> np.ndarray:
+    return _column(0.5 * np.abs(np.exp(log_probs) - reference_probs).sum(axis=1))
+
+
+def _mixture_log_density_terms(log_density: np.ndarray, components: int) -> np.ndarray:
+    per_example = log_density.reshape(*log_density.shape[:2], -1).sum(axis=2)
+    return _column(-(np.logaddexp.reduce(per_example, axis=1) - math.log(components)))
+
+
+def gaussian_nll_terms(mixture: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    mean, log_std = mixture[..., 0], mixture[..., 1]
+    log_density = (-0.5 * ((targets[:, None] - mean) * np.exp(-log_std)) ** 2 - log_std
+                   - 0.5 * math.log(2 * math.pi))
+    return _mixture_log_density_terms(log_density, mixture.shape[1])
+
+
+def student_t_nll_terms(mixture: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    from bnnbench.likelihoods import student_t_log_density
+
+    df = float(mixture[(0,) * (mixture.ndim - 1) + (2,)])
+    log_density = student_t_log_density(targets[:, None], mixture[..., 0], mixture[..., 1], df)
+    return _mixture_log_density_terms(log_density, mixture.shape[1])
+
+
+def gaussian_mse_terms(mixture: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    squared = (mixture[..., 0].mean(axis=1) - targets) ** 2
+    return _column(squared.reshape(len(squared), -1).mean(axis=1))
+
+
 def _real(fn: Callable[..., float]) -> dict[str, Callable[..., float]]:
     """One function for both real-valued likelihoods (their mixtures share the (mean, log scale[, df]) layout)."""
     return {"gaussian": fn, "student-t": fn}
@@ -237,38 +334,55 @@ def _real(fn: Callable[..., float]) -> dict[str, Callable[..., float]]:
 
 METRICS: Registry[Metric] = Registry("metric")
 for _metric, _summary in (
-    (Metric("acc", True, {"categorical": accuracy}), "accuracy of the top class"),
+    (Metric("acc", True, {"categorical": accuracy}, terms={"categorical": accuracy_terms}),
+     "accuracy of the top class"),
     (Metric("nll", False, {"categorical": negative_log_likelihood, "gaussian": gaussian_nll,
-                           "student-t": student_t_nll}),
+                           "student-t": student_t_nll},
+            terms={"categorical": nll_terms, "gaussian": gaussian_nll_terms, "student-t": student_t_nll_terms}),
      "negative log predictive density"),
-    (Metric("ece", False, {"categorical": expected_calibration_error}), "expected calibration error, 15 bins"),
-    (Metric("ece_classwise", False, {"categorical": classwise_calibration_error}),
+    (Metric("ece", False, {"categorical": expected_calibration_error}, terms={"categorical": ece_terms},
+            combine=_sum_of_absolutes), "expected calibration error, 15 bins"),
+    (Metric("ece_classwise", False, {"categorical": classwise_calibration_error},
+            terms={"categorical": classwise_ece_terms}, combine=_sum_of_absolutes),
      "calibration error over all N x C class probabilities, 15 bins (BayesDLL's; not top-label)"),
-    (Metric("brier", False, {"categorical": brier_score}), "Brier score, summed over classes"),
-    (Metric("nll_ts", False, {"categorical": negative_log_likelihood}, temperature_scaled=True),
+    (Metric("brier", False, {"categorical": brier_score}, terms={"categorical": brier_terms}),
+     "Brier score, summed over classes"),
+    (Metric("nll_ts", False, {"categorical": negative_log_likelihood}, temperature_scaled=True,
+            terms={"categorical": nll_terms}),
      "nll after temperature scaling fitted on the validation split"),
-    (Metric("ece_ts", False, {"categorical": expected_calibration_error}, temperature_scaled=True),
+    (Metric("ece_ts", False, {"categorical": expected_calibration_error}, temperature_scaled=True,
+            terms={"categorical": ece_terms}, combine=_sum_of_absolutes),
      "ece after temperature scaling fitted on the validation split"),
-    (Metric("ece_classwise_ts", False, {"categorical": classwise_calibration_error}, temperature_scaled=True),
+    (Metric("ece_classwise_ts", False, {"categorical": classwise_calibration_error}, temperature_scaled=True,
+            terms={"categorical": classwise_ece_terms}, combine=_sum_of_absolutes),
      "ece_classwise after temperature scaling fitted on the validation split (BayesDLL's reported ECE)"),
-    (Metric("mse", False, _real(gaussian_mse)), "squared error of the predictive mean"),
-    (Metric("crps", False, _real(forecast.crps), needs_windows=True),
+    (Metric("mse", False, _real(gaussian_mse), terms=_real(gaussian_mse_terms)),
+     "squared error of the predictive mean"),
+    (Metric("crps", False, _real(forecast.crps), needs_windows=True, terms=_real(forecast.crps_terms)),
      "CRPS of the forecast samples, mean over windows and steps, series units"),
-    (Metric("mase", False, _real(forecast.gluonts_metric("mase")), needs_windows=True),
+    (Metric("mase", False, _real(forecast.gluonts_metric("mase")), needs_windows=True,
+            terms=_real(forecast.gluonts_metric_terms("mase"))),
      "mean absolute scaled error of the median forecast (gluonts)"),
-    (Metric("smape", False, _real(forecast.gluonts_metric("smape")), needs_windows=True),
+    (Metric("smape", False, _real(forecast.gluonts_metric("smape")), needs_windows=True,
+            terms=_real(forecast.gluonts_metric_terms("smape"))),
      "symmetric mean absolute percentage error of the median forecast (gluonts)"),
-    (Metric("mae", False, _real(forecast.gluonts_metric("mae")), needs_windows=True),
+    (Metric("mae", False, _real(forecast.gluonts_metric("mae")), needs_windows=True,
+            terms=_real(forecast.gluonts_metric_terms("mae"))),
      "mean absolute error of the median forecast (gluonts)"),
-    (Metric("mse_std", False, _real(forecast.standardised_mse), needs_windows=True),
+    (Metric("mse_std", False, _real(forecast.standardised_mse), needs_windows=True,
+            terms=_real(forecast.standardised_mse_terms)),
      "squared error of the predictive mean on the series z-scored by its training part (LTSF's MSE)"),
-    (Metric("mae_std", False, _real(forecast.standardised_mae), needs_windows=True),
+    (Metric("mae_std", False, _real(forecast.standardised_mae), needs_windows=True,
+            terms=_real(forecast.standardised_mae_terms)),
      "absolute error of the median forecast on the series z-scored by its training part (LTSF's MAE)"),
-    (Metric("wql", False, _real(forecast.gluonts_metric("wql")), needs_windows=True),
+    (Metric("wql", False, _real(forecast.gluonts_metric("wql")), needs_windows=True,
+            terms=_real(forecast.gluonts_metric_terms("wql")), combine=forecast.weighted_quantile_loss),
      "mean weighted quantile loss over levels 0.1..0.9 (gluonts)"),
-    (Metric("coverage_50", False, _real(forecast.coverage(0.5)), optimum=0.5, needs_windows=True),
+    (Metric("coverage_50", False, _real(forecast.coverage(0.5)), optimum=0.5, needs_windows=True,
+            terms=_real(forecast.coverage_terms(0.5))),
      "fraction of targets inside the central 50% forecast interval"),
-    (Metric("coverage_90", False, _real(forecast.coverage(0.9)), optimum=0.9, needs_windows=True),
+    (Metric("coverage_90", False, _real(forecast.coverage(0.9)), optimum=0.9, needs_windows=True,
+            terms=_real(forecast.coverage_terms(0.9))),
      "fraction of targets inside the central 90% forecast interval"),
     (Metric("auroc_entropy", True), "OOD detection AUROC of the predictive entropy (OOD positive)"),
     (Metric("aupr_entropy", True), "OOD detection average precision of the predictive entropy (OOD positive)"),
@@ -280,8 +394,10 @@ for _metric, _summary in (
     (Metric("marginal_var_ratio", False, optimum=1.0), "mean over parameters of var / exact marginal variance (1: "
      "the posterior's own, a full-covariance method's target)"),
     (Metric("pred_var_ratio", False, optimum=1.0), "mean over test points of predictive var / exact"),
-    (Metric("agreement", True), "share of test points whose top class is the HMC reference's"),
-    (Metric("tv", False), "mean total variation distance to the HMC reference predictive"),
+    (Metric("agreement", True, terms={"categorical": agreement_terms}),
+     "share of test points whose top class is the HMC reference's"),
+    (Metric("tv", False, terms={"categorical": total_variation_terms}),
+     "mean total variation distance to the HMC reference predictive"),
     (Metric("w2", False), "mean 2-Wasserstein distance to the HMC reference predictive (Gaussian moments)"),
 ):
     _direction = "closer to 1 is better" if _metric.optimum is not None else (
