@@ -163,7 +163,8 @@ def run(
     epochs: Annotated[int | None, typer.Option(help="override the budget's epochs")] = None,
     budget: Annotated[str | None, typer.Option(help="a named budget of the task, e.g. ci")] = None,
     set_: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
-    save_predictions: Annotated[bool, typer.Option(help="write predictions.npz (clean test)")] = False,
+    save_predictions: Annotated[bool, typer.Option(help="write predictions.npz (clean test) and pointwise.npz "
+                                                        "(per-example metric terms, for `compare --against`)")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
     force: Annotated[bool, typer.Option(help="re-run seeds that already have an ok result")] = False,
@@ -232,7 +233,8 @@ def sweep(
     budget: Annotated[str | None, typer.Option(help="a named budget of the tasks, e.g. ci")] = None,
     epochs: Annotated[int | None, typer.Option(help="override the budget's epochs")] = None,
     data_dir: Annotated[Path | None, typer.Option(help=DATA_DIR_HELP)] = None,
-    save_predictions: Annotated[bool, typer.Option(help="each run writes predictions.npz (for `bnnbench report`)")]
+    save_predictions: Annotated[bool, typer.Option(help="each run writes predictions.npz and pointwise.npz "
+                                                        "(for `bnnbench report` and `compare --against`)")]
     = False,
     quiet: Annotated[bool, typer.Option(help="no live progress table")] = False,
     tasks_dir: Annotated[list[Path], typer.Option(help=TASKS_DIR_HELP)] = [],  # noqa: B006
@@ -375,9 +377,20 @@ def compare(
                                                  "ranked) for the tasks the tables name")] = True,
     published_table: Annotated[list[Path], typer.Option(help="a published-figure table to show instead of the "
                                                              "shipped ones (repeatable)")] = [],  # noqa: B006
+    against: Annotated[str | None, typer.Option(help="show each method's paired difference from this method (e.g. "
+                                                     "map), with confidence intervals, instead of the leaderboard")]
+    = None,
+    level: Annotated[float, typer.Option(help="--against: the intervals' confidence level")] = 0.95,
+    bootstrap: Annotated[int, typer.Option(help="--against: bootstrap replicates")] = 2000,
+    across_tasks: Annotated[bool, typer.Option("--across-tasks", help="rank methods on each task (of --task, or "
+                                                                      "all) by one --metric (default nll): average "
+                                                                      "ranks, Friedman test, Nemenyi CD")] = False,
+    alpha: Annotated[float, typer.Option(help="--across-tasks: the tests' significance level")] = 0.05,
 ) -> None:
     """Leaderboards per task: mean ± stderr over seeds, best per column, mean rank, cost columns. Published figures
-    of the tasks (the shipped tables', or --published-table's) follow as unranked rows marked †, with a footnote."""
+    of the tasks (the shipped tables', or --published-table's) follow as unranked rows marked †, with a footnote.
+    With --against, each method's difference from one method, paired by seed, with its confidence interval. With
+    --across-tasks, the methods' average ranks over tasks and whether they differ (Demšar 2006, via autorank)."""
     from bnnbench.comparison import TASK_KEY, aggregate, leaderboard, with_published
     from bnnbench.metrics import METRICS
     from bnnbench.published import load_published, shipped_tables
@@ -408,7 +421,24 @@ def compare(
         if name not in there:
             raise UsageError(f"metric '{name}' does not apply to these results; metrics there: "
                              f"{', '.join(there) or 'none'}")
-    board = with_published(leaderboard(runs, table, metric or None, rank_by), tables, metric or None)
+    if across_tasks:
+        if against is not None or pivot is Pivot.task or rank_by or format_ in (Format.latex, Format.json):
+            raise UsageError("--across-tasks ranks methods by one --metric; it takes no --against, --pivot task, "
+                             "--rank-by or --format latex/json (table, markdown or csv)")
+        if len(metric) > 1:
+            raise UsageError(f"--across-tasks ranks by one --metric, not {len(metric)}")
+        _print_ranks(table, metric[0] if metric else "nll", alpha, format_)
+        return
+    if against is not None:
+        from bnnbench.paired import PairedSettings
+
+        if pivot is Pivot.task or rank_by or format_ is Format.latex:
+            raise UsageError("--against shows differences from one method; it takes no --pivot task, --rank-by or "
+                             "--format latex")
+        _print_paired(runs, metrics, results_dir, PairedSettings(against, level, bootstrap), metric, format_)
+        return
+    resolution = _reference_resolutions(runs)
+    board = with_published(leaderboard(runs, table, metric or None, rank_by, resolution), tables, metric or None)
     if pivot is Pivot.task:
         from bnnbench.render import pivot_tasks
 
@@ -424,12 +454,110 @@ def compare(
             title = f"{task_name} v{version}" + ("" if variant == "standard" else f" ({variant})")
             if pivot is Pivot.task:
                 title = f"{metric[0]} (clean test) by task"
+            notes = _resolution_notes(rows, resolution.get((task_name, version, variant)))
             if format_ is Format.latex:
                 sys.stdout.write(leaderboard_latex(rows, title) + "\n")
             elif format_ is Format.markdown:
-                sys.stdout.write(leaderboard_markdown(rows, title) + "\n")
+                sys.stdout.write(leaderboard_markdown(rows, title) + "".join(f"{note}  \n" for note in notes) + "\n")
             else:
                 out.print(leaderboard_table(rows, title))
+            if notes and format_ is not Format.markdown:
+                out.print("\n".join(notes), markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_ranks(table, metric: str, alpha: float, format_: Format) -> None:
+    """`compare --across-tasks`: the rank table (a row per method, its average rank and its rank on each task), the
+    Friedman test, the critical difference and what was left out."""
+    from bnnbench.ranking import rank_across_tasks
+
+    result = rank_across_tasks(table, metric, alpha=alpha)
+    if format_ is Format.csv:
+        sys.stdout.write(result.to_frame().to_csv(index=False))
+        return
+    ranks = result.rank_table().reset_index()
+    lines = result.summary_lines()
+    if format_ is Format.markdown:
+        cells = [[str(value) if isinstance(value, str) else f"{value:.2f}" for value in row]
+                 for row in ranks.itertuples(index=False)]
+        table = ["| " + " | ".join(map(str, ranks.columns)) + " |", "|---|" + "---:|" * (len(ranks.columns) - 1),
+                 *("| " + " | ".join(row) + " |" for row in cells)]
+        sys.stdout.write("\n".join(table) + "\n\n" + "".join(f"{line}  \n" for line in lines))
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    shown = Table(title=f"ranks by clean-test {escape(metric)} across {len(result.tasks)} tasks (1 is best)",
+                  header_style="bold")
+    for column in ranks.columns:
+        shown.add_column(escape(str(column)), justify="left" if column == "method" else "right")
+    for row in ranks.itertuples(index=False):
+        shown.add_row(*[escape(value) if isinstance(value, str) else f"{value:.2f}" for value in row])
+    out.print(shown)
+    out.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+
+
+def _reference_resolutions(runs) -> dict[tuple, dict[str, float]]:
+    """{(task, version, variant): {column: resolution}} of the fidelity tasks whose runs name their HMC reference."""
+    from bnnbench.comparison import TASK_KEY, with_variant
+    from bnnbench.reference_files import recorded_resolution
+
+    if "hmc_reference" not in runs:
+        return {}
+    found = {}
+    for key, rows in with_variant(runs).groupby(TASK_KEY):
+        for record in rows["hmc_reference"]:
+            resolution = recorded_resolution(record)
+            if resolution:
+                found[key] = resolution
+                break
+    return found
+
+
+def _resolution_notes(board, resolution: dict[str, float] | None) -> list[str]:
+    """Lines under a fidelity task's leaderboard: the reference's resolution and the pairs it cannot tell apart."""
+    from bnnbench.comparison import unresolved_pairs
+
+    if not resolution:
+        return []
+    shown = {column: limit for column, limit in resolution.items() if column in set(board["column"])}
+    if not shown:
+        return []
+    lines = ["HMC reference resolution (larger of its split-half differences: chains and halves of each chain): "
+             + ", ".join(f"{column} {limit:.4f}" for column, limit in shown.items())
+             + "; means closer than that are ties, and every mean tied with a column's best is marked best"]
+    for column, pairs in unresolved_pairs(board, shown).items():
+        lines.append(f"{column} ties: " + (", ".join(f"{a} = {b} ({gap:.4f})" for a, b, gap in pairs) or "none"))
+    return lines
+
+
+def _print_paired(runs, metrics, results_dir: Path, settings, metric: list[str], format_: Format) -> None:
+    """`compare --against`: a table of paired differences per task, the interval methods used under each."""
+    from bnnbench.comparison import TASK_KEY
+    from bnnbench.paired import interval_note, paired_differences
+    from bnnbench.render import PAIRED_MARKS, paired_markdown, paired_table
+
+    rows = paired_differences(runs, metrics, results_dir, settings, metric or None)
+    if format_ is Format.csv:
+        sys.stdout.write(rows.to_csv(index=False))
+        return
+    if format_ is Format.json:
+        sys.stdout.write(rows.to_json(orient="records", indent=2) + "\n")
+        return
+    for (task_name, version, variant), task_rows in rows.groupby(TASK_KEY, sort=True):
+        seeds = sorted(set(task_rows["seeds"]))
+        title = (f"{task_name} v{version}" + ("" if variant == "standard" else f" ({variant})")
+                 + f": method - {settings.against}, mean over {'/'.join(map(str, seeds))} paired seeds, "
+                 f"{settings.level:.0%} interval")
+        notes = [*interval_note(set(task_rows["interval"]), settings),
+                 f"{PAIRED_MARKS['better']} / {PAIRED_MARKS['worse']}: the interval excludes 0 "
+                 f"and the method is better / worse than {settings.against} by the metric's direction; unmarked: "
+                 "not resolved"]
+        if (task_rows["quantity"] != "difference").any():
+            notes.append("coverage_*: the difference of the distances to the nominal level (below 0 is better)")
+        if format_ is Format.markdown:
+            sys.stdout.write(paired_markdown(task_rows, title, notes) + "\n")
+        else:
+            out.print(paired_table(task_rows, title, notes))
 
 
 def _warn(line: str) -> None:
@@ -442,37 +570,80 @@ def _say(line: str) -> None:
     err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-@app.command(epilog="Example: `bnnbench check --baseline results/baselines/ci-cpu.csv --results-dir results/ci-runs`")
+class CheckFormat(str, Enum):
+    """`bnnbench check` output: a table for a terminal, or a report for a CI system (`bnnbench.check_formats`)."""
+
+    text = "text"
+    junit = "junit"
+    markdown = "markdown"
+    github = "github"
+
+
+@app.command(epilog="Examples: `bnnbench check --baseline results/baselines/ci-cpu.csv --results-dir results/ci-runs`; "
+                     "`bnnbench check --baseline base.csv --results-dir results/ci-runs --format junit --output "
+                     "check.xml` (CI: see docs/ci.md)")
 def check(
     baseline: Annotated[Path, typer.Option(help="baseline CSV (see `bnnbench baseline`)")],
     results_dir: Annotated[Path, typer.Option(help="new results to check")] = Path("results/runs"),
     config: Annotated[Path | None, typer.Option(help="pyproject.toml with [tool.bnnbench.check]")] = None,
-    only_changed: Annotated[bool, typer.Option(help="hide unchanged rows")] = False,
+    only_changed: Annotated[bool, typer.Option(help="hide unchanged rows (text format)")] = False,
+    format_: Annotated[CheckFormat, typer.Option("--format", help="text (a table), junit (XML), markdown (a "
+                                                 "pull-request comment) or github (workflow commands); a report "
+                                                 "goes to stdout alone, the verdict to stderr")] = CheckFormat.text,
+    output: Annotated[Path | None, typer.Option(help="write the junit, markdown or github report to this file "
+                                                     "(whole or not at all) instead of stdout")] = None,
 ) -> None:
-    """Compare results with a baseline; exit 1 on a regression (+) or new failure (!) of a gated metric."""
-    from bnnbench.comparison import aggregate, check_failed, load_baseline, load_check_config
+    """Compare results with a baseline; exit 1 on a regression (+) or new failure (!) of a gated metric, or when
+    nothing matches the baseline, in every format."""
+    from bnnbench import atomic
+    from bnnbench.check_formats import Verdict, check_github, check_junit, check_markdown, verdict
+    from bnnbench.comparison import aggregate, load_baseline, load_check_config
     from bnnbench.comparison import check as check_results
     from bnnbench.render import check_result_table
-    from bnnbench.results import load_results
+    from bnnbench.results import check_output_file, load_results
 
+    if output is not None:  # bad input first: no results are read for a report that cannot be written
+        if format_ is CheckFormat.text:
+            raise UsageError("--output writes a CI report: give --format junit, markdown or github "
+                             "(the text table goes to stdout)")
+        check_output_file(output, option="--output")
     settings = load_check_config(config)
     base = load_baseline(baseline)
     runs, metrics = load_results(results_dir, _warn)
     if runs.empty:  # nothing to check is bad input, as for compare, baseline and report: not a table of '?'
         raise UsageError(f"no runs found under '{results_dir}'; run `bnnbench run` first")
     result = check_results(base, aggregate(runs, metrics), settings)
-    shown = result[result["mark"] != " "] if only_changed else result
-    out.print(check_result_table(shown, settings))
     counts = result["mark"].value_counts().to_dict()
-    out.print("marks: " + ", ".join(f"'{mark}' {count}" for mark, count in sorted(counts.items())))
+    marks = "marks: " + ", ".join(f"'{mark}' {count}" for mark, count in sorted(counts.items()))
+    if format_ is CheckFormat.text:
+        shown = result[result["mark"] != " "] if only_changed else result
+        out.print(check_result_table(shown, settings))
+        out.print(marks)
+    else:  # the report alone on stdout (`> check.xml` is a valid file); everything else on stderr
+        render = {CheckFormat.junit: check_junit, CheckFormat.markdown: check_markdown,
+                  CheckFormat.github: check_github}[format_]
+        report = render(result, settings)
+        if output is None:  # UTF-8 whatever the locale's encoding: the XML declares it, GitHub's summary expects it
+            sys.stdout.flush()
+            binary = getattr(sys.stdout, "buffer", None)
+            if binary is None:  # a text-only stream (an embedding's StringIO): its own encoding
+                sys.stdout.write(report)
+            else:
+                binary.write(report.encode("utf-8"))
+                binary.flush()
+        else:
+            atomic.write_text(output, report)
+            _say(f"wrote {output}")
+        _say(marks)
     gate = escape(", ".join(settings.gate))
-    if (result["mark"] == "?").all():
+    found = verdict(result)
+    if found is Verdict.nothing_matched:
         err.print(f"[red]no results under '{escape(str(results_dir))}' match the baseline[/red]", soft_wrap=True)
         raise typer.Exit(1)
-    if check_failed(result):
+    if found is Verdict.regression:
         err.print(f"[red]regression in a gated metric ({gate})[/red]", soft_wrap=True)
         raise typer.Exit(1)
-    out.print(f"[green]no regression in gated metrics ({gate})[/green]")
+    (out if format_ is CheckFormat.text else err).print(f"[green]no regression in gated metrics ({gate})[/green]")
 
 
 @app.command("baseline", epilog="Example: `bnnbench baseline --results-dir results/ci-runs "

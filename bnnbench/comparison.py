@@ -23,7 +23,7 @@ from bnnbench.metrics import METRICS
 from bnnbench.published import PublishedTable
 
 __all__ = ["BASELINE_COLUMNS", "TASK_KEY", "CheckConfig", "Tolerance", "aggregate", "check", "check_failed",
-           "leaderboard",
+           "leaderboard", "unresolved_pairs",
            "load_baseline", "load_check_config", "method_labels", "summary_rows", "with_published", "with_variant"]
 
 # A task's results are comparable only within one version and data variant (official vs generated CIFAR-10-C)
@@ -215,12 +215,14 @@ def check_failed(result: pd.DataFrame) -> bool:
 
 
 def leaderboard(runs: pd.DataFrame, table: pd.DataFrame, metrics: list[str] | None = None,
-                rank_by: str | None = None) -> pd.DataFrame:
+                rank_by: str | None = None, resolution: dict[tuple, dict[str, float]] | None = None) -> pd.DataFrame:
     """A long leaderboard: one row per (task, version, variant, method label, column) with mean, stderr, n,
     rank and best. Columns are each metric on the clean test split, its mean over corruptions
     ("<metric> corrupted", when present), OOD detection averaged over the OOD sets ("<metric> ood"), fit
     seconds and peak memory; `rank` is the method's mean rank over the quality columns (1 is best), or its rank
-    in the column `rank_by` alone (a fidelity leaderboard ranks by `agreement` with the HMC reference)."""
+    in the column `rank_by` alone (a fidelity leaderboard ranks by `agreement` with the HMC reference).
+    `resolution` ({(task, version, variant): {column: smallest resolved difference}}, an HMC reference's) makes every
+    mean within that distance of a column's best count as best too: the reference cannot tell them apart."""
     if table.empty:
         return pd.DataFrame(columns=[*TASK_KEY, "method", "column", "mean", "stderr", "n",
                                      "higher_is_better", "best", "rank"])
@@ -244,9 +246,10 @@ def leaderboard(runs: pd.DataFrame, table: pd.DataFrame, metrics: list[str] | No
     board["best"] = False
     board["rank"] = math.nan
     board["column_rank"] = math.nan  # stays so where no run finished: there is nothing to rank
-    for _, rows in board.groupby([*TASK_KEY, "column"]):
+    for (*task_key, column), rows in board.groupby([*TASK_KEY, "column"]):
         score = rows["score"].to_numpy()
-        board.loc[rows.index, "best"] = score == score.min()
+        unresolved = (resolution or {}).get(tuple(task_key), {}).get(column, 0.0)
+        board.loc[rows.index, "best"] = (score == score.min()) | (score - score.min() < unresolved)
         board.loc[rows.index, "column_rank"] = pd.Series(score, index=rows.index).rank(method="min")
     ranked = board[board["kind"] == "quality"] if rank_by is None else board[board["column"] == rank_by]
     mean_rank = ranked.groupby([*TASK_KEY, "method"])["column_rank"].mean().rename("rank").reset_index()
@@ -263,6 +266,18 @@ def leaderboard(runs: pd.DataFrame, table: pd.DataFrame, metrics: list[str] | No
                                                                                       strict=True)]
         columns.append("tuning")
     return board[columns]
+
+
+def unresolved_pairs(board: pd.DataFrame, resolution: dict[str, float]) -> dict[str, list[tuple[str, str, float]]]:
+    """{column: [(method, method, gap)]} of one task's leaderboard: the pairs whose means differ by less than the
+    reference's resolution in that column (a tie, as far as the reference can tell), closest first."""
+    ties = {}
+    for column, limit in resolution.items():
+        rows = board[(board["column"] == column) & board["n"].notna()].sort_values("mean")
+        pairs = [(a.method, b.method, abs(a.mean - b.mean)) for i, a in enumerate(rows.itertuples())
+                 for b in list(rows.itertuples())[i + 1:] if abs(a.mean - b.mean) < limit]
+        ties[column] = sorted(pairs, key=lambda pair: (round(pair[2], 12), pair[0], pair[1]))
+    return ties
 
 
 def with_published(board: pd.DataFrame, tables: list[PublishedTable], metrics: list[str] | None = None

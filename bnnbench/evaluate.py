@@ -25,16 +25,19 @@ from bnnbench.reference import ExactLinearGaussian, PredictiveReference, fidelit
 from bnnbench.train import progress_bar
 from bnnbench.types import EvalSplit, Predictive, Split
 
-__all__ = ["Evaluation", "evaluate", "predict_mixture", "score_split"]
+__all__ = ["Evaluation", "evaluate", "pointwise_key", "predict_mixture", "score_split"]
 
 
 @dataclass
 class Evaluation:
     """Metric rows (split, corruption, severity, metric, value), the clean test predictions, seconds, and the
-    temperature fitted on the validation split when a temperature-scaled metric was asked for."""
+    temperature fitted on the validation split when a temperature-scaled metric was asked for; when asked for,
+    each metric's per-example terms on each split (`pointwise`, keyed by `pointwise_key`), from which paired
+    bootstraps over examples recompute it."""
 
     rows: list[dict]
     test_predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    pointwise: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: float = 0.0
     temperature: float | None = None
 
@@ -79,12 +82,18 @@ def _predict(predictive: Predictive, likelihood: Likelihood, data: Split, n_samp
     return torch.cat(mixtures).numpy(), {name: torch.cat(parts).numpy() for name, parts in scores.items()}
 
 
+def pointwise_key(split: str, corruption: str, severity: int, metric: str) -> str:
+    """The name of one split's per-example terms of one metric in `Evaluation.pointwise` and pointwise.npz."""
+    return f"{split}|{corruption}|{severity}|{metric}"
+
+
 def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], metric_names: list[str],
              likelihood: Likelihood, n_samples: int, batch_size: int, device: torch.device,
              reference: ExactLinearGaussian | None = None, show_progress: bool = True,
-             predictive_reference: PredictiveReference | None = None) -> Evaluation:
+             predictive_reference: PredictiveReference | None = None, pointwise: bool = False) -> Evaluation:
     """Score `predictive` on each split of `splits`; empty splits (a task without validation data) are
-    skipped. OOD splits must come after the clean test split (EvalPlan's order)."""
+    skipped. OOD splits must come after the clean test split (EvalPlan's order). `pointwise` keeps each metric's
+    per-example terms too (the metrics that have them: see `Metric.terms`)."""
     against_hmc = {name for names in HMC_METRICS.values() for name in names}
     metrics = [METRICS.get(name) for name in metric_names if name not in POSTERIOR_METRICS and name not in against_hmc]
     scaled_metrics = [metric for metric in metrics if metric.temperature_scaled]
@@ -110,6 +119,8 @@ def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], met
                 mixture, targets = _in_series_units(likelihood, mixture, split.data)
                 values = {metric.name: metric.score(likelihood.name, mixture, targets, split.data.windows)
                           for metric in metrics}
+                if pointwise:
+                    _keep_terms(evaluation, split, metrics, likelihood.name, mixture, targets)
                 if scaled_metrics:
                     if evaluation.temperature is None:
                         if split.split != "val":
@@ -119,6 +130,8 @@ def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], met
                     scaled = temperature_scaled(mixture, evaluation.temperature)
                     values |= {metric.name: metric.score(likelihood.name, scaled, targets, split.data.windows)
                                for metric in scaled_metrics}
+                    if pointwise:
+                        _keep_terms(evaluation, split, scaled_metrics, likelihood.name, scaled, targets)
             if clean_test:
                 test_scores = scores
                 evaluation.test_predictions = likelihood.saved_predictions(mixture, targets)
@@ -131,11 +144,22 @@ def evaluate(predictive: Predictive, splits: EvalPlan | Sequence[EvalSplit], met
                 if predictive_reference is not None and wanted_hmc:
                     fidelity = predictive_fidelity(predictive_reference, likelihood.name, mixture)
                     values |= {name: fidelity[name] for name in wanted_hmc if name in fidelity}
+                    if pointwise and likelihood.name == "categorical":  # the reference takes the targets' place
+                        _keep_terms(evaluation, split, [METRICS.get(name) for name in wanted_hmc], likelihood.name,
+                                    mixture, predictive_reference.arrays["probs"])
             evaluation.rows += [{"split": split.split, "corruption": split.corruption, "severity": split.severity,
                                  "metric": name, "value": value} for name, value in values.items()]
     evaluation.rows += _corruption_means(evaluation.rows)
     evaluation.seconds = time.perf_counter() - start
     return evaluation
+
+
+def _keep_terms(evaluation: Evaluation, split: EvalSplit, metrics: list, likelihood: str, mixture: np.ndarray,
+                targets: np.ndarray) -> None:
+    for metric in metrics:
+        terms = metric.pointwise(likelihood, mixture, targets, split.data.windows)
+        if terms is not None:
+            evaluation.pointwise[pointwise_key(split.split, split.corruption, split.severity, metric.name)] = terms
 
 
 def _in_series_units(likelihood: Likelihood, mixture: np.ndarray, data: Split) -> tuple[np.ndarray, np.ndarray]:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CostPoint", "FanPanel", "ReliabilityPanel", "SeverityCurve", "cost_figure", "fan_figure", "pareto_front",
-           "plain_text", "reliability_figure", "severity_figure"]
+__all__ = ["CostPoint", "FanPanel", "RankDiagram", "ReliabilityPanel", "SeverityCurve", "cost_figure", "fan_figure",
+           "pareto_front", "plain_text", "rank_figure", "reliability_figure", "severity_figure"]
 
 DPI = 110
 
@@ -189,4 +189,68 @@ def fan_figure(panels: Sequence[FanPanel], title: str, out: Path) -> Path:
     axes[0].legend(fontsize=6, loc="upper left")
     figure.suptitle(plain_text(title))
     figure.tight_layout()
+    return _save(figure, out)
+
+
+@dataclass(frozen=True)
+class RankDiagram:
+    """A critical-difference diagram's numbers (Demšar 2006), as `ranking.AcrossTasks.diagram` hands them over: average
+    ranks best first, the Nemenyi critical difference, and the groups of methods within it of each other."""
+
+    title: str  # may hold a line break
+    ranks: tuple[tuple[str, float], ...]  # (method, average rank), best (lowest) first
+    cd: float
+    cliques: tuple[tuple[str, ...], ...]
+
+
+def rank_figure(diagram: RankDiagram, out: Path) -> Path:
+    """Demšar's critical-difference diagram: an axis of average ranks from 1 (best, left) to k, each method's name on
+    a line from its rank (the better half to the left, the rest to the right), the CD as a bar above the axis, and a
+    thick bar under the axis joining each group of methods whose ranks do not differ significantly."""
+    from matplotlib.figure import Figure
+
+    ranks = [rank for _, rank in diagram.ranks]
+    low, high = 1, max(len(ranks), int(np.ceil(max(ranks))))
+    n_left = (len(ranks) + 1) // 2
+    labels = [f"{plain_text(method)} ({rank:.2f})" for method, rank in diagram.ranks]
+    side = max(1.4, 0.3 + 0.065 * max(len(label) for label in labels))  # inches for the names on each side, at 8 pt
+    width = max(7.5, 2 * side + 3.0)  # at least 3 inches of rank axis between them
+    axis_y = 1.05 if "\n" in diagram.title else 0.85  # inches from the top, under the title, CD bar and tick labels
+    bars_y = axis_y + 0.22  # the first clique bar
+    names_y = bars_y + 0.14 * max(len(diagram.cliques), 1) + 0.1  # the first name line
+    height = names_y + 0.26 * n_left + 0.15
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    axis = figure.add_axes((side / width, 0.0, 1.0 - 2 * side / width, 1.0))  # x in ranks, y in inches from the top
+    axis.set_xlim(low, high)
+    axis.set_ylim(height, 0.0)
+    axis.set_axis_off()
+    per_inch = (high - low) / (width - 2 * side)  # ranks per inch along the axis
+
+    def line(xs, ys, **style):
+        axis.plot(xs, ys, color=style.pop("color", "black"), linewidth=style.pop("linewidth", 0.8), clip_on=False,
+                  solid_capstyle="butt", **style)
+
+    line([low, high], [axis_y, axis_y])
+    for tick in np.arange(low, high + 0.25, 0.5):
+        whole = float(tick).is_integer()
+        line([tick, tick], [axis_y, axis_y - (0.1 if whole else 0.05)])
+        if whole:
+            axis.text(tick, axis_y - 0.13, f"{tick:g}", ha="center", va="bottom", fontsize=8)
+    cd_y = axis_y - 0.45
+    line([low, low + diagram.cd], [cd_y, cd_y])
+    for end in (low, low + diagram.cd):
+        line([end, end], [cd_y - 0.05, cd_y + 0.05])
+    axis.text(low + diagram.cd / 2, cd_y - 0.06, f"CD = {diagram.cd:.2f}", ha="center", va="bottom", fontsize=8)
+    for index, ((_, rank), label) in enumerate(zip(diagram.ranks, labels, strict=True)):
+        left = index < n_left
+        y = names_y + 0.26 * (index if left else len(ranks) - 1 - index)
+        end = low - 0.15 * per_inch if left else high + 0.15 * per_inch
+        line([rank, rank, end], [axis_y, y, y])
+        axis.text(end - 0.05 * per_inch if left else end + 0.05 * per_inch, y, label,
+                  ha="right" if left else "left", va="center", fontsize=8, clip_on=False)
+    positions = dict(diagram.ranks)
+    for index, clique in enumerate(diagram.cliques):
+        y = bars_y + 0.14 * index
+        line([positions[clique[0]] - 0.04 * per_inch, positions[clique[-1]] + 0.04 * per_inch], [y, y], linewidth=3.0)
+    figure.suptitle(plain_text(diagram.title), fontsize=9, y=1.0 - 0.06 / height, va="top")
     return _save(figure, out)

@@ -1,5 +1,5 @@
-"""Text renderings of leaderboards and check results: rich tables for terminals, Markdown for files, LaTeX
-(booktabs) for papers, HTML for reports.
+"""Text renderings of leaderboards, paired differences and check results: rich tables for terminals, Markdown for
+files, LaTeX (booktabs) for papers, HTML for reports.
 
 A leaderboard's published rows (`comparison.with_published`: `kind = "published"`) are set apart in every format,
 so that no reader takes a paper's number for a run: below the runs after a rule, in italics, their label ending in
@@ -14,8 +14,9 @@ import pandas as pd
 
 from bnnbench.errors import UsageError
 
-__all__ = ["check_result_table", "leaderboard_html", "leaderboard_latex", "leaderboard_markdown", "leaderboard_table",
-           "mean_stderr_text", "pivot_tasks", "published_rows", "wide"]
+__all__ = ["PAIRED_MARKS", "check_result_table", "leaderboard_html", "leaderboard_latex", "leaderboard_markdown",
+           "leaderboard_table", "mean_stderr_text", "paired_markdown", "paired_table", "paired_wide", "pivot_tasks",
+           "published_rows", "wide"]
 
 
 def mean_stderr_text(mean: float, stderr: float, n: int) -> str:
@@ -208,3 +209,76 @@ def check_result_table(result: pd.DataFrame, config):
                       str(row.severity), metric,
                       f"{row.base:.4f}", f"{row.new:.4f}", f"{row.ratio:.3f}")
     return table
+
+
+PAIRED_MARKS = {"better": "▲", "worse": "▼"}  # the interval excludes 0, and the method is better or worse
+
+
+def _where(split: str, corruption: str, severity: int) -> str:
+    """A paired row's split as a reader names it: test, test corrupted s3, test corrupted (all), ood (mean)."""
+    if corruption == "none":
+        return split
+    if corruption == "mean":
+        return f"{split} {'corrupted' if split == 'test' else 'sets'} {f's{severity}' if severity else '(all)'}"
+    return f"{split} {corruption} s{severity}"
+
+
+def _difference_text(row) -> str:
+    digits = 1 if abs(row.difference) >= 10 else 4
+    text = f"{row.difference:+.{digits}f}"
+    if not math.isnan(row.low):
+        text += f" [{row.low:+.{digits}f}, {row.high:+.{digits}f}]"
+    return text + (f" {PAIRED_MARKS[row.verdict]}" if row.verdict in PAIRED_MARKS else "")
+
+
+def paired_wide(rows: pd.DataFrame) -> tuple[list[tuple[str, str]], list[str], dict]:
+    """(row keys (method, where), metric columns, {(method, where, metric): (text, verdict)}) of one task's paired
+    differences: a row per method and split (clean test first, corrupted severities in order), a column per
+    metric. Only corruption means are shown per severity; each corruption's own rows are in the CSV."""
+    shown = rows[rows["corruption"].isin(["none", "mean"])]
+    order = shown.assign(where=[_where(r.split, r.corruption, r.severity) for r in shown.itertuples()],
+                         split_order=[(r.split != "test", r.corruption != "none", r.severity == 0, r.severity)
+                                      for r in shown.itertuples()])
+    order = order.sort_values(["method", "split_order"], kind="stable")
+    keys = list(dict.fromkeys(zip(order["method"], order["where"], strict=True)))
+    metrics = list(dict.fromkeys(order["metric"]))
+    cells = {(row.method, row.where, row.metric): (_difference_text(row), row.verdict) for row in order.itertuples()}
+    return keys, metrics, cells
+
+
+def paired_table(rows: pd.DataFrame, title: str, notes: list[str]):
+    """A rich Table of paired differences: significantly better cells green, worse ones red."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    keys, metrics, cells = paired_wide(rows)
+    table = Table(title=escape(title), header_style="bold", caption="\n".join(map(escape, notes)),
+                  caption_justify="left")
+    table.add_column("method")
+    table.add_column("split")
+    for metric in metrics:
+        table.add_column(escape(metric), justify="right")
+    previous = None
+    for method, where in keys:
+        if previous is not None and method != previous:
+            table.add_section()
+        texts = []
+        for metric in metrics:
+            text, verdict = cells.get((method, where, metric), ("", ""))
+            colour = {"better": "green", "worse": "red"}.get(verdict)
+            texts.append(f"[{colour}]{escape(text)}[/{colour}]" if colour else escape(text))
+        table.add_row(escape(method) if method != previous else "", escape(where), *texts)
+        previous = method
+    return table
+
+
+def paired_markdown(rows: pd.DataFrame, title: str, notes: list[str]) -> str:
+    """The paired differences as a Markdown table, the notes under it."""
+    keys, metrics, cells = paired_wide(rows)
+    lines = [f"### {_markdown_text(title)}", "",
+             "| method | split | " + " | ".join(map(_markdown_text, metrics)) + " |",
+             "|---|---|" + "---:|" * len(metrics)]
+    for method, where in keys:
+        texts = [_markdown_text(cells.get((method, where, metric), ("", ""))[0]) for metric in metrics]
+        lines.append(f"| {_markdown_text(method)} | {_markdown_text(where)} | " + " | ".join(texts) + " |")
+    return "\n".join([*lines, "", *(f"{_markdown_text(note)}  " for note in notes)]) + "\n"

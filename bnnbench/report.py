@@ -2,9 +2,10 @@
 
 Per task (and version and data variant, the units `compare` keeps apart): the leaderboard, reliability diagrams
 per method, metrics against corruption severity, loss against cost with its Pareto front, forecast fan charts
-and the VI convergence curves, each where the results hold what it needs. Everything shown is read from what
-runs wrote (metrics.csv, run.json, predictions.npz); the report scores nothing itself. The page uses no
-JavaScript and no resource outside its directory, and the directory is written whole or not at all.
+and the VI convergence curves, each where the results hold what it needs; then the methods' ranks across tasks
+(`bnnbench.ranking`: Friedman test, Nemenyi critical-difference diagram). Everything shown is read from what runs
+wrote (metrics.csv, run.json, predictions.npz); the report scores nothing itself. The page uses no JavaScript and
+no resource outside its directory, and the directory is written whole or not at all.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def build_report(results_dir: Path, out: Path, tasks: list[str] | None = None,
     with write_directory(out) as staging:
         report = Report(page=out / "index.html", n_runs=len(runs), n_failed=int((runs["status"] != "ok").sum()))
         bodies = [_task_section(group, Path(results_dir), staging, report) for group in groups]
+        bodies.append(_ranks_section(table, staging, report))
         if convergence_dir is not None:
             bodies.append(_benchmark_section(Path(convergence_dir), staging, report))
         page = _page(Path(results_dir), runs, groups, bodies)
@@ -201,9 +203,14 @@ def _fidelity(group: _Group, results_dir: Path, png: Path) -> str | None:
     if not {"agreement", "w2"} & set(columns):
         return None
     rank_by = "agreement" if "agreement" in columns else "w2"
-    board = leaderboard(group.runs, group.table, columns, rank_by)
-    board = board[board["column"].isin(columns)]
+    from bnnbench.comparison import unresolved_pairs
+    from bnnbench.reference_files import recorded_resolution
+
     recorded = [value for value in group.runs.get("hmc_reference", pd.Series(dtype=object)) if isinstance(value, dict)]
+    resolution = next((found for found in map(recorded_resolution, recorded) if found), None)
+    key = (group.task, group.version, group.variant)
+    board = leaderboard(group.runs, group.table, columns, rank_by, {key: resolution} if resolution else None)
+    board = board[board["column"].isin(columns)]
     about = ""
     if recorded:
         ref = recorded[0]
@@ -211,6 +218,13 @@ def _fidelity(group: _Group, results_dir: Path, png: Path) -> str | None:
                  f"× {ref.get('samples')} samples after {ref.get('warmup')} warm-up, split-R̂ max "
                  f"{ref.get('rhat_max')}, 99th percentile {ref.get('rhat_p99')}, bulk ESS min "
                  f"{ref.get('ess_bulk_min')}. ")
+    if resolution:
+        shown = {column: limit for column, limit in resolution.items() if column in columns}
+        ties = "; ".join(f"{column}: " + (", ".join(f"{html.escape(a)} = {html.escape(b)}" for a, b, _ in pairs)
+                                          or "none") for column, pairs in unresolved_pairs(board, shown).items())
+        about += ("Its resolution (the larger split-half difference of its draws): "
+                  + ", ".join(f"{column} {limit:.4f}" for column, limit in shown.items())
+                  + f"; closer means are ties, every one tied with the best is marked best. Ties: {ties}. ")
     caption = (f"{about}Rank is by {rank_by} alone ({'higher' if rank_by == 'agreement' else 'lower'} is better): "
                "how close each method's predictive is to full-batch HMC on the same posterior.")
     return f'<div class="scroll">{leaderboard_html(board)}</div><p class="caption">{caption}</p>'
@@ -442,6 +456,45 @@ def _benchmark_section(convergence_dir: Path, staging: Path, report: Report) -> 
                   "against seconds in the methods' updates; thin lines are seeds, thick lines their median."
                   "</figcaption></figure>",
                   table.to_html(index=False, float_format=lambda value: f"{value:.4g}", na_rep="–", border=0)]
+    return "\n".join([*parts, "</section>"])
+
+
+def _ranks_section(table: pd.DataFrame, staging: Path, report: Report) -> str:
+    """Methods ranked across the tasks (Friedman + Nemenyi, `bnnbench.ranking`) by clean-test nll, and by ece where
+    every task has it: the CD diagram, the test, the ranks and what was left out. Where the results cannot be
+    ranked (one task, too few methods in common), one line says why."""
+    from bnnbench.ranking import cd_figure, rank_across_tasks
+
+    parts = ['<section id="ranks-across-tasks">', "<h2>Ranks across tasks</h2>"]
+    report.sections.append("ranks-across-tasks")
+    clean = table[(table["split"] == "test") & (table["corruption"] == "none")]
+    tasks = set(clean["task"])
+    metrics = ["nll"] + (["ece"] if tasks and tasks == set(clean.loc[clean["metric"] == "ece", "task"]) else [])
+    for metric in metrics:
+        parts.append(f"<h3>Clean-test {metric}</h3>")
+        try:
+            result = rank_across_tasks(table, metric)
+        except UsageError as why:
+            report.notes.append(f"ranks across tasks ({metric}): {why}")
+            parts.append(f'<p class="missing">Not drawn: {html.escape(str(why))}.</p>')
+            continue
+        png = cd_figure(result, staging / "figures" / f"ranks-across-tasks-{metric}.png")
+        report.images.append(png)
+        verdict = "the ranks differ" if result.significant else "no significant difference between the ranks"
+        caption = (f"Average rank of each method over {len(result.tasks)} tasks by clean-test {metric} (1 is best). "
+                   f"Friedman χ² = {result.friedman_statistic:.3f}, p = {result.friedman_pvalue:.3g}: {verdict} at "
+                   f"α = {result.alpha:g}. Nemenyi critical difference CD = {result.cd:.3f}: thick bars join methods "
+                   "whose average ranks lie within CD of each other (not significantly different).")
+        parts += [f'<figure><img src="figures/{png.name}" alt="{html.escape(f"Ranks across tasks: {metric}")}">'
+                  f"<figcaption>{html.escape(caption)}</figcaption></figure>",
+                  '<div class="scroll">' + result.rank_table().to_html(
+                      classes="leaderboard", float_format=lambda value: f"{value:.2f}", index_names=False, border=0)
+                  + "</div>"]
+        missing = result.missing_lines()
+        if missing:
+            items = "".join(f"<li>{html.escape(line)}</li>" for line in missing)
+            parts.append(f'<p class="caption">Left out to keep every method on every task (Friedman\'s test needs '
+                         f"it):</p><ul>{items}</ul>")
     return "\n".join([*parts, "</section>"])
 
 

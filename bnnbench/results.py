@@ -1,9 +1,9 @@
 """Result files: schema, deterministic run ids, atomic writes, and loading into pandas.
 
 Each run is a directory `<results-dir>/<task>/<method>/<run_id>/` holding `metrics.csv` (tidy long rows),
-`run.json` (configuration, provenance, costs, status) and optionally `predictions.npz`. The directory
-is written under a temporary name and renamed into place, so a crash never leaves half a run and a
-re-run replaces the old one whole.
+`run.json` (configuration, provenance, costs, status) and optionally `predictions.npz` and `pointwise.npz`. The
+directory is written under a temporary name and renamed into place, so a crash never leaves half a run and a re-run
+replaces the old one whole.
 """
 
 from __future__ import annotations
@@ -72,11 +72,12 @@ def check_writable(results_dir: Path, *subdirectories: str, what: str = "results
         raise UsageError(f"{what} '{results_dir}' is not writable: {error.strerror}") from None
 
 
-def check_output_file(path: Path) -> None:
-    """Raise UsageError unless `path` can be written as a file: not a directory, in a writable directory."""
+def check_output_file(path: Path, option: str = "--out") -> None:
+    """Raise UsageError unless `path` can be written as a file: not a directory, in a writable directory. `option`
+    names the command's option in the message."""
     if Path(path).is_dir():
-        raise UsageError(f"--out '{path}' is a directory; give a file name")
-    check_writable(Path(path).parent, what=f"--out '{path}': folder")
+        raise UsageError(f"{option} '{path}' is a directory; give a file name")
+    check_writable(Path(path).parent, what=f"{option} '{path}': folder")
 
 
 def _metrics_csv(rows: list[dict[str, Any]]) -> str:
@@ -101,9 +102,10 @@ def json_safe(value: Any) -> Any:
 
 
 def write_run(directory: Path, record: dict[str, Any], rows: list[dict[str, Any]],
-              predictions: dict[str, Any] | None = None, extra_files: dict[str, str] | None = None) -> None:
-    """Write run.json, metrics.csv (and predictions.npz, and text files such as a failure's traceback) to
-    `directory` atomically."""
+              predictions: dict[str, Any] | None = None, extra_files: dict[str, str] | None = None,
+              pointwise: dict[str, Any] | None = None) -> None:
+    """Write run.json, metrics.csv (and predictions.npz, pointwise.npz with each metric's per-example terms on each
+    split, and text files such as a failure's traceback) to `directory` atomically."""
     with write_directory(directory) as staging:
         text = json.dumps(json_safe(record), indent=2, sort_keys=True, default=str, allow_nan=False)
         (staging / "run.json").write_text(text + "\n")
@@ -113,6 +115,10 @@ def write_run(directory: Path, record: dict[str, Any], rows: list[dict[str, Any]
             import numpy as np
 
             np.savez(staging / "predictions.npz", **predictions)
+        if pointwise:
+            import numpy as np
+
+            np.savez_compressed(staging / "pointwise.npz", **pointwise)
         for name, content in (extra_files or {}).items():
             (staging / name).write_text(content)
 

@@ -328,22 +328,22 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
     run_id = run_id_of(plan, seed)
     record = _base_record(plan, run_id, seed)
     rows: list[dict[str, Any]] = []
-    predictions, extra_files = None, {}
+    predictions, pointwise, extra_files = None, None, {}
     compiler = ModelCompiler(plan.compile)
     start = time.perf_counter()
     _reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     try:
-        rows, predictions = _fit_and_evaluate(plan, seed, device, compiler, record)
+        rows, predictions, pointwise = _fit_and_evaluate(plan, seed, device, compiler, record)
     except RunPruned as error:  # a tuning trial's pruner stopped it: an outcome, not a failure
         record.update(status="pruned", error=str(error), pruned_epoch=error.epoch)
-        rows, predictions = [], None
+        rows, predictions, pointwise = [], None, None
     except Exception as error:  # a method's bug is this run's failure, recorded whole, not a traceback
         record.update(status="failed", error=f"{type(error).__name__}: {error}")
         if not isinstance(error, BnnbenchError):  # ours carry their own explanation; anything else needs the trace
             extra_files["traceback.txt"] = traceback.format_exc()
-        rows, predictions = [], None
+        rows, predictions, pointwise = [], None, None
     if compiler.error is not None:  # compiling fell back to eager during the run: the timings are eager ones
         record["compile_error"] = compiler.error
     record["duration_s"] = time.perf_counter() - start
@@ -351,15 +351,16 @@ def run(plan: RunPlan, seed: int) -> RunOutcome:
     if device.type == "cuda":
         record["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     directory = run_directory(plan.results_dir, plan.task.name, plan.method.name, run_id)
-    write_run(directory, record, rows, predictions, extra_files)
+    write_run(directory, record, rows, predictions, extra_files, pointwise)
     clean_test = {row["metric"]: row["value"] for row in rows
                   if (row["split"], row["corruption"]) == ("test", "none")}
     return RunOutcome(run_id, directory, record["status"], record["error"], record, clean_test)
 
 
-def _fit_and_evaluate(plan: RunPlan, seed: int, device, compiler, record: dict[str, Any]) -> tuple[list, Any]:
-    """The run's work: (its metric rows, its saved test predictions or None); `record` gains what run.json says of
-    the fit and the evaluation. Raises on any failure, which `run` records."""
+def _fit_and_evaluate(plan: RunPlan, seed: int, device, compiler, record: dict[str, Any]) -> tuple[list, Any, Any]:
+    """The run's work: (its metric rows, its saved test predictions or None, its metrics' per-example terms or
+    None); `record` gains what run.json says of the fit and the evaluation. Raises on any failure, which `run`
+    records."""
     import numpy as np
     import torch
 
@@ -394,7 +395,8 @@ def _fit_and_evaluate(plan: RunPlan, seed: int, device, compiler, record: dict[s
                  if "reference" in task.eval else None)
     evaluation = evaluate(predictive, plan_splits, metric_names(task),
                           likelihood, plan.budget.n_eval_samples, int(task.eval.get("batch_size", 1024)),
-                          device, reference, plan.show_progress, plan.predictive_reference)
+                          device, reference, plan.show_progress, plan.predictive_reference,
+                          pointwise=plan.save_predictions)
     record["eval_seconds"] = evaluation.seconds
     if evaluation.temperature is not None:  # fitted on the validation split for the temperature-scaled metrics
         record["temperature_scaling"] = {"temperature": evaluation.temperature, "fitted_on": "val"}
@@ -403,7 +405,9 @@ def _fit_and_evaluate(plan: RunPlan, seed: int, device, compiler, record: dict[s
     rows = [keys | row for row in evaluation.rows]
     if not all(np.isfinite(row["value"]) for row in rows):
         raise BnnbenchError("a metric is not finite (the predictive produced NaN or inf)")
-    return rows, evaluation.test_predictions if plan.save_predictions else None
+    if not plan.save_predictions:
+        return rows, None, None
+    return rows, evaluation.test_predictions, evaluation.pointwise
 
 
 def _map_store(plan: RunPlan):
@@ -504,5 +508,6 @@ def _base_record(plan: RunPlan, run_id: str, seed: int) -> dict[str, Any]:
         record["hmc_reference"] = {"path": str(plan.predictive_reference.path),
                                    "sha256": plan.predictive_reference.sha256,
                                    **{key: meta.get(key) for key in ("chains", "samples", "warmup", "rhat_max",
-                                                                     "rhat_p99", "ess_bulk_min", "wall_seconds")}}
+                                                                     "rhat_p99", "ess_bulk_min", "wall_seconds",
+                                                                     "resolution")}}
     return record

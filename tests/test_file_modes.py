@@ -80,7 +80,8 @@ def run_results(tmp_path_factory) -> Path:
 
 def test_a_run_directory_is_0755_and_its_files_0644(run_results):
     [run_json] = run_results.glob("*/*/*/run.json")
-    assert sorted(p.name for p in run_json.parent.iterdir()) == ["metrics.csv", "predictions.npz", "run.json"]
+    assert sorted(p.name for p in run_json.parent.iterdir()) == ["metrics.csv", "pointwise.npz", "predictions.npz",
+                                                               "run.json"]
     assert_modes(0o022, run_results)
     assert modes(run_json.parent)[str(run_json.parent)] == "0o755"
 

@@ -92,6 +92,7 @@ def test_report_has_every_section_and_image(results, tmp_path):
     for slug, parts in (("digits-mlp-v1", ("leaderboard", "reliability", "severity", "cost", "convergence")),
                         ("ts-co2-mlp-v1", ("leaderboard", "cost", "forecast"))):
         expected += [slug, *(f"{slug}-{part}" for part in parts)]
+    expected.append("ranks-across-tasks")  # two tasks, one method in common: it says in one line why nothing is drawn
     assert sorted(page.sections) == sorted(expected) == sorted(report.sections)
     assert len(page.images) == 6 and len(report.images) == 6
     from PIL import Image
