@@ -59,8 +59,9 @@ from bnnbench.reference_files import FORMAT, task_posterior_key
 from bnnbench.types import DataBundle, Split, TaskSpec
 
 __all__ = ["SUPPORTED_LIKELIHOODS", "ChainResult", "HmcSettings", "PosteriorTarget", "build_target",
-           "chain_line", "check_settings", "check_task", "convergence_diagnostics", "load_task_data",
-           "predictive_arrays", "run_chain", "run_chains", "sample_reference"]
+           "chain_line", "check_settings", "check_task", "convergence_diagnostics", "draw_summary", "load_task_data",
+           "predictive_arrays", "run_chain", "run_chains", "sample_reference", "split_half_resolution",
+           "stored_draws"]
 
 SUPPORTED_LIKELIHOODS = ("categorical", "gaussian")
 INIT_LEARNING_RATE = 1e-2  # Adam's, for the short MAP run that starts each chain (weights are O(prior_std))
@@ -356,6 +357,63 @@ def convergence_diagnostics(draws: np.ndarray, chunk: int = 4096) -> dict[str, A
             "quantities": int(draws.shape[-1]), "constant_quantities": int((~varying).sum())}
 
 
+STORED_DRAWS_PER_CHAIN = 50  # kept per chain in <reference>.draws.npz: enough for R̂, ESS and a split-half TV
+
+
+def split_half_resolution(likelihood_name: str, per_draw: np.ndarray) -> dict[str, Any]:
+    """How far apart two halves of a reference's draws put the predictive: the chains split in two groups, and every
+    chain's first half against its second. For classes, `tv` is the mean total variation between the halves'
+    predictives and `agreement` the share of test points whose top class differs (a difference in agreement); for
+    a Gaussian, `w2` between the halves' moment-matched mixtures. Each is the larger of the two splits.
+
+    Why this is the reference's resolution: a method's distance to the reference differs from its distance to the
+    exact posterior predictive by at most the reference's own distance to it (the triangle inequality), so two
+    methods' distances can swap by up to twice that; and a half of the draws is about twice as far from the exact
+    predictive as the whole (Monte Carlo error of half the draws, twice the variance, against the whole's, plus the
+    whole's own), so twice the reference's error is about the distance between its two halves. Differences below
+    it are not resolved by this reference."""
+    from bnnbench.metrics import gaussian_w2, total_variation
+
+    chains, samples = per_draw.shape[:2]
+    halves = {"time": (per_draw[:, : samples // 2], per_draw[:, samples // 2:])}
+    if chains >= 2:
+        halves["chains"] = (per_draw[: chains // 2], per_draw[chains // 2:])
+    splits = {}
+    for name, (first, second) in halves.items():
+        if likelihood_name == "categorical":
+            a, b = first.mean(axis=(0, 1)), second.mean(axis=(0, 1))
+            splits[name] = {"tv": total_variation(np.log(np.clip(a, 1e-300, None)), b),
+                            "agreement": float(np.mean(a.argmax(axis=1) != b.argmax(axis=1)))}
+        else:
+            moments = [(half[..., 0].mean(axis=(0, 1)), half[..., 1].mean(axis=(0, 1)) + half[..., 0].var(axis=(0, 1)))
+                       for half in (first, second)]
+            splits[name] = {"w2": gaussian_w2(*moments[0], *moments[1])}
+    measures = list(next(iter(splits.values())))
+    return {**{measure: max(split[measure] for split in splits.values()) for measure in measures}, "splits": splits}
+
+
+def stored_draws(likelihood_name: str, results: list[ChainResult],
+                 per_chain: int = STORED_DRAWS_PER_CHAIN) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Every k-th kept draw of each chain (at most `per_chain`), in float32, as <reference>.draws.npz keeps them, and
+    what they say: their R̂, ESS and split-half resolution, computed from exactly these float32 numbers so that
+    anyone can recompute them from the file (`draw_summary`)."""
+    stacked = np.stack([result.predictive for result in results])
+    thin = max(1, math.ceil(stacked.shape[1] / per_chain))
+    kept = stacked[:, ::thin].astype(np.float32)
+    arrays = ({"draw_probs": kept} if likelihood_name == "categorical" else
+              {"draw_mean": kept[..., 0], "draw_var": kept[..., 1]})
+    return arrays, {"thin": thin, "per_chain": int(kept.shape[1]), **draw_summary(likelihood_name, arrays)}
+
+
+def draw_summary(likelihood_name: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """R̂, ESS (`convergence_diagnostics`) and `split_half_resolution` of stored draws (`stored_draws`' arrays)."""
+    per_draw = (arrays["draw_probs"] if likelihood_name == "categorical" else
+                np.stack([arrays["draw_mean"], arrays["draw_var"]], axis=-1)).astype(np.float64)
+    chains, samples = per_draw.shape[:2]
+    return {**convergence_diagnostics(per_draw.reshape(chains, samples, -1)),
+            "resolution": split_half_resolution(likelihood_name, per_draw)}
+
+
 def predictive_arrays(likelihood_name: str, results: list[ChainResult]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The arrays a reference saves, and the per-sample quantities (chains, samples, quantities) its convergence
     diagnostics are computed on.
@@ -401,6 +459,8 @@ def sample_reference(task: TaskSpec, settings: HmcSettings, *, workers: int = 1,
     targets = loaded.test.y.numpy()
     arrays["targets"] = targets.astype(np.int64 if task.likelihood == "categorical" else np.float64)
     diagnostics = convergence_diagnostics(draws)
+    draw_arrays, draws_meta = stored_draws(task.likelihood, results)
+    resolution = split_half_resolution(task.likelihood, np.stack([result.predictive for result in results]))
     meta = {
         "format": FORMAT, "task": task.name, "task_version": task.version, "task_key": task_posterior_key(task),
         "likelihood": task.likelihood, "likelihood_options": task.likelihood_options, "posterior": task.posterior,
@@ -415,9 +475,11 @@ def sample_reference(task: TaskSpec, settings: HmcSettings, *, workers: int = 1,
         "gradient_evaluations": [result.gradient_evaluations for result in results],
         "chain_seconds": [result.init_seconds + result.warmup_seconds + result.sample_seconds for result in results],
         **diagnostics,
+        "resolution": {**resolution, "draws": "every kept draw of every chain"},
+        "stored_draws": draws_meta,
         "wall_seconds": time.perf_counter() - began,
         "versions": _versions(),
         "test_rows": len(targets),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    return arrays, meta
+    return arrays | draw_arrays, meta

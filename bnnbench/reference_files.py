@@ -1,6 +1,12 @@
 """The files of an HMC reference predictive (`bnnbench reference hmc`): `<task>.v<version>.npz` with its JSON
-beside it. Their naming, writer and reader live here, apart from the sampler (`bnnbench.hmc`) that makes them and
-the evaluator's side (`bnnbench.reference`) that finds and scores against them, so both use one format."""
+beside it, and `<task>.v<version>.draws.npz`, thinned per-draw predictives from which anyone can recompute the
+reference's R̂, ESS and split-half resolution. Their naming, writer and reader live here, apart from the sampler
+(`bnnbench.hmc`) that makes them and the evaluator's side (`bnnbench.reference`) that finds and scores against them,
+so both use one format.
+
+The draws sit in a file of their own because a run's identity holds the sha256 of the scored file (the predictive
+a method is compared with): the evidence about that predictive, added or thinned differently, must not make every
+result of the task incomparable with its baseline."""
 
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ from bnnbench import atomic
 from bnnbench.errors import UsageError
 from bnnbench.types import TaskSpec
 
-__all__ = ["FORMAT", "load_reference", "reference_paths", "save_reference", "task_posterior_key"]
+__all__ = ["DRAW_ARRAYS", "FORMAT", "draws_path", "load_reference", "load_reference_draws", "reference_paths",
+           "recorded_resolution", "save_reference", "task_posterior_key"]
 
 FORMAT = 1  # of the saved reference files; bump on any change a reader must know about
 
@@ -28,10 +35,28 @@ def task_posterior_key(task: TaskSpec) -> str:
     return hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()
 
 
+DRAW_ARRAYS = ("draw_probs", "draw_mean", "draw_var")  # kept in the .draws.npz beside the scored arrays
+
+
 def reference_paths(out_dir: str | Path, task_name: str, task_version: int) -> tuple[Path, Path]:
     """(`<out_dir>/<task>.v<version>.npz`, the `.json` beside it)."""
     stem = f"{task_name}.v{task_version}"
     return Path(out_dir) / f"{stem}.npz", Path(out_dir) / f"{stem}.json"
+
+
+def draws_path(npz_path: str | Path) -> Path:
+    """The `.draws.npz` beside a reference's `.npz`."""
+    return Path(npz_path).with_name(Path(npz_path).name.removesuffix(".npz") + ".draws.npz")
+
+
+def load_reference_draws(npz_path: str | Path) -> dict[str, np.ndarray]:
+    """The thinned per-draw predictives beside a reference (without pickle); UsageError when there are none."""
+    path = draws_path(npz_path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot read the reference's draws '{path}': {error}") from None
 
 
 def save_reference(out_dir: str | Path, task: TaskSpec, arrays: dict[str, np.ndarray],
@@ -44,10 +69,16 @@ def save_reference(out_dir: str | Path, task: TaskSpec, arrays: dict[str, np.nda
 
     npz_path, json_path = reference_paths(out_dir, task.name, task.version)
     text = json.dumps(json_safe(meta), indent=2, sort_keys=True) + "\n"
-    with atomic.staged_file(npz_path, lambda handle: np.savez(handle, **arrays)) as commit_npz, \
+    draws = {name: array for name, array in arrays.items() if name in DRAW_ARRAYS}
+    scored = {name: array for name, array in arrays.items() if name not in DRAW_ARRAYS}
+    with atomic.staged_file(npz_path, lambda handle: np.savez(handle, **scored)) as commit_npz, \
+            atomic.staged_file(draws_path(npz_path), lambda handle: np.savez(handle, **draws)) as commit_draws, \
             atomic.staged_file(json_path, lambda handle: handle.write(text.encode())) as commit_json:
         json_path.unlink(missing_ok=True)
+        draws_path(npz_path).unlink(missing_ok=True)
         commit_npz()
+        if draws:
+            commit_draws()
         commit_json()
     return npz_path, json_path
 
@@ -67,3 +98,25 @@ def load_reference(path_npz: str | Path) -> tuple[dict[str, np.ndarray], dict[st
         raise UsageError(f"reference '{json_path}' is not format {FORMAT} (found {meta.get('format')!r})"
                          if isinstance(meta, dict) else f"reference '{json_path}' is not a JSON object")
     return arrays, meta
+
+
+def recorded_resolution(record: Any) -> dict[str, float] | None:
+    """{measure: resolution} (`tv`, `agreement` or `w2`) of the HMC reference a run's `hmc_reference` record names:
+    the record's own copy, or, for runs written before references carried one, the JSON beside the recorded file
+    when that file is still the one the run scored against (same sha256). None when neither says."""
+    if not isinstance(record, dict):
+        return None
+    found = record.get("resolution")
+    if not isinstance(found, dict):
+        npz_path = Path(str(record.get("path", "")))
+        try:
+            if hashlib.sha256(npz_path.read_bytes()).hexdigest() != record.get("sha256"):
+                return None
+            found = json.loads(npz_path.with_name(npz_path.name.removesuffix(".npz") + ".json").read_text())
+        except (OSError, ValueError):
+            return None
+        found = found.get("resolution") if isinstance(found, dict) else None
+    if not isinstance(found, dict):
+        return None
+    return {key: float(value) for key, value in found.items() if key in ("tv", "agreement", "w2")
+            and isinstance(value, int | float)}

@@ -26,7 +26,7 @@ from bnnbench.hmc import (
     sample_reference,
 )
 from bnnbench.reference import linear_gaussian_posterior
-from bnnbench.reference_files import load_reference, save_reference, task_posterior_key
+from bnnbench.reference_files import load_reference, load_reference_draws, save_reference, task_posterior_key
 from bnnbench.tasks import load_task
 
 # Diabetes' first 60 rows, nn.Linear(10, 1): 11 parameters whose posterior is Gaussian and known exactly. A warm
@@ -172,14 +172,20 @@ def test_save_and_load_round_trip(blr_task, tmp_path):
     arrays, meta = sample_reference(blr_task, settings)
     npz_path, json_path = save_reference(tmp_path / "refs", blr_task, arrays, meta)
     assert (npz_path.name, json_path.name) == ("blr-hmc.v3.npz", "blr-hmc.v3.json")
-    assert sorted(path.name for path in npz_path.parent.iterdir()) == ["blr-hmc.v3.json", "blr-hmc.v3.npz"]
+    files = ["blr-hmc.v3.draws.npz", "blr-hmc.v3.json", "blr-hmc.v3.npz"]
+    assert sorted(path.name for path in npz_path.parent.iterdir()) == files
     umask = os.umask(0)
     os.umask(umask)
     assert npz_path.stat().st_mode & 0o777 == json_path.stat().st_mode & 0o777 == 0o666 & ~umask
     loaded_arrays, loaded_meta = load_reference(npz_path)
-    assert loaded_arrays.keys() == arrays.keys() == {"mean", "var", "chain_mean", "chain_var", "targets"}
+    assert loaded_arrays.keys() == {"mean", "var", "chain_mean", "chain_var", "targets"}
+    assert arrays.keys() == loaded_arrays.keys() | {"draw_mean", "draw_var"}  # the draws go beside, not in, it
+    draws = load_reference_draws(npz_path)
     for name, value in arrays.items():
-        assert np.array_equal(loaded_arrays[name], value) and loaded_arrays[name].dtype == value.dtype
+        loaded = (draws if name.startswith("draw_") else loaded_arrays)[name]
+        assert np.array_equal(loaded, value) and loaded.dtype == value.dtype
+    assert draws["draw_mean"].shape == (2, 8, *arrays["mean"].shape) and draws["draw_mean"].dtype == np.float32
+    assert loaded_meta["stored_draws"]["thin"] == 1 and loaded_meta["resolution"]["w2"] > 0
     assert loaded_meta.keys() >= REQUIRED_KEYS
     assert loaded_meta["format"] == 1 and loaded_meta["task_key"] == task_posterior_key(blr_task)
     assert loaded_meta["seed"] == 3 and len(loaded_meta["step_size"]) == len(loaded_meta["accept_rate"]) == 2
@@ -188,7 +194,7 @@ def test_save_and_load_round_trip(blr_task, tmp_path):
     save_reference(tmp_path / "refs", blr_task, {**arrays, "mean": arrays["mean"] + 1}, {**meta, "seed": 4})
     replaced_arrays, replaced_meta = load_reference(npz_path)  # a new reference replaces the old one, both files
     assert replaced_meta["seed"] == 4 and np.array_equal(replaced_arrays["mean"], arrays["mean"] + 1)
-    assert sorted(path.name for path in npz_path.parent.iterdir()) == ["blr-hmc.v3.json", "blr-hmc.v3.npz"]
+    assert sorted(path.name for path in npz_path.parent.iterdir()) == files
     json_path.unlink()
     with pytest.raises(UsageError, match="cannot read the reference"):  # an npz whose JSON is gone is refused
         load_reference(npz_path)
