@@ -112,7 +112,9 @@ def doctor_report_images() -> int:
 
 def test_tiny_check_on_the_cpu_runs_every_stage_and_reports_exact_counts(cli, tmp_path):
     start = time.perf_counter()
-    result, out = run_tiny_check(cli, tmp_path, FAST_METHODS)
+    # the default 420 s budget is a GPU window's; on a CPU shared with other jobs the stages outran it (issue 35:
+    # 420 s, the compile stage cut short, beside a 2-worker sweep), and a busy machine is not a failed check
+    result, out = run_tiny_check(cli, tmp_path, FAST_METHODS, "--budget-seconds", "1800")
     assert result.code == 0, result.stderr
     assert_complete_tiny_report(out.read_text(), FAST_METHODS)
     assert f"wrote {out}" in result.stdout
