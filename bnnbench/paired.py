@@ -110,14 +110,16 @@ def _method_rows(task_key: tuple, label: str, settings: PairedSettings, pairs: p
     if len(present) < len(base_ids) + len(method_ids):
         return []
     values = values[[*base_ids, *method_ids]].dropna()
+    numbers = values.to_numpy(float)
+    seeds = len(base_ids)
     rows = []
-    for cell, numbers in values.iterrows():
+    for cell, row in zip(values.index, numbers, strict=True):
         split, corruption, severity, metric = cell
         definition = METRICS.get(metric) if metric in METRICS else None
         distance = _distance(definition)
-        base, method = numbers[base_ids].to_numpy(float), numbers[method_ids].to_numpy(float)
+        base, method = row[:seeds], row[seeds:]
         per_seed = distance(method) - distance(base)
-        replicates = _bootstrap(cell, values.index, base_ids, method_ids, terms, draws, definition, distance)
+        replicates = _bootstrap(cell, values.index, base_ids, method_ids, terms, draws, definition)
         low, high, kind = _interval(per_seed, replicates, settings.level)
         difference = float(per_seed.mean())
         significant = bool(low > 0 or high < 0)
@@ -165,7 +167,7 @@ def _components(cell: tuple, cells: pd.Index) -> list[tuple]:
 
 
 def _bootstrap(cell: tuple, cells: pd.Index, base_ids: list[str], method_ids: list[str], terms: _TermStore,
-               draws: _Draws, definition, distance) -> np.ndarray | None:
+               draws: _Draws, definition) -> np.ndarray | None:
     """The bootstrap replicates of the paired difference (B,), or None where some run lacks the terms."""
     if definition is None or not definition.terms or cell[0] == "ood":
         return None
@@ -181,8 +183,7 @@ def _bootstrap(cell: tuple, cells: pd.Index, base_ids: list[str], method_ids: li
             return None
         weights = draws.examples(sizes.pop())
         for s in range(seeds):
-            per_seed[s] += (terms.resampled(method_ids[s], key, weights, definition, distance)
-                            - terms.resampled(base_ids[s], key, weights, definition, distance))
+            per_seed[s] += terms.resampled(method_ids[s], key, weights) - terms.resampled(base_ids[s], key, weights)
     per_seed /= len(components)
     chosen = draws.seeds(seeds)  # (B, S) seed indices
     return per_seed[chosen, np.arange(draws.settings.replicates)[:, None]].mean(axis=1)
@@ -229,10 +230,21 @@ class _TermStore:
         found = self._terms(run_id, key)
         return None if found is None else len(found)
 
-    def resampled(self, run_id: str, key: str, weights: np.ndarray, definition, distance) -> np.ndarray:
-        """(B,): the run's metric (or its distance to the optimum) under each replicate's example weights."""
+    def resampled(self, run_id: str, key: str, weights: np.ndarray) -> np.ndarray:
+        """(B,): the run's metric under `key` (or its distance to the optimum) under each replicate's example weights.
+        The first call for a run reweights all its terms over as many examples in one matrix product, and keeps
+        each metric's replicates in float32 (their differences are read to 4 digits)."""
         if (run_id, key) not in self._resampled:
-            self._resampled[(run_id, key)] = distance(definition.from_mean_terms(weights @ self._terms(run_id, key)))
+            found = self._loaded[run_id] or {}
+            keys = [name for name, terms in found.items() if len(terms) == weights.shape[1]]
+            means = weights @ np.concatenate([found[name] for name in keys], axis=1)
+            first = 0
+            for name in keys:
+                width = found[name].shape[1]
+                metric = METRICS.get(name.rsplit("|", 1)[1])
+                value = metric.from_mean_terms(means[:, first:first + width])
+                self._resampled[(run_id, name)] = _distance(metric)(value).astype(np.float32)
+                first += width
         return self._resampled[(run_id, key)]
 
     def _terms(self, run_id: str, key: str) -> np.ndarray | None:
