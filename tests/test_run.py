@@ -102,13 +102,18 @@ METHODS = ("map", "elbo-vi", "score-vi", "laplace-ll", "laplace-all", "sampled-l
            "ensemble", "mc-dropout", "swag", "rank1")
 CI_GATES = [("digits-mlp", ("map", "elbo-vi", "score-vi"), DIGITS_ROWS),
             ("digits-mlp", ("laplace-ll", "laplace-all"), DIGITS_ROWS),
-            # sampled-laplace's EM and CG solves: ~47 s a seed here; make test gates it on ts-co2-mlp, digits-fidelity
+            # sampled-laplace's EM and CG solves: ~47 s a seed here; make test gates it on digits-fidelity
             pytest.param("digits-mlp", ("sampled-laplace",), DIGITS_ROWS, marks=pytest.mark.slow),
-            ("digits-mlp", ("ensemble", "mc-dropout", "swag", "rank1"), DIGITS_ROWS),
+            ("digits-mlp", ("ensemble", "swag"), DIGITS_ROWS),
+            # rank1 and mc-dropout: ~45 s of make test's 10 minutes here; make test gates them on digits-fidelity and
+            # ts-co2-mlp, make check and make test-all on digits-mlp too
+            pytest.param("digits-mlp", ("mc-dropout", "rank1"), DIGITS_ROWS, marks=pytest.mark.slow),
             pytest.param("digits-mlp", ("laplace-subnet",), DIGITS_ROWS,
                          marks=pytest.mark.slow),  # its GLM predictive: ~2 min per seed
             ("ts-co2-mlp", ("map", "elbo-vi", "score-vi", "ensemble", "mc-dropout", "swag", "rank1"), FORECAST_ROWS),
-            ("ts-co2-mlp", ("laplace-ll", "sampled-laplace"), FORECAST_ROWS),
+            ("ts-co2-mlp", ("laplace-ll",), FORECAST_ROWS),
+            # sampled-laplace on ts-co2-mlp took this group to 113 s (issue 35); make test gates it on digits-fidelity
+            pytest.param("ts-co2-mlp", ("sampled-laplace",), FORECAST_ROWS, marks=pytest.mark.slow),
             # subnet took the ts-co2 Laplace group to 231 s; laplace-all's tuned diagonal GGN costs ~80 s a run
             pytest.param("ts-co2-mlp", ("laplace-all", "laplace-subnet"), FORECAST_ROWS, marks=pytest.mark.slow),
             # the fidelity task's 11 methods take ~2 min on one thread; the over-confident task's ~15 min
