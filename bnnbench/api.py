@@ -217,14 +217,17 @@ def load_results(results_dir: PathLike = "results/runs") -> tuple[pd.DataFrame, 
 def compare(results_dir: PathLike = "results/runs", task: str | Iterable[str] | None = None,
             metrics: Iterable[str] | None = None) -> pd.DataFrame:
     """The leaderboard `bnnbench compare` shows, as a long frame: one row per (task, method, column) with mean,
-    stderr, n, best and the method's mean rank."""
+    stderr, n, best (on a fidelity task, every mean within its HMC reference's resolution of the best) and the
+    method's mean rank."""
     from bnnbench.comparison import aggregate, leaderboard
+    from bnnbench.reference_files import reference_resolutions
 
     runs, rows = load_results(results_dir)
     if task is not None and not runs.empty:
         tasks = [task] if isinstance(task, str) else list(task)
         runs, rows = runs[runs["task"].isin(tasks)], rows[rows["task"].isin(tasks)]
-    return leaderboard(runs, aggregate(runs, rows), list(metrics) if metrics else None)
+    return leaderboard(runs, aggregate(runs, rows), list(metrics) if metrics else None,
+                       resolution=reference_resolutions(runs))
 
 
 def _path(value: PathLike | None) -> Path | None:

@@ -394,6 +394,7 @@ def compare(
     from bnnbench.comparison import TASK_KEY, aggregate, leaderboard, with_published
     from bnnbench.metrics import METRICS
     from bnnbench.published import load_published, shipped_tables
+    from bnnbench.reference_files import reference_resolutions
     from bnnbench.results import load_results
 
     for name in [*metric, *([rank_by] if rank_by else [])]:
@@ -437,7 +438,7 @@ def compare(
                              "--format latex")
         _print_paired(runs, metrics, results_dir, PairedSettings(against, level, bootstrap), metric, format_)
         return
-    resolution = _reference_resolutions(runs)
+    resolution = reference_resolutions(runs)
     board = with_published(leaderboard(runs, table, metric or None, rank_by, resolution), tables, metric or None)
     if pivot is Pivot.task:
         from bnnbench.render import pivot_tasks
@@ -494,23 +495,6 @@ def _print_ranks(table, metric: str, alpha: float, format_: Format) -> None:
         shown.add_row(*[escape(value) if isinstance(value, str) else f"{value:.2f}" for value in row])
     out.print(shown)
     out.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
-
-
-def _reference_resolutions(runs) -> dict[tuple, dict[str, float]]:
-    """{(task, version, variant): {column: resolution}} of the fidelity tasks whose runs name their HMC reference."""
-    from bnnbench.comparison import TASK_KEY, with_variant
-    from bnnbench.reference_files import recorded_resolution
-
-    if "hmc_reference" not in runs:
-        return {}
-    found = {}
-    for key, rows in with_variant(runs).groupby(TASK_KEY):
-        for record in rows["hmc_reference"]:
-            resolution = recorded_resolution(record)
-            if resolution:
-                found[key] = resolution
-                break
-    return found
 
 
 def _resolution_notes(board, resolution: dict[str, float] | None) -> list[str]:

@@ -22,7 +22,7 @@ from bnnbench.errors import UsageError
 from bnnbench.types import TaskSpec
 
 __all__ = ["DRAW_ARRAYS", "FORMAT", "draws_path", "load_reference", "load_reference_draws", "reference_paths",
-           "recorded_resolution", "save_reference", "task_posterior_key"]
+           "recorded_resolution", "reference_resolutions", "save_reference", "task_posterior_key"]
 
 FORMAT = 1  # of the saved reference files; bump on any change a reader must know about
 
@@ -120,3 +120,18 @@ def recorded_resolution(record: Any) -> dict[str, float] | None:
         return None
     return {key: float(value) for key, value in found.items() if key in ("tv", "agreement", "w2")
             and isinstance(value, int | float)}
+
+
+def reference_resolutions(runs) -> dict[tuple, dict[str, float]]:
+    """{(task, version, variant): {measure: resolution}} of the fidelity tasks among `runs` (`load_results`' runs
+    frame) whose runs name their HMC reference: what `comparison.leaderboard` takes as `resolution`."""
+    from bnnbench.comparison import TASK_KEY, with_variant
+
+    if "hmc_reference" not in runs:
+        return {}
+    found = {}
+    for key, rows in with_variant(runs).groupby(TASK_KEY):
+        resolution = next((value for value in map(recorded_resolution, rows["hmc_reference"]) if value), None)
+        if resolution:
+            found[key] = resolution
+    return found

@@ -204,20 +204,20 @@ def _fidelity(group: _Group, results_dir: Path, png: Path) -> str | None:
         return None
     rank_by = "agreement" if "agreement" in columns else "w2"
     from bnnbench.comparison import unresolved_pairs
-    from bnnbench.reference_files import recorded_resolution
+    from bnnbench.reference_files import reference_resolutions
 
     recorded = [value for value in group.runs.get("hmc_reference", pd.Series(dtype=object)) if isinstance(value, dict)]
-    resolution = next((found for found in map(recorded_resolution, recorded) if found), None)
-    key = (group.task, group.version, group.variant)
-    board = leaderboard(group.runs, group.table, columns, rank_by, {key: resolution} if resolution else None)
+    resolutions = reference_resolutions(group.runs)
+    resolution = resolutions.get((group.task, group.version, group.variant))
+    board = leaderboard(group.runs, group.table, columns, rank_by, resolutions)
     board = board[board["column"].isin(columns)]
     about = ""
     if recorded:
         ref = recorded[0]
         about = (f"Reference <code>{html.escape(Path(str(ref.get('path'))).name)}</code>: {ref.get('chains')} chains "
                  f"× {ref.get('samples')} samples after {ref.get('warmup')} warm-up, split-R̂ max "
-                 f"{ref.get('rhat_max')}, 99th percentile {ref.get('rhat_p99')}, bulk ESS min "
-                 f"{ref.get('ess_bulk_min')}. ")
+                 f"{_number(ref.get('rhat_max'), '.3f')}, 99th percentile {_number(ref.get('rhat_p99'), '.3f')}, "
+                 f"bulk ESS min {_number(ref.get('ess_bulk_min'), '.0f')}. ")
     if resolution:
         shown = {column: limit for column, limit in resolution.items() if column in columns}
         ties = "; ".join(f"{column}: " + (", ".join(f"{html.escape(a)} = {html.escape(b)}" for a, b, _ in pairs)
@@ -228,6 +228,11 @@ def _fidelity(group: _Group, results_dir: Path, png: Path) -> str | None:
     caption = (f"{about}Rank is by {rank_by} alone ({'higher' if rank_by == 'agreement' else 'lower'} is better): "
                "how close each method's predictive is to full-batch HMC on the same posterior.")
     return f'<div class="scroll">{leaderboard_html(board)}</div><p class="caption">{caption}</p>'
+
+
+def _number(value, form: str) -> str:
+    """`value` formatted, or as it is where a run.json holds something else there."""
+    return format(value, form) if isinstance(value, int | float) else html.escape(str(value))
 
 
 def _prediction_files(group: _Group, results_dir: Path, needs: tuple[str, ...]) -> dict[str, list[tuple[int, dict]]]:

@@ -75,6 +75,10 @@ def test_means_within_the_resolution_are_ties_and_best(tmp_path, cli):
     assert tv["best"].to_dict() == {"a": True, "b": True, "c": False, "d": False}
     pairs = unresolved_pairs(tv.reset_index(), {"tv": 0.005})["tv"]
     assert [(a, b) for a, b, _ in pairs] == [("a", "b"), ("b", "c")]
+    from bnnbench import api
+
+    from_api = api.compare(tmp_path, metrics=["tv"])  # the Python API reads the same resolution
+    assert from_api[from_api["column"] == "tv"].set_index("method")["best"].to_dict() == tv["best"].to_dict()
     result = cli("compare", "--results-dir", str(tmp_path), "--no-published")
     assert result.code == 0, result.stderr
     assert "tv 0.0050" in result.stdout and "tv ties: a = b (0.0030), b = c (0.0030)" in result.stdout
