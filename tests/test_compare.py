@@ -195,15 +195,23 @@ def test_a_rerun_matches_a_baseline_rounded_to_its_written_digits():
 
 
 def test_pivot_by_task_and_latex_show_the_per_task_leaderboard_numbers(cli, results_dir):
+    """Written results (the pivot reads what runs wrote; training them cost this test 19 s of make test)."""
     import io
 
     import pandas as pd
 
-    for task in ("digits-mlp", "ts-co2-mlp"):
-        for method in ("map", "swag"):
-            result = cli("run", "--task", task, "--method", method, "--seed", "0..1", "--budget", "ci", "--quiet",
-                         "--device", "cpu", "--results-dir", str(results_dir))
-            assert result.code == 0, result.stderr
+    from bnnbench.results import make_run_id, run_directory, write_run
+
+    nll = {("digits-mlp", "map"): (0.31, 0.33), ("digits-mlp", "swag"): (0.27, 0.30),
+           ("ts-co2-mlp", "map"): (2.5, 2.7), ("ts-co2-mlp", "swag"): (2.9, 2.6)}
+    for (task, method), values in nll.items():
+        for seed, value in enumerate(values):
+            run_id = make_run_id(task, 1, method, "abcdef0123", seed)
+            record = {"run_id": run_id, "task": task, "task_version": 1, "method": method, "seed": seed,
+                      "status": "ok", "config_hash": "abcdef0123", "identity": 2, "fit_seconds": 1.0}
+            rows = [{"run_id": run_id, "task": task, "task_version": 1, "method": method, "seed": seed,
+                     "split": "test", "corruption": "none", "severity": 0, "metric": "nll", "value": value}]
+            write_run(run_directory(results_dir, task, method, run_id), record, rows)
     per_task = pd.read_csv(io.StringIO(cli("compare", "--results-dir", str(results_dir), "--metric", "nll",
                                            "--format", "csv").stdout))
     pivoted = pd.read_csv(io.StringIO(cli("compare", "--results-dir", str(results_dir), "--metric", "nll",
