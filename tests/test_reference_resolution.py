@@ -11,7 +11,7 @@ import pytest
 from scipy.special import log_softmax
 
 from bnnbench.comparison import aggregate, leaderboard, unresolved_pairs
-from bnnbench.hmc import draw_summary, split_half_resolution
+from bnnbench.hmc import RESOLUTION_HOW, draw_summary, split_half_resolution
 from bnnbench.package_files import committed_references_dir
 from bnnbench.reference_files import draws_path, load_reference, load_reference_draws, recorded_resolution
 from bnnbench.results import load_results, make_run_id, run_directory, write_run
@@ -52,6 +52,7 @@ def test_the_committed_reference_keeps_draws_that_reproduce_its_diagnostics():
     assert _tv(kept.mean(axis=(0, 1)), arrays["probs"]) < stored["resolution"]["tv"]
     assert meta["rhat_max"] < 1.02 and stored["rhat_max"] < 1.1  # 50 draws a chain: a noisier R̂ of the same chains
     assert 0 < meta["resolution"]["tv"] < 0.02 and 0 <= meta["resolution"]["agreement"] < 0.05
+    assert meta["resolution"]["how"] == RESOLUTION_HOW  # the file says how its figures were computed
 
 
 def _fidelity_results(results_dir, tv: dict[str, float], record: dict) -> None:
