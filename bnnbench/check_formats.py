@@ -2,8 +2,9 @@
 Markdown for a pull-request comment or job summary, and GitHub Actions workflow commands for annotations.
 
 Every format judges a row the same way (`outcome`) and states the same verdict (`verdict`) as the exit code of
-`bnnbench check`: a row is a failure exactly when it fails the gate (a `+` or `!` on a gated metric), so a report
-never shows red where the check passed, nor green where it failed on a regression.
+`bnnbench check`: a row is a failure exactly when it fails the gate (a `+` or `!` on a gated metric), and a check
+that fails because nothing matches the baseline adds one failed case of its own to the JUnit report, so a report
+is red exactly when the check exits 1.
 """
 
 from __future__ import annotations
@@ -173,8 +174,23 @@ def check_junit(result: pd.DataFrame, config: CheckConfig, *, name: str = "bnnbe
         suite = ET.SubElement(root, "testsuite", {"name": _xml_text(label), **_counts_attributes(rows)})
         for row in _records(rows):
             _add_case(suite, row, config)
+    if verdict(result) is Verdict.nothing_matched:  # the check fails with every row skipped: one case says why
+        _add_nothing_matched(root)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _add_nothing_matched(root: ET.Element) -> None:
+    """A suite of one failed case for a check that failed because no new result matches the baseline, so that a
+    test report is red exactly when the check exits 1 (its rows are all skipped)."""
+    root.set("tests", str(int(root.get("tests")) + 1))
+    root.set("failures", str(int(root.get("failures")) + 1))
+    suite = ET.SubElement(root, "testsuite", {"name": "bnnbench check", "tests": "1", "failures": "1", "errors": "0",
+                                              "skipped": "0"})
+    case = ET.SubElement(suite, "testcase", {"classname": "bnnbench.check", "name": "new results match the baseline",
+                                             "time": "0"})
+    message = "no new result matches any baseline row (every row is '?'): a check of nothing proves nothing"
+    ET.SubElement(case, "failure", {"type": "nothing matched", "message": message}).text = message
 
 
 def _add_case(suite: ET.Element, row: dict[str, Any], config: CheckConfig) -> None:

@@ -171,11 +171,17 @@ def test_github_escapes_percent_and_newlines():
     assert "\r" not in error and "\n" not in error
 
 
-def test_nothing_matching_the_baseline_fails_without_a_failed_case():
+def test_nothing_matching_the_baseline_fails_in_one_case_of_its_own():
     found = check(baseline_frame(), new_frame().assign(method="other"), CONFIG)
     assert verdict(found) is Verdict.nothing_matched
     xml = JUnitXml.fromstring(check_junit(found, CONFIG))
-    assert (xml.tests, xml.failures, xml.skipped) == (8, 0, 8)
+    assert (xml.tests, xml.failures, xml.skipped) == (9, 1, 8)  # the 8 rows skipped, and the check's own case
+    suites = {suite.name: suite for suite in xml}
+    assert (suites["bnnbench check"].tests, suites["bnnbench check"].failures) == (1, 1)
+    [case] = list(suites["bnnbench check"])
+    assert case.name == "new results match the baseline" and "every row is '?'" in case.result[0].message
+    matched = JUnitXml.fromstring(check_junit(check(baseline_frame(), new_frame(), CONFIG), CONFIG))
+    assert "bnnbench check" not in {suite.name for suite in matched}
     assert check_markdown(found, CONFIG).startswith("**bnnbench check ❌ failed: no new result matches the baseline")
 
 
