@@ -48,9 +48,9 @@ def test_the_committed_reference_keeps_draws_that_reproduce_its_diagnostics():
     assert recomputed["resolution"]["tv"] == pytest.approx(stored["resolution"]["tv"], rel=1e-9)
     assert recomputed["resolution"]["agreement"] == pytest.approx(stored["resolution"]["agreement"], abs=1e-12)
     # the thinned draws are draws of the scored predictive: their mean is nearer to it than two halves of them are
-    # to each other (1/200 - 1/1200 of the variance against 2/100)
+    # to each other (1/120 - 1/1200 of the variance against 2/60)
     assert _tv(kept.mean(axis=(0, 1)), arrays["probs"]) < stored["resolution"]["tv"]
-    assert meta["rhat_max"] < 1.02 and stored["rhat_max"] < 1.1  # 50 draws a chain: a noisier R̂ of the same chains
+    assert meta["rhat_max"] < 1.02 and stored["rhat_max"] < 1.15  # 30 draws a chain: a noisier R̂ of the same chains
     assert 0 < meta["resolution"]["tv"] < 0.02 and 0 <= meta["resolution"]["agreement"] < 0.05
     assert meta["resolution"]["how"] == RESOLUTION_HOW  # the file says how its figures were computed
 
