@@ -475,25 +475,14 @@ def _print_ranks(table, metric: str, alpha: float, format_: Format) -> None:
     if format_ is Format.csv:
         sys.stdout.write(result.to_frame().to_csv(index=False))
         return
-    ranks = result.rank_table().reset_index()
-    lines = result.summary_lines()
-    if format_ is Format.markdown:
-        cells = [[str(value) if isinstance(value, str) else f"{value:.2f}" for value in row]
-                 for row in ranks.itertuples(index=False)]
-        table = ["| " + " | ".join(map(str, ranks.columns)) + " |", "|---|" + "---:|" * (len(ranks.columns) - 1),
-                 *("| " + " | ".join(row) + " |" for row in cells)]
-        sys.stdout.write("\n".join(table) + "\n\n" + "".join(f"{line}  \n" for line in lines))
-        return
-    from rich.markup import escape
-    from rich.table import Table
+    from bnnbench.render import rank_markdown, rank_table
 
-    shown = Table(title=f"ranks by clean-test {escape(metric)} across {len(result.tasks)} tasks (1 is best)",
-                  header_style="bold")
-    for column in ranks.columns:
-        shown.add_column(escape(str(column)), justify="left" if column == "method" else "right")
-    for row in ranks.itertuples(index=False):
-        shown.add_row(*[escape(value) if isinstance(value, str) else f"{value:.2f}" for value in row])
-    out.print(shown)
+    title = f"ranks by clean-test {metric} across {len(result.tasks)} tasks (1 is best)"
+    ranks, lines = result.rank_table().reset_index(), result.summary_lines()
+    if format_ is Format.markdown:
+        sys.stdout.write(rank_markdown(ranks, title) + "\n" + "".join(f"{line}  \n" for line in lines))
+        return
+    out.print(rank_table(ranks, title))
     out.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
 
 

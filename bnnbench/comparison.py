@@ -273,9 +273,9 @@ def unresolved_pairs(board: pd.DataFrame, resolution: dict[str, float]) -> dict[
     reference's resolution in that column (a tie, as far as the reference can tell), closest first."""
     ties = {}
     for column, limit in resolution.items():
-        rows = board[(board["column"] == column) & board["n"].notna()].sort_values("mean")
-        pairs = [(a.method, b.method, abs(a.mean - b.mean)) for i, a in enumerate(rows.itertuples())
-                 for b in list(rows.itertuples())[i + 1:] if abs(a.mean - b.mean) < limit]
+        rows = list(board[(board["column"] == column) & board["n"].notna()].sort_values("mean").itertuples())
+        pairs = [(a.method, b.method, abs(a.mean - b.mean)) for i, a in enumerate(rows) for b in rows[i + 1:]
+                 if abs(a.mean - b.mean) < limit]
         ties[column] = sorted(pairs, key=lambda pair: (round(pair[2], 12), pair[0], pair[1]))
     return ties
 

@@ -88,13 +88,14 @@ def paired_differences(runs: pd.DataFrame, metrics: pd.DataFrame, results_dir: P
         with_baseline.append(task_key[0])
         draws = _Draws(settings)
         task_metrics = metrics[metrics["run_id"].isin(task_runs["run_id"])]
+        values = task_metrics.pivot_table(index=CELL, columns="run_id", values="value", aggfunc="first")
         for label, method_runs in task_runs.groupby("label", sort=True):
             if label == settings.against:
                 continue
             pairs = baseline.merge(method_runs, on="seed", suffixes=("_base", "_method")).sort_values("seed")
             if pairs.empty:
                 continue
-            rows += _method_rows(task_key, label, settings, pairs, task_metrics, terms, draws)
+            rows += _method_rows(task_key, label, settings, pairs, values, terms, draws)
     if not with_baseline:
         there = sorted(set(runs["label"]))
         raise UsageError(f"no successful run of --against '{settings.against}' in these results; methods there: "
@@ -103,11 +104,10 @@ def paired_differences(runs: pd.DataFrame, metrics: pd.DataFrame, results_dir: P
 
 
 def _method_rows(task_key: tuple, label: str, settings: PairedSettings, pairs: pd.DataFrame,
-                 task_metrics: pd.DataFrame, terms: _TermStore, draws: _Draws) -> list[dict]:
-    values = task_metrics.pivot_table(index=CELL, columns="run_id", values="value", aggfunc="first")
+                 values: pd.DataFrame, terms: _TermStore, draws: _Draws) -> list[dict]:
+    """The rows of one method against the baseline; `values` holds the task's metrics, a column per run."""
     base_ids, method_ids = list(pairs["run_id_base"]), list(pairs["run_id_method"])
-    present = [run_id for run_id in [*base_ids, *method_ids] if run_id in values.columns]
-    if len(present) < len(base_ids) + len(method_ids):
+    if not {*base_ids, *method_ids} <= set(values.columns):
         return []
     values = values[[*base_ids, *method_ids]].dropna()
     numbers = values.to_numpy(float)

@@ -16,7 +16,7 @@ from bnnbench.errors import UsageError
 
 __all__ = ["PAIRED_MARKS", "check_result_table", "leaderboard_html", "leaderboard_latex", "leaderboard_markdown",
            "leaderboard_table", "mean_stderr_text", "paired_markdown", "paired_table", "paired_wide", "pivot_tasks",
-           "published_rows", "wide"]
+           "published_rows", "rank_markdown", "rank_table", "wide"]
 
 
 def mean_stderr_text(mean: float, stderr: float, n: int) -> str:
@@ -282,3 +282,29 @@ def paired_markdown(rows: pd.DataFrame, title: str, notes: list[str]) -> str:
         texts = [_markdown_text(cells.get((method, where, metric), ("", ""))[0]) for metric in metrics]
         lines.append(f"| {_markdown_text(method)} | {_markdown_text(where)} | " + " | ".join(texts) + " |")
     return "\n".join([*lines, "", *(f"{_markdown_text(note)}  " for note in notes)]) + "\n"
+
+
+def _rank_cells(ranks: pd.DataFrame) -> list[list[str]]:
+    return [[value if isinstance(value, str) else f"{value:.2f}" for value in row]
+            for row in ranks.itertuples(index=False)]
+
+
+def rank_table(ranks: pd.DataFrame, title: str):
+    """A rich Table of ranks across tasks (`AcrossTasks.rank_table()` with the method as a column)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(title), header_style="bold")
+    for column in ranks.columns:
+        table.add_column(escape(str(column)), justify="left" if column == "method" else "right")
+    for row in _rank_cells(ranks):
+        table.add_row(*map(escape, row))
+    return table
+
+
+def rank_markdown(ranks: pd.DataFrame, title: str) -> str:
+    """The ranks across tasks as a Markdown table under a heading."""
+    header = " | ".join(_markdown_text(str(column)) for column in ranks.columns)
+    lines = [f"### {_markdown_text(title)}", "", f"| {header} |", "|---|" + "---:|" * (len(ranks.columns) - 1)]
+    lines += ["| " + " | ".join(map(_markdown_text, row)) + " |" for row in _rank_cells(ranks)]
+    return "\n".join(lines) + "\n"
